@@ -1,0 +1,394 @@
+//! The variant choice: which route a request belongs to, and which variant it goes to, and why.
+//!
+//! Order of precedence on the matched route: QA rules (first match wins), then the sticky key
+//! hashed with the route's salt, then `x-request-id` hashed the same way, then a random draw. A
+//! route's variants own consecutive bucket ranges in config order, so as a later variant's weight
+//! grows it only takes buckets from the earlier ones: a sticky user moves from stable to canary,
+//! never back, while weights rise.
+
+use crate::config::{CheckedConfig, CheckedRoute, ValueSource};
+use crate::hash;
+use crate::request::{find_cookie, find_query, host_of, path_of, RequestView};
+
+/// The request id header Envoy sets (or keeps) on every request.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Why a variant was chosen; the `reason` label of `meshcanary_decisions_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A QA rule matched.
+    Rule,
+    /// The sticky key was hashed.
+    Sticky,
+    /// No sticky key; `x-request-id` was hashed.
+    RequestId,
+    /// Neither key was there; a random draw.
+    Random,
+    /// Something failed (no randomness available); the stable variant was used.
+    Fallback,
+}
+
+impl Reason {
+    /// Every reason, in stat order.
+    pub const ALL: [Reason; 5] = [
+        Reason::Rule,
+        Reason::Sticky,
+        Reason::RequestId,
+        Reason::Random,
+        Reason::Fallback,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Rule => "rule",
+            Reason::Sticky => "sticky",
+            Reason::RequestId => "request_id",
+            Reason::Random => "random",
+            Reason::Fallback => "fallback",
+        }
+    }
+
+    /// Position in [`Reason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The outcome for one request that matched a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// Index into [`CheckedConfig::routes`].
+    pub route: usize,
+    /// Index into that route's variants.
+    pub variant: usize,
+    /// Why.
+    pub reason: Reason,
+}
+
+/// Picks the route and variant for a request, or `None` if no route matches it.
+///
+/// `random_bucket` is called only when neither a sticky key nor a request id is present; it returns
+/// a uniform bucket in `0..10000`, or `None` if no randomness is available (then the stable variant
+/// is chosen with [`Reason::Fallback`]).
+pub fn choose(
+    config: &CheckedConfig,
+    request: &impl RequestView,
+    random_bucket: impl FnOnce() -> Option<u32>,
+) -> Option<Decision> {
+    if config.routes.is_empty() {
+        return None;
+    }
+    let authority = request.header(":authority").unwrap_or_default();
+    let host = host_of(&authority);
+    // `:path` is read at most once, and only if a route or rule needs it.
+    let mut path: Option<Option<Vec<u8>>> = None;
+    let mut path_bytes = |request: &dyn RequestView| -> Option<Vec<u8>> {
+        path.get_or_insert_with(|| request.header(":path")).clone()
+    };
+
+    let (route_index, route) = config.routes.iter().enumerate().find(|(_, route)| {
+        route.hosts.iter().any(|pattern| pattern.matches(host))
+            && match &route.path_prefix {
+                None => true,
+                Some(prefix) => path_bytes(request)
+                    .is_some_and(|p| path_of(&p).starts_with(prefix.as_bytes())),
+            }
+    })?;
+
+    let decision = |variant, reason| Decision {
+        route: route_index,
+        variant,
+        reason,
+    };
+
+    let mut cookies: Option<Option<Vec<u8>>> = None;
+    for rule in &route.rules {
+        let matched = match &rule.source {
+            ValueSource::Header(name) => request
+                .header(name)
+                .is_some_and(|value| rule.matcher.matches(&value)),
+            ValueSource::Cookie(name) => cookies
+                .get_or_insert_with(|| request.header("cookie"))
+                .as_deref()
+                .and_then(|header| find_cookie(header, name))
+                .is_some_and(|value| rule.matcher.matches(value)),
+            ValueSource::Query(name) => path_bytes(request)
+                .as_deref()
+                .and_then(|p| find_query(p, name).map(|value| rule.matcher.matches(value)))
+                .unwrap_or(false),
+        };
+        if matched {
+            return Some(decision(rule.variant, Reason::Rule));
+        }
+    }
+
+    if let Some(sticky) = &route.sticky {
+        let key = match &sticky.source {
+            ValueSource::Header(name) => request.header(name),
+            ValueSource::Cookie(name) => cookies
+                .get_or_insert_with(|| request.header("cookie"))
+                .as_deref()
+                .and_then(|header| find_cookie(header, name))
+                .map(<[u8]>::to_vec),
+            // Validation only allows headers and cookies as sticky keys.
+            ValueSource::Query(_) => None,
+        };
+        if let Some(key) = key.filter(|key| !key.is_empty()) {
+            let bucket = hash::bucket(route.salt.as_bytes(), &key);
+            return Some(decision(variant_for_bucket(route, bucket), Reason::Sticky));
+        }
+    }
+
+    if let Some(id) = request.header(REQUEST_ID_HEADER).filter(|id| !id.is_empty()) {
+        let bucket = hash::bucket(route.salt.as_bytes(), &id);
+        return Some(decision(variant_for_bucket(route, bucket), Reason::RequestId));
+    }
+
+    Some(match random_bucket() {
+        Some(bucket) => decision(variant_for_bucket(route, bucket), Reason::Random),
+        None => decision(0, Reason::Fallback),
+    })
+}
+
+/// The variant owning `bucket`; the stable variant if the bucket is out of range.
+pub fn variant_for_bucket(route: &CheckedRoute, bucket: u32) -> usize {
+    route
+        .bucket_upper_bounds
+        .iter()
+        .position(|upper| bucket < *upper)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TOTAL_WEIGHT;
+    use proptest::prelude::*;
+    use serde_json::json;
+    use std::cell::Cell;
+    use std::collections::HashMap;
+
+    /// A request as a header map that counts reads, so tests can check which headers are read.
+    #[derive(Default)]
+    struct FakeRequest {
+        headers: HashMap<String, Vec<u8>>,
+        reads: Cell<usize>,
+    }
+
+    impl FakeRequest {
+        fn new(headers: &[(&str, &str)]) -> Self {
+            Self {
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                    .collect(),
+                reads: Cell::new(0),
+            }
+        }
+    }
+
+    impl RequestView for FakeRequest {
+        fn header(&self, name: &str) -> Option<Vec<u8>> {
+            self.reads.set(self.reads.get() + 1);
+            self.headers.get(name).cloned()
+        }
+    }
+
+    fn config(value: serde_json::Value) -> CheckedConfig {
+        CheckedConfig::from_json(value.to_string().as_bytes()).unwrap()
+    }
+
+    fn reviews(weights: [u32; 2], salt: &str) -> CheckedConfig {
+        config(json!({"routes": [{
+            "name": "reviews",
+            "hosts": ["reviews", "reviews.default.svc.cluster.local"],
+            "variants": [{"name": "v1", "weight": weights[0]}, {"name": "v2", "weight": weights[1]}],
+            "rules": [
+                {"header": "x-canary", "exact": "always", "variant": "v2"},
+                {"cookie": "canary", "prefix": "v2", "variant": "v2"},
+                {"query": "canary", "present": true, "variant": "v2"},
+                {"header": "x-stable", "present": true, "variant": "v1"}
+            ],
+            "sticky": {"header": "x-user-id", "salt": salt}
+        }, {
+            "name": "ratings",
+            "hosts": ["*.ratings.example"],
+            "pathPrefix": "/api",
+            "variants": [{"name": "a", "weight": 5000}, {"name": "b", "weight": 2500}, {"name": "c", "weight": 2500}],
+            "sticky": {"cookie": "session"}
+        }]}))
+    }
+
+    fn pick(config: &CheckedConfig, headers: &[(&str, &str)], random: Option<u32>) -> Option<(usize, String, Reason)> {
+        let request = FakeRequest::new(headers);
+        choose(config, &request, || random).map(|d| {
+            (d.route, config.routes[d.route].variants[d.variant].clone(), d.reason)
+        })
+    }
+
+    #[test]
+    fn precedence_and_matching() {
+        let config = reviews([10000, 0], "s");
+        let r = |v: &str, reason| Some((0, v.to_string(), reason));
+        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<u32>, Option<(usize, String, Reason)>);
+        let cases: Vec<Case> = vec![
+            ("qa header forces canary at weight 0", vec![(":authority", "reviews"), ("x-canary", "always")], Some(0), r("v2", Reason::Rule)),
+            ("qa header must match exactly", vec![(":authority", "reviews"), ("x-canary", "always!")], Some(0), r("v1", Reason::Random)),
+            ("cookie prefix", vec![(":authority", "reviews:9080"), ("cookie", "a=1; canary=v2-beta")], Some(0), r("v2", Reason::Rule)),
+            ("cookie other value", vec![(":authority", "reviews"), ("cookie", "canary=v1")], Some(0), r("v1", Reason::Random)),
+            ("query present", vec![(":authority", "reviews"), (":path", "/x?canary")], Some(0), r("v2", Reason::Rule)),
+            ("query absent", vec![(":authority", "reviews"), (":path", "/x?other=canary")], Some(0), r("v1", Reason::Random)),
+            ("first rule wins", vec![(":authority", "reviews"), ("x-stable", "1"), ("x-canary", "always")], Some(0), r("v2", Reason::Rule)),
+            ("later rule", vec![(":authority", "reviews"), ("x-stable", "1")], Some(0), r("v1", Reason::Rule)),
+            ("sticky key", vec![(":authority", "REVIEWS.default.svc.cluster.local."), ("x-user-id", "u1")], Some(0), r("v1", Reason::Sticky)),
+            ("empty sticky key falls back to request id", vec![(":authority", "reviews"), ("x-user-id", ""), ("x-request-id", "abc")], Some(0), r("v1", Reason::RequestId)),
+            ("request id", vec![(":authority", "reviews"), ("x-request-id", "abc")], Some(0), r("v1", Reason::RequestId)),
+            ("random", vec![(":authority", "reviews")], Some(9999), r("v1", Reason::Random)),
+            ("no randomness", vec![(":authority", "reviews")], None, r("v1", Reason::Fallback)),
+            ("unknown host", vec![(":authority", "details")], Some(0), None),
+            ("no authority", vec![], Some(0), None),
+            ("suffix host and path prefix", vec![(":authority", "eu.ratings.example"), (":path", "/api/x")], Some(9000), Some((1, "c".into(), Reason::Random))),
+            ("path prefix mismatch", vec![(":authority", "eu.ratings.example"), (":path", "/web")], Some(0), None),
+            ("path prefix needs path", vec![(":authority", "eu.ratings.example")], Some(0), None),
+        ];
+        for (name, headers, random, expected) in cases {
+            assert_eq!(pick(&config, &headers, random), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn cookie_sticky_key_uses_the_cookie() {
+        let config = reviews([5000, 5000], "");
+        let (route, _, reason) = pick(&config, &[(":authority", "x.ratings.example"), (":path", "/api"), ("cookie", "session=abc")], Some(0)).unwrap();
+        assert_eq!((route, reason), (1, Reason::Sticky));
+        let (_, _, reason) = pick(&config, &[(":authority", "x.ratings.example"), (":path", "/api"), ("cookie", "other=abc")], Some(0)).unwrap();
+        assert_eq!(reason, Reason::Random);
+    }
+
+    #[test]
+    fn reads_only_the_headers_it_needs() {
+        let config = reviews([9000, 1000], "");
+        // Host mismatch: only :authority is read.
+        let request = FakeRequest::new(&[(":authority", "details")]);
+        assert_eq!(choose(&config, &request, || Some(0)), None);
+        assert_eq!(request.reads.get(), 1);
+        // Sticky hit on the first route: authority, 4 rule sources (cookie and path once each), sticky key.
+        let request = FakeRequest::new(&[(":authority", "reviews"), ("x-user-id", "u")]);
+        assert!(choose(&config, &request, || Some(0)).is_some());
+        assert_eq!(request.reads.get(), 6);
+    }
+
+    #[test]
+    fn random_draw_is_only_taken_when_needed() {
+        let config = reviews([9000, 1000], "");
+        let request = FakeRequest::new(&[(":authority", "reviews"), ("x-request-id", "id")]);
+        let drawn = Cell::new(false);
+        choose(&config, &request, || {
+            drawn.set(true);
+            Some(0)
+        });
+        assert!(!drawn.get());
+    }
+
+    #[test]
+    fn buckets_map_to_variants_in_order() {
+        let config = config(json!({"routes": [{"name": "r", "hosts": ["*"], "variants": [
+            {"name": "a", "weight": 100}, {"name": "zero", "weight": 0}, {"name": "b", "weight": 9900}]}]}));
+        let route = &config.routes[0];
+        let cases = [(0, 0), (99, 0), (100, 2), (9999, 2), (10000, 0), (u32::MAX, 0)];
+        for (bucket, variant) in cases {
+            assert_eq!(variant_for_bucket(route, bucket), variant, "bucket {bucket}");
+        }
+    }
+
+    #[test]
+    fn random_split_converges_to_weights() {
+        // Every bucket once: the split is exact.
+        let config = config(json!({"routes": [{"name": "r", "hosts": ["*"], "variants": [
+            {"name": "a", "weight": 7000}, {"name": "b", "weight": 2999}, {"name": "c", "weight": 1}]}]}));
+        let mut counts = [0u32; 3];
+        for bucket in 0..TOTAL_WEIGHT {
+            counts[variant_for_bucket(&config.routes[0], bucket)] += 1;
+        }
+        assert_eq!(counts, [7000, 2999, 1]);
+    }
+
+    #[test]
+    fn request_ids_split_close_to_weights() {
+        let config = reviews([9000, 1000], "");
+        let canary = (0..100_000)
+            .filter(|i| {
+                let id = format!("{i:08x}-4b7e-9f2a-request");
+                pick(&config, &[(":authority", "reviews"), ("x-request-id", &id)], None).unwrap().1 == "v2"
+            })
+            .count();
+        assert!((9_500..=10_500).contains(&canary), "{canary}");
+    }
+
+    fn sticky_variant(weights: [u32; 2], salt: &str, user: &str) -> String {
+        pick(&reviews(weights, salt), &[(":authority", "reviews"), ("x-user-id", user)], None).unwrap().1
+    }
+
+    proptest! {
+        #[test]
+        fn sticky_users_only_move_from_stable_to_canary(user in "[a-z0-9]{1,16}", low in 0u32..=10000, high in 0u32..=10000) {
+            let (low, high) = (low.min(high), low.max(high));
+            let before = sticky_variant([10000 - low, low], "s", &user);
+            let after = sticky_variant([10000 - high, high], "s", &user);
+            prop_assert!(!(before == "v2" && after == "v1"), "moved back at {low} -> {high}");
+        }
+
+        #[test]
+        fn sticky_users_keep_their_variant(user in "[a-z0-9]{1,16}", weight in 0u32..=10000) {
+            prop_assert_eq!(sticky_variant([10000 - weight, weight], "s", &user), sticky_variant([10000 - weight, weight], "s", &user));
+        }
+
+        #[test]
+        fn moving_weight_between_the_first_two_variants_leaves_the_others_alone(user in "[a-z0-9]{1,16}", shift in 0u32..=4000) {
+            // A/B/n: variants own consecutive ranges, so weight moved from the first to the second
+            // variant moves users only from the first to the second; users of later variants stay.
+            let cfg = |first: u32, second: u32| config(json!({"routes": [{"name": "r", "hosts": ["*"],
+                "sticky": {"header": "u"},
+                "variants": [{"name": "a", "weight": first}, {"name": "b", "weight": second}, {"name": "c", "weight": 3000}]}]}));
+            let before = pick(&cfg(5000, 2000), &[(":authority", "h"), ("u", &user)], None).unwrap().1;
+            let after = pick(&cfg(5000 - shift, 2000 + shift), &[(":authority", "h"), ("u", &user)], None).unwrap().1;
+            if before != "a" {
+                prop_assert_eq!(before, after);
+            } else {
+                prop_assert!(after == "a" || after == "b", "{} moved to {}", user, after);
+            }
+        }
+
+        #[test]
+        fn any_headers_give_a_decision_or_none(
+            authority in proptest::collection::vec(any::<u8>(), 0..64),
+            cookie in proptest::collection::vec(any::<u8>(), 0..256),
+            path in proptest::collection::vec(any::<u8>(), 0..128),
+        ) {
+            let config = reviews([5000, 5000], "");
+            let request = FakeRequest {
+                headers: [(":authority", authority), ("cookie", cookie), (":path", path)]
+                    .into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+                reads: Cell::new(0),
+            };
+            if let Some(d) = choose(&config, &request, || Some(1)) {
+                prop_assert!(d.variant < config.routes[d.route].variants.len());
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_salt_draws_a_different_cohort() {
+        let users: Vec<String> = (0..2000).map(|i| format!("user{i}")).collect();
+        let cohort = |salt: &str| -> Vec<bool> {
+            users.iter().map(|u| sticky_variant([8000, 2000], salt, u) == "v2").collect()
+        };
+        let (a, b) = (cohort("r1"), cohort("r2"));
+        let same_canary = a.iter().zip(&b).filter(|(x, y)| **x && **y).count();
+        let canary = a.iter().filter(|x| **x).count();
+        assert!((300..=500).contains(&canary), "{canary}");
+        // Independent cohorts overlap by about 20 % of the canary users, not 100 %.
+        assert!(same_canary < canary / 2, "{same_canary} of {canary}");
+    }
+}

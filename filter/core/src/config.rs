@@ -1,0 +1,943 @@
+//! The filter's configuration: the JSON a WasmPlugin's `pluginConfig` carries, and its validation.
+//!
+//! [`FilterConfig`] and its parts are the schema as a user writes it (YAML in a WasmPlugin, JSON on
+//! the wire): unknown fields are errors, names are camelCase. [`CheckedConfig::try_from`] validates it
+//! and returns a form the request path can use without further checks. Every error names the field
+//! path and the reason, e.g. `routes[2].variants[1].weight: 10001 exceeds 10000`.
+//!
+//! A complete example:
+//!
+//! ```json
+//! {
+//!   "generation": 7,
+//!   "variantHeader": "x-meshcanary-variant",
+//!   "responseHeader": "x-meshcanary",
+//!   "routes": [{
+//!     "name": "reviews",
+//!     "hosts": ["reviews", "reviews.default.svc.cluster.local"],
+//!     "variants": [{"name": "v1", "weight": 9000}, {"name": "v2", "weight": 1000}],
+//!     "rules": [
+//!       {"header": "x-canary", "exact": "always", "variant": "v2"},
+//!       {"cookie": "meshcanary", "exact": "v2", "variant": "v2"}
+//!     ],
+//!     "sticky": {"header": "x-user-id", "salt": "release-42"}
+//!   }]
+//! }
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+/// Weights are in basis points: 10000 is all of a route's traffic, 1 is 0.01 %.
+pub const TOTAL_WEIGHT: u32 = 10_000;
+/// The request header the filter writes when the config does not name one.
+pub const DEFAULT_VARIANT_HEADER: &str = "x-meshcanary-variant";
+/// At most this many routes in one config.
+pub const MAX_ROUTES: usize = 256;
+/// At most this many host patterns per route.
+pub const MAX_HOSTS: usize = 64;
+/// At most this many variants per route.
+pub const MAX_VARIANTS: usize = 16;
+/// At most this many QA rules per route; they are evaluated in order on every request.
+pub const MAX_RULES: usize = 64;
+/// Longest route or variant name (they become stat labels).
+pub const MAX_NAME_LEN: usize = 64;
+/// Longest header, cookie or query parameter name.
+pub const MAX_KEY_LEN: usize = 256;
+/// Longest value a rule compares against, and longest path prefix or salt.
+pub const MAX_VALUE_LEN: usize = 4096;
+/// Longest host pattern (a DNS name is at most 253 characters).
+pub const MAX_HOST_LEN: usize = 253;
+
+/// The whole filter configuration, as written in a WasmPlugin's `pluginConfig`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FilterConfig {
+    /// Which push this is. The control service increments it on every change; the filter exports it
+    /// as the `meshcanary_config_generation` gauge so a pusher can see when a proxy runs its config.
+    #[serde(default)]
+    pub generation: u64,
+    /// The request header the filter writes the chosen variant into, and that routes match on.
+    /// Defaults to `x-meshcanary-variant`. Any value a client sends in it is replaced or removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant_header: Option<String>,
+    /// If set, the filter adds this response header with the variant and the reason it was chosen
+    /// (`v2; reason=rule`), so a QA engineer sees what they got. Off by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_header: Option<String>,
+    /// The routes the filter splits, tried in order; the first whose hosts and path prefix match a
+    /// request decides it. Requests that match no route pass through untouched (apart from the variant
+    /// header being removed) and are counted in `meshcanary_unmatched_total`.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One destination whose traffic is split between variants.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RouteConfig {
+    /// The route's name: the `route` label of its stats, and how the control service refers to it.
+    /// Letters, digits, `_` and `-`, at most 64 characters, unique in the config.
+    pub name: String,
+    /// Which `:authority` values this route matches, compared without the port and case-insensitively:
+    /// an exact name (`reviews`, `reviews.default.svc.cluster.local`), a suffix pattern
+    /// (`*.example.com` matches `a.example.com`, not `example.com`) or `*` for any host.
+    /// A service reached by several names lists each of them.
+    pub hosts: Vec<String>,
+    /// If set, the route also requires the request path (before `?`) to start with this prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Two or more variants and their weights. The first one is the stable (baseline) variant: it gets
+    /// the traffic when anything goes wrong. Weights sum to 10000.
+    pub variants: Vec<VariantConfig>,
+    /// QA rules, evaluated in order before any weight; the first that matches forces its variant,
+    /// whatever that variant's weight (even 0).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleConfig>,
+    /// Keeps a user on one variant: the variant comes from `hash(salt, key)` instead of a coin toss.
+    /// Without it (or when a request lacks the key) the filter hashes `x-request-id` if present,
+    /// else draws at random.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky: Option<StickyConfig>,
+    /// Decide and count, but do not write the variant header, so routing is unchanged. For trying a
+    /// config on live traffic: the stats show what the split would be.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dry_run: bool,
+}
+
+/// A variant of a route and its share of traffic.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct VariantConfig {
+    /// The value written to the variant header (what routes match on) and the `variant` stat label.
+    /// Letters, digits, `_` and `-`, at most 64 characters, unique in the route.
+    pub name: String,
+    /// Share of the route's traffic in basis points (0 to 10000; 1 = 0.01 %).
+    pub weight: u32,
+}
+
+/// A QA rule: when a request carries this header, cookie or query parameter with a matching value,
+/// it goes to `variant`. Exactly one of `header`, `cookie`, `query` and exactly one of `exact`,
+/// `prefix`, `present` are set.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RuleConfig {
+    /// The variant a matching request is sent to.
+    pub variant: String,
+    /// Match on this request header (case-insensitive name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Match on this cookie (case-sensitive name) from the `cookie` header.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// Match on this query parameter (case-sensitive name, compared as sent, without percent-decoding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The value must equal this, byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exact: Option<String>,
+    /// The value must start with this (non-empty) prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// `true`: the header, cookie or parameter only has to be there, with any value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub present: Option<bool>,
+}
+
+/// Where the sticky user key comes from. Exactly one of `header` and `cookie` is set.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct StickyConfig {
+    /// Take the key from this request header, e.g. `x-user-id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// Take the key from this cookie, e.g. `session`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// Mixed into the hash. Keep it to keep every user's variant; change it to draw a new cohort
+    /// (for example per release).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub salt: String,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
+}
+
+/// A config that failed to parse or validate: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{reason}", if field.is_empty() { String::new() } else { format!("{field}: ") })]
+pub struct ConfigError {
+    /// The field path, e.g. `routes[2].variants[1].weight`; empty for the document as a whole.
+    pub field: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A validated configuration, ready for the request path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedConfig {
+    /// See [`FilterConfig::generation`].
+    pub generation: u64,
+    /// The request header carrying the variant, lowercase.
+    pub variant_header: String,
+    /// The response header echoing the decision, lowercase, if any.
+    pub response_header: Option<String>,
+    /// The routes, in the order they are tried.
+    pub routes: Vec<CheckedRoute>,
+}
+
+/// A validated route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedRoute {
+    /// See [`RouteConfig::name`].
+    pub name: String,
+    /// Host patterns, normalised to lowercase.
+    pub hosts: Vec<HostPattern>,
+    /// See [`RouteConfig::path_prefix`].
+    pub path_prefix: Option<String>,
+    /// Variant names, in config order; index 0 is the stable variant.
+    pub variants: Vec<String>,
+    /// Cumulative weights: variant `i` owns buckets `[upper[i-1], upper[i])`. The last is 10000.
+    pub bucket_upper_bounds: Vec<u32>,
+    /// QA rules in evaluation order.
+    pub rules: Vec<CheckedRule>,
+    /// The sticky key, if any.
+    pub sticky: Option<CheckedSticky>,
+    /// Salt for hashing (sticky key or `x-request-id`); empty without `sticky`.
+    pub salt: String,
+    /// See [`RouteConfig::dry_run`].
+    pub dry_run: bool,
+}
+
+impl CheckedRoute {
+    /// The weight of variant `index` in basis points.
+    pub fn weight(&self, index: usize) -> u32 {
+        let upper = self.bucket_upper_bounds.get(index).copied().unwrap_or(0);
+        let lower = match index {
+            0 => 0,
+            _ => self
+                .bucket_upper_bounds
+                .get(index - 1)
+                .copied()
+                .unwrap_or(0),
+        };
+        upper.saturating_sub(lower)
+    }
+}
+
+/// A host pattern of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum HostPattern {
+    /// `*`: every request.
+    Any,
+    /// One exact host name (lowercase).
+    Exact(String),
+    /// `*.example.com`, stored as `.example.com`: any host ending in it.
+    Suffix(String),
+}
+
+impl HostPattern {
+    /// Whether `host` (already without port, any case) matches.
+    pub fn matches(&self, host: &[u8]) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(name) => host.eq_ignore_ascii_case(name.as_bytes()),
+            HostPattern::Suffix(suffix) => {
+                host.len() > suffix.len()
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+            }
+        }
+    }
+}
+
+/// A validated QA rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedRule {
+    /// Where the value comes from.
+    pub source: ValueSource,
+    /// How it is compared.
+    pub matcher: ValueMatch,
+    /// Index of the forced variant in [`CheckedRoute::variants`].
+    pub variant: usize,
+}
+
+/// Where a rule or sticky key reads its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueSource {
+    /// A request header (lowercase name).
+    Header(String),
+    /// A cookie from the `cookie` header.
+    Cookie(String),
+    /// A query parameter of `:path`.
+    Query(String),
+}
+
+/// How a rule compares a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValueMatch {
+    /// Equal bytes.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Any value.
+    Present,
+}
+
+impl ValueMatch {
+    /// Whether `value` satisfies this matcher.
+    pub fn matches(&self, value: &[u8]) -> bool {
+        match self {
+            ValueMatch::Exact(expected) => value == expected.as_bytes(),
+            ValueMatch::Prefix(prefix) => value.starts_with(prefix.as_bytes()),
+            ValueMatch::Present => true,
+        }
+    }
+}
+
+/// A validated sticky key source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedSticky {
+    /// A header or a cookie (never a query parameter).
+    pub source: ValueSource,
+}
+
+impl CheckedConfig {
+    /// Parses and validates the raw bytes Envoy hands the filter. Empty input (a WasmPlugin without
+    /// `pluginConfig`) is a valid config with no routes.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        Self::try_from(FilterConfig::from_json(bytes)?)
+    }
+}
+
+impl FilterConfig {
+    /// Parses the JSON form without validating it; errors name the field path.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ConfigError> {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+        let parsed: Self = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+            let field = error.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            ConfigError::new(field, error.inner().to_string())
+        })?;
+        deserializer
+            .end()
+            .map_err(|error| ConfigError::new("", error.to_string()))?;
+        Ok(parsed)
+    }
+
+    /// The canonical JSON form, as pushed to the filter.
+    pub fn to_json(&self) -> String {
+        // Serialising plain structs of strings and integers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+impl TryFrom<FilterConfig> for CheckedConfig {
+    type Error = ConfigError;
+
+    fn try_from(raw: FilterConfig) -> Result<Self, ConfigError> {
+        let variant_header = match &raw.variant_header {
+            Some(name) => checked_header_name("variantHeader", name)?,
+            None => DEFAULT_VARIANT_HEADER.to_string(),
+        };
+        if RESERVED_HEADERS.contains(&variant_header.as_str()) {
+            return Err(ConfigError::new(
+                "variantHeader",
+                format!("{variant_header:?} is a header Envoy or HTTP itself uses; pick another name"),
+            ));
+        }
+        let response_header = raw
+            .response_header
+            .as_deref()
+            .map(|name| checked_header_name("responseHeader", name))
+            .transpose()?;
+        if raw.routes.len() > MAX_ROUTES {
+            return Err(ConfigError::new(
+                "routes",
+                format!("{} routes exceed the limit of {MAX_ROUTES}", raw.routes.len()),
+            ));
+        }
+        let mut routes: Vec<CheckedRoute> = Vec::with_capacity(raw.routes.len());
+        for (index, route) in raw.routes.iter().enumerate() {
+            let field = format!("routes[{index}]");
+            let checked = checked_route(&field, route)?;
+            if let Some(earlier) = routes.iter().position(|r| r.name == checked.name) {
+                return Err(ConfigError::new(
+                    format!("{field}.name"),
+                    format!(
+                        "{:?} is already the name of routes[{earlier}]",
+                        checked.name
+                    ),
+                ));
+            }
+            check_reachable(&field, &checked, &routes)?;
+            routes.push(checked);
+        }
+        Ok(Self {
+            generation: raw.generation,
+            variant_header,
+            response_header,
+            routes,
+        })
+    }
+}
+
+/// Headers the variant header must not replace: routing, framing or cookies would break.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "content-length",
+    "transfer-encoding",
+    "cookie",
+    "upgrade",
+    "te",
+    "keep-alive",
+    "x-request-id",
+];
+
+fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, ConfigError> {
+    check_label(&format!("{field}.name"), &route.name)?;
+
+    if route.hosts.is_empty() {
+        return Err(ConfigError::new(
+            format!("{field}.hosts"),
+            "at least one host is required (use \"*\" for any host)",
+        ));
+    }
+    if route.hosts.len() > MAX_HOSTS {
+        return Err(ConfigError::new(
+            format!("{field}.hosts"),
+            format!("{} hosts exceed the limit of {MAX_HOSTS}", route.hosts.len()),
+        ));
+    }
+    let hosts = route
+        .hosts
+        .iter()
+        .enumerate()
+        .map(|(i, host)| checked_host(&format!("{field}.hosts[{i}]"), host))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    if let Some(prefix) = &route.path_prefix {
+        let prefix_field = format!("{field}.pathPrefix");
+        if !prefix.starts_with('/') {
+            return Err(ConfigError::new(prefix_field, "must start with '/'"));
+        }
+        if prefix.contains(['?', '#']) {
+            return Err(ConfigError::new(
+                prefix_field,
+                "must not contain '?' or '#': it is compared with the path only",
+            ));
+        }
+        check_len(&prefix_field, prefix, MAX_VALUE_LEN)?;
+    }
+
+    let variants_field = format!("{field}.variants");
+    if route.variants.len() < 2 {
+        return Err(ConfigError::new(
+            variants_field,
+            format!(
+                "needs at least 2 variants (a stable one first), found {}",
+                route.variants.len()
+            ),
+        ));
+    }
+    if route.variants.len() > MAX_VARIANTS {
+        return Err(ConfigError::new(
+            variants_field,
+            format!(
+                "{} variants exceed the limit of {MAX_VARIANTS}",
+                route.variants.len()
+            ),
+        ));
+    }
+    let mut names: Vec<String> = Vec::with_capacity(route.variants.len());
+    let mut bucket_upper_bounds = Vec::with_capacity(route.variants.len());
+    let mut total: u32 = 0;
+    for (i, variant) in route.variants.iter().enumerate() {
+        let variant_field = format!("{variants_field}[{i}]");
+        check_label(&format!("{variant_field}.name"), &variant.name)?;
+        if let Some(earlier) = names.iter().position(|n| *n == variant.name) {
+            return Err(ConfigError::new(
+                format!("{variant_field}.name"),
+                format!("{:?} is already the name of variants[{earlier}]", variant.name),
+            ));
+        }
+        if variant.weight > TOTAL_WEIGHT {
+            return Err(ConfigError::new(
+                format!("{variant_field}.weight"),
+                format!(
+                    "{} exceeds {TOTAL_WEIGHT} (weights are basis points: 10000 = 100 %)",
+                    variant.weight
+                ),
+            ));
+        }
+        total += variant.weight;
+        names.push(variant.name.clone());
+        bucket_upper_bounds.push(total);
+    }
+    if total != TOTAL_WEIGHT {
+        return Err(ConfigError::new(
+            variants_field,
+            format!("weights sum to {total}, they must sum to {TOTAL_WEIGHT} (basis points)"),
+        ));
+    }
+
+    if route.rules.len() > MAX_RULES {
+        return Err(ConfigError::new(
+            format!("{field}.rules"),
+            format!("{} rules exceed the limit of {MAX_RULES}", route.rules.len()),
+        ));
+    }
+    let rules = route
+        .rules
+        .iter()
+        .enumerate()
+        .map(|(i, rule)| checked_rule(&format!("{field}.rules[{i}]"), rule, &names))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let (sticky, salt) = match &route.sticky {
+        Some(sticky) => {
+            let sticky_field = format!("{field}.sticky");
+            let source = match (&sticky.header, &sticky.cookie) {
+                (Some(header), None) => {
+                    ValueSource::Header(checked_header_name(&format!("{sticky_field}.header"), header)?)
+                }
+                (None, Some(cookie)) => {
+                    check_cookie_name(&format!("{sticky_field}.cookie"), cookie)?;
+                    ValueSource::Cookie(cookie.clone())
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        sticky_field,
+                        "set exactly one of \"header\" and \"cookie\"",
+                    ))
+                }
+            };
+            check_len(&format!("{sticky_field}.salt"), &sticky.salt, MAX_KEY_LEN)?;
+            (Some(CheckedSticky { source }), sticky.salt.clone())
+        }
+        None => (None, String::new()),
+    };
+
+    Ok(CheckedRoute {
+        name: route.name.clone(),
+        hosts,
+        path_prefix: route.path_prefix.clone(),
+        variants: names,
+        bucket_upper_bounds,
+        rules,
+        sticky,
+        salt,
+        dry_run: route.dry_run,
+    })
+}
+
+fn checked_rule(field: &str, rule: &RuleConfig, variants: &[String]) -> Result<CheckedRule, ConfigError> {
+    let source = match (&rule.header, &rule.cookie, &rule.query) {
+        (Some(header), None, None) => {
+            ValueSource::Header(checked_header_name(&format!("{field}.header"), header)?)
+        }
+        (None, Some(cookie), None) => {
+            check_cookie_name(&format!("{field}.cookie"), cookie)?;
+            ValueSource::Cookie(cookie.clone())
+        }
+        (None, None, Some(query)) => {
+            let query_field = format!("{field}.query");
+            if query.is_empty() {
+                return Err(ConfigError::new(query_field, "must not be empty"));
+            }
+            if query.contains(['&', '=', '#', '?']) {
+                return Err(ConfigError::new(
+                    query_field,
+                    "must not contain '&', '=', '#' or '?'",
+                ));
+            }
+            check_len(&query_field, query, MAX_KEY_LEN)?;
+            ValueSource::Query(query.clone())
+        }
+        _ => {
+            return Err(ConfigError::new(
+                field,
+                "set exactly one of \"header\", \"cookie\" and \"query\"",
+            ))
+        }
+    };
+    let matcher = match (&rule.exact, &rule.prefix, rule.present) {
+        (Some(exact), None, None) => {
+            check_len(&format!("{field}.exact"), exact, MAX_VALUE_LEN)?;
+            ValueMatch::Exact(exact.clone())
+        }
+        (None, Some(prefix), None) => {
+            let prefix_field = format!("{field}.prefix");
+            if prefix.is_empty() {
+                return Err(ConfigError::new(
+                    prefix_field,
+                    "must not be empty; use \"present\": true to match any value",
+                ));
+            }
+            check_len(&prefix_field, prefix, MAX_VALUE_LEN)?;
+            ValueMatch::Prefix(prefix.clone())
+        }
+        (None, None, Some(true)) => ValueMatch::Present,
+        (None, None, Some(false)) => {
+            return Err(ConfigError::new(
+                format!("{field}.present"),
+                "only true is supported: a rule matches something the request carries",
+            ))
+        }
+        _ => {
+            return Err(ConfigError::new(
+                field,
+                "set exactly one of \"exact\", \"prefix\" and \"present\"",
+            ))
+        }
+    };
+    let variant = variants
+        .iter()
+        .position(|name| *name == rule.variant)
+        .ok_or_else(|| {
+            ConfigError::new(
+                format!("{field}.variant"),
+                format!(
+                    "{:?} is not a variant of this route (variants: {})",
+                    rule.variant,
+                    variants.join(", ")
+                ),
+            )
+        })?;
+    Ok(CheckedRule {
+        source,
+        matcher,
+        variant,
+    })
+}
+
+/// A later route whose every host is already claimed by an earlier route with a path prefix that
+/// covers it would never see a request; that is almost always a mistake in the config.
+fn check_reachable(field: &str, route: &CheckedRoute, earlier: &[CheckedRoute]) -> Result<(), ConfigError> {
+    for (index, other) in earlier.iter().enumerate() {
+        let prefix_covers = match (&other.path_prefix, &route.path_prefix) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(theirs), Some(ours)) => ours.starts_with(theirs.as_str()),
+        };
+        let hosts_covered = route.hosts.iter().all(|host| {
+            other
+                .hosts
+                .iter()
+                .any(|theirs| theirs == host || *theirs == HostPattern::Any)
+        });
+        if prefix_covers && hosts_covered {
+            return Err(ConfigError::new(
+                format!("{field}.hosts"),
+                format!(
+                    "route {:?} is unreachable: routes[{index}] ({:?}) comes first and matches all its requests",
+                    route.name, other.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), ConfigError> {
+    if value.len() > max {
+        return Err(ConfigError::new(
+            field,
+            format!("is {} bytes long, the limit is {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Route and variant names end up in stat names, where `.`, `;` and `=` would break tag extraction.
+fn check_label(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::new(field, "must not be empty"));
+    }
+    check_len(field, name, MAX_NAME_LEN)?;
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(ConfigError::new(
+            field,
+            format!("{name:?} contains {bad:?}; use letters, digits, '_' and '-'"),
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 9110 token characters, which header and cookie names are made of.
+fn is_token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+}
+
+fn checked_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::new(field, "must not be empty"));
+    }
+    if name.starts_with(':') {
+        return Err(ConfigError::new(
+            field,
+            format!("{name:?} is a pseudo-header; use a regular header name"),
+        ));
+    }
+    check_len(field, name, MAX_KEY_LEN)?;
+    if let Some(bad) = name.chars().find(|c| !is_token_char(*c)) {
+        return Err(ConfigError::new(
+            field,
+            format!("{name:?} is not a valid header name: {bad:?} is not allowed"),
+        ));
+    }
+    Ok(name.to_ascii_lowercase())
+}
+
+fn check_cookie_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::new(field, "must not be empty"));
+    }
+    check_len(field, name, MAX_KEY_LEN)?;
+    if let Some(bad) = name.chars().find(|c| !is_token_char(*c)) {
+        return Err(ConfigError::new(
+            field,
+            format!("{name:?} is not a valid cookie name: {bad:?} is not allowed"),
+        ));
+    }
+    Ok(())
+}
+
+fn checked_host(field: &str, host: &str) -> Result<HostPattern, ConfigError> {
+    if host == "*" {
+        return Ok(HostPattern::Any);
+    }
+    check_len(field, host, MAX_HOST_LEN)?;
+    let (pattern, name) = match host.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, host),
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return Err(ConfigError::new(field, "must not be empty"));
+    }
+    if let Some((_, port)) = name.rsplit_once(':') {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            return Err(ConfigError::new(
+                field,
+                format!(
+                    "{host:?} has a port; ports are ignored when matching, list the host without \":{port}\""
+                ),
+            ));
+        }
+    }
+    if let Some(bad) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.' || *c == '_'))
+    {
+        return Err(ConfigError::new(
+            field,
+            format!(
+                "{host:?} is not a host name or pattern: {bad:?} is not allowed (use a name, \"*.suffix\" or \"*\")"
+            ),
+        ));
+    }
+    let lower = name.to_ascii_lowercase();
+    Ok(if pattern {
+        HostPattern::Suffix(format!(".{lower}"))
+    } else {
+        HostPattern::Exact(lower)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base() -> serde_json::Value {
+        json!({
+            "generation": 3,
+            "routes": [{
+                "name": "reviews",
+                "hosts": ["reviews", "*.example.com"],
+                "variants": [{"name": "v1", "weight": 9000}, {"name": "v2", "weight": 1000}],
+                "rules": [{"header": "x-canary", "exact": "always", "variant": "v2"}],
+                "sticky": {"header": "x-user-id", "salt": "s1"}
+            }]
+        })
+    }
+
+    fn check(value: serde_json::Value) -> Result<CheckedConfig, ConfigError> {
+        CheckedConfig::from_json(value.to_string().as_bytes())
+    }
+
+    /// Applies `edit` to the base config and returns the validation error's field and message.
+    fn error_of(edit: impl FnOnce(&mut serde_json::Value)) -> (String, String) {
+        let mut value = base();
+        edit(&mut value);
+        let error = check(value).expect_err("config should be rejected");
+        (error.field, error.reason)
+    }
+
+    #[test]
+    fn accepts_the_documented_example() {
+        let checked = check(base()).unwrap();
+        assert_eq!(checked.generation, 3);
+        assert_eq!(checked.variant_header, DEFAULT_VARIANT_HEADER);
+        let route = &checked.routes[0];
+        assert_eq!(route.bucket_upper_bounds, vec![9000, 10000]);
+        assert_eq!(route.weight(0), 9000);
+        assert_eq!(route.weight(1), 1000);
+        assert_eq!(
+            route.hosts,
+            vec![
+                HostPattern::Exact("reviews".into()),
+                HostPattern::Suffix(".example.com".into())
+            ]
+        );
+        assert_eq!(route.salt, "s1");
+    }
+
+    #[test]
+    fn empty_configuration_is_a_config_without_routes() {
+        for input in ["", "  \n", "{}"] {
+            let checked = CheckedConfig::from_json(input.as_bytes()).unwrap();
+            assert!(checked.routes.is_empty(), "{input:?}");
+            assert_eq!(checked.generation, 0);
+        }
+    }
+
+    #[test]
+    fn rejections_name_the_field_and_the_reason() {
+        type Edit = fn(&mut serde_json::Value);
+        let cases: Vec<(&str, Edit, &str, &str)> = vec![
+            ("unknown top-level field", |v| v["routess"] = json!([]), "routess", "unknown field `routess`, expected one of"),
+            ("unknown route field", |v| v["routes"][0]["weight"] = json!(1), "routes[0].weight", "unknown field `weight`"),
+            ("weight above total", |v| v["routes"][0]["variants"][1]["weight"] = json!(10001), "routes[0].variants[1].weight", "10001 exceeds 10000"),
+            ("negative weight", |v| v["routes"][0]["variants"][1]["weight"] = json!(-1), "routes[0].variants[1].weight", "invalid value"),
+            ("fractional weight", |v| v["routes"][0]["variants"][1]["weight"] = json!(10.5), "routes[0].variants[1].weight", "invalid type"),
+            ("weights do not sum", |v| v["routes"][0]["variants"][1]["weight"] = json!(999), "routes[0].variants", "sum to 9999"),
+            ("one variant", |v| v["routes"][0]["variants"] = json!([{"name": "v1", "weight": 10000}]), "routes[0].variants", "at least 2 variants"),
+            ("duplicate variant", |v| v["routes"][0]["variants"][1]["name"] = json!("v1"), "routes[0].variants[1].name", "already the name of variants[0]"),
+            ("variant name with dot", |v| v["routes"][0]["variants"][1]["name"] = json!("v.2"), "routes[0].variants[1].name", "contains '.'"),
+            ("empty route name", |v| v["routes"][0]["name"] = json!(""), "routes[0].name", "must not be empty"),
+            ("long route name", |v| v["routes"][0]["name"] = json!("r".repeat(65)), "routes[0].name", "limit is 64"),
+            ("no hosts", |v| v["routes"][0]["hosts"] = json!([]), "routes[0].hosts", "at least one host"),
+            ("host with port", |v| v["routes"][0]["hosts"][0] = json!("reviews:9080"), "routes[0].hosts[0]", "without \":9080\""),
+            ("host with slash", |v| v["routes"][0]["hosts"][1] = json!("a/b"), "routes[0].hosts[1]", "'/' is not allowed"),
+            ("path prefix without slash", |v| v["routes"][0]["pathPrefix"] = json!("api"), "routes[0].pathPrefix", "must start with '/'"),
+            ("path prefix with query", |v| v["routes"][0]["pathPrefix"] = json!("/a?b"), "routes[0].pathPrefix", "must not contain"),
+            ("rule without source", |v| v["routes"][0]["rules"][0] = json!({"exact": "a", "variant": "v2"}), "routes[0].rules[0]", "exactly one of \"header\", \"cookie\" and \"query\""),
+            ("rule with two sources", |v| v["routes"][0]["rules"][0]["cookie"] = json!("c"), "routes[0].rules[0]", "exactly one of \"header\""),
+            ("rule without matcher", |v| v["routes"][0]["rules"][0] = json!({"header": "a", "variant": "v2"}), "routes[0].rules[0]", "exactly one of \"exact\", \"prefix\" and \"present\""),
+            ("rule with two matchers", |v| v["routes"][0]["rules"][0]["prefix"] = json!("a"), "routes[0].rules[0]", "exactly one of \"exact\""),
+            ("rule present false", |v| v["routes"][0]["rules"][0] = json!({"header": "a", "present": false, "variant": "v2"}), "routes[0].rules[0].present", "only true"),
+            ("rule empty prefix", |v| v["routes"][0]["rules"][0] = json!({"header": "a", "prefix": "", "variant": "v2"}), "routes[0].rules[0].prefix", "must not be empty"),
+            ("rule unknown variant", |v| v["routes"][0]["rules"][0]["variant"] = json!("v9"), "routes[0].rules[0].variant", "\"v9\" is not a variant of this route (variants: v1, v2)"),
+            ("rule bad header", |v| v["routes"][0]["rules"][0]["header"] = json!("x canary"), "routes[0].rules[0].header", "not a valid header name"),
+            ("rule pseudo header", |v| v["routes"][0]["rules"][0]["header"] = json!(":path"), "routes[0].rules[0].header", "pseudo-header"),
+            ("rule bad query", |v| v["routes"][0]["rules"][0] = json!({"query": "a=b", "exact": "x", "variant": "v2"}), "routes[0].rules[0].query", "must not contain"),
+            ("rule bad cookie", |v| v["routes"][0]["rules"][0] = json!({"cookie": "a;b", "exact": "x", "variant": "v2"}), "routes[0].rules[0].cookie", "not a valid cookie name"),
+            ("rule long value", |v| v["routes"][0]["rules"][0]["exact"] = json!("x".repeat(4097)), "routes[0].rules[0].exact", "limit is 4096"),
+            ("sticky with both", |v| v["routes"][0]["sticky"]["cookie"] = json!("c"), "routes[0].sticky", "exactly one of \"header\" and \"cookie\""),
+            ("sticky with neither", |v| v["routes"][0]["sticky"] = json!({"salt": "x"}), "routes[0].sticky", "exactly one of"),
+            ("variant header reserved", |v| v["variantHeader"] = json!("Host"), "variantHeader", "pick another name"),
+            ("variant header invalid", |v| v["variantHeader"] = json!("x:y"), "variantHeader", "not a valid header name"),
+            ("response header invalid", |v| v["responseHeader"] = json!(""), "responseHeader", "must not be empty"),
+            ("generation negative", |v| v["generation"] = json!(-1), "generation", "invalid value"),
+            ("routes not a list", |v| v["routes"] = json!({}), "routes", "invalid type"),
+            ("duplicate route", |v| { let r = v["routes"][0].clone(); v["routes"].as_array_mut().unwrap().push(r); }, "routes[1].name", "already the name of routes[0]"),
+            ("unreachable route", |v| { let mut r = v["routes"][0].clone(); r["name"] = json!("shadow"); r["pathPrefix"] = json!("/api"); v["routes"].as_array_mut().unwrap().push(r); }, "routes[1].hosts", "unreachable"),
+            ("too many rules", |v| { let rule = v["routes"][0]["rules"][0].clone(); v["routes"][0]["rules"] = json!(vec![rule; 65]); }, "routes[0].rules", "65 rules exceed the limit of 64"),
+        ];
+        for (name, edit, field, reason) in cases {
+            let (got_field, got_reason) = error_of(edit);
+            assert_eq!(got_field, field, "{name}: {got_reason}");
+            assert!(got_reason.contains(reason), "{name}: {got_reason:?} lacks {reason:?}");
+        }
+    }
+
+    #[test]
+    fn syntax_errors_say_where() {
+        let error = CheckedConfig::from_json(b"{\"routes\": [").unwrap_err();
+        assert!(error.reason.contains("line 1"), "{error}");
+        let error = CheckedConfig::from_json(b"{} trailing").unwrap_err();
+        assert!(error.reason.contains("trailing"), "{error}");
+        let error = CheckedConfig::from_json(&[0xff, 0xfe]).unwrap_err();
+        assert!(!error.reason.is_empty());
+    }
+
+    #[test]
+    fn error_display_puts_the_field_first() {
+        let error = ConfigError::new("routes[0].name", "must not be empty");
+        assert_eq!(error.to_string(), "routes[0].name: must not be empty");
+        assert_eq!(ConfigError::new("", "bad").to_string(), "bad");
+    }
+
+    #[test]
+    fn a_later_route_with_a_longer_prefix_is_reachable_the_other_way_round() {
+        let mut value = base();
+        let mut api = value["routes"][0].clone();
+        api["name"] = json!("api");
+        api["pathPrefix"] = json!("/api");
+        value["routes"] = json!([api, value["routes"][0].clone()]);
+        let checked = check(value).unwrap();
+        assert_eq!(checked.routes.len(), 2);
+    }
+
+    #[test]
+    fn names_are_normalised() {
+        let mut value = base();
+        value["variantHeader"] = json!("X-Variant");
+        value["routes"][0]["hosts"] = json!(["Reviews.Default.svc.cluster.local.", "*.EXAMPLE.com"]);
+        value["routes"][0]["rules"][0]["header"] = json!("X-Canary");
+        let checked = check(value).unwrap();
+        assert_eq!(checked.variant_header, "x-variant");
+        assert_eq!(
+            checked.routes[0].hosts,
+            vec![
+                HostPattern::Exact("reviews.default.svc.cluster.local".into()),
+                HostPattern::Suffix(".example.com".into())
+            ]
+        );
+        assert_eq!(checked.routes[0].rules[0].source, ValueSource::Header("x-canary".into()));
+    }
+
+    #[test]
+    fn host_patterns_match() {
+        let cases: &[(&str, &str, bool)] = &[
+            ("reviews", "reviews", true),
+            ("reviews", "REVIEWS", true),
+            ("reviews", "reviews2", false),
+            ("*.example.com", "a.example.com", true),
+            ("*.example.com", "a.b.Example.com", true),
+            ("*.example.com", "example.com", false),
+            ("*.example.com", "xexample.com", false),
+            ("*", "anything", true),
+        ];
+        for (pattern, host, expected) in cases {
+            let checked = checked_host("h", pattern).unwrap();
+            assert_eq!(checked.matches(host.as_bytes()), *expected, "{pattern} vs {host}");
+        }
+    }
+
+    #[test]
+    fn serialises_back_to_what_it_parsed() {
+        let raw = FilterConfig::from_json(base().to_string().as_bytes()).unwrap();
+        let again = FilterConfig::from_json(raw.to_json().as_bytes()).unwrap();
+        assert_eq!(raw, again);
+        assert!(!raw.to_json().contains("dryRun"), "defaults are omitted");
+    }
+}

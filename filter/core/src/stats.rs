@@ -1,0 +1,350 @@
+//! The filter's Envoy stats: their names, labels, and what one request records.
+//!
+//! Labels travel inside the stat name in Istio's tag convention, `<tag>=.=<value>;.;`, so a counter
+//! defined as `route=.=reviews;.;variant=.=v2;.;meshcanary_requests_total` is exported by
+//! `/stats/prometheus` as `meshcanary_requests_total{route="reviews",variant="v2"}` once tag
+//! extraction knows the tags (Istio: `extraStatTags`; standalone Envoy: `stats_tags`, see
+//! `envoy-config/`). Route and variant names are validated to be safe inside such names.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `meshcanary_requests_total` | counter | route, variant |
+//! | `meshcanary_responses_total` | counter | route, variant, class (`1xx`…`5xx`, `reset`) |
+//! | `meshcanary_decisions_total` | counter | route, variant, reason (`rule`, `sticky`, `request_id`, `random`, `fallback`) |
+//! | `meshcanary_request_duration_ms` | histogram | route, variant |
+//! | `meshcanary_config_generation` | gauge | — |
+//! | `meshcanary_config_rejected_total` | counter | — |
+//! | `meshcanary_unmatched_total` | counter | — |
+
+use crate::choose::{Decision, Reason};
+use crate::config::CheckedConfig;
+
+/// Every tag the filter puts into stat names, for the proxy's tag extraction config.
+pub const TAGS: [&str; 4] = ["route", "variant", "class", "reason"];
+
+/// Requests decided, per route and variant.
+pub const REQUESTS: &str = "meshcanary_requests_total";
+/// Completed requests by response class, per route and variant.
+pub const RESPONSES: &str = "meshcanary_responses_total";
+/// Decisions by reason, per route and variant.
+pub const DECISIONS: &str = "meshcanary_decisions_total";
+/// Request duration in milliseconds (first request byte to stream end), per route and variant.
+pub const DURATION_MS: &str = "meshcanary_request_duration_ms";
+/// The `generation` of the config in force.
+pub const GENERATION: &str = "meshcanary_config_generation";
+/// Configs the filter refused (Envoy then keeps the previous one).
+pub const REJECTED: &str = "meshcanary_config_rejected_total";
+/// Requests that matched no route and passed through.
+pub const UNMATCHED: &str = "meshcanary_unmatched_total";
+
+/// How a request ended, the `class` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseClass {
+    /// 1xx as the final status (protocol upgrades).
+    Informational,
+    /// 2xx.
+    Success,
+    /// 3xx.
+    Redirect,
+    /// 4xx.
+    ClientError,
+    /// 5xx, including Envoy's own 503 when the upstream resets or cannot be reached.
+    ServerError,
+    /// No response was sent: the stream was reset first.
+    Reset,
+}
+
+impl ResponseClass {
+    /// Every class, in stat order.
+    pub const ALL: [ResponseClass; 6] = [
+        ResponseClass::Informational,
+        ResponseClass::Success,
+        ResponseClass::Redirect,
+        ResponseClass::ClientError,
+        ResponseClass::ServerError,
+        ResponseClass::Reset,
+    ];
+
+    /// The class of a final status code; `None` or 0 means no response was sent.
+    pub fn of(status: Option<u64>) -> Self {
+        match status.unwrap_or(0) {
+            0..=99 => ResponseClass::Reset,
+            100..=199 => ResponseClass::Informational,
+            200..=299 => ResponseClass::Success,
+            300..=399 => ResponseClass::Redirect,
+            400..=499 => ResponseClass::ClientError,
+            _ => ResponseClass::ServerError,
+        }
+    }
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResponseClass::Informational => "1xx",
+            ResponseClass::Success => "2xx",
+            ResponseClass::Redirect => "3xx",
+            ResponseClass::ClientError => "4xx",
+            ResponseClass::ServerError => "5xx",
+            ResponseClass::Reset => "reset",
+        }
+    }
+
+    /// Position in [`ResponseClass::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The stat name carrying `labels` in Istio's tag convention.
+pub fn tagged_name(labels: &[(&str, &str)], metric: &str) -> String {
+    let mut name = String::with_capacity(metric.len() + 32 * labels.len());
+    for (tag, value) in labels {
+        name.push_str(tag);
+        name.push_str("=.=");
+        name.push_str(value);
+        name.push_str(";.;");
+    }
+    name.push_str(metric);
+    name
+}
+
+/// The kind of a stat.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    /// Only goes up.
+    Counter,
+    /// Set to a value.
+    Gauge,
+    /// Records a distribution.
+    Histogram,
+}
+
+/// Where stats go: Envoy's metric host calls in the filter, a recording fake in tests.
+pub trait MetricSink {
+    /// Handle of a defined metric.
+    type Id: Copy;
+    /// Defines (or finds) the metric called `name`; `None` if the host refuses.
+    fn define(&mut self, kind: MetricKind, name: &str) -> Option<Self::Id>;
+    /// Adds one to a counter.
+    fn increment(&mut self, id: Self::Id);
+    /// Sets a gauge or records a histogram value.
+    fn record(&mut self, id: Self::Id, value: u64);
+}
+
+/// The handles of one route variant's stats.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VariantMetrics<Id> {
+    /// `meshcanary_requests_total`.
+    pub requests: Id,
+    /// `meshcanary_responses_total`, indexed by [`ResponseClass::index`].
+    pub responses: [Id; 6],
+    /// `meshcanary_decisions_total`, indexed by [`Reason::index`].
+    pub decisions: [Id; 5],
+    /// `meshcanary_request_duration_ms`.
+    pub duration_ms: Id,
+}
+
+/// Stats that do not depend on the config: defined once per root context, before it is parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterMetrics<Id> {
+    /// `meshcanary_config_generation`.
+    pub generation: Id,
+    /// `meshcanary_config_rejected_total`.
+    pub rejected: Id,
+    /// `meshcanary_unmatched_total`.
+    pub unmatched: Id,
+}
+
+impl<Id: Copy> FilterMetrics<Id> {
+    /// Defines the filter-wide stats.
+    pub fn define(sink: &mut impl MetricSink<Id = Id>) -> Option<Self> {
+        Some(Self {
+            generation: sink.define(MetricKind::Gauge, GENERATION)?,
+            rejected: sink.define(MetricKind::Counter, REJECTED)?,
+            unmatched: sink.define(MetricKind::Counter, UNMATCHED)?,
+        })
+    }
+}
+
+/// Handles for every route and variant of a config: `[route][variant]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteMetrics<Id> {
+    variants: Vec<Vec<VariantMetrics<Id>>>,
+}
+
+/// What is known about a request once it is complete.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Outcome {
+    /// The final status code sent downstream, if any.
+    pub status: Option<u64>,
+    /// Milliseconds from the request headers to the end of the stream, if the clock was readable.
+    pub duration_ms: Option<u64>,
+}
+
+impl<Id: Copy> RouteMetrics<Id> {
+    /// Defines every stat for every route and variant of `config`, so all series exist (at zero)
+    /// from the moment the config is applied.
+    pub fn define(sink: &mut impl MetricSink<Id = Id>, config: &CheckedConfig) -> Option<Self> {
+        let mut variants = Vec::with_capacity(config.routes.len());
+        for route in &config.routes {
+            let mut per_route = Vec::with_capacity(route.variants.len());
+            for variant in &route.variants {
+                let labels = [("route", route.name.as_str()), ("variant", variant.as_str())];
+                let mut define = |kind, extra: Option<(&str, &str)>, metric| {
+                    let mut all = labels.to_vec();
+                    all.extend(extra);
+                    sink.define(kind, &tagged_name(&all, metric))
+                };
+                let requests = define(MetricKind::Counter, None, REQUESTS)?;
+                let duration_ms = define(MetricKind::Histogram, None, DURATION_MS)?;
+                let mut responses = [requests; 6];
+                for class in ResponseClass::ALL {
+                    responses[class.index()] =
+                        define(MetricKind::Counter, Some(("class", class.as_str())), RESPONSES)?;
+                }
+                let mut decisions = [requests; 5];
+                for reason in Reason::ALL {
+                    decisions[reason.index()] =
+                        define(MetricKind::Counter, Some(("reason", reason.as_str())), DECISIONS)?;
+                }
+                per_route.push(VariantMetrics {
+                    requests,
+                    responses,
+                    decisions,
+                    duration_ms,
+                });
+            }
+            variants.push(per_route);
+        }
+        Some(Self { variants })
+    }
+
+    /// Records one completed request. Unknown indices (which a decision from the same config never
+    /// has) record nothing.
+    pub fn record(&self, sink: &mut impl MetricSink<Id = Id>, decision: &Decision, outcome: &Outcome) {
+        let Some(metrics) = self
+            .variants
+            .get(decision.route)
+            .and_then(|route| route.get(decision.variant))
+        else {
+            return;
+        };
+        sink.increment(metrics.requests);
+        sink.increment(metrics.decisions[decision.reason.index()]);
+        sink.increment(metrics.responses[ResponseClass::of(outcome.status).index()]);
+        if let Some(ms) = outcome.duration_ms {
+            sink.record(metrics.duration_ms, ms);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Keeps every metric by name with its value (histograms: the recorded values).
+    #[derive(Default)]
+    struct RecordingSink {
+        names: Vec<(MetricKind, String)>,
+        counters: HashMap<usize, u64>,
+        recorded: HashMap<usize, Vec<u64>>,
+    }
+
+    impl RecordingSink {
+        fn id(&self, name: &str) -> usize {
+            self.names.iter().position(|(_, n)| n == name).unwrap()
+        }
+        fn counter(&self, name: &str) -> u64 {
+            self.counters.get(&self.id(name)).copied().unwrap_or(0)
+        }
+    }
+
+    impl MetricSink for RecordingSink {
+        type Id = usize;
+        fn define(&mut self, kind: MetricKind, name: &str) -> Option<usize> {
+            if let Some(id) = self.names.iter().position(|(_, n)| n == name) {
+                return Some(id);
+            }
+            self.names.push((kind, name.to_string()));
+            Some(self.names.len() - 1)
+        }
+        fn increment(&mut self, id: usize) {
+            *self.counters.entry(id).or_default() += 1;
+        }
+        fn record(&mut self, id: usize, value: u64) {
+            self.recorded.entry(id).or_default().push(value);
+        }
+    }
+
+    fn config() -> CheckedConfig {
+        CheckedConfig::from_json(
+            br#"{"routes": [{"name": "reviews", "hosts": ["*"], "variants": [{"name": "v1", "weight": 5000}, {"name": "v2", "weight": 5000}]}]}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn names_follow_the_istio_tag_convention() {
+        assert_eq!(
+            tagged_name(&[("route", "reviews"), ("variant", "v2")], REQUESTS),
+            "route=.=reviews;.;variant=.=v2;.;meshcanary_requests_total"
+        );
+        assert_eq!(tagged_name(&[], GENERATION), "meshcanary_config_generation");
+    }
+
+    #[test]
+    fn classes_of_status_codes() {
+        let cases = [
+            (None, "reset"),
+            (Some(0), "reset"),
+            (Some(101), "1xx"),
+            (Some(200), "2xx"),
+            (Some(204), "2xx"),
+            (Some(302), "3xx"),
+            (Some(404), "4xx"),
+            (Some(500), "5xx"),
+            (Some(503), "5xx"),
+            (Some(999), "5xx"),
+        ];
+        for (status, class) in cases {
+            assert_eq!(ResponseClass::of(status).as_str(), class, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn defines_every_series_up_front() {
+        let mut sink = RecordingSink::default();
+        RouteMetrics::define(&mut sink, &config()).unwrap();
+        // 2 variants × (requests + histogram + 6 classes + 5 reasons).
+        assert_eq!(sink.names.len(), 26);
+        assert!(sink.names.contains(&(
+            MetricKind::Counter,
+            "route=.=reviews;.;variant=.=v2;.;class=.=reset;.;meshcanary_responses_total".into()
+        )));
+        assert!(sink.names.contains(&(
+            MetricKind::Histogram,
+            "route=.=reviews;.;variant=.=v1;.;meshcanary_request_duration_ms".into()
+        )));
+    }
+
+    #[test]
+    fn records_one_request_under_its_labels() {
+        let mut sink = RecordingSink::default();
+        let metrics = RouteMetrics::define(&mut sink, &config()).unwrap();
+        let decision = Decision { route: 0, variant: 1, reason: Reason::Rule };
+        metrics.record(&mut sink, &decision, &Outcome { status: Some(503), duration_ms: Some(12) });
+        metrics.record(&mut sink, &decision, &Outcome { status: None, duration_ms: None });
+        let name = |labels: &[(&str, &str)], metric| tagged_name(labels, metric);
+        let v2 = [("route", "reviews"), ("variant", "v2")];
+        assert_eq!(sink.counter(&name(&v2, REQUESTS)), 2);
+        assert_eq!(sink.counter(&name(&[v2[0], v2[1], ("class", "5xx")], RESPONSES)), 1);
+        assert_eq!(sink.counter(&name(&[v2[0], v2[1], ("class", "reset")], RESPONSES)), 1);
+        assert_eq!(sink.counter(&name(&[v2[0], v2[1], ("reason", "rule")], DECISIONS)), 2);
+        assert_eq!(sink.counter(&name(&[("route", "reviews"), ("variant", "v1")], REQUESTS)), 0);
+        assert_eq!(sink.recorded[&sink.id(&name(&v2, DURATION_MS))], vec![12]);
+        // A decision from another config records nothing rather than panicking.
+        metrics.record(&mut sink, &Decision { route: 5, variant: 0, reason: Reason::Rule }, &Outcome { status: Some(200), duration_ms: Some(1) });
+        assert_eq!(sink.counters.values().sum::<u64>(), 6);
+    }
+}

@@ -1,0 +1,217 @@
+//! meshcanary's proxy-wasm HTTP filter, built for `wasm32-wasip1` and loaded by Envoy (a standalone
+//! Envoy through ECDS, or an Istio sidecar through a WasmPlugin).
+//!
+//! For every request it asks `meshcanary-core` which route and variant the request belongs to,
+//! writes the variant into the request header that the route config matches on, and records the
+//! per-variant stats when the stream ends (`on_log`, which also runs for resets and local replies).
+//! All decisions live in the core crate; this crate only moves bytes between Envoy and it. Nothing
+//! here may fail a request: when anything goes wrong the request passes through to the stable route.
+
+mod random;
+
+use meshcanary_core::choose::{choose, Decision};
+use meshcanary_core::config::{CheckedConfig, DEFAULT_VARIANT_HEADER};
+use meshcanary_core::request::RequestView;
+use meshcanary_core::stats::{FilterMetrics, MetricKind, MetricSink, Outcome, RouteMetrics};
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use std::rc::Rc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+proxy_wasm::main! {{
+    // Also installs a panic hook that logs at critical before the VM aborts.
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FilterRoot::default()) });
+}}
+
+/// Envoy's metric host calls.
+struct HostMetrics;
+
+impl MetricSink for HostMetrics {
+    type Id = u32;
+
+    fn define(&mut self, kind: MetricKind, name: &str) -> Option<u32> {
+        let kind = match kind {
+            MetricKind::Counter => MetricType::Counter,
+            MetricKind::Gauge => MetricType::Gauge,
+            MetricKind::Histogram => MetricType::Histogram,
+        };
+        hostcalls::define_metric(kind, name).ok()
+    }
+
+    fn increment(&mut self, id: u32) {
+        // A failed stat update must not affect the request.
+        let _ = hostcalls::increment_metric(id, 1);
+    }
+
+    fn record(&mut self, id: u32, value: u64) {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
+/// A config in force, with the handles of its stats. Shared by the HTTP contexts created while it
+/// is current; a request keeps the config it started with even if a new one arrives meanwhile.
+struct Active {
+    config: CheckedConfig,
+    metrics: RouteMetrics<u32>,
+    unmatched: u32,
+}
+
+/// One per plugin configuration: Envoy creates a new root context for every config it receives.
+#[derive(Default)]
+struct FilterRoot {
+    filter_metrics: Option<FilterMetrics<u32>>,
+    active: Option<Rc<Active>>,
+}
+
+impl FilterRoot {
+    fn apply(&mut self, bytes: &[u8]) -> Result<u64, String> {
+        let config = CheckedConfig::from_json(bytes).map_err(|error| error.to_string())?;
+        let filter_metrics = self
+            .filter_metrics
+            .clone()
+            .ok_or("the proxy refused to define the filter's stats")?;
+        let metrics = RouteMetrics::define(&mut HostMetrics, &config)
+            .ok_or("the proxy refused to define the routes' stats")?;
+        let generation = config.generation;
+        HostMetrics.record(filter_metrics.generation, generation);
+        self.active = Some(Rc::new(Active {
+            config,
+            metrics,
+            unmatched: filter_metrics.unmatched,
+        }));
+        Ok(generation)
+    }
+}
+
+impl Context for FilterRoot {}
+
+impl RootContext for FilterRoot {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        if self.filter_metrics.is_none() {
+            self.filter_metrics = FilterMetrics::define(&mut HostMetrics);
+        }
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match self.apply(&bytes) {
+            Ok(generation) => {
+                log::info!("meshcanary: applied config generation {generation}");
+                true
+            }
+            Err(reason) => {
+                // Returning false makes Envoy reject the update and keep serving the previous config.
+                log::warn!("meshcanary: rejected config: {reason}");
+                if let Some(metrics) = &self.filter_metrics {
+                    HostMetrics.increment(metrics.rejected);
+                }
+                false
+            }
+        }
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(FilterStream {
+            active: self.active.clone(),
+            decision: None,
+            started_ns: None,
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+/// One per HTTP request.
+struct FilterStream {
+    active: Option<Rc<Active>>,
+    decision: Option<Decision>,
+    started_ns: Option<u64>,
+}
+
+/// The request headers, read from Envoy one at a time as the decision asks for them.
+struct HostRequest;
+
+impl RequestView for HostRequest {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(proxy_wasm::types::MapType::HttpRequestHeaders, name)
+            .ok()
+            .flatten()
+    }
+}
+
+fn now_ns() -> Option<u64> {
+    let now: SystemTime = hostcalls::get_current_time().ok()?;
+    u64::try_from(now.duration_since(UNIX_EPOCH).ok()?.as_nanos()).ok()
+}
+
+impl Context for FilterStream {}
+
+impl HttpContext for FilterStream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(active) = self.active.clone() else {
+            // No config was ever accepted: still never let a client choose its variant.
+            self.set_http_request_header(DEFAULT_VARIANT_HEADER, None);
+            return Action::Continue;
+        };
+        let config = &active.config;
+        let decision = choose(config, &HostRequest, random::bucket);
+        let variant = decision.and_then(|d| {
+            let route = config.routes.get(d.route)?;
+            Some((route, route.variants.get(d.variant)?))
+        });
+        match variant {
+            Some((route, variant)) if !route.dry_run => {
+                // Replaces any value the client sent, and (ABI 0.2.1) clears the route cache so
+                // routes matching this header see the new value.
+                self.set_http_request_header(&config.variant_header, Some(variant));
+            }
+            _ => self.set_http_request_header(&config.variant_header, None),
+        }
+        if decision.is_none() {
+            HostMetrics.increment(active.unmatched);
+        }
+        self.decision = decision;
+        self.started_ns = now_ns();
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let (Some(active), Some(decision)) = (&self.active, &self.decision) {
+            if let Some(header) = &active.config.response_header {
+                let variant = active
+                    .config
+                    .routes
+                    .get(decision.route)
+                    .and_then(|route| route.variants.get(decision.variant));
+                if let Some(variant) = variant {
+                    let value = format!("{variant}; reason={}", decision.reason.as_str());
+                    self.set_http_response_header(header, Some(&value));
+                }
+            }
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        let (Some(active), Some(decision)) = (&self.active, &self.decision) else {
+            return;
+        };
+        let status = self
+            .get_property(vec!["response", "code"])
+            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
+            .map(u64::from_le_bytes);
+        let duration_ms = match (self.started_ns, now_ns()) {
+            (Some(start), Some(end)) => Some(end.saturating_sub(start) / 1_000_000),
+            _ => None,
+        };
+        active.metrics.record(
+            &mut HostMetrics,
+            decision,
+            &Outcome {
+                status,
+                duration_ms,
+            },
+        );
+    }
+}
