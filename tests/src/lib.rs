@@ -1,1 +1,13 @@
-//! End-to-end test harness: starts real Envoy with the filter, upstream servers and a client.
+//! End-to-end test harness for meshcanary: starts a real Envoy with the built filter and the
+//! standalone bootstrap from `envoy-config/`, small upstream servers that say which variant they
+//! are, and drives real HTTP traffic through them. Everything it starts is stopped when its handle
+//! is dropped, including when a test fails.
+//!
+//! It needs the Envoy binary (`ENVOY_BIN`, or the project venv that `make test` creates) and the
+//! release `.wasm` (`MESHCANARY_WASM`, or `make build`'s output).
+
+pub mod envoy;
+pub mod load;
+pub mod paths;
+pub mod prometheus;
+pub mod upstream;

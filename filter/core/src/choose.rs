@@ -91,8 +91,9 @@ pub fn choose(
         route.hosts.iter().any(|pattern| pattern.matches(host))
             && match &route.path_prefix {
                 None => true,
-                Some(prefix) => path_bytes(request)
-                    .is_some_and(|p| path_of(&p).starts_with(prefix.as_bytes())),
+                Some(prefix) => {
+                    path_bytes(request).is_some_and(|p| path_of(&p).starts_with(prefix.as_bytes()))
+                }
             }
     })?;
 
@@ -140,9 +141,15 @@ pub fn choose(
         }
     }
 
-    if let Some(id) = request.header(REQUEST_ID_HEADER).filter(|id| !id.is_empty()) {
+    if let Some(id) = request
+        .header(REQUEST_ID_HEADER)
+        .filter(|id| !id.is_empty())
+    {
         let bucket = hash::bucket(route.salt.as_bytes(), &id);
-        return Some(decision(variant_for_bucket(route, bucket), Reason::RequestId));
+        return Some(decision(
+            variant_for_bucket(route, bucket),
+            Reason::RequestId,
+        ));
     }
 
     Some(match random_bucket() {
@@ -220,10 +227,18 @@ mod tests {
         }]}))
     }
 
-    fn pick(config: &CheckedConfig, headers: &[(&str, &str)], random: Option<u32>) -> Option<(usize, String, Reason)> {
+    fn pick(
+        config: &CheckedConfig,
+        headers: &[(&str, &str)],
+        random: Option<u32>,
+    ) -> Option<(usize, String, Reason)> {
         let request = FakeRequest::new(headers);
         choose(config, &request, || random).map(|d| {
-            (d.route, config.routes[d.route].variants[d.variant].clone(), d.reason)
+            (
+                d.route,
+                config.routes[d.route].variants[d.variant].clone(),
+                d.reason,
+            )
         })
     }
 
@@ -231,26 +246,130 @@ mod tests {
     fn precedence_and_matching() {
         let config = reviews([10000, 0], "s");
         let r = |v: &str, reason| Some((0, v.to_string(), reason));
-        type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<u32>, Option<(usize, String, Reason)>);
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, &'a str)>,
+            Option<u32>,
+            Option<(usize, String, Reason)>,
+        );
         let cases: Vec<Case> = vec![
-            ("qa header forces canary at weight 0", vec![(":authority", "reviews"), ("x-canary", "always")], Some(0), r("v2", Reason::Rule)),
-            ("qa header must match exactly", vec![(":authority", "reviews"), ("x-canary", "always!")], Some(0), r("v1", Reason::Random)),
-            ("cookie prefix", vec![(":authority", "reviews:9080"), ("cookie", "a=1; canary=v2-beta")], Some(0), r("v2", Reason::Rule)),
-            ("cookie other value", vec![(":authority", "reviews"), ("cookie", "canary=v1")], Some(0), r("v1", Reason::Random)),
-            ("query present", vec![(":authority", "reviews"), (":path", "/x?canary")], Some(0), r("v2", Reason::Rule)),
-            ("query absent", vec![(":authority", "reviews"), (":path", "/x?other=canary")], Some(0), r("v1", Reason::Random)),
-            ("first rule wins", vec![(":authority", "reviews"), ("x-stable", "1"), ("x-canary", "always")], Some(0), r("v2", Reason::Rule)),
-            ("later rule", vec![(":authority", "reviews"), ("x-stable", "1")], Some(0), r("v1", Reason::Rule)),
-            ("sticky key", vec![(":authority", "REVIEWS.default.svc.cluster.local."), ("x-user-id", "u1")], Some(0), r("v1", Reason::Sticky)),
-            ("empty sticky key falls back to request id", vec![(":authority", "reviews"), ("x-user-id", ""), ("x-request-id", "abc")], Some(0), r("v1", Reason::RequestId)),
-            ("request id", vec![(":authority", "reviews"), ("x-request-id", "abc")], Some(0), r("v1", Reason::RequestId)),
-            ("random", vec![(":authority", "reviews")], Some(9999), r("v1", Reason::Random)),
-            ("no randomness", vec![(":authority", "reviews")], None, r("v1", Reason::Fallback)),
-            ("unknown host", vec![(":authority", "details")], Some(0), None),
+            (
+                "qa header forces canary at weight 0",
+                vec![(":authority", "reviews"), ("x-canary", "always")],
+                Some(0),
+                r("v2", Reason::Rule),
+            ),
+            (
+                "qa header must match exactly",
+                vec![(":authority", "reviews"), ("x-canary", "always!")],
+                Some(0),
+                r("v1", Reason::Random),
+            ),
+            (
+                "cookie prefix",
+                vec![
+                    (":authority", "reviews:9080"),
+                    ("cookie", "a=1; canary=v2-beta"),
+                ],
+                Some(0),
+                r("v2", Reason::Rule),
+            ),
+            (
+                "cookie other value",
+                vec![(":authority", "reviews"), ("cookie", "canary=v1")],
+                Some(0),
+                r("v1", Reason::Random),
+            ),
+            (
+                "query present",
+                vec![(":authority", "reviews"), (":path", "/x?canary")],
+                Some(0),
+                r("v2", Reason::Rule),
+            ),
+            (
+                "query absent",
+                vec![(":authority", "reviews"), (":path", "/x?other=canary")],
+                Some(0),
+                r("v1", Reason::Random),
+            ),
+            (
+                "first rule wins",
+                vec![
+                    (":authority", "reviews"),
+                    ("x-stable", "1"),
+                    ("x-canary", "always"),
+                ],
+                Some(0),
+                r("v2", Reason::Rule),
+            ),
+            (
+                "later rule",
+                vec![(":authority", "reviews"), ("x-stable", "1")],
+                Some(0),
+                r("v1", Reason::Rule),
+            ),
+            (
+                "sticky key",
+                vec![
+                    (":authority", "REVIEWS.default.svc.cluster.local."),
+                    ("x-user-id", "u1"),
+                ],
+                Some(0),
+                r("v1", Reason::Sticky),
+            ),
+            (
+                "empty sticky key falls back to request id",
+                vec![
+                    (":authority", "reviews"),
+                    ("x-user-id", ""),
+                    ("x-request-id", "abc"),
+                ],
+                Some(0),
+                r("v1", Reason::RequestId),
+            ),
+            (
+                "request id",
+                vec![(":authority", "reviews"), ("x-request-id", "abc")],
+                Some(0),
+                r("v1", Reason::RequestId),
+            ),
+            (
+                "random",
+                vec![(":authority", "reviews")],
+                Some(9999),
+                r("v1", Reason::Random),
+            ),
+            (
+                "no randomness",
+                vec![(":authority", "reviews")],
+                None,
+                r("v1", Reason::Fallback),
+            ),
+            (
+                "unknown host",
+                vec![(":authority", "details")],
+                Some(0),
+                None,
+            ),
             ("no authority", vec![], Some(0), None),
-            ("suffix host and path prefix", vec![(":authority", "eu.ratings.example"), (":path", "/api/x")], Some(9000), Some((1, "c".into(), Reason::Random))),
-            ("path prefix mismatch", vec![(":authority", "eu.ratings.example"), (":path", "/web")], Some(0), None),
-            ("path prefix needs path", vec![(":authority", "eu.ratings.example")], Some(0), None),
+            (
+                "suffix host and path prefix",
+                vec![(":authority", "eu.ratings.example"), (":path", "/api/x")],
+                Some(9000),
+                Some((1, "c".into(), Reason::Random)),
+            ),
+            (
+                "path prefix mismatch",
+                vec![(":authority", "eu.ratings.example"), (":path", "/web")],
+                Some(0),
+                None,
+            ),
+            (
+                "path prefix needs path",
+                vec![(":authority", "eu.ratings.example")],
+                Some(0),
+                None,
+            ),
         ];
         for (name, headers, random, expected) in cases {
             assert_eq!(pick(&config, &headers, random), expected, "{name}");
@@ -260,9 +379,27 @@ mod tests {
     #[test]
     fn cookie_sticky_key_uses_the_cookie() {
         let config = reviews([5000, 5000], "");
-        let (route, _, reason) = pick(&config, &[(":authority", "x.ratings.example"), (":path", "/api"), ("cookie", "session=abc")], Some(0)).unwrap();
+        let (route, _, reason) = pick(
+            &config,
+            &[
+                (":authority", "x.ratings.example"),
+                (":path", "/api"),
+                ("cookie", "session=abc"),
+            ],
+            Some(0),
+        )
+        .unwrap();
         assert_eq!((route, reason), (1, Reason::Sticky));
-        let (_, _, reason) = pick(&config, &[(":authority", "x.ratings.example"), (":path", "/api"), ("cookie", "other=abc")], Some(0)).unwrap();
+        let (_, _, reason) = pick(
+            &config,
+            &[
+                (":authority", "x.ratings.example"),
+                (":path", "/api"),
+                ("cookie", "other=abc"),
+            ],
+            Some(0),
+        )
+        .unwrap();
         assert_eq!(reason, Reason::Random);
     }
 
@@ -293,20 +430,35 @@ mod tests {
 
     #[test]
     fn buckets_map_to_variants_in_order() {
-        let config = config(json!({"routes": [{"name": "r", "hosts": ["*"], "variants": [
-            {"name": "a", "weight": 100}, {"name": "zero", "weight": 0}, {"name": "b", "weight": 9900}]}]}));
+        let config = config(
+            json!({"routes": [{"name": "r", "hosts": ["*"], "variants": [
+            {"name": "a", "weight": 100}, {"name": "zero", "weight": 0}, {"name": "b", "weight": 9900}]}]}),
+        );
         let route = &config.routes[0];
-        let cases = [(0, 0), (99, 0), (100, 2), (9999, 2), (10000, 0), (u32::MAX, 0)];
+        let cases = [
+            (0, 0),
+            (99, 0),
+            (100, 2),
+            (9999, 2),
+            (10000, 0),
+            (u32::MAX, 0),
+        ];
         for (bucket, variant) in cases {
-            assert_eq!(variant_for_bucket(route, bucket), variant, "bucket {bucket}");
+            assert_eq!(
+                variant_for_bucket(route, bucket),
+                variant,
+                "bucket {bucket}"
+            );
         }
     }
 
     #[test]
     fn random_split_converges_to_weights() {
         // Every bucket once: the split is exact.
-        let config = config(json!({"routes": [{"name": "r", "hosts": ["*"], "variants": [
-            {"name": "a", "weight": 7000}, {"name": "b", "weight": 2999}, {"name": "c", "weight": 1}]}]}));
+        let config = config(
+            json!({"routes": [{"name": "r", "hosts": ["*"], "variants": [
+            {"name": "a", "weight": 7000}, {"name": "b", "weight": 2999}, {"name": "c", "weight": 1}]}]}),
+        );
         let mut counts = [0u32; 3];
         for bucket in 0..TOTAL_WEIGHT {
             counts[variant_for_bucket(&config.routes[0], bucket)] += 1;
@@ -320,14 +472,26 @@ mod tests {
         let canary = (0..100_000)
             .filter(|i| {
                 let id = format!("{i:08x}-4b7e-9f2a-request");
-                pick(&config, &[(":authority", "reviews"), ("x-request-id", &id)], None).unwrap().1 == "v2"
+                pick(
+                    &config,
+                    &[(":authority", "reviews"), ("x-request-id", &id)],
+                    None,
+                )
+                .unwrap()
+                .1 == "v2"
             })
             .count();
         assert!((9_500..=10_500).contains(&canary), "{canary}");
     }
 
     fn sticky_variant(weights: [u32; 2], salt: &str, user: &str) -> String {
-        pick(&reviews(weights, salt), &[(":authority", "reviews"), ("x-user-id", user)], None).unwrap().1
+        pick(
+            &reviews(weights, salt),
+            &[(":authority", "reviews"), ("x-user-id", user)],
+            None,
+        )
+        .unwrap()
+        .1
     }
 
     proptest! {
@@ -382,7 +546,10 @@ mod tests {
     fn a_new_salt_draws_a_different_cohort() {
         let users: Vec<String> = (0..2000).map(|i| format!("user{i}")).collect();
         let cohort = |salt: &str| -> Vec<bool> {
-            users.iter().map(|u| sticky_variant([8000, 2000], salt, u) == "v2").collect()
+            users
+                .iter()
+                .map(|u| sticky_variant([8000, 2000], salt, u) == "v2")
+                .collect()
         };
         let (a, b) = (cohort("r1"), cohort("r2"));
         let same_canary = a.iter().zip(&b).filter(|(x, y)| **x && **y).count();

@@ -26,7 +26,6 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
 
 /// Weights are in basis points: 10000 is all of a route's traffic, 1 is 0.01 %.
 pub const TOTAL_WEIGHT: u32 = 10_000;
@@ -254,7 +253,9 @@ impl HostPattern {
             HostPattern::Exact(name) => host.eq_ignore_ascii_case(name.as_bytes()),
             HostPattern::Suffix(suffix) => {
                 host.len() > suffix.len()
-                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+                    && host
+                        .get(host.len() - suffix.len()..)
+                        .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix.as_bytes()))
             }
         }
     }
@@ -326,11 +327,12 @@ impl FilterConfig {
             return Ok(Self::default());
         }
         let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-        let parsed: Self = serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-            let field = error.path().to_string();
-            let field = if field == "." { String::new() } else { field };
-            ConfigError::new(field, error.inner().to_string())
-        })?;
+        let parsed: Self =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+                let field = error.path().to_string();
+                let field = if field == "." { String::new() } else { field };
+                ConfigError::new(field, error.inner().to_string())
+            })?;
         deserializer
             .end()
             .map_err(|error| ConfigError::new("", error.to_string()))?;
@@ -355,7 +357,9 @@ impl TryFrom<FilterConfig> for CheckedConfig {
         if RESERVED_HEADERS.contains(&variant_header.as_str()) {
             return Err(ConfigError::new(
                 "variantHeader",
-                format!("{variant_header:?} is a header Envoy or HTTP itself uses; pick another name"),
+                format!(
+                    "{variant_header:?} is a header Envoy or HTTP itself uses; pick another name"
+                ),
             ));
         }
         let response_header = raw
@@ -366,7 +370,10 @@ impl TryFrom<FilterConfig> for CheckedConfig {
         if raw.routes.len() > MAX_ROUTES {
             return Err(ConfigError::new(
                 "routes",
-                format!("{} routes exceed the limit of {MAX_ROUTES}", raw.routes.len()),
+                format!(
+                    "{} routes exceed the limit of {MAX_ROUTES}",
+                    raw.routes.len()
+                ),
             ));
         }
         let mut routes: Vec<CheckedRoute> = Vec::with_capacity(raw.routes.len());
@@ -419,7 +426,10 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
     if route.hosts.len() > MAX_HOSTS {
         return Err(ConfigError::new(
             format!("{field}.hosts"),
-            format!("{} hosts exceed the limit of {MAX_HOSTS}", route.hosts.len()),
+            format!(
+                "{} hosts exceed the limit of {MAX_HOSTS}",
+                route.hosts.len()
+            ),
         ));
     }
     let hosts = route
@@ -471,7 +481,10 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
         if let Some(earlier) = names.iter().position(|n| *n == variant.name) {
             return Err(ConfigError::new(
                 format!("{variant_field}.name"),
-                format!("{:?} is already the name of variants[{earlier}]", variant.name),
+                format!(
+                    "{:?} is already the name of variants[{earlier}]",
+                    variant.name
+                ),
             ));
         }
         if variant.weight > TOTAL_WEIGHT {
@@ -497,7 +510,10 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
     if route.rules.len() > MAX_RULES {
         return Err(ConfigError::new(
             format!("{field}.rules"),
-            format!("{} rules exceed the limit of {MAX_RULES}", route.rules.len()),
+            format!(
+                "{} rules exceed the limit of {MAX_RULES}",
+                route.rules.len()
+            ),
         ));
     }
     let rules = route
@@ -511,9 +527,10 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
         Some(sticky) => {
             let sticky_field = format!("{field}.sticky");
             let source = match (&sticky.header, &sticky.cookie) {
-                (Some(header), None) => {
-                    ValueSource::Header(checked_header_name(&format!("{sticky_field}.header"), header)?)
-                }
+                (Some(header), None) => ValueSource::Header(checked_header_name(
+                    &format!("{sticky_field}.header"),
+                    header,
+                )?),
                 (None, Some(cookie)) => {
                     check_cookie_name(&format!("{sticky_field}.cookie"), cookie)?;
                     ValueSource::Cookie(cookie.clone())
@@ -544,7 +561,11 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
     })
 }
 
-fn checked_rule(field: &str, rule: &RuleConfig, variants: &[String]) -> Result<CheckedRule, ConfigError> {
+fn checked_rule(
+    field: &str,
+    rule: &RuleConfig,
+    variants: &[String],
+) -> Result<CheckedRule, ConfigError> {
     let source = match (&rule.header, &rule.cookie, &rule.query) {
         (Some(header), None, None) => {
             ValueSource::Header(checked_header_name(&format!("{field}.header"), header)?)
@@ -626,7 +647,11 @@ fn checked_rule(field: &str, rule: &RuleConfig, variants: &[String]) -> Result<C
 
 /// A later route whose every host is already claimed by an earlier route with a path prefix that
 /// covers it would never see a request; that is almost always a mistake in the config.
-fn check_reachable(field: &str, route: &CheckedRoute, earlier: &[CheckedRoute]) -> Result<(), ConfigError> {
+fn check_reachable(
+    field: &str,
+    route: &CheckedRoute,
+    earlier: &[CheckedRoute],
+) -> Result<(), ConfigError> {
     for (index, other) in earlier.iter().enumerate() {
         let prefix_covers = match (&other.path_prefix, &route.path_prefix) {
             (None, _) => true,
@@ -823,49 +848,265 @@ mod tests {
     fn rejections_name_the_field_and_the_reason() {
         type Edit = fn(&mut serde_json::Value);
         let cases: Vec<(&str, Edit, &str, &str)> = vec![
-            ("unknown top-level field", |v| v["routess"] = json!([]), "routess", "unknown field `routess`, expected one of"),
-            ("unknown route field", |v| v["routes"][0]["weight"] = json!(1), "routes[0].weight", "unknown field `weight`"),
-            ("weight above total", |v| v["routes"][0]["variants"][1]["weight"] = json!(10001), "routes[0].variants[1].weight", "10001 exceeds 10000"),
-            ("negative weight", |v| v["routes"][0]["variants"][1]["weight"] = json!(-1), "routes[0].variants[1].weight", "invalid value"),
-            ("fractional weight", |v| v["routes"][0]["variants"][1]["weight"] = json!(10.5), "routes[0].variants[1].weight", "invalid type"),
-            ("weights do not sum", |v| v["routes"][0]["variants"][1]["weight"] = json!(999), "routes[0].variants", "sum to 9999"),
-            ("one variant", |v| v["routes"][0]["variants"] = json!([{"name": "v1", "weight": 10000}]), "routes[0].variants", "at least 2 variants"),
-            ("duplicate variant", |v| v["routes"][0]["variants"][1]["name"] = json!("v1"), "routes[0].variants[1].name", "already the name of variants[0]"),
-            ("variant name with dot", |v| v["routes"][0]["variants"][1]["name"] = json!("v.2"), "routes[0].variants[1].name", "contains '.'"),
-            ("empty route name", |v| v["routes"][0]["name"] = json!(""), "routes[0].name", "must not be empty"),
-            ("long route name", |v| v["routes"][0]["name"] = json!("r".repeat(65)), "routes[0].name", "limit is 64"),
-            ("no hosts", |v| v["routes"][0]["hosts"] = json!([]), "routes[0].hosts", "at least one host"),
-            ("host with port", |v| v["routes"][0]["hosts"][0] = json!("reviews:9080"), "routes[0].hosts[0]", "without \":9080\""),
-            ("host with slash", |v| v["routes"][0]["hosts"][1] = json!("a/b"), "routes[0].hosts[1]", "'/' is not allowed"),
-            ("path prefix without slash", |v| v["routes"][0]["pathPrefix"] = json!("api"), "routes[0].pathPrefix", "must start with '/'"),
-            ("path prefix with query", |v| v["routes"][0]["pathPrefix"] = json!("/a?b"), "routes[0].pathPrefix", "must not contain"),
-            ("rule without source", |v| v["routes"][0]["rules"][0] = json!({"exact": "a", "variant": "v2"}), "routes[0].rules[0]", "exactly one of \"header\", \"cookie\" and \"query\""),
-            ("rule with two sources", |v| v["routes"][0]["rules"][0]["cookie"] = json!("c"), "routes[0].rules[0]", "exactly one of \"header\""),
-            ("rule without matcher", |v| v["routes"][0]["rules"][0] = json!({"header": "a", "variant": "v2"}), "routes[0].rules[0]", "exactly one of \"exact\", \"prefix\" and \"present\""),
-            ("rule with two matchers", |v| v["routes"][0]["rules"][0]["prefix"] = json!("a"), "routes[0].rules[0]", "exactly one of \"exact\""),
-            ("rule present false", |v| v["routes"][0]["rules"][0] = json!({"header": "a", "present": false, "variant": "v2"}), "routes[0].rules[0].present", "only true"),
-            ("rule empty prefix", |v| v["routes"][0]["rules"][0] = json!({"header": "a", "prefix": "", "variant": "v2"}), "routes[0].rules[0].prefix", "must not be empty"),
-            ("rule unknown variant", |v| v["routes"][0]["rules"][0]["variant"] = json!("v9"), "routes[0].rules[0].variant", "\"v9\" is not a variant of this route (variants: v1, v2)"),
-            ("rule bad header", |v| v["routes"][0]["rules"][0]["header"] = json!("x canary"), "routes[0].rules[0].header", "not a valid header name"),
-            ("rule pseudo header", |v| v["routes"][0]["rules"][0]["header"] = json!(":path"), "routes[0].rules[0].header", "pseudo-header"),
-            ("rule bad query", |v| v["routes"][0]["rules"][0] = json!({"query": "a=b", "exact": "x", "variant": "v2"}), "routes[0].rules[0].query", "must not contain"),
-            ("rule bad cookie", |v| v["routes"][0]["rules"][0] = json!({"cookie": "a;b", "exact": "x", "variant": "v2"}), "routes[0].rules[0].cookie", "not a valid cookie name"),
-            ("rule long value", |v| v["routes"][0]["rules"][0]["exact"] = json!("x".repeat(4097)), "routes[0].rules[0].exact", "limit is 4096"),
-            ("sticky with both", |v| v["routes"][0]["sticky"]["cookie"] = json!("c"), "routes[0].sticky", "exactly one of \"header\" and \"cookie\""),
-            ("sticky with neither", |v| v["routes"][0]["sticky"] = json!({"salt": "x"}), "routes[0].sticky", "exactly one of"),
-            ("variant header reserved", |v| v["variantHeader"] = json!("Host"), "variantHeader", "pick another name"),
-            ("variant header invalid", |v| v["variantHeader"] = json!("x:y"), "variantHeader", "not a valid header name"),
-            ("response header invalid", |v| v["responseHeader"] = json!(""), "responseHeader", "must not be empty"),
-            ("generation negative", |v| v["generation"] = json!(-1), "generation", "invalid value"),
-            ("routes not a list", |v| v["routes"] = json!({}), "routes", "invalid type"),
-            ("duplicate route", |v| { let r = v["routes"][0].clone(); v["routes"].as_array_mut().unwrap().push(r); }, "routes[1].name", "already the name of routes[0]"),
-            ("unreachable route", |v| { let mut r = v["routes"][0].clone(); r["name"] = json!("shadow"); r["pathPrefix"] = json!("/api"); v["routes"].as_array_mut().unwrap().push(r); }, "routes[1].hosts", "unreachable"),
-            ("too many rules", |v| { let rule = v["routes"][0]["rules"][0].clone(); v["routes"][0]["rules"] = json!(vec![rule; 65]); }, "routes[0].rules", "65 rules exceed the limit of 64"),
+            (
+                "unknown top-level field",
+                |v| v["routess"] = json!([]),
+                "routess",
+                "unknown field `routess`, expected one of",
+            ),
+            (
+                "unknown route field",
+                |v| v["routes"][0]["weight"] = json!(1),
+                "routes[0].weight",
+                "unknown field `weight`",
+            ),
+            (
+                "weight above total",
+                |v| v["routes"][0]["variants"][1]["weight"] = json!(10001),
+                "routes[0].variants[1].weight",
+                "10001 exceeds 10000",
+            ),
+            (
+                "negative weight",
+                |v| v["routes"][0]["variants"][1]["weight"] = json!(-1),
+                "routes[0].variants[1].weight",
+                "invalid value",
+            ),
+            (
+                "fractional weight",
+                |v| v["routes"][0]["variants"][1]["weight"] = json!(10.5),
+                "routes[0].variants[1].weight",
+                "invalid type",
+            ),
+            (
+                "weights do not sum",
+                |v| v["routes"][0]["variants"][1]["weight"] = json!(999),
+                "routes[0].variants",
+                "sum to 9999",
+            ),
+            (
+                "one variant",
+                |v| v["routes"][0]["variants"] = json!([{"name": "v1", "weight": 10000}]),
+                "routes[0].variants",
+                "at least 2 variants",
+            ),
+            (
+                "duplicate variant",
+                |v| v["routes"][0]["variants"][1]["name"] = json!("v1"),
+                "routes[0].variants[1].name",
+                "already the name of variants[0]",
+            ),
+            (
+                "variant name with dot",
+                |v| v["routes"][0]["variants"][1]["name"] = json!("v.2"),
+                "routes[0].variants[1].name",
+                "contains '.'",
+            ),
+            (
+                "empty route name",
+                |v| v["routes"][0]["name"] = json!(""),
+                "routes[0].name",
+                "must not be empty",
+            ),
+            (
+                "long route name",
+                |v| v["routes"][0]["name"] = json!("r".repeat(65)),
+                "routes[0].name",
+                "limit is 64",
+            ),
+            (
+                "no hosts",
+                |v| v["routes"][0]["hosts"] = json!([]),
+                "routes[0].hosts",
+                "at least one host",
+            ),
+            (
+                "host with port",
+                |v| v["routes"][0]["hosts"][0] = json!("reviews:9080"),
+                "routes[0].hosts[0]",
+                "without \":9080\"",
+            ),
+            (
+                "host with slash",
+                |v| v["routes"][0]["hosts"][1] = json!("a/b"),
+                "routes[0].hosts[1]",
+                "'/' is not allowed",
+            ),
+            (
+                "path prefix without slash",
+                |v| v["routes"][0]["pathPrefix"] = json!("api"),
+                "routes[0].pathPrefix",
+                "must start with '/'",
+            ),
+            (
+                "path prefix with query",
+                |v| v["routes"][0]["pathPrefix"] = json!("/a?b"),
+                "routes[0].pathPrefix",
+                "must not contain",
+            ),
+            (
+                "rule without source",
+                |v| v["routes"][0]["rules"][0] = json!({"exact": "a", "variant": "v2"}),
+                "routes[0].rules[0]",
+                "exactly one of \"header\", \"cookie\" and \"query\"",
+            ),
+            (
+                "rule with two sources",
+                |v| v["routes"][0]["rules"][0]["cookie"] = json!("c"),
+                "routes[0].rules[0]",
+                "exactly one of \"header\"",
+            ),
+            (
+                "rule without matcher",
+                |v| v["routes"][0]["rules"][0] = json!({"header": "a", "variant": "v2"}),
+                "routes[0].rules[0]",
+                "exactly one of \"exact\", \"prefix\" and \"present\"",
+            ),
+            (
+                "rule with two matchers",
+                |v| v["routes"][0]["rules"][0]["prefix"] = json!("a"),
+                "routes[0].rules[0]",
+                "exactly one of \"exact\"",
+            ),
+            (
+                "rule present false",
+                |v| {
+                    v["routes"][0]["rules"][0] =
+                        json!({"header": "a", "present": false, "variant": "v2"})
+                },
+                "routes[0].rules[0].present",
+                "only true",
+            ),
+            (
+                "rule empty prefix",
+                |v| {
+                    v["routes"][0]["rules"][0] =
+                        json!({"header": "a", "prefix": "", "variant": "v2"})
+                },
+                "routes[0].rules[0].prefix",
+                "must not be empty",
+            ),
+            (
+                "rule unknown variant",
+                |v| v["routes"][0]["rules"][0]["variant"] = json!("v9"),
+                "routes[0].rules[0].variant",
+                "\"v9\" is not a variant of this route (variants: v1, v2)",
+            ),
+            (
+                "rule bad header",
+                |v| v["routes"][0]["rules"][0]["header"] = json!("x canary"),
+                "routes[0].rules[0].header",
+                "not a valid header name",
+            ),
+            (
+                "rule pseudo header",
+                |v| v["routes"][0]["rules"][0]["header"] = json!(":path"),
+                "routes[0].rules[0].header",
+                "pseudo-header",
+            ),
+            (
+                "rule bad query",
+                |v| {
+                    v["routes"][0]["rules"][0] =
+                        json!({"query": "a=b", "exact": "x", "variant": "v2"})
+                },
+                "routes[0].rules[0].query",
+                "must not contain",
+            ),
+            (
+                "rule bad cookie",
+                |v| {
+                    v["routes"][0]["rules"][0] =
+                        json!({"cookie": "a;b", "exact": "x", "variant": "v2"})
+                },
+                "routes[0].rules[0].cookie",
+                "not a valid cookie name",
+            ),
+            (
+                "rule long value",
+                |v| v["routes"][0]["rules"][0]["exact"] = json!("x".repeat(4097)),
+                "routes[0].rules[0].exact",
+                "limit is 4096",
+            ),
+            (
+                "sticky with both",
+                |v| v["routes"][0]["sticky"]["cookie"] = json!("c"),
+                "routes[0].sticky",
+                "exactly one of \"header\" and \"cookie\"",
+            ),
+            (
+                "sticky with neither",
+                |v| v["routes"][0]["sticky"] = json!({"salt": "x"}),
+                "routes[0].sticky",
+                "exactly one of",
+            ),
+            (
+                "variant header reserved",
+                |v| v["variantHeader"] = json!("Host"),
+                "variantHeader",
+                "pick another name",
+            ),
+            (
+                "variant header invalid",
+                |v| v["variantHeader"] = json!("x:y"),
+                "variantHeader",
+                "not a valid header name",
+            ),
+            (
+                "response header invalid",
+                |v| v["responseHeader"] = json!(""),
+                "responseHeader",
+                "must not be empty",
+            ),
+            (
+                "generation negative",
+                |v| v["generation"] = json!(-1),
+                "generation",
+                "invalid value",
+            ),
+            (
+                "routes not a list",
+                |v| v["routes"] = json!({}),
+                "routes",
+                "invalid type",
+            ),
+            (
+                "duplicate route",
+                |v| {
+                    let r = v["routes"][0].clone();
+                    v["routes"].as_array_mut().unwrap().push(r);
+                },
+                "routes[1].name",
+                "already the name of routes[0]",
+            ),
+            (
+                "unreachable route",
+                |v| {
+                    let mut r = v["routes"][0].clone();
+                    r["name"] = json!("shadow");
+                    r["pathPrefix"] = json!("/api");
+                    v["routes"].as_array_mut().unwrap().push(r);
+                },
+                "routes[1].hosts",
+                "unreachable",
+            ),
+            (
+                "too many rules",
+                |v| {
+                    let rule = v["routes"][0]["rules"][0].clone();
+                    v["routes"][0]["rules"] = json!(vec![rule; 65]);
+                },
+                "routes[0].rules",
+                "65 rules exceed the limit of 64",
+            ),
         ];
         for (name, edit, field, reason) in cases {
             let (got_field, got_reason) = error_of(edit);
             assert_eq!(got_field, field, "{name}: {got_reason}");
-            assert!(got_reason.contains(reason), "{name}: {got_reason:?} lacks {reason:?}");
+            assert!(
+                got_reason.contains(reason),
+                "{name}: {got_reason:?} lacks {reason:?}"
+            );
         }
     }
 
@@ -901,7 +1142,8 @@ mod tests {
     fn names_are_normalised() {
         let mut value = base();
         value["variantHeader"] = json!("X-Variant");
-        value["routes"][0]["hosts"] = json!(["Reviews.Default.svc.cluster.local.", "*.EXAMPLE.com"]);
+        value["routes"][0]["hosts"] =
+            json!(["Reviews.Default.svc.cluster.local.", "*.EXAMPLE.com"]);
         value["routes"][0]["rules"][0]["header"] = json!("X-Canary");
         let checked = check(value).unwrap();
         assert_eq!(checked.variant_header, "x-variant");
@@ -912,7 +1154,10 @@ mod tests {
                 HostPattern::Suffix(".example.com".into())
             ]
         );
-        assert_eq!(checked.routes[0].rules[0].source, ValueSource::Header("x-canary".into()));
+        assert_eq!(
+            checked.routes[0].rules[0].source,
+            ValueSource::Header("x-canary".into())
+        );
     }
 
     #[test]
@@ -929,7 +1174,11 @@ mod tests {
         ];
         for (pattern, host, expected) in cases {
             let checked = checked_host("h", pattern).unwrap();
-            assert_eq!(checked.matches(host.as_bytes()), *expected, "{pattern} vs {host}");
+            assert_eq!(
+                checked.matches(host.as_bytes()),
+                *expected,
+                "{pattern} vs {host}"
+            );
         }
     }
 

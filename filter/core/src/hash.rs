@@ -57,8 +57,16 @@ mod tests {
             ("salt", "user-42", 0xd3e6_a5b4_b164_2fe7, 8277),
         ];
         for (salt, key, expected_hash, expected_bucket) in cases {
-            assert_eq!(hash(salt.as_bytes(), key.as_bytes()), *expected_hash, "{salt}/{key}");
-            assert_eq!(bucket(salt.as_bytes(), key.as_bytes()), *expected_bucket, "{salt}/{key}");
+            assert_eq!(
+                hash(salt.as_bytes(), key.as_bytes()),
+                *expected_hash,
+                "{salt}/{key}"
+            );
+            assert_eq!(
+                bucket(salt.as_bytes(), key.as_bytes()),
+                *expected_bucket,
+                "{salt}/{key}"
+            );
         }
     }
 
@@ -85,8 +93,14 @@ mod tests {
     fn a_new_salt_draws_an_independent_cohort() {
         // Of users in the bottom 10 % under one salt, about 10 % stay there under another.
         let keys: Vec<String> = (0..100_000).map(|i| format!("u{i}")).collect();
-        let first: Vec<&String> = keys.iter().filter(|k| bucket(b"r1", k.as_bytes()) < 1000).collect();
-        let stay = first.iter().filter(|k| bucket(b"r2", k.as_bytes()) < 1000).count();
+        let first: Vec<&String> = keys
+            .iter()
+            .filter(|k| bucket(b"r1", k.as_bytes()) < 1000)
+            .collect();
+        let stay = first
+            .iter()
+            .filter(|k| bucket(b"r2", k.as_bytes()) < 1000)
+            .count();
         let share = stay as f64 / first.len() as f64;
         assert!((0.08..0.12).contains(&share), "{share}");
     }

@@ -8,9 +8,11 @@
 //! Nothing here calls a host, a clock or a random number generator: randomness and request headers
 //! are passed in, so every decision is a plain function that is tested on the host.
 #![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::indexing_slicing))]
 
 pub mod choose;
 pub mod config;
+pub mod ecds;
 pub mod hash;
 pub mod request;
 pub mod stats;

@@ -16,12 +16,12 @@ pub trait RequestView {
 pub fn host_of(authority: &[u8]) -> &[u8] {
     let host = if authority.first() == Some(&b'[') {
         match authority.iter().position(|b| *b == b']') {
-            Some(end) => &authority[..=end],
+            Some(end) => authority.get(..=end).unwrap_or(authority),
             None => authority,
         }
     } else {
         match authority.iter().rposition(|b| *b == b':') {
-            Some(colon) => &authority[..colon],
+            Some(colon) => authority.get(..colon).unwrap_or(authority),
             None => authority,
         }
     };
@@ -30,8 +30,8 @@ pub fn host_of(authority: &[u8]) -> &[u8] {
 
 /// The path of `:path` without query string and fragment.
 pub fn path_of(path: &[u8]) -> &[u8] {
-    match path.iter().position(|b| *b == b'?' || *b == b'#') {
-        Some(end) => &path[..end],
+    match split_at_first(path, |b| b == b'?' || b == b'#') {
+        Some((head, _, _)) => head,
         None => path,
     }
 }
@@ -40,12 +40,11 @@ pub fn path_of(path: &[u8]) -> &[u8] {
 /// The first cookie with that name wins; a cookie without `=` has no value and does not match.
 pub fn find_cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
     header.split(|b| *b == b';').find_map(|pair| {
-        let pair = trim(pair);
-        let eq = pair.iter().position(|b| *b == b'=')?;
-        if trim(&pair[..eq]) != name.as_bytes() {
+        let (key, _, value) = split_at_first(trim(pair), |b| b == b'=')?;
+        if trim(key) != name.as_bytes() {
             return None;
         }
-        let value = trim(&pair[eq + 1..]);
+        let value = trim(value);
         Some(
             value
                 .strip_prefix(b"\"")
@@ -58,34 +57,42 @@ pub fn find_cookie<'a>(header: &'a [u8], name: &str) -> Option<&'a [u8]> {
 /// The value of query parameter `name` in a `:path` (`/p?a=1&b`), as sent (not percent-decoded).
 /// A parameter without `=` is present with an empty value.
 pub fn find_query<'a>(path: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    let mark = path.iter().position(|b| *b == b'?' || *b == b'#')?;
-    if path[mark] == b'#' {
+    let (_, mark, rest) = split_at_first(path, |b| b == b'?' || b == b'#')?;
+    if mark == b'#' {
         return None;
     }
-    let rest = &path[mark + 1..];
-    let query = match rest.iter().position(|b| *b == b'#') {
-        Some(end) => &rest[..end],
+    let query = match split_at_first(rest, |b| b == b'#') {
+        Some((query, _, _)) => query,
         None => rest,
     };
     query.split(|b| *b == b'&').find_map(|pair| {
-        let (key, value) = match pair.iter().position(|b| *b == b'=') {
-            Some(eq) => (&pair[..eq], &pair[eq + 1..]),
-            None => (pair, &pair[pair.len()..]),
+        let (key, value) = match split_at_first(pair, |b| b == b'=') {
+            Some((key, _, value)) => (key, value),
+            None => (pair, &[][..]),
         };
         (key == name.as_bytes()).then_some(value)
     })
 }
 
+/// Splits at the first byte satisfying `is_separator`: (before, separator, after).
+fn split_at_first(bytes: &[u8], is_separator: impl Fn(u8) -> bool) -> Option<(&[u8], u8, &[u8])> {
+    let index = bytes.iter().position(|b| is_separator(*b))?;
+    let (head, tail) = bytes.split_at_checked(index)?;
+    let (separator, rest) = tail.split_first()?;
+    Some((head, *separator, rest))
+}
+
 fn trim(bytes: &[u8]) -> &[u8] {
+    let is_space = |b: &u8| matches!(b, b' ' | b'\t');
     let start = bytes
         .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
+        .position(|b| !is_space(b))
         .unwrap_or(bytes.len());
     let end = bytes
         .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .rposition(|b| !is_space(b))
         .map_or(start, |i| i + 1);
-    &bytes[start..end.max(start)]
+    bytes.get(start..end).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -98,8 +105,14 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("reviews", "reviews"),
             ("reviews:9080", "reviews"),
-            ("reviews.default.svc.cluster.local.", "reviews.default.svc.cluster.local"),
-            ("reviews.default.svc.cluster.local.:80", "reviews.default.svc.cluster.local"),
+            (
+                "reviews.default.svc.cluster.local.",
+                "reviews.default.svc.cluster.local",
+            ),
+            (
+                "reviews.default.svc.cluster.local.:80",
+                "reviews.default.svc.cluster.local",
+            ),
             ("[::1]:8080", "[::1]"),
             ("[::1]", "[::1]"),
             ("[::1", "[::1"),
@@ -107,13 +120,18 @@ mod tests {
             ("", ""),
         ];
         for (authority, host) in cases {
-            assert_eq!(host_of(authority.as_bytes()), host.as_bytes(), "{authority}");
+            assert_eq!(
+                host_of(authority.as_bytes()),
+                host.as_bytes(),
+                "{authority}"
+            );
         }
     }
 
     #[test]
     fn path_of_drops_query_and_fragment() {
-        let cases: &[(&str, &str)] = &[("/a/b?x=1", "/a/b"), ("/a#f", "/a"), ("/", "/"), ("?q", "")];
+        let cases: &[(&str, &str)] =
+            &[("/a/b?x=1", "/a/b"), ("/a#f", "/a"), ("/", "/"), ("?q", "")];
         for (path, expected) in cases {
             assert_eq!(path_of(path.as_bytes()), expected.as_bytes(), "{path}");
         }
@@ -159,7 +177,11 @@ mod tests {
             ("/p?&&=&canary=%20", "canary", Some("%20")),
         ];
         for (path, name, expected) in cases {
-            assert_eq!(find_query(path.as_bytes(), name), expected.map(str::as_bytes), "{path}");
+            assert_eq!(
+                find_query(path.as_bytes(), name),
+                expected.map(str::as_bytes),
+                "{path}"
+            );
         }
     }
 

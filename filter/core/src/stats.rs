@@ -189,7 +189,10 @@ impl<Id: Copy> RouteMetrics<Id> {
         for route in &config.routes {
             let mut per_route = Vec::with_capacity(route.variants.len());
             for variant in &route.variants {
-                let labels = [("route", route.name.as_str()), ("variant", variant.as_str())];
+                let labels = [
+                    ("route", route.name.as_str()),
+                    ("variant", variant.as_str()),
+                ];
                 let mut define = |kind, extra: Option<(&str, &str)>, metric| {
                     let mut all = labels.to_vec();
                     all.extend(extra);
@@ -198,14 +201,20 @@ impl<Id: Copy> RouteMetrics<Id> {
                 let requests = define(MetricKind::Counter, None, REQUESTS)?;
                 let duration_ms = define(MetricKind::Histogram, None, DURATION_MS)?;
                 let mut responses = [requests; 6];
-                for class in ResponseClass::ALL {
-                    responses[class.index()] =
-                        define(MetricKind::Counter, Some(("class", class.as_str())), RESPONSES)?;
+                for (slot, class) in responses.iter_mut().zip(ResponseClass::ALL) {
+                    *slot = define(
+                        MetricKind::Counter,
+                        Some(("class", class.as_str())),
+                        RESPONSES,
+                    )?;
                 }
                 let mut decisions = [requests; 5];
-                for reason in Reason::ALL {
-                    decisions[reason.index()] =
-                        define(MetricKind::Counter, Some(("reason", reason.as_str())), DECISIONS)?;
+                for (slot, reason) in decisions.iter_mut().zip(Reason::ALL) {
+                    *slot = define(
+                        MetricKind::Counter,
+                        Some(("reason", reason.as_str())),
+                        DECISIONS,
+                    )?;
                 }
                 per_route.push(VariantMetrics {
                     requests,
@@ -221,7 +230,12 @@ impl<Id: Copy> RouteMetrics<Id> {
 
     /// Records one completed request. Unknown indices (which a decision from the same config never
     /// has) record nothing.
-    pub fn record(&self, sink: &mut impl MetricSink<Id = Id>, decision: &Decision, outcome: &Outcome) {
+    pub fn record(
+        &self,
+        sink: &mut impl MetricSink<Id = Id>,
+        decision: &Decision,
+        outcome: &Outcome,
+    ) {
         let Some(metrics) = self
             .variants
             .get(decision.route)
@@ -230,8 +244,15 @@ impl<Id: Copy> RouteMetrics<Id> {
             return;
         };
         sink.increment(metrics.requests);
-        sink.increment(metrics.decisions[decision.reason.index()]);
-        sink.increment(metrics.responses[ResponseClass::of(outcome.status).index()]);
+        if let Some(id) = metrics.decisions.get(decision.reason.index()) {
+            sink.increment(*id);
+        }
+        if let Some(id) = metrics
+            .responses
+            .get(ResponseClass::of(outcome.status).index())
+        {
+            sink.increment(*id);
+        }
         if let Some(ms) = outcome.duration_ms {
             sink.record(metrics.duration_ms, ms);
         }
@@ -332,19 +353,60 @@ mod tests {
     fn records_one_request_under_its_labels() {
         let mut sink = RecordingSink::default();
         let metrics = RouteMetrics::define(&mut sink, &config()).unwrap();
-        let decision = Decision { route: 0, variant: 1, reason: Reason::Rule };
-        metrics.record(&mut sink, &decision, &Outcome { status: Some(503), duration_ms: Some(12) });
-        metrics.record(&mut sink, &decision, &Outcome { status: None, duration_ms: None });
+        let decision = Decision {
+            route: 0,
+            variant: 1,
+            reason: Reason::Rule,
+        };
+        metrics.record(
+            &mut sink,
+            &decision,
+            &Outcome {
+                status: Some(503),
+                duration_ms: Some(12),
+            },
+        );
+        metrics.record(
+            &mut sink,
+            &decision,
+            &Outcome {
+                status: None,
+                duration_ms: None,
+            },
+        );
         let name = |labels: &[(&str, &str)], metric| tagged_name(labels, metric);
         let v2 = [("route", "reviews"), ("variant", "v2")];
         assert_eq!(sink.counter(&name(&v2, REQUESTS)), 2);
-        assert_eq!(sink.counter(&name(&[v2[0], v2[1], ("class", "5xx")], RESPONSES)), 1);
-        assert_eq!(sink.counter(&name(&[v2[0], v2[1], ("class", "reset")], RESPONSES)), 1);
-        assert_eq!(sink.counter(&name(&[v2[0], v2[1], ("reason", "rule")], DECISIONS)), 2);
-        assert_eq!(sink.counter(&name(&[("route", "reviews"), ("variant", "v1")], REQUESTS)), 0);
+        assert_eq!(
+            sink.counter(&name(&[v2[0], v2[1], ("class", "5xx")], RESPONSES)),
+            1
+        );
+        assert_eq!(
+            sink.counter(&name(&[v2[0], v2[1], ("class", "reset")], RESPONSES)),
+            1
+        );
+        assert_eq!(
+            sink.counter(&name(&[v2[0], v2[1], ("reason", "rule")], DECISIONS)),
+            2
+        );
+        assert_eq!(
+            sink.counter(&name(&[("route", "reviews"), ("variant", "v1")], REQUESTS)),
+            0
+        );
         assert_eq!(sink.recorded[&sink.id(&name(&v2, DURATION_MS))], vec![12]);
         // A decision from another config records nothing rather than panicking.
-        metrics.record(&mut sink, &Decision { route: 5, variant: 0, reason: Reason::Rule }, &Outcome { status: Some(200), duration_ms: Some(1) });
+        metrics.record(
+            &mut sink,
+            &Decision {
+                route: 5,
+                variant: 0,
+                reason: Reason::Rule,
+            },
+            &Outcome {
+                status: Some(200),
+                duration_ms: Some(1),
+            },
+        );
         assert_eq!(sink.counters.values().sum::<u64>(), 6);
     }
 }

@@ -19,11 +19,16 @@ use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-proxy_wasm::main! {{
-    // Also installs a panic hook that logs at critical before the VM aborts.
-    proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FilterRoot::default()) });
-}}
+/// The module's entry point (`_initialize`), in its own module so it needs no public docs.
+mod entry {
+    use super::{FilterRoot, LogLevel, RootContext};
+
+    proxy_wasm::main! {{
+        // Also installs a panic hook that logs at critical before the VM aborts.
+        proxy_wasm::set_log_level(LogLevel::Info);
+        proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(FilterRoot::default()) });
+    }}
+}
 
 /// Envoy's metric host calls.
 struct HostMetrics;

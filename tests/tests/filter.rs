@@ -1,0 +1,669 @@
+//! The filter in a real Envoy: routing by QA rules, weights and sticky keys, live config updates,
+//! rejected configs, stats, and odd input. Each test starts its own Envoy and upstreams.
+
+use meshcanary_core::config::FilterConfig;
+use meshcanary_e2e::envoy::Envoy;
+use meshcanary_e2e::load::{raw_request, tally, Client};
+use meshcanary_e2e::upstream::Upstream;
+use serde_json::json;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// Upstreams v1, v2, v3 and an Envoy in front of them running `config`.
+struct Rig {
+    upstreams: Vec<Upstream>,
+    envoy: Envoy,
+    client: Client,
+}
+
+impl Rig {
+    async fn start(config: serde_json::Value) -> Rig {
+        let mut upstreams = Vec::new();
+        for name in ["v1", "v2", "v3"] {
+            upstreams.push(Upstream::start(name).await);
+        }
+        let ports = [upstreams[0].port, upstreams[1].port, upstreams[2].port];
+        let envoy = Envoy::start(ports, &filter_config(config)).await;
+        let client = Client::new(&envoy.base_url);
+        Rig {
+            upstreams,
+            envoy,
+            client,
+        }
+    }
+
+    fn upstream(&self, name: &str) -> &Upstream {
+        self.upstreams.iter().find(|u| u.name == name).unwrap()
+    }
+}
+
+fn filter_config(value: serde_json::Value) -> FilterConfig {
+    FilterConfig::from_json(value.to_string().as_bytes()).unwrap()
+}
+
+/// One route `reviews` for any host, with the given weights for v1, v2 (and v3 if three are given).
+fn reviews(generation: u64, weights: &[u32], extra: serde_json::Value) -> serde_json::Value {
+    let names = ["v1", "v2", "v3"];
+    let variants: Vec<_> = weights
+        .iter()
+        .zip(names)
+        .map(|(w, n)| json!({"name": n, "weight": w}))
+        .collect();
+    let mut route = json!({"name": "reviews", "hosts": ["*"], "variants": variants});
+    if let serde_json::Value::Object(fields) = extra {
+        for (k, v) in fields {
+            route[k] = v;
+        }
+    }
+    json!({"generation": generation, "responseHeader": "x-meshcanary", "routes": [route]})
+}
+
+fn qa_rules() -> serde_json::Value {
+    json!({"rules": [
+        {"header": "x-canary", "exact": "always", "variant": "v2"},
+        {"cookie": "meshcanary", "exact": "v3", "variant": "v3"},
+        {"query": "variant", "exact": "v3", "variant": "v3"}
+    ]})
+}
+
+fn share(counts: &HashMap<String, usize>, name: &str, total: usize) -> f64 {
+    100.0 * *counts.get(name).unwrap_or(&0) as f64 / total as f64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qa_rules_force_their_variant_whatever_the_weight() {
+    let rig = Rig::start(reviews(1, &[10000, 0, 0], qa_rules())).await;
+    let c = &rig.client;
+    let cases: Vec<(&str, &str, Vec<(&str, &str)>, &str)> = vec![
+        ("no rule", "/", vec![], "v1"),
+        ("header rule", "/", vec![("x-canary", "always")], "v2"),
+        (
+            "header rule, other value",
+            "/",
+            vec![("x-canary", "never")],
+            "v1",
+        ),
+        (
+            "cookie rule",
+            "/",
+            vec![("cookie", "a=1; meshcanary=v3")],
+            "v3",
+        ),
+        ("query rule", "/p?x=1&variant=v3", vec![], "v3"),
+        (
+            "first rule wins",
+            "/?variant=v3",
+            vec![("x-canary", "always")],
+            "v2",
+        ),
+        (
+            "spoofed header is overwritten",
+            "/",
+            vec![("x-meshcanary-variant", "v3")],
+            "v1",
+        ),
+        (
+            "spoofed header cannot beat a rule",
+            "/",
+            vec![("x-meshcanary-variant", "v3"), ("x-canary", "always")],
+            "v2",
+        ),
+    ];
+    for (name, path, headers, expected) in cases {
+        for _ in 0..5 {
+            let reply = c.get(path, &headers).await.unwrap();
+            assert_eq!(reply.status, 200, "{name}");
+            assert_eq!(reply.upstream.as_deref(), Some(expected), "{name}");
+            assert_eq!(
+                reply.seen_variant.as_deref(),
+                Some(expected),
+                "{name}: header the upstream saw"
+            );
+        }
+    }
+    let reply = c.get("/", &[("x-canary", "always")]).await.unwrap();
+    assert_eq!(reply.decision.as_deref(), Some("v2; reason=rule"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_split_is_within_one_point_over_20000_users() {
+    let weights = [6000, 3000, 1000];
+    let rig = Rig::start(reviews(
+        1,
+        &weights,
+        json!({"sticky": {"header": "x-user-id", "salt": "s"}}),
+    ))
+    .await;
+    let total = 20_000;
+    let replies = rig
+        .client
+        .many(total, 16, |i| {
+            vec![("x-user-id".into(), format!("user-{i}-{}", i * 7919))]
+        })
+        .await;
+    let counts = tally(&replies);
+    assert_eq!(counts.get("error"), None, "{counts:?}");
+    let mut report = Vec::new();
+    for (name, weight) in ["v1", "v2", "v3"].iter().zip(weights) {
+        let observed = share(&counts, name, total);
+        let expected = weight as f64 / 100.0;
+        report.push(format!("{name}: {observed:.2} % (weight {expected} %)"));
+        assert!(
+            (observed - expected).abs() <= 1.0,
+            "{name}: {observed} % vs {expected} %"
+        );
+    }
+    println!("split over {total} requests: {}", report.join(", "));
+    // The filter's own counters agree with what the upstreams saw.
+    for name in ["v1", "v2", "v3"] {
+        let counted = rig
+            .envoy
+            .wait_for_metric(
+                "meshcanary_requests_total",
+                &[("variant", name)],
+                Duration::from_secs(5),
+                |v| v as usize == counts[*&name],
+            )
+            .await;
+        assert_eq!(counted as u64, rig.upstream(name).served());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_split_without_any_key_follows_the_weights() {
+    // No sticky key: Envoy's generated x-request-id is hashed.
+    let rig = Rig::start(reviews(1, &[8000, 2000], json!({}))).await;
+    let total = 20_000;
+    let replies = rig.client.many(total, 16, |_| vec![]).await;
+    let counts = tally(&replies);
+    let v2 = share(&counts, "v2", total);
+    assert!((v2 - 20.0).abs() <= 1.0, "{counts:?}");
+    let by_request_id = rig
+        .envoy
+        .metric("meshcanary_decisions_total", &[("reason", "request_id")])
+        .await;
+    assert_eq!(by_request_id as usize, total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_users_keep_their_variant_and_only_move_towards_the_canary() {
+    let sticky = |salt: &str| json!({"sticky": {"header": "x-user-id", "salt": salt}});
+    let rig = Rig::start(reviews(1, &[9000, 1000], sticky("r1"))).await;
+    let users: Vec<String> = (0..400).map(|i| format!("user-{i}")).collect();
+    let assign = |rig: &Rig| {
+        let client = rig.client.clone();
+        let users = users.clone();
+        async move {
+            let mut out = HashMap::new();
+            for user in &users {
+                let reply = client.get("/", &[("x-user-id", user)]).await.unwrap();
+                out.insert(user.clone(), reply.upstream.unwrap());
+            }
+            out
+        }
+    };
+    let at_10 = assign(&rig).await;
+    // Same user, same variant, on every request (across both Envoy workers).
+    assert_eq!(assign(&rig).await, at_10);
+
+    rig.envoy
+        .push(&filter_config(reviews(2, &[5000, 5000], sticky("r1"))));
+    rig.envoy.wait_for_generation(2).await;
+    let at_50 = assign(&rig).await;
+    let moved_back = users
+        .iter()
+        .filter(|u| at_10[*u] == "v2" && at_50[*u] == "v1")
+        .count();
+    let moved_forward = users
+        .iter()
+        .filter(|u| at_10[*u] == "v1" && at_50[*u] == "v2")
+        .count();
+    assert_eq!(moved_back, 0);
+    assert!(
+        moved_forward > 100,
+        "{moved_forward} users moved to the canary"
+    );
+
+    rig.envoy
+        .push(&filter_config(reviews(3, &[5000, 5000], sticky("r2"))));
+    rig.envoy.wait_for_generation(3).await;
+    let new_salt = assign(&rig).await;
+    let changed = users.iter().filter(|u| at_50[*u] != new_salt[*u]).count();
+    // Independent cohorts at 50/50 disagree for about half the users.
+    assert!(
+        (120..=280).contains(&changed),
+        "{changed} of 400 changed variant"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_config_applies_live_without_failing_a_request() {
+    let rig = Rig::start(reviews(1, &[10000, 0], json!({}))).await;
+    let client = rig.client.clone();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut replies = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                replies.extend(client.many(200, 8, |_| vec![]).await);
+            }
+            replies
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pushed = Instant::now();
+    rig.envoy
+        .push(&filter_config(reviews(2, &[0, 10000], json!({}))));
+    let applied = rig.envoy.wait_for_generation(2).await;
+    // After the gauge moves, new requests follow the new weights.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = rig.client.get("/", &[]).await.unwrap();
+        if reply.upstream.as_deref() == Some("v2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "traffic never moved to v2");
+    }
+    let moved = pushed.elapsed();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let replies = load.await.unwrap();
+    let failed: Vec<_> = replies
+        .iter()
+        .filter(|r| !matches!(r, Ok(reply) if reply.status == 200))
+        .collect();
+    assert!(replies.len() > 400, "load ran: {}", replies.len());
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}",
+        failed.len(),
+        replies.len(),
+        failed.first()
+    );
+    let counts = tally(&replies);
+    assert!(
+        counts.get("v1").is_some() && counts.get("v2").is_some(),
+        "{counts:?}"
+    );
+    println!("config update: generation gauge after {applied:?}, traffic moved after {moved:?}, {} requests, none failed", replies.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_config_is_rejected_and_the_old_one_keeps_routing() {
+    let rig = Rig::start(reviews(1, &[0, 10000], json!({}))).await;
+    let fails = || {
+        rig.envoy.metric(
+            "envoy_extension_config_discovery_http_filter_meshcanary_config_fail",
+            &[],
+        )
+    };
+    let before = fails().await;
+    let bad = [
+        r#"{"generation": 2, "routes": [{"name": "reviews", "hosts": ["*"], "variants": [{"name": "v1", "weight": 5000}, {"name": "v2", "weight": 5001}]}]}"#,
+        r#"{"generation": 3, "routez": []}"#,
+        r#"{"generation": 4, "routes": [ "#,
+    ];
+    for (i, config) in bad.iter().enumerate() {
+        rig.envoy.push_raw(2 + i as u64, config);
+        rig.envoy
+            .wait_for_metric(
+                "envoy_extension_config_discovery_http_filter_meshcanary_config_fail",
+                &[],
+                Duration::from_secs(10),
+                |v| v >= before + 1.0 + i as f64,
+            )
+            .await;
+    }
+    assert_eq!(
+        rig.envoy.metric("meshcanary_config_generation", &[]).await,
+        1.0
+    );
+    assert!(
+        rig.envoy
+            .metric("meshcanary_config_rejected_total", &[])
+            .await
+            >= 3.0
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            rig.client.get("/", &[]).await.unwrap().upstream.as_deref(),
+            Some("v2")
+        );
+    }
+    let log = rig.envoy.log();
+    assert!(
+        log.contains("routes[0].variants: weights sum to 10001"),
+        "log names the field"
+    );
+    assert!(
+        log.contains("routez: unknown field `routez`"),
+        "log names the field"
+    );
+    // A valid config after the rejected ones still applies.
+    rig.envoy
+        .push(&filter_config(reviews(5, &[10000, 0], json!({}))));
+    rig.envoy.wait_for_generation(5).await;
+    assert_eq!(
+        rig.client.get("/", &[]).await.unwrap().upstream.as_deref(),
+        Some("v1")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_count_responses_by_class_and_latency_per_variant() {
+    let rig = Rig::start(reviews(
+        1,
+        &[5000, 5000],
+        json!({"rules": [
+            {"header": "x-to", "exact": "v1", "variant": "v1"},
+            {"header": "x-to", "exact": "v2", "variant": "v2"}
+        ]}),
+    ))
+    .await;
+    rig.upstream("v2").set_status(500);
+    rig.upstream("v1").set_delay(Duration::from_millis(30));
+    for _ in 0..30 {
+        assert_eq!(
+            rig.client.get("/", &[("x-to", "v1")]).await.unwrap().status,
+            200
+        );
+    }
+    for _ in 0..20 {
+        assert_eq!(
+            rig.client.get("/", &[("x-to", "v2")]).await.unwrap().status,
+            500
+        );
+    }
+    let stats = |labels: &'static [(&'static str, &'static str)], name: &'static str| {
+        let envoy = &rig.envoy;
+        async move { envoy.metric(name, labels).await }
+    };
+    assert_eq!(
+        stats(&[("variant", "v1")], "meshcanary_requests_total").await,
+        30.0
+    );
+    assert_eq!(
+        stats(&[("variant", "v2")], "meshcanary_requests_total").await,
+        20.0
+    );
+    assert_eq!(
+        stats(
+            &[("variant", "v1"), ("class", "2xx")],
+            "meshcanary_responses_total"
+        )
+        .await,
+        30.0
+    );
+    assert_eq!(
+        stats(
+            &[("variant", "v2"), ("class", "5xx")],
+            "meshcanary_responses_total"
+        )
+        .await,
+        20.0
+    );
+    assert_eq!(
+        stats(
+            &[("variant", "v2"), ("class", "2xx")],
+            "meshcanary_responses_total"
+        )
+        .await,
+        0.0
+    );
+    assert_eq!(
+        stats(
+            &[("variant", "v2"), ("reason", "rule")],
+            "meshcanary_decisions_total"
+        )
+        .await,
+        20.0
+    );
+    // Histograms are merged at Envoy's stats flush (1 s in the bootstrap).
+    rig.envoy
+        .wait_for_metric(
+            "meshcanary_request_duration_ms_count",
+            &[("variant", "v1")],
+            Duration::from_secs(10),
+            |v| v == 30.0,
+        )
+        .await;
+    rig.envoy
+        .wait_for_metric(
+            "meshcanary_request_duration_ms_count",
+            &[("variant", "v2")],
+            Duration::from_secs(10),
+            |v| v == 20.0,
+        )
+        .await;
+    let text = rig.envoy.stats().await;
+    let fast_v1 = meshcanary_e2e::prometheus::value(
+        &text,
+        "meshcanary_request_duration_ms_bucket",
+        &[("variant", "v1"), ("le", "25")],
+    )
+    .unwrap();
+    let slow_v1 = meshcanary_e2e::prometheus::value(
+        &text,
+        "meshcanary_request_duration_ms_bucket",
+        &[("variant", "v1"), ("le", "50")],
+    )
+    .unwrap();
+    assert_eq!(fast_v1, 0.0, "v1 answers after 30 ms");
+    assert_eq!(slow_v1, 30.0);
+    // The exported families carry exactly the documented labels.
+    for (family, labels) in [
+        (
+            "meshcanary_requests_total",
+            "route=\"reviews\",variant=\"v1\"}",
+        ),
+        (
+            "meshcanary_responses_total",
+            "route=\"reviews\",variant=\"v2\",class=\"5xx\"}",
+        ),
+        (
+            "meshcanary_decisions_total",
+            "route=\"reviews\",variant=\"v2\",reason=\"rule\"}",
+        ),
+    ] {
+        assert!(
+            text.contains(&format!("{family}{{{labels}")),
+            "{family} with {labels} in:\n{text}"
+        );
+    }
+    assert!(text.contains("# TYPE meshcanary_request_duration_ms histogram"));
+    assert!(text.contains("meshcanary_config_generation{} 1"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_replies_and_client_resets_are_counted() {
+    let mut rig = Rig::start(reviews(
+        1,
+        &[0, 5000, 5000],
+        json!({"rules": [
+            {"header": "x-to", "exact": "v3", "variant": "v3"}
+        ]}),
+    ))
+    .await;
+    // v2's upstream is gone: Envoy answers 503 itself, and on_log still records it for v2.
+    rig.upstreams.retain(|u| u.name != "v2");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut sent_to_v2 = 0;
+    for _ in 0..40 {
+        let reply = rig.client.get("/", &[]).await.unwrap();
+        if reply.upstream.is_none() {
+            assert_eq!(reply.status, 503);
+            sent_to_v2 += 1;
+        }
+    }
+    assert!(sent_to_v2 > 0);
+    assert_eq!(
+        rig.envoy
+            .metric(
+                "meshcanary_responses_total",
+                &[("variant", "v2"), ("class", "5xx")]
+            )
+            .await,
+        sent_to_v2 as f64
+    );
+    // A client that hangs up while v3 is still thinking: no response, counted as a reset.
+    rig.upstream("v3").set_delay(Duration::from_secs(3));
+    let v3_before = rig
+        .envoy
+        .metric("meshcanary_requests_total", &[("variant", "v3")])
+        .await;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", rig.envoy.listen_port))
+        .await
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        b"GET / HTTP/1.1\r\nhost: reviews\r\nx-to: v3\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(stream);
+    rig.envoy
+        .wait_for_metric(
+            "meshcanary_responses_total",
+            &[("variant", "v3"), ("class", "reset")],
+            Duration::from_secs(5),
+            |v| v == 1.0,
+        )
+        .await;
+    assert_eq!(
+        rig.envoy
+            .metric("meshcanary_requests_total", &[("variant", "v3")])
+            .await,
+        v3_before + 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_input_passes_through_untouched() {
+    let rig = Rig::start(reviews(1, &[10000, 0], json!({
+        "rules": [{"cookie": "meshcanary", "exact": "v2", "variant": "v2"}, {"query": "q", "present": true, "variant": "v2"}],
+        "sticky": {"cookie": "uid"}
+    })))
+    .await;
+    let huge_cookie = format!("a={}; uid=user; meshcanary=v2", "x".repeat(50_000));
+    let odd_cookie = "=; ;;; =x; uid; meshcanary; meshcanary=\"v2";
+    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+        (
+            "huge cookie, rule still found",
+            vec![("cookie", huge_cookie.as_str())],
+            "v2",
+        ),
+        ("odd cookie", vec![("cookie", odd_cookie)], "v1"),
+        ("empty cookie", vec![("cookie", "")], "v1"),
+    ];
+    for (name, headers, expected) in cases {
+        let reply = rig.client.get("/", &headers).await.unwrap();
+        assert_eq!(
+            (reply.status, reply.upstream.as_deref()),
+            (200, Some(expected)),
+            "{name}"
+        );
+    }
+    // Raw requests: non-UTF-8 bytes in headers and query, no Host at all.
+    let raw: Vec<(&str, Vec<u8>)> = vec![
+        ("non-UTF-8 cookie", b"GET / HTTP/1.1\r\nhost: reviews\r\ncookie: uid=\xff\xfe; meshcanary=\xc3\x28\r\nconnection: close\r\n\r\n".to_vec()),
+        ("non-UTF-8 host", b"GET / HTTP/1.1\r\nhost: rev\xffiews\r\nconnection: close\r\n\r\n".to_vec()),
+        ("non-UTF-8 query", b"GET /?q=\xff&\xfe HTTP/1.1\r\nhost: reviews\r\nconnection: close\r\n\r\n".to_vec()),
+        ("no host, HTTP/1.0", b"GET / HTTP/1.0\r\n\r\n".to_vec()),
+        ("spoofed variant header with odd bytes", b"GET / HTTP/1.1\r\nhost: reviews\r\nx-meshcanary-variant: \xff\r\nconnection: close\r\n\r\n".to_vec()),
+    ];
+    for (name, request) in raw {
+        let response = raw_request(rig.envoy.listen_port, &request).await;
+        let text = String::from_utf8_lossy(&response).to_lowercase();
+        let status_line = text.lines().next().unwrap_or("").to_string();
+        // Envoy may refuse a malformed request itself (400); the filter never turns one into a 5xx.
+        assert!(
+            status_line.contains(" 200 ") || status_line.contains(" 400 "),
+            "{name}: {status_line}"
+        );
+        if status_line.contains(" 200 ") {
+            assert!(text.contains("x-upstream:"), "{name}: reached an upstream");
+        }
+    }
+    let log = rig.envoy.log();
+    assert!(!log.contains("critical"), "no panic in the filter:\n{log}");
+    assert!(!log.contains("wasm log meshcanary: panicked"), "{log}");
+    // Still serving normally afterwards.
+    assert_eq!(
+        rig.client
+            .get("/", &[("cookie", "meshcanary=v2")])
+            .await
+            .unwrap()
+            .upstream
+            .as_deref(),
+        Some("v2")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_path_prefixes_and_dry_run() {
+    let config = json!({"generation": 1, "responseHeader": "x-meshcanary", "routes": [
+        {"name": "api", "hosts": ["reviews", "reviews.default.svc.cluster.local"], "pathPrefix": "/api",
+         "variants": [{"name": "v1", "weight": 0}, {"name": "v3", "weight": 10000}]},
+        {"name": "reviews", "hosts": ["reviews", "*.example.com"],
+         "variants": [{"name": "v1", "weight": 0}, {"name": "v2", "weight": 10000}]},
+        {"name": "shadow", "hosts": ["shadow"], "dryRun": true,
+         "variants": [{"name": "v1", "weight": 0}, {"name": "v2", "weight": 10000}]}
+    ]});
+    let rig = Rig::start(config).await;
+    let cases: Vec<(&str, &str, &str, &str)> = vec![
+        ("exact host", "reviews", "/", "v2"),
+        ("host with port", "reviews:9080", "/", "v2"),
+        ("host in other case", "REVIEWS", "/", "v2"),
+        ("path prefix route first", "reviews", "/api/x", "v3"),
+        (
+            "fqdn on the prefix route",
+            "reviews.default.svc.cluster.local",
+            "/api",
+            "v3",
+        ),
+        (
+            "fqdn not listed for reviews",
+            "reviews.default.svc.cluster.local",
+            "/",
+            "v1",
+        ),
+        ("suffix pattern", "eu.example.com", "/", "v2"),
+        ("suffix needs a label", "example.com", "/", "v1"),
+        ("unmatched host goes to stable", "details", "/", "v1"),
+        ("dry run decides v2 but routes stable", "shadow", "/", "v1"),
+    ];
+    for (name, host, path, expected) in cases {
+        let reply = rig
+            .client
+            .get(path, &[("host", host), ("x-meshcanary-variant", "v3")])
+            .await
+            .unwrap();
+        assert_eq!(reply.upstream.as_deref(), Some(expected), "{name}");
+    }
+    let reply = rig.client.get("/", &[("host", "shadow")]).await.unwrap();
+    assert_eq!(
+        reply.decision.as_deref(),
+        Some("v2; reason=request_id"),
+        "dry run still decides"
+    );
+    assert_eq!(
+        reply.seen_variant.as_deref(),
+        Some("-"),
+        "dry run writes no header"
+    );
+    assert_eq!(
+        rig.envoy
+            .metric(
+                "meshcanary_requests_total",
+                &[("route", "shadow"), ("variant", "v2")]
+            )
+            .await,
+        2.0
+    );
+    assert_eq!(
+        rig.envoy.metric("meshcanary_unmatched_total", &[]).await,
+        3.0
+    );
+}
