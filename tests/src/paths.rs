@@ -33,7 +33,7 @@ pub fn envoy_bin() -> PathBuf {
 /// The filter module: `$MESHCANARY_WASM`, else `make build`'s output.
 pub fn filter_wasm() -> PathBuf {
     let path = std::env::var_os("MESHCANARY_WASM").map_or_else(
-        || workspace_root().join("target/wasm32-wasip1/wasm-release/meshcanary_filter.wasm"),
+        || workspace_root().join("target/wasm32-wasip1/wasm-release/meshcanary.wasm"),
         PathBuf::from,
     );
     assert!(

@@ -74,7 +74,8 @@ fn share(counts: &HashMap<String, usize>, name: &str, total: usize) -> f64 {
 async fn qa_rules_force_their_variant_whatever_the_weight() {
     let rig = Rig::start(reviews(1, &[10000, 0, 0], qa_rules())).await;
     let c = &rig.client;
-    let cases: Vec<(&str, &str, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         ("no rule", "/", vec![], "v1"),
         ("header rule", "/", vec![("x-canary", "always")], "v2"),
         (
@@ -162,7 +163,7 @@ async fn weighted_split_is_within_one_point_over_20000_users() {
                 "meshcanary_requests_total",
                 &[("variant", name)],
                 Duration::from_secs(5),
-                |v| v as usize == counts[*&name],
+                |v| v as usize == counts[name],
             )
             .await;
         assert_eq!(counted as u64, rig.upstream(name).served());
@@ -283,7 +284,7 @@ async fn a_new_config_applies_live_without_failing_a_request() {
     );
     let counts = tally(&replies);
     assert!(
-        counts.get("v1").is_some() && counts.get("v2").is_some(),
+        counts.contains_key("v1") && counts.contains_key("v2"),
         "{counts:?}"
     );
     println!("config update: generation gauge after {applied:?}, traffic moved after {moved:?}, {} requests, none failed", replies.len());
@@ -548,7 +549,8 @@ async fn odd_input_passes_through_untouched() {
     .await;
     let huge_cookie = format!("a={}; uid=user; meshcanary=v2", "x".repeat(50_000));
     let odd_cookie = "=; ;;; =x; uid; meshcanary; meshcanary=\"v2";
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "huge cookie, rule still found",
             vec![("cookie", huge_cookie.as_str())],

@@ -25,6 +25,9 @@
 //! }
 //! ```
 
+/// Locating the field of a JSON parse error.
+mod json_path;
+
 use serde::{Deserialize, Serialize};
 
 /// Weights are in basis points: 10000 is all of a route's traffic, 1 is 0.01 %.
@@ -326,17 +329,10 @@ impl FilterConfig {
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
-        let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-        let parsed: Self =
-            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
-                let field = error.path().to_string();
-                let field = if field == "." { String::new() } else { field };
-                ConfigError::new(field, error.inner().to_string())
-            })?;
-        deserializer
-            .end()
-            .map_err(|error| ConfigError::new("", error.to_string()))?;
-        Ok(parsed)
+        serde_json::from_slice(bytes).map_err(|error| {
+            let field = json_path::path_at(bytes, error.line(), error.column());
+            ConfigError::new(field, error.to_string())
+        })
     }
 
     /// The canonical JSON form, as pushed to the filter.

