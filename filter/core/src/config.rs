@@ -25,9 +25,6 @@
 //! }
 //! ```
 
-/// Locating the field of a JSON parse error.
-mod json_path;
-
 use serde::{Deserialize, Serialize};
 
 /// Weights are in basis points: 10000 is all of a route's traffic, 1 is 0.01 %.
@@ -53,6 +50,7 @@ pub const MAX_HOST_LEN: usize = 253;
 
 /// The whole filter configuration, as written in a WasmPlugin's `pluginConfig`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FilterConfig {
     /// Which push this is. The control service increments it on every change; the filter exports it
@@ -76,6 +74,7 @@ pub struct FilterConfig {
 
 /// One destination whose traffic is split between variants.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteConfig {
     /// The route's name: the `route` label of its stats, and how the control service refers to it.
@@ -109,6 +108,7 @@ pub struct RouteConfig {
 
 /// A variant of a route and its share of traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct VariantConfig {
     /// The value written to the variant header (what routes match on) and the `variant` stat label.
@@ -122,6 +122,7 @@ pub struct VariantConfig {
 /// it goes to `variant`. Exactly one of `header`, `cookie`, `query` and exactly one of `exact`,
 /// `prefix`, `present` are set.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct RuleConfig {
     /// The variant a matching request is sent to.
@@ -148,6 +149,7 @@ pub struct RuleConfig {
 
 /// Where the sticky user key comes from. Exactly one of `header` and `cookie` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct StickyConfig {
     /// Take the key from this request header, e.g. `x-user-id`.
@@ -330,7 +332,7 @@ impl FilterConfig {
             return Ok(Self::default());
         }
         serde_json::from_slice(bytes).map_err(|error| {
-            let field = json_path::path_at(bytes, error.line(), error.column());
+            let field = crate::json_path::path_at(bytes, error.line(), error.column());
             ConfigError::new(field, error.to_string())
         })
     }

@@ -1,0 +1,169 @@
+//! `/v1/rollouts`: create, list, read, delete, and the actions on a rollout.
+
+use super::extract::{ApiJson, IfMatch};
+use super::AppState;
+use crate::error::{Error, ErrorBody, Result};
+use crate::rollout::engine::Command;
+use crate::rollout::{Rollout, RolloutSpec, Weight};
+use crate::service::Propagation;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A rollout as the API shows it: the rollout and how far its weight has reached.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutView {
+    /// The rollout.
+    #[serde(flatten)]
+    pub rollout: Rollout,
+    /// How many proxies run the generation carrying `status.canaryWeight`.
+    pub propagation: Propagation,
+}
+
+/// The actions `POST /v1/rollouts/{name}/{action}` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RolloutAction {
+    /// Stop where it is.
+    Pause,
+    /// Continue after a pause (a `pause` step moves on to the next step).
+    Resume,
+    /// Skip to 100 % canary (the take-over).
+    Promote,
+    /// Send all traffic back to stable at once; the rollout ends as `aborted`.
+    Abort,
+    /// Make a promoted canary the route's stable variant.
+    Finish,
+}
+
+fn view(state: &AppState, rollout: Rollout) -> RolloutView {
+    let propagation = state
+        .controller
+        .propagation(rollout.status.weight_generation);
+    RolloutView {
+        rollout,
+        propagation,
+    }
+}
+
+fn with_etag(status: StatusCode, view: RolloutView) -> Response {
+    let etag = HeaderValue::from_str(&format!("\"{}\"", view.rollout.version)).ok();
+    let mut response = (status, Json(view)).into_response();
+    if let Some(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+/// Every rollout, finished ones included.
+#[utoipa::path(get, path = "/v1/rollouts", tag = "rollouts",
+    responses((status = 200, description = "All rollouts", body = Vec<RolloutView>)))]
+pub async fn list(State(state): State<AppState>) -> Json<Vec<RolloutView>> {
+    let rollouts = state.controller.list().await;
+    Json(rollouts.into_iter().map(|r| view(&state, r)).collect())
+}
+
+/// Creates a rollout; it starts at once.
+#[utoipa::path(post, path = "/v1/rollouts", tag = "rollouts", request_body = RolloutSpec,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created and started", body = RolloutView, headers(("ETag" = String), ("Location" = String))),
+        (status = 400, description = "Malformed JSON or unknown field", body = ErrorBody),
+        (status = 401, description = "No or wrong token", body = ErrorBody),
+        (status = 409, description = "Name taken, or the route already has a running rollout", body = ErrorBody),
+        (status = 422, description = "A field is invalid", body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(spec): ApiJson<RolloutSpec>,
+) -> Result<Response> {
+    let rollout = state.controller.create(spec).await?;
+    let location = HeaderValue::from_str(&format!("/v1/rollouts/{}", rollout.spec.name)).ok();
+    let mut response = with_etag(StatusCode::CREATED, view(&state, rollout));
+    if let Some(location) = location {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// One rollout.
+#[utoipa::path(get, path = "/v1/rollouts/{name}", tag = "rollouts",
+    params(("name" = String, Path, description = "Rollout name")),
+    responses((status = 200, description = "The rollout", body = RolloutView, headers(("ETag" = String))),
+              (status = 404, description = "No such rollout", body = ErrorBody)))]
+pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response> {
+    let rollout = state.controller.get(&name).await?;
+    Ok(with_etag(StatusCode::OK, view(&state, rollout)))
+}
+
+/// Deletes a finished rollout (abort a running one first).
+#[utoipa::path(delete, path = "/v1/rollouts/{name}", tag = "rollouts",
+    params(("name" = String, Path, description = "Rollout name"), ("If-Match" = Option<String>, Header, description = "Only if the rollout is at this version")),
+    security(("bearer" = [])),
+    responses((status = 204, description = "Deleted"),
+              (status = 404, description = "No such rollout", body = ErrorBody),
+              (status = 409, description = "Still running", body = ErrorBody),
+              (status = 412, description = "Version mismatch", body = ErrorBody)))]
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    IfMatch(version): IfMatch,
+) -> Result<StatusCode> {
+    state.controller.delete(&name, version).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Pauses, resumes, promotes, aborts or finishes a rollout.
+#[utoipa::path(post, path = "/v1/rollouts/{name}/{action}", tag = "rollouts",
+    params(("name" = String, Path, description = "Rollout name"),
+           ("action" = RolloutAction, Path, description = "pause, resume, promote, abort or finish"),
+           ("If-Match" = Option<String>, Header, description = "Only if the rollout is at this version")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "Done", body = RolloutView, headers(("ETag" = String))),
+              (status = 404, description = "No such rollout or action", body = ErrorBody),
+              (status = 409, description = "The action does not fit the rollout's phase", body = ErrorBody),
+              (status = 412, description = "Version mismatch", body = ErrorBody)))]
+pub async fn action(
+    State(state): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+    IfMatch(version): IfMatch,
+) -> Result<Response> {
+    let command = match action.as_str() {
+        "pause" => Command::Pause,
+        "resume" => Command::Resume,
+        "promote" => Command::Promote,
+        "abort" => Command::Abort,
+        "finish" => Command::Finish,
+        other => {
+            return Err(Error::NotFound(format!(
+                "no action {other:?}; use pause, resume, promote, abort or finish"
+            )))
+        }
+    };
+    let rollout = state.controller.command(&name, command, version).await?;
+    Ok(with_etag(StatusCode::OK, view(&state, rollout)))
+}
+
+/// Sets the canary weight by hand and pauses the rollout; `resume` continues from the current step.
+#[utoipa::path(put, path = "/v1/rollouts/{name}/weight", tag = "rollouts", request_body = Weight,
+    params(("name" = String, Path, description = "Rollout name"), ("If-Match" = Option<String>, Header, description = "Only if the rollout is at this version")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "Weight set, rollout paused", body = RolloutView, headers(("ETag" = String))),
+              (status = 409, description = "The rollout is finished or promoting", body = ErrorBody),
+              (status = 422, description = "Invalid weight", body = ErrorBody)))]
+pub async fn set_weight(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    IfMatch(version): IfMatch,
+    ApiJson(weight): ApiJson<Weight>,
+) -> Result<Response> {
+    let basis_points = weight.checked("")?;
+    let rollout = state
+        .controller
+        .command(&name, Command::SetWeight(basis_points), version)
+        .await?;
+    Ok(with_etag(StatusCode::OK, view(&state, rollout)))
+}

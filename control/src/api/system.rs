@@ -1,0 +1,41 @@
+//! Health, readiness and the service's own metrics.
+
+use super::AppState;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "Alive", body = String)))]
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Readiness: the current filter config is pushed.
+#[utoipa::path(get, path = "/readyz", tag = "system",
+    responses((status = 200, description = "Ready", body = String), (status = 503, description = "The last push failed", body = String)))]
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.controller.push_error() {
+        None => (StatusCode::OK, "ready".to_string()),
+        Some(error) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {error}"),
+        ),
+    }
+}
+
+/// The service's metrics in Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text", body = String)))]
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let rollouts = state.controller.list().await;
+    let generation = state.controller.filter().await.generation;
+    let propagation = state.controller.propagation(generation);
+    let text = state.controller.metrics.render(&rollouts, &propagation);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+}

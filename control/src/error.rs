@@ -1,0 +1,200 @@
+//! The control service's error type, and how each error looks on the HTTP API:
+//! `{ "error": { "code", "message", "field" } }` with a fitting status. Server-side failures (5xx)
+//! are logged in full and answered with a generic message.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Results in the control service.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the control service.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A request or config field is invalid (422).
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// Field path, e.g. `steps[1].setWeight.percent`.
+        field: String,
+        /// Why.
+        reason: String,
+    },
+    /// The request body is not the JSON expected (400).
+    #[error("{}{message}", field_prefix(field))]
+    Malformed {
+        /// Field path where parsing failed, if known.
+        field: String,
+        /// What the parser said.
+        message: String,
+    },
+    /// No such thing (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The action does not fit the current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// `If-Match` did not match the current version (412).
+    #[error("{what} is at version {current}, not {expected}: re-read it and retry")]
+    VersionMismatch {
+        /// The resource.
+        what: String,
+        /// The version the client expected.
+        expected: String,
+        /// The version it has.
+        current: u64,
+    },
+    /// The request body is larger than the service accepts (413).
+    #[error("request body exceeds {limit} bytes")]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// Missing or wrong bearer token (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Reading or writing the state on disk failed.
+    #[error("state store {path}: {source}")]
+    Store {
+        /// The file involved.
+        path: String,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The state on disk could not be understood.
+    #[error("state store {path} is corrupt: {reason}")]
+    CorruptState {
+        /// The file involved.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// Pushing the filter config failed.
+    #[error("push to {target}: {reason}")]
+    Push {
+        /// Where it was pushed.
+        target: String,
+        /// Why it failed.
+        reason: String,
+    },
+    /// Talking to another service (Envoy admin, the control API) failed.
+    #[error("{target}: {reason}")]
+    Remote {
+        /// Whom.
+        target: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn field_prefix(field: &str) -> String {
+    if field.is_empty() {
+        String::new()
+    } else {
+        format!("{field}: ")
+    }
+}
+
+impl Error {
+    /// An invalid field.
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Error {
+        Error::Invalid {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The HTTP status for this error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Malformed { .. } => StatusCode::BAD_REQUEST,
+            Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Store { .. } | Error::CorruptState { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Push { .. } | Error::Remote { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// The stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Invalid { .. } => "invalid_field",
+            Error::Malformed { .. } => "malformed_request",
+            Error::NotFound(_) => "not_found",
+            Error::Conflict(_) => "conflict",
+            Error::VersionMismatch { .. } => "version_mismatch",
+            Error::Unauthorized(_) => "unauthorized",
+            Error::TooLarge { .. } => "payload_too_large",
+            Error::Store { .. } | Error::CorruptState { .. } => "internal",
+            Error::Push { .. } => "push_failed",
+            Error::Remote { .. } => "upstream_failed",
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            Error::Invalid { field, .. } | Error::Malformed { field, .. } if !field.is_empty() => {
+                Some(field)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<meshcanary_core::ConfigError> for Error {
+    fn from(error: meshcanary_core::ConfigError) -> Error {
+        Error::Invalid {
+            field: error.field,
+            reason: error.reason,
+        }
+    }
+}
+
+/// The JSON body of every error response.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable code: `invalid_field`, `malformed_request`, `not_found`, `conflict`,
+    /// `version_mismatch`, `unauthorized`, `payload_too_large`, `push_failed`, `upstream_failed`,
+    /// `internal`.
+    pub code: String,
+    /// For people.
+    pub message: String,
+    /// The offending field's path, when one field is to blame.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = if status.is_server_error() && status != StatusCode::BAD_GATEWAY {
+            tracing::error!(error = %self, "request failed");
+            "internal error; the service log has the details".to_string()
+        } else {
+            if status.is_server_error() {
+                tracing::warn!(error = %self, "request failed");
+            }
+            self.to_string()
+        };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code().to_string(),
+                message,
+                field: self.field().map(str::to_string),
+            },
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,28 @@
+//! What the proxies report back: the seam between the service and the proxies' stats.
+
+pub mod envoy_admin;
+
+use async_trait::async_trait;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// One proxy's answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProxyGeneration {
+    /// Which proxy (its admin address).
+    pub proxy: String,
+    /// The filter config generation it runs, if it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u64>,
+    /// Why it did not answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Reads the filter's stats from the proxies.
+#[async_trait]
+pub trait MetricsObserver: Send + Sync {
+    /// The config generation every watched proxy runs (`meshcanary_config_generation`).
+    async fn generations(&self) -> Vec<ProxyGeneration>;
+}

@@ -1,0 +1,740 @@
+//! The rollout state machine: `next(rollout, observation, now)` says what should happen,
+//! `apply(rollout, action, now)` makes it happen to the rollout, and `command` does the same for
+//! what people ask for through the API. All three are pure: the clock and what the proxies report
+//! are passed in, and the caller persists the result and pushes the weights.
+
+use super::{Event, Hold, Phase, PlanStep, Rollout, MAX_HISTORY};
+use crate::error::{Error, Result};
+use crate::time::Timestamp;
+use meshcanary_core::config::TOTAL_WEIGHT;
+
+/// What the service knows about the proxies when it asks the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Observation {
+    /// The lowest config generation any watched proxy runs; `None` when no proxy is watched (the
+    /// push is then taken as applied once written).
+    pub min_proxy_generation: Option<u64>,
+}
+
+impl Observation {
+    fn carries(&self, generation: u64) -> bool {
+        self.min_proxy_generation
+            .is_none_or(|min| min >= generation)
+    }
+}
+
+/// What should happen to a rollout now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Nothing for now; look again at `until` (or when something changes).
+    Wait {
+        /// When a timer in the rollout runs out, if any.
+        until: Option<Timestamp>,
+    },
+    /// Start step `index` (`index == plan.len()` never happens: the last step leads to promotion).
+    EnterStep {
+        /// The step.
+        index: usize,
+    },
+    /// Stop and wait for a person.
+    Pause {
+        /// Why it holds.
+        hold: Hold,
+        /// For people.
+        reason: String,
+    },
+    /// Give the canary 100 %.
+    Promote {
+        /// Why.
+        reason: String,
+    },
+    /// Make the canary the stable variant: the rollout succeeded.
+    Finish,
+    /// Put the canary back to 0 %: the rollout failed.
+    RollBack {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a person asks for through the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Stop where it is.
+    Pause,
+    /// Continue after a pause.
+    Resume,
+    /// Skip to 100 % canary.
+    Promote,
+    /// Stop and send all traffic back to stable.
+    Abort,
+    /// Make a promoted canary the stable variant.
+    Finish,
+    /// Set the canary weight (basis points) and pause.
+    SetWeight(u32),
+}
+
+impl Command {
+    /// The name used in the API and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Command::Pause => "pause",
+            Command::Resume => "resume",
+            Command::Promote => "promote",
+            Command::Abort => "abort",
+            Command::Finish => "finish",
+            Command::SetWeight(_) => "set-weight",
+        }
+    }
+}
+
+/// What should happen to `rollout` now, given what the proxies report.
+pub fn next(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Action {
+    let status = &rollout.status;
+    match status.phase {
+        Phase::Initialized => match rollout.plan.is_empty() {
+            true => Action::Promote {
+                reason: "no steps".into(),
+            },
+            false => Action::EnterStep { index: 0 },
+        },
+        Phase::Progressing => {
+            let deadline = rollout.spec.timeout.map(|timeout| {
+                let left = timeout.0.saturating_sub(rollout.progressed(now));
+                (timeout, now.plus(left))
+            });
+            if let Some((timeout, at)) = deadline {
+                if now >= at {
+                    return Action::RollBack {
+                        reason: format!("timed out: still progressing after {timeout}"),
+                    };
+                }
+            }
+            let step_action = progress_step(rollout, observation, now);
+            match (step_action, deadline) {
+                (Action::Wait { until }, Some((_, at))) => Action::Wait {
+                    until: Some(until.map_or(at, |u| u.min(at))),
+                },
+                (action, _) => action,
+            }
+        }
+        Phase::Promoting if rollout.spec.auto_finish => Action::Finish,
+        Phase::Paused
+        | Phase::Promoting
+        | Phase::Succeeded
+        | Phase::RolledBack
+        | Phase::Aborted => Action::Wait { until: None },
+    }
+}
+
+fn progress_step(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Action {
+    let status = &rollout.status;
+    let following = || match status.step + 1 < rollout.plan.len() {
+        true => Action::EnterStep {
+            index: status.step + 1,
+        },
+        false => Action::Promote {
+            reason: "every step passed".into(),
+        },
+    };
+    match rollout.plan.get(status.step) {
+        None => Action::Promote {
+            reason: "every step passed".into(),
+        },
+        Some(PlanStep::SetWeight(weight)) => {
+            if observation.carries(status.weight_generation) {
+                return following();
+            }
+            let timeout = rollout.spec.propagation_timeout();
+            let deadline = status.step_started_at.plus(timeout);
+            if now >= deadline {
+                Action::Pause {
+                    hold: Hold::Propagation,
+                    reason: format!(
+                        "weight {} not running on every proxy after {} (generation {} wanted, lowest seen {})",
+                        percent(*weight),
+                        humantime::format_duration(timeout),
+                        status.weight_generation,
+                        observation.min_proxy_generation.unwrap_or(0)
+                    ),
+                }
+            } else {
+                Action::Wait {
+                    until: Some(deadline),
+                }
+            }
+        }
+        Some(PlanStep::Pause(Some(duration))) => {
+            let until = status.step_started_at.plus(duration.0);
+            if now >= until {
+                following()
+            } else {
+                Action::Wait { until: Some(until) }
+            }
+        }
+        // A pause without duration pauses the rollout when entered; if it is progressing here it
+        // was resumed, so move on.
+        Some(PlanStep::Pause(None)) => following(),
+    }
+}
+
+/// `rollout` after `action` happened at `now`.
+pub fn apply(rollout: &Rollout, action: &Action, now: Timestamp) -> Rollout {
+    let mut next = rollout.clone();
+    let status = &mut next.status;
+    let message = match action {
+        Action::Wait { .. } => return next,
+        Action::EnterStep { index } => {
+            set_phase(&mut next, Phase::Progressing, now);
+            let status = &mut next.status;
+            status.step = *index;
+            status.step_started_at = now;
+            status.hold = None;
+            let total = next.plan.len();
+            match next.plan.get(*index).copied() {
+                Some(PlanStep::SetWeight(weight)) => {
+                    status.canary_weight = weight;
+                    format!(
+                        "step {}/{total}: canary weight {}",
+                        index + 1,
+                        percent(weight)
+                    )
+                }
+                Some(PlanStep::Pause(Some(duration))) => {
+                    format!("step {}/{total}: holding for {duration}", index + 1)
+                }
+                Some(PlanStep::Pause(None)) => {
+                    set_phase(&mut next, Phase::Paused, now);
+                    next.status.hold = Some(Hold::PauseStep);
+                    format!("step {}/{total}: paused until resumed", index + 1)
+                }
+                None => format!("step {}/{total}", index + 1),
+            }
+        }
+        Action::Pause { hold, reason } => {
+            status.hold = Some(*hold);
+            set_phase(&mut next, Phase::Paused, now);
+            reason.clone()
+        }
+        Action::Promote { reason } => {
+            status.canary_weight = TOTAL_WEIGHT;
+            status.hold = None;
+            set_phase(&mut next, Phase::Promoting, now);
+            format!("promoting: {reason}")
+        }
+        Action::Finish => {
+            status.canary_weight = TOTAL_WEIGHT;
+            set_phase(&mut next, Phase::Succeeded, now);
+            format!(
+                "succeeded: {} is the stable variant of route {}",
+                next.spec.canary, next.spec.route
+            )
+        }
+        Action::RollBack { reason } => {
+            status.canary_weight = 0;
+            status.hold = None;
+            set_phase(&mut next, Phase::RolledBack, now);
+            format!("rolled back: {reason}")
+        }
+    };
+    record(&mut next, message, now);
+    next
+}
+
+/// `rollout` after a person's `command` at `now`, or why the command does not fit.
+pub fn command(rollout: &Rollout, command: Command, now: Timestamp) -> Result<Rollout> {
+    let phase = rollout.status.phase;
+    let name = &rollout.spec.name;
+    if phase.is_terminal() {
+        return Err(Error::Conflict(format!(
+            "rollout {name} is {}; {} needs a rollout that is still running",
+            phase.as_str(),
+            command.as_str()
+        )));
+    }
+    let mut next = rollout.clone();
+    let message = match command {
+        Command::Pause => match phase {
+            Phase::Paused => return Ok(next),
+            Phase::Promoting => {
+                return Err(Error::Conflict(format!(
+                    "rollout {name} is promoting; finish or abort it"
+                )))
+            }
+            _ => {
+                next.status.hold = Some(Hold::Request);
+                set_phase(&mut next, Phase::Paused, now);
+                "paused by request".to_string()
+            }
+        },
+        Command::Resume => match (phase, next.status.hold) {
+            (Phase::Paused, Some(Hold::PauseStep)) => {
+                let index = next.status.step + 1;
+                let action = match index < next.plan.len() {
+                    true => Action::EnterStep { index },
+                    false => Action::Promote {
+                        reason: "every step passed".into(),
+                    },
+                };
+                record(&mut next, "resumed by request".into(), now);
+                return Ok(apply(&next, &action, now));
+            }
+            (Phase::Paused, hold) => {
+                // A timed pause keeps the time it had left; a setWeight step waits afresh.
+                let paused_for = next
+                    .status
+                    .paused_at
+                    .map_or(std::time::Duration::ZERO, |at| now.since(at));
+                match (next.plan.get(next.status.step), hold) {
+                    (Some(PlanStep::Pause(Some(_))), _) => {
+                        next.status.step_started_at = next.status.step_started_at.plus(paused_for);
+                    }
+                    _ => next.status.step_started_at = now,
+                }
+                next.status.hold = None;
+                set_phase(&mut next, Phase::Progressing, now);
+                "resumed by request".to_string()
+            }
+            (Phase::Promoting, _) => {
+                return Err(Error::Conflict(format!(
+                    "rollout {name} is promoting, not paused; use finish"
+                )))
+            }
+            _ => return Ok(next),
+        },
+        Command::Promote => match phase {
+            Phase::Promoting => return Ok(next),
+            _ => {
+                return Ok(apply(
+                    &next,
+                    &Action::Promote {
+                        reason: "promoted by request".into(),
+                    },
+                    now,
+                ))
+            }
+        },
+        Command::Abort => {
+            next.status.canary_weight = 0;
+            next.status.hold = None;
+            set_phase(&mut next, Phase::Aborted, now);
+            "aborted by request: all traffic back on the stable variant".to_string()
+        }
+        Command::Finish => match phase {
+            Phase::Promoting => return Ok(apply(&next, &Action::Finish, now)),
+            _ => {
+                return Err(Error::Conflict(format!(
+                    "rollout {name} is {}; finish needs a promoted rollout (promote it first)",
+                    phase.as_str()
+                )))
+            }
+        },
+        Command::SetWeight(weight) => {
+            if phase == Phase::Promoting {
+                return Err(Error::Conflict(format!(
+                    "rollout {name} is promoting; abort it to change the weight"
+                )));
+            }
+            next.status.canary_weight = weight;
+            next.status.hold = Some(Hold::HandWeight);
+            set_phase(&mut next, Phase::Paused, now);
+            format!(
+                "canary weight set by hand to {}; resume to continue from step {}",
+                percent(weight),
+                next.status.step + 1
+            )
+        }
+    };
+    record(&mut next, message, now);
+    Ok(next)
+}
+
+/// Changes phase, keeping the progressing clock and the pause time right.
+fn set_phase(rollout: &mut Rollout, phase: Phase, now: Timestamp) {
+    let status = &mut rollout.status;
+    if status.phase == Phase::Progressing && phase != Phase::Progressing {
+        if let Some(since) = status.progressing_since.take() {
+            status.progressed_ms += now.since(since).as_millis() as u64;
+        }
+    }
+    if phase == Phase::Progressing && status.progressing_since.is_none() {
+        status.progressing_since = Some(now);
+    }
+    status.paused_at = match phase {
+        Phase::Paused => status.paused_at.or(Some(now)),
+        _ => None,
+    };
+    status.phase = phase;
+}
+
+fn record(rollout: &mut Rollout, message: String, now: Timestamp) {
+    let status = &mut rollout.status;
+    status.message = message.clone();
+    status.updated_at = now;
+    status.history.push(Event {
+        at: now,
+        phase: status.phase,
+        step: status.step,
+        canary_weight: status.canary_weight,
+        message,
+    });
+    if status.history.len() > MAX_HISTORY {
+        let excess = status.history.len() - MAX_HISTORY;
+        status.history.drain(..excess);
+    }
+    rollout.version += 1;
+}
+
+/// Basis points as a percentage for people: `1000` → `10%`, `1250` → `12.5%`.
+pub fn percent(basis_points: u32) -> String {
+    let whole = basis_points / 100;
+    match basis_points % 100 {
+        0 => format!("{whole}%"),
+        fraction if fraction % 10 == 0 => format!("{whole}.{}%", fraction / 10),
+        fraction => format!("{whole}.{fraction:02}%"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::RolloutSpec;
+    use serde_json::json;
+    use std::time::Duration;
+
+    const T0: Timestamp = Timestamp(1_000_000);
+
+    fn at(seconds: u64) -> Timestamp {
+        T0.plus(Duration::from_secs(seconds))
+    }
+
+    fn rollout(extra: serde_json::Value) -> Rollout {
+        let mut value = json!({"name": "r", "route": "reviews", "stable": "v1", "canary": "v2",
+            "steps": [{"setWeight": {"percent": 10}}, {"pause": {}}, {"setWeight": {"percent": 50}},
+                      {"pause": {"duration": "60s"}}, {"setWeight": {"percent": 100}}]});
+        for (k, v) in extra.as_object().unwrap() {
+            value[k] = v.clone();
+        }
+        let spec: RolloutSpec = serde_json::from_value(value).unwrap();
+        Rollout::new(spec, 0, T0).unwrap()
+    }
+
+    const APPLIED: Observation = Observation {
+        min_proxy_generation: None,
+    };
+
+    /// Runs the engine until it waits, like the service does, and returns the rollout.
+    fn settle(mut r: Rollout, obs: &Observation, now: Timestamp) -> Rollout {
+        for _ in 0..20 {
+            match next(&r, obs, now) {
+                Action::Wait { .. } => return r,
+                action => r = apply(&r, &action, now),
+            }
+        }
+        panic!("engine did not settle: {r:?}");
+    }
+
+    #[test]
+    fn walks_the_steps_transition_by_transition() {
+        let r = rollout(json!({}));
+        let cases: Vec<(&str, Timestamp, Action)> = vec![(
+            "initialized starts step 0",
+            at(0),
+            Action::EnterStep { index: 0 },
+        )];
+        for (name, now, expected) in cases {
+            assert_eq!(next(&r, &APPLIED, now), expected, "{name}");
+        }
+        let r = apply(&r, &Action::EnterStep { index: 0 }, at(0));
+        assert_eq!(
+            (r.status.phase, r.status.step, r.status.canary_weight),
+            (Phase::Progressing, 0, 1000)
+        );
+        // The weight is applied: on to the pause step, which pauses the rollout.
+        assert_eq!(next(&r, &APPLIED, at(1)), Action::EnterStep { index: 1 });
+        let r = apply(&r, &Action::EnterStep { index: 1 }, at(1));
+        assert_eq!(
+            (r.status.phase, r.status.hold),
+            (Phase::Paused, Some(Hold::PauseStep))
+        );
+        assert_eq!(
+            next(&r, &APPLIED, at(1000)),
+            Action::Wait { until: None },
+            "paused waits for a person"
+        );
+        // Resume enters step 2 (50 %).
+        let r = command(&r, Command::Resume, at(10)).unwrap();
+        assert_eq!(
+            (r.status.phase, r.status.step, r.status.canary_weight),
+            (Phase::Progressing, 2, 5000)
+        );
+        // Then the 60 s hold.
+        let r = apply(&r, &next(&r, &APPLIED, at(11)), at(11));
+        assert_eq!(r.status.step, 3);
+        assert_eq!(
+            next(&r, &APPLIED, at(30)),
+            Action::Wait {
+                until: Some(at(71))
+            }
+        );
+        assert_eq!(next(&r, &APPLIED, at(71)), Action::EnterStep { index: 4 });
+        let r = apply(&r, &Action::EnterStep { index: 4 }, at(71));
+        assert_eq!(r.status.canary_weight, 10000);
+        // Last step done: promote, then finish on its own.
+        let action = next(&r, &APPLIED, at(72));
+        assert_eq!(
+            action,
+            Action::Promote {
+                reason: "every step passed".into()
+            }
+        );
+        let r = apply(&r, &action, at(72));
+        assert_eq!(r.status.phase, Phase::Promoting);
+        assert_eq!(next(&r, &APPLIED, at(72)), Action::Finish);
+        let r = apply(&r, &Action::Finish, at(72));
+        assert_eq!(
+            (r.status.phase, r.status.canary_weight),
+            (Phase::Succeeded, 10000)
+        );
+        assert_eq!(next(&r, &APPLIED, at(99)), Action::Wait { until: None });
+        assert!(r.status.history.len() >= 7);
+        assert!(r.version > 7);
+    }
+
+    #[test]
+    fn a_weight_step_waits_for_every_proxy() {
+        let mut r = apply(
+            &rollout(json!({"propagationTimeout": "10s"})),
+            &Action::EnterStep { index: 0 },
+            at(0),
+        );
+        r.status.weight_generation = 5;
+        let behind = Observation {
+            min_proxy_generation: Some(4),
+        };
+        let caught_up = Observation {
+            min_proxy_generation: Some(5),
+        };
+        assert_eq!(
+            next(&r, &behind, at(3)),
+            Action::Wait {
+                until: Some(at(10))
+            }
+        );
+        assert_eq!(next(&r, &caught_up, at(3)), Action::EnterStep { index: 1 });
+        let Action::Pause { hold, reason } = next(&r, &behind, at(10)) else {
+            panic!()
+        };
+        assert_eq!(hold, Hold::Propagation);
+        assert!(
+            reason.contains("10% not running on every proxy after 10s"),
+            "{reason}"
+        );
+        // Resuming waits afresh.
+        let paused = apply(&r, &Action::Pause { hold, reason }, at(10));
+        let resumed = command(&paused, Command::Resume, at(20)).unwrap();
+        assert_eq!(
+            (resumed.status.phase, resumed.status.step_started_at),
+            (Phase::Progressing, at(20))
+        );
+        assert_eq!(
+            next(&resumed, &behind, at(21)),
+            Action::Wait {
+                until: Some(at(30))
+            }
+        );
+    }
+
+    #[test]
+    fn a_paused_timed_step_keeps_the_time_it_had_left() {
+        let r = settle(rollout(json!({})), &APPLIED, at(0));
+        let r = settle(
+            command(&r, Command::Resume, at(0)).unwrap(),
+            &APPLIED,
+            at(0),
+        );
+        assert_eq!((r.status.step, r.status.step_started_at), (3, at(0)));
+        let paused = command(&r, Command::Pause, at(20)).unwrap();
+        assert_eq!(paused.status.hold, Some(Hold::Request));
+        let resumed = command(&paused, Command::Resume, at(120)).unwrap();
+        // 40 s were left of the 60 s hold.
+        assert_eq!(
+            next(&resumed, &APPLIED, at(121)),
+            Action::Wait {
+                until: Some(at(160))
+            }
+        );
+    }
+
+    #[test]
+    fn the_timeout_counts_only_time_progressing() {
+        let r = rollout(
+            json!({"timeout": "100s", "steps": [{"setWeight": {"percent": 10}}, {"pause": {"duration": "1h"}}]}),
+        );
+        let r = settle(r, &APPLIED, at(0));
+        assert_eq!(
+            next(&r, &APPLIED, at(50)),
+            Action::Wait {
+                until: Some(at(100))
+            }
+        );
+        let paused = command(&r, Command::Pause, at(50)).unwrap();
+        let resumed = command(&paused, Command::Resume, at(500)).unwrap();
+        assert_eq!(
+            next(&resumed, &APPLIED, at(520)),
+            Action::Wait {
+                until: Some(at(550))
+            }
+        );
+        let action = next(&resumed, &APPLIED, at(550));
+        assert_eq!(
+            action,
+            Action::RollBack {
+                reason: "timed out: still progressing after 1m 40s".into()
+            }
+        );
+        let done = apply(&resumed, &action, at(550));
+        assert_eq!(
+            (done.status.phase, done.status.canary_weight),
+            (Phase::RolledBack, 0)
+        );
+    }
+
+    #[test]
+    fn commands_check_the_phase() {
+        let running = settle(rollout(json!({})), &APPLIED, at(0));
+        let promoted = command(&running, Command::Promote, at(1)).unwrap();
+        let aborted = command(&running, Command::Abort, at(1)).unwrap();
+        let manual = rollout(json!({"autoFinish": false}));
+        let manual_promoted =
+            command(&settle(manual, &APPLIED, at(0)), Command::Promote, at(1)).unwrap();
+        type Case<'a> = (
+            &'a str,
+            &'a Rollout,
+            Command,
+            std::result::Result<(Phase, u32), &'a str>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "pause a paused rollout is a no-op",
+                &running,
+                Command::Pause,
+                Ok((Phase::Paused, 1000)),
+            ),
+            (
+                "promote",
+                &running,
+                Command::Promote,
+                Ok((Phase::Promoting, 10000)),
+            ),
+            ("abort", &running, Command::Abort, Ok((Phase::Aborted, 0))),
+            (
+                "set weight pauses",
+                &running,
+                Command::SetWeight(2500),
+                Ok((Phase::Paused, 2500)),
+            ),
+            (
+                "finish needs promotion",
+                &running,
+                Command::Finish,
+                Err("finish needs a promoted rollout"),
+            ),
+            (
+                "finish after promotion",
+                &manual_promoted,
+                Command::Finish,
+                Ok((Phase::Succeeded, 10000)),
+            ),
+            (
+                "pause while promoting",
+                &promoted,
+                Command::Pause,
+                Err("is promoting"),
+            ),
+            (
+                "set weight while promoting",
+                &promoted,
+                Command::SetWeight(1),
+                Err("is promoting"),
+            ),
+            (
+                "resume an aborted rollout",
+                &aborted,
+                Command::Resume,
+                Err("is aborted"),
+            ),
+            (
+                "abort an aborted rollout",
+                &aborted,
+                Command::Abort,
+                Err("is aborted"),
+            ),
+        ];
+        for (name, r, cmd, expected) in cases {
+            let got = command(r, cmd, at(2)).map(|r| (r.status.phase, r.status.canary_weight));
+            match (got, expected) {
+                (Ok(got), Ok(expected)) => assert_eq!(got, expected, "{name}"),
+                (Err(error), Err(text)) => {
+                    assert!(matches!(error, Error::Conflict(_)), "{name}");
+                    assert!(error.to_string().contains(text), "{name}: {error}");
+                }
+                (got, expected) => panic!("{name}: got {got:?}, expected {expected:?}"),
+            }
+        }
+        assert_eq!(
+            next(&manual_promoted, &APPLIED, at(5)),
+            Action::Wait { until: None },
+            "waits for finish"
+        );
+    }
+
+    #[test]
+    fn a_hand_set_weight_holds_until_the_next_weight_step() {
+        let r = settle(rollout(json!({})), &APPLIED, at(0));
+        let r = command(&r, Command::Resume, at(1)).unwrap();
+        let r = settle(r, &APPLIED, at(1));
+        assert_eq!(r.status.step, 3);
+        let r = command(&r, Command::SetWeight(3300), at(2)).unwrap();
+        assert!(r.status.message.contains("33%"), "{}", r.status.message);
+        let r = command(&r, Command::Resume, at(3)).unwrap();
+        assert_eq!(
+            (r.status.phase, r.status.canary_weight),
+            (Phase::Progressing, 3300)
+        );
+        let r = settle(r, &APPLIED, at(100));
+        assert_eq!(r.status.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn history_is_bounded() {
+        let mut r = settle(rollout(json!({})), &APPLIED, at(0));
+        for i in 0..300 {
+            r = command(
+                &r,
+                if i % 2 == 0 {
+                    Command::SetWeight(i)
+                } else {
+                    Command::Resume
+                },
+                at(1),
+            )
+            .unwrap();
+        }
+        assert_eq!(r.status.history.len(), MAX_HISTORY);
+    }
+
+    #[test]
+    fn percentages_read_well() {
+        for (bp, text) in [
+            (0, "0%"),
+            (1000, "10%"),
+            (1250, "12.5%"),
+            (1, "0.01%"),
+            (10000, "100%"),
+            (3333, "33.33%"),
+        ] {
+            assert_eq!(percent(bp), text);
+        }
+    }
+}

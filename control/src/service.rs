@@ -1,0 +1,417 @@
+//! The running service: owns the state, runs the rollout engine on a timer, pushes configs and
+//! watches the proxies. Every change goes through [`Controller::mutate`]: under one lock it computes
+//! the new state, saves it, then pushes it — so concurrent API calls cannot lose each other's
+//! changes, a crash leaves either the old or the new state on disk, and a config is never pushed
+//! before it is saved (after a restart the saved config is simply pushed again).
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::observer::{MetricsObserver, ProxyGeneration};
+use crate::rollout::engine::{self, Action, Command, Observation};
+use crate::rollout::{Rollout, RolloutSpec};
+use crate::router::TrafficRouter;
+use crate::state::ServiceState;
+use crate::store::StateStore;
+use crate::time::Timestamp;
+use meshcanary_core::config::{FilterConfig, RuleConfig};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::{Mutex, Notify};
+use tracing::Instrument;
+
+/// How often the proxies are asked which generation they run.
+pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(200);
+/// The engine looks at every rollout at least this often, even without a timer due.
+const ENGINE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The control service's core: state, engine, pushes and observations.
+pub struct Controller {
+    state: Mutex<ServiceState>,
+    store: Box<dyn StateStore>,
+    router: Box<dyn TrafficRouter>,
+    observer: Box<dyn MetricsObserver>,
+    proxies: RwLock<Vec<ProxyGeneration>>,
+    pushed_generation: AtomicU64,
+    push_error: RwLock<Option<String>>,
+    wake: Notify,
+    /// The service's own Prometheus metrics.
+    pub metrics: Metrics,
+}
+
+/// How far the latest config has reached.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Propagation {
+    /// The generation asked about.
+    pub generation: u64,
+    /// Proxies running it (or a later one).
+    pub applied: usize,
+    /// Proxies watched.
+    pub total: usize,
+    /// `applied on N/M proxies`.
+    pub summary: String,
+    /// Each proxy's answer.
+    pub proxies: Vec<ProxyGeneration>,
+}
+
+impl Controller {
+    /// Loads the saved state (or starts from `initial`), pushes it, and returns the controller.
+    /// Call [`Controller::run`] to start its loops.
+    pub async fn start(
+        store: Box<dyn StateStore>,
+        router: Box<dyn TrafficRouter>,
+        observer: Box<dyn MetricsObserver>,
+        initial: FilterConfig,
+    ) -> Result<Arc<Controller>> {
+        let state = match store.load()? {
+            Some(state) => {
+                tracing::info!(store = %store.describe(), generation = state.filter.generation, rollouts = state.rollouts.len(), "resumed saved state");
+                state
+            }
+            None => {
+                let state = ServiceState::new(initial)?;
+                store.save(&state)?;
+                tracing::info!(store = %store.describe(), generation = state.filter.generation, "started from the initial filter config");
+                state
+            }
+        };
+        let controller = Arc::new(Controller {
+            state: Mutex::new(state),
+            store,
+            router,
+            observer,
+            proxies: RwLock::new(Vec::new()),
+            pushed_generation: AtomicU64::new(0),
+            push_error: RwLock::new(None),
+            wake: Notify::new(),
+            metrics: Metrics::default(),
+        });
+        {
+            let state = controller.state.lock().await;
+            controller.push(&state.filter).await;
+        }
+        controller.observe().await;
+        Ok(controller)
+    }
+
+    /// Runs the engine and the observer until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let observer = {
+            let this = self.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(OBSERVE_INTERVAL).await;
+                    this.observe().await;
+                    this.retry_push().await;
+                }
+            }
+        };
+        let engine = async move {
+            loop {
+                let wake_at = match self.tick().await {
+                    Ok(wake_at) => wake_at,
+                    Err(error) => {
+                        tracing::error!(%error, "engine tick failed");
+                        None
+                    }
+                };
+                let sleep = wake_at.map_or(ENGINE_INTERVAL, |at| {
+                    at.since(Timestamp::now()).min(ENGINE_INTERVAL)
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(sleep) => {}
+                    _ = self.wake.notified() => {}
+                }
+            }
+        };
+        tokio::join!(observer, engine);
+    }
+
+    /// Applies `change` to a copy of the state; if it succeeds and changed anything, saves the
+    /// copy, makes it current and pushes its filter config. Changes in the filter config get the
+    /// next generation, and rollouts whose weight changed record that generation.
+    async fn mutate<T>(
+        &self,
+        change: impl FnOnce(&mut ServiceState, Timestamp) -> Result<T>,
+    ) -> Result<T> {
+        let mut current = self.state.lock().await;
+        let mut next = current.clone();
+        let now = Timestamp::now();
+        let out = change(&mut next, now)?;
+        if next == *current {
+            return Ok(out);
+        }
+        if next.filter != current.filter {
+            next.filter.generation = current.filter.generation + 1;
+            for (name, rollout) in next.rollouts.iter_mut() {
+                let before = current.rollouts.get(name).map(|r| r.status.canary_weight);
+                if before != Some(rollout.status.canary_weight) {
+                    rollout.status.weight_generation = next.filter.generation;
+                }
+            }
+        }
+        self.store.save(&next)?;
+        *current = next;
+        self.push(&current.filter).await;
+        self.wake.notify_one();
+        Ok(out)
+    }
+
+    async fn push(&self, filter: &FilterConfig) {
+        match self.router.apply(filter).await {
+            Ok(()) => {
+                self.pushed_generation
+                    .store(filter.generation, Ordering::SeqCst);
+                *self.push_error.write().unwrap_or_else(|e| e.into_inner()) = None;
+                self.metrics.pushed(true);
+                tracing::info!(generation = filter.generation, target = %self.router.describe(), "pushed filter config");
+            }
+            Err(error) => {
+                *self.push_error.write().unwrap_or_else(|e| e.into_inner()) =
+                    Some(error.to_string());
+                self.metrics.pushed(false);
+                tracing::error!(%error, generation = filter.generation, "push failed; retrying");
+            }
+        }
+    }
+
+    /// Pushes again if the last push of the current config failed.
+    async fn retry_push(&self) {
+        let state = self.state.lock().await;
+        if self.pushed_generation.load(Ordering::SeqCst) != state.filter.generation {
+            self.push(&state.filter).await;
+        }
+    }
+
+    async fn observe(&self) {
+        let answers = self.observer.generations().await;
+        let changed = {
+            let mut proxies = self.proxies.write().unwrap_or_else(|e| e.into_inner());
+            let changed = *proxies != answers;
+            *proxies = answers;
+            changed
+        };
+        if changed {
+            self.wake.notify_one();
+        }
+    }
+
+    fn observation(&self) -> Observation {
+        let proxies = self.proxies.read().unwrap_or_else(|e| e.into_inner());
+        Observation {
+            min_proxy_generation: match proxies.is_empty() {
+                true => None,
+                false => Some(
+                    proxies
+                        .iter()
+                        .map(|p| p.generation.unwrap_or(0))
+                        .min()
+                        .unwrap_or(0),
+                ),
+            },
+        }
+    }
+
+    /// How far `generation` has reached.
+    pub fn propagation(&self, generation: u64) -> Propagation {
+        let proxies = self
+            .proxies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let applied = proxies
+            .iter()
+            .filter(|p| p.generation.is_some_and(|g| g >= generation))
+            .count();
+        Propagation {
+            generation,
+            applied,
+            total: proxies.len(),
+            summary: format!("applied on {applied}/{} proxies", proxies.len()),
+            proxies,
+        }
+    }
+
+    /// The last push error, if the current config has not been pushed.
+    pub fn push_error(&self) -> Option<String> {
+        self.push_error
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Runs the engine over every running rollout once; returns when it next needs to look.
+    pub async fn tick(&self) -> Result<Option<Timestamp>> {
+        let observation = self.observation();
+        self.mutate(|state, now| {
+            let mut wake_at: Option<Timestamp> = None;
+            let running: Vec<String> = state
+                .rollouts
+                .values()
+                .filter(|r| !r.status.phase.is_terminal())
+                .map(|r| r.spec.name.clone())
+                .collect();
+            for name in running {
+                let Some(mut rollout) = state.rollouts.get(&name).cloned() else {
+                    continue;
+                };
+                let original = rollout.clone();
+                // Bounded: each step is entered at most once per tick.
+                for _ in 0..=rollout.plan.len() + 3 {
+                    let action = engine::next(&rollout, &observation, now);
+                    if let Action::Wait { until } = action {
+                        wake_at = match (wake_at, until) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                        break;
+                    }
+                    let span = tracing::info_span!("rollout_step", rollout = %name, step = rollout.status.step);
+                    let _entered = span.enter();
+                    let weight_before = rollout.status.canary_weight;
+                    rollout = engine::apply(&rollout, &action, now);
+                    if rollout.status.canary_weight != weight_before {
+                        // The next generation carries the new weight; waiting for it starts now.
+                        rollout.status.weight_generation = state.filter.generation + 1;
+                    }
+                    tracing::info!(phase = rollout.status.phase.as_str(), weight = rollout.status.canary_weight, "{}", rollout.status.message);
+                }
+                if rollout != original {
+                    if let Err(error) = state.put_rollout(rollout.clone()) {
+                        tracing::error!(rollout = %name, %error, "cannot apply the rollout's weight; pausing it");
+                        let paused = engine::apply(
+                            &original,
+                            &Action::Pause {
+                                hold: crate::rollout::Hold::Request,
+                                reason: format!("cannot apply the weight: {error}"),
+                            },
+                            now,
+                        );
+                        state.rollouts.insert(name.clone(), paused);
+                    }
+                }
+            }
+            Ok(wake_at)
+        })
+        .await
+    }
+
+    /// Creates a rollout; the engine starts it at once.
+    pub async fn create(&self, spec: RolloutSpec) -> Result<Rollout> {
+        let name = spec.name.clone();
+        let rollout = self
+            .mutate(|state, now| state.create_rollout(spec, now).cloned())
+            .await?;
+        tracing::info!(rollout = %name, route = %rollout.spec.route, "created rollout");
+        self.tick().await?;
+        self.get(&name).await
+    }
+
+    /// One rollout.
+    pub async fn get(&self, name: &str) -> Result<Rollout> {
+        self.state
+            .lock()
+            .await
+            .rollouts
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))
+    }
+
+    /// Every rollout.
+    pub async fn list(&self) -> Vec<Rollout> {
+        self.state.lock().await.rollouts.values().cloned().collect()
+    }
+
+    /// The filter config as last saved (and pushed).
+    pub async fn filter(&self) -> FilterConfig {
+        self.state.lock().await.filter.clone()
+    }
+
+    /// Carries out a person's command; `expected_version` is the client's `If-Match`, if any.
+    pub async fn command(
+        &self,
+        name: &str,
+        command: Command,
+        expected_version: Option<String>,
+    ) -> Result<Rollout> {
+        let span =
+            tracing::info_span!("rollout_command", rollout = %name, command = command.as_str());
+        let rollout = self
+            .mutate(|state, now| {
+                let current = state
+                    .rollouts
+                    .get(name)
+                    .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))?;
+                check_version(name, current.version, expected_version.as_deref())?;
+                let changed = engine::command(current, command, now)?;
+                state.put_rollout(changed.clone())?;
+                Ok(changed)
+            })
+            .instrument(span)
+            .await?;
+        tracing::info!(rollout = %name, command = command.as_str(), phase = rollout.status.phase.as_str(), "{}", rollout.status.message);
+        self.tick().await?;
+        self.get(name).await
+    }
+
+    /// Deletes a finished rollout.
+    pub async fn delete(&self, name: &str, expected_version: Option<String>) -> Result<Rollout> {
+        self.mutate(|state, _| {
+            let current = state
+                .rollouts
+                .get(name)
+                .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))?;
+            check_version(name, current.version, expected_version.as_deref())?;
+            state.delete_rollout(name)
+        })
+        .await
+    }
+
+    /// Adds a QA rule to a live route; returns its index.
+    pub async fn add_rule(&self, route: &str, rule: RuleConfig) -> Result<usize> {
+        self.mutate(|state, _| state.add_rule(route, rule)).await
+    }
+
+    /// Removes QA rule `index` of a live route.
+    pub async fn remove_rule(&self, route: &str, index: usize) -> Result<RuleConfig> {
+        self.mutate(|state, _| state.remove_rule(route, index))
+            .await
+    }
+}
+
+/// `If-Match` carries the version as `"<n>"` (a strong ETag) or bare; `*` matches anything.
+fn check_version(name: &str, current: u64, expected: Option<&str>) -> Result<()> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let wanted = expected.trim().trim_start_matches("W/").trim_matches('"');
+    if wanted == "*" || wanted == current.to_string() {
+        return Ok(());
+    }
+    Err(Error::VersionMismatch {
+        what: format!("rollout {name}"),
+        expected: expected.to_string(),
+        current,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_match_forms() {
+        for (expected, ok) in [
+            (None, true),
+            (Some("\"3\""), true),
+            (Some("3"), true),
+            (Some("W/\"3\""), true),
+            (Some("*"), true),
+            (Some("\"2\""), false),
+        ] {
+            assert_eq!(check_version("r", 3, expected).is_ok(), ok, "{expected:?}");
+        }
+    }
+}

@@ -1,0 +1,416 @@
+//! Everything the service persists: the filter config it pushes (with its generation) and every
+//! rollout. Changes go through these methods, which keep the two consistent: a rollout's canary
+//! weight is written into its route, a finished rollout makes its canary the route's stable
+//! variant, and nothing that the filter would reject is ever accepted.
+
+use crate::error::{Error, Result};
+use crate::rollout::{Phase, Rollout, RolloutSpec};
+use crate::time::Timestamp;
+use meshcanary_core::config::{
+    CheckedConfig, FilterConfig, RouteConfig, RuleConfig, VariantConfig, TOTAL_WEIGHT,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// The persisted state of the control service.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceState {
+    /// The filter config as last pushed; `filter.generation` increases with every change.
+    pub filter: FilterConfig,
+    /// Every rollout by name, finished ones included until deleted.
+    pub rollouts: BTreeMap<String, Rollout>,
+}
+
+impl ServiceState {
+    /// A fresh state around an initial filter config, which must be valid.
+    pub fn new(filter: FilterConfig) -> Result<ServiceState> {
+        CheckedConfig::try_from(filter.clone())?;
+        Ok(ServiceState {
+            filter,
+            rollouts: BTreeMap::new(),
+        })
+    }
+
+    /// The route called `name`.
+    pub fn route(&self, name: &str) -> Result<&RouteConfig> {
+        self.filter
+            .routes
+            .iter()
+            .find(|route| route.name == name)
+            .ok_or_else(|| Error::NotFound(format!("route {name:?} is not in the filter config")))
+    }
+
+    fn route_mut(&mut self, name: &str) -> Result<&mut RouteConfig> {
+        self.filter
+            .routes
+            .iter_mut()
+            .find(|route| route.name == name)
+            .ok_or_else(|| Error::NotFound(format!("route {name:?} is not in the filter config")))
+    }
+
+    /// Adds a rollout after checking it against the filter config. A canary that is not yet a
+    /// variant of the route is added to it at 0 %.
+    pub fn create_rollout(&mut self, spec: RolloutSpec, now: Timestamp) -> Result<&Rollout> {
+        spec.plan()?;
+        if self.rollouts.contains_key(&spec.name) {
+            return Err(Error::Conflict(format!(
+                "rollout {} already exists",
+                spec.name
+            )));
+        }
+        if let Some(active) = self
+            .rollouts
+            .values()
+            .find(|r| r.spec.route == spec.route && !r.status.phase.is_terminal())
+        {
+            return Err(Error::Conflict(format!(
+                "route {} already has a running rollout ({}, {}); finish or abort it first",
+                spec.route,
+                active.spec.name,
+                active.status.phase.as_str()
+            )));
+        }
+        let route = self.route(&spec.route).map_err(|_| {
+            Error::invalid(
+                "route",
+                format!("{:?} is not a route of the filter config", spec.route),
+            )
+        })?;
+        if !route.variants.iter().any(|v| v.name == spec.stable) {
+            return Err(Error::invalid(
+                "stable",
+                format!("{:?} is not a variant of route {}", spec.stable, spec.route),
+            ));
+        }
+        let canary_weight = route
+            .variants
+            .iter()
+            .find(|v| v.name == spec.canary)
+            .map_or(0, |v| v.weight);
+        let mut candidate = self.filter.clone();
+        if canary_weight == 0 && !route.variants.iter().any(|v| v.name == spec.canary) {
+            let route = candidate
+                .routes
+                .iter_mut()
+                .find(|r| r.name == spec.route)
+                .ok_or_else(|| Error::NotFound(spec.route.clone()))?;
+            route.variants.push(VariantConfig {
+                name: spec.canary.clone(),
+                weight: 0,
+            });
+            CheckedConfig::try_from(candidate.clone()).map_err(|e| {
+                Error::invalid(
+                    "canary",
+                    format!("cannot add it to route {}: {e}", spec.route),
+                )
+            })?;
+        }
+        let rollout = Rollout::new(spec, canary_weight, now)?;
+        self.filter = candidate;
+        let name = rollout.spec.name.clone();
+        self.rollouts.insert(name.clone(), rollout);
+        let missing = Error::NotFound(format!("rollout {name} not found"));
+        self.rollouts.get(&name).ok_or(missing)
+    }
+
+    /// Writes `rollout` back and its weight into its route: running rollouts move weight between
+    /// stable and canary, a succeeded one makes its canary the stable (first) variant, a failed
+    /// one gives stable everything back. Returns an error, changing nothing, if the filter would
+    /// reject the result.
+    pub fn put_rollout(&mut self, rollout: Rollout) -> Result<()> {
+        let mut filter = self.filter.clone();
+        {
+            let route = filter
+                .routes
+                .iter_mut()
+                .find(|r| r.name == rollout.spec.route)
+                .ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "route {:?} is not in the filter config",
+                        rollout.spec.route
+                    ))
+                })?;
+            set_canary_weight(
+                route,
+                &rollout.spec.stable,
+                &rollout.spec.canary,
+                rollout.status.canary_weight,
+            )?;
+            if rollout.status.phase == Phase::Succeeded {
+                make_stable(route, &rollout.spec.canary);
+            }
+        }
+        CheckedConfig::try_from(filter.clone())?;
+        self.filter = filter;
+        self.rollouts.insert(rollout.spec.name.clone(), rollout);
+        Ok(())
+    }
+
+    /// Adds a QA rule to a route's live config.
+    pub fn add_rule(&mut self, route_name: &str, rule: RuleConfig) -> Result<usize> {
+        let mut filter = self.filter.clone();
+        let index = filter
+            .routes
+            .iter()
+            .position(|r| r.name == route_name)
+            .ok_or_else(|| {
+                Error::NotFound(format!("route {route_name:?} is not in the filter config"))
+            })?;
+        let route = filter
+            .routes
+            .get_mut(index)
+            .ok_or_else(|| Error::NotFound(route_name.to_string()))?;
+        route.rules.push(rule);
+        let rule_index = route.rules.len() - 1;
+        CheckedConfig::try_from(filter.clone()).map_err(|error| {
+            // Report the field relative to the submitted rule, not the whole config.
+            let prefix = format!("routes[{index}].rules[{rule_index}]");
+            match error.field.strip_prefix(&prefix) {
+                Some(rest) => Error::invalid(rest.trim_start_matches('.'), error.reason),
+                None => Error::from(error),
+            }
+        })?;
+        self.filter = filter;
+        Ok(rule_index)
+    }
+
+    /// Removes QA rule `index` of a route.
+    pub fn remove_rule(&mut self, route_name: &str, index: usize) -> Result<RuleConfig> {
+        let route = self.route_mut(route_name)?;
+        if index >= route.rules.len() {
+            return Err(Error::NotFound(format!(
+                "route {route_name} has {} rules; there is no rule {index}",
+                route.rules.len()
+            )));
+        }
+        Ok(route.rules.remove(index))
+    }
+
+    /// Removes a finished rollout.
+    pub fn delete_rollout(&mut self, name: &str) -> Result<Rollout> {
+        let rollout = self
+            .rollouts
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))?;
+        if !rollout.status.phase.is_terminal() {
+            return Err(Error::Conflict(format!(
+                "rollout {name} is {}; abort it before deleting it",
+                rollout.status.phase.as_str()
+            )));
+        }
+        self.rollouts
+            .remove(name)
+            .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))
+    }
+}
+
+/// Gives `canary` `weight` basis points, taking them from (or giving them to) `stable`; other
+/// variants keep theirs.
+fn set_canary_weight(
+    route: &mut RouteConfig,
+    stable: &str,
+    canary: &str,
+    weight: u32,
+) -> Result<()> {
+    let others: u32 = route
+        .variants
+        .iter()
+        .filter(|v| v.name != stable && v.name != canary)
+        .map(|v| v.weight)
+        .sum();
+    let pair = TOTAL_WEIGHT.saturating_sub(others);
+    if weight > pair {
+        return Err(Error::invalid(
+            "weight",
+            format!(
+                "route {} gives {others} basis points to other variants, so the canary can have at most {pair}",
+                route.name
+            ),
+        ));
+    }
+    for variant in &mut route.variants {
+        if variant.name == canary {
+            variant.weight = weight;
+        } else if variant.name == stable {
+            variant.weight = pair - weight;
+        }
+    }
+    Ok(())
+}
+
+/// Moves `canary` to the front of the route: the first variant is the stable one, which gets the
+/// traffic when anything goes wrong.
+fn make_stable(route: &mut RouteConfig, canary: &str) {
+    if let Some(index) = route.variants.iter().position(|v| v.name == canary) {
+        let variant = route.variants.remove(index);
+        route.variants.insert(0, variant);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rollout::engine::{apply, command, Action, Command};
+    use serde_json::json;
+
+    fn state() -> ServiceState {
+        let filter = FilterConfig::from_json(
+            json!({"generation": 1, "routes": [
+                {"name": "reviews", "hosts": ["reviews"], "variants": [{"name": "v1", "weight": 10000}, {"name": "v2", "weight": 0}]},
+                {"name": "abn", "hosts": ["abn"], "variants": [{"name": "a", "weight": 6000}, {"name": "b", "weight": 4000}]}
+            ]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        ServiceState::new(filter).unwrap()
+    }
+
+    fn spec(value: serde_json::Value) -> RolloutSpec {
+        let mut base = json!({"name": "r1", "route": "reviews", "stable": "v1", "canary": "v2", "steps": [{"setWeight": {"percent": 10}}]});
+        for (k, v) in value.as_object().unwrap() {
+            base[k] = v.clone();
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn weights(state: &ServiceState, route: &str) -> Vec<(String, u32)> {
+        state
+            .route(route)
+            .unwrap()
+            .variants
+            .iter()
+            .map(|v| (v.name.clone(), v.weight))
+            .collect()
+    }
+
+    #[test]
+    fn weights_follow_the_rollout_and_finish_swaps_stable() {
+        let mut s = state();
+        let now = Timestamp(1);
+        let r = s.create_rollout(spec(json!({})), now).unwrap().clone();
+        let r = apply(&r, &Action::EnterStep { index: 0 }, now);
+        s.put_rollout(r.clone()).unwrap();
+        assert_eq!(
+            weights(&s, "reviews"),
+            vec![("v1".into(), 9000), ("v2".into(), 1000)]
+        );
+        let r = apply(&r, &Action::Promote { reason: "x".into() }, now);
+        let r = apply(&r, &Action::Finish, now);
+        s.put_rollout(r).unwrap();
+        assert_eq!(
+            weights(&s, "reviews"),
+            vec![("v2".into(), 10000), ("v1".into(), 0)]
+        );
+    }
+
+    #[test]
+    fn a_new_canary_is_added_and_abort_restores_stable() {
+        let mut s = state();
+        let r = s
+            .create_rollout(spec(json!({"canary": "v3"})), Timestamp(1))
+            .unwrap()
+            .clone();
+        assert_eq!(weights(&s, "reviews").len(), 3);
+        let r = apply(&r, &Action::EnterStep { index: 0 }, Timestamp(2));
+        s.put_rollout(r.clone()).unwrap();
+        assert_eq!(weights(&s, "reviews")[2], ("v3".into(), 1000));
+        s.put_rollout(command(&r, Command::Abort, Timestamp(3)).unwrap())
+            .unwrap();
+        assert_eq!(
+            weights(&s, "reviews"),
+            vec![("v1".into(), 10000), ("v2".into(), 0), ("v3".into(), 0)]
+        );
+    }
+
+    #[test]
+    fn rejections() {
+        let mut s = state();
+        s.create_rollout(spec(json!({})), Timestamp(1)).unwrap();
+        let cases: Vec<(RolloutSpec, &str)> = vec![
+            (spec(json!({})), "already exists"),
+            (
+                spec(json!({"name": "r2"})),
+                "already has a running rollout (r1",
+            ),
+            (
+                spec(json!({"name": "r3", "route": "nope"})),
+                "route: \"nope\" is not a route",
+            ),
+            (
+                spec(json!({"name": "r4", "route": "abn", "stable": "x", "canary": "b"})),
+                "stable: \"x\" is not a variant",
+            ),
+            (
+                spec(json!({"name": "r5", "route": "abn", "stable": "a", "canary": "bad.name"})),
+                "canary: cannot add it",
+            ),
+        ];
+        for (spec, text) in cases {
+            let error = s.create_rollout(spec, Timestamp(2)).unwrap_err();
+            assert!(error.to_string().contains(text), "{error}");
+        }
+        assert!(s
+            .delete_rollout("r1")
+            .unwrap_err()
+            .to_string()
+            .contains("abort it before deleting"));
+    }
+
+    #[test]
+    fn other_variants_keep_their_weight() {
+        let mut s = state();
+        s.filter.routes[1].variants.push(VariantConfig {
+            name: "c".into(),
+            weight: 0,
+        });
+        s.filter.routes[1].variants[0].weight = 5000;
+        s.filter.routes[1].variants[2].weight = 1000;
+        let r = s
+            .create_rollout(
+                spec(json!({"route": "abn", "stable": "a", "canary": "c"})),
+                Timestamp(1),
+            )
+            .unwrap()
+            .clone();
+        let mut r = apply(&r, &Action::EnterStep { index: 0 }, Timestamp(1));
+        s.put_rollout(r.clone()).unwrap();
+        assert_eq!(
+            weights(&s, "abn"),
+            vec![("a".into(), 5000), ("b".into(), 4000), ("c".into(), 1000)]
+        );
+        r.status.canary_weight = 6001;
+        assert!(s
+            .put_rollout(r)
+            .unwrap_err()
+            .to_string()
+            .contains("at most 6000"));
+    }
+
+    #[test]
+    fn rules_are_validated_relative_to_the_rule() {
+        let mut s = state();
+        let rule: RuleConfig = serde_json::from_value(
+            json!({"header": "x-canary", "exact": "always", "variant": "v2"}),
+        )
+        .unwrap();
+        assert_eq!(s.add_rule("reviews", rule.clone()).unwrap(), 0);
+        let bad: RuleConfig = serde_json::from_value(
+            json!({"header": "x-canary", "exact": "always", "variant": "v9"}),
+        )
+        .unwrap();
+        let error = s.add_rule("reviews", bad).unwrap_err();
+        assert!(
+            matches!(&error, Error::Invalid { field, .. } if field == "variant"),
+            "{error:?}"
+        );
+        assert!(s.add_rule("nope", rule).is_err());
+        assert_eq!(s.remove_rule("reviews", 0).unwrap().variant, "v2");
+        assert!(s
+            .remove_rule("reviews", 0)
+            .unwrap_err()
+            .to_string()
+            .contains("has 0 rules"));
+    }
+}

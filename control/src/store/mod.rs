@@ -1,0 +1,17 @@
+//! Where the service keeps its state between runs.
+
+pub mod file;
+
+use crate::error::Result;
+use crate::state::ServiceState;
+
+/// Durable storage for [`ServiceState`]. `save` is atomic: after a crash at any moment, `load`
+/// returns either the state before or the state after the save, never a mix.
+pub trait StateStore: Send + Sync {
+    /// The last saved state, or `None` on first start.
+    fn load(&self) -> Result<Option<ServiceState>>;
+    /// Replaces the saved state.
+    fn save(&self, state: &ServiceState) -> Result<()>;
+    /// Where the state lives, for logs.
+    fn describe(&self) -> String;
+}
