@@ -18,6 +18,8 @@ APT_STAMP := target/.apt-updated
 
 export ENVOY_BIN := $(abspath $(ENVOY_BIN))
 export MESHCANARY_WASM := $(abspath $(WASM))
+# The control service binary the end-to-end tests start.
+export MESHCANARY_BIN := $(abspath target/debug/meshcanary)
 
 .PHONY: help build test lint envoy demo clean toolchain
 
@@ -51,6 +53,7 @@ $(ENVOY_BIN):
 	$@ --version
 
 test: build envoy ## run every test: unit, property and end-to-end against real Envoy
+	cargo build --locked -p meshcanary-control
 	cargo test --locked --workspace --exclude meshcanary-filter
 
 lint: toolchain ## cargo fmt --check and clippy -D warnings, host and wasm32
