@@ -142,7 +142,8 @@ impl Controller {
         if next == *current {
             return Ok(out);
         }
-        if next.filter != current.filter {
+        let filter_changed = next.filter != current.filter;
+        if filter_changed {
             next.filter.generation = current.filter.generation + 1;
             for (name, rollout) in next.rollouts.iter_mut() {
                 let before = current.rollouts.get(name).map(|r| r.status.canary_weight);
@@ -153,7 +154,9 @@ impl Controller {
         }
         self.store.save(&next)?;
         *current = next;
-        self.push(&current.filter).await;
+        if filter_changed {
+            self.push(&current.filter).await;
+        }
         self.wake.notify_one();
         Ok(out)
     }

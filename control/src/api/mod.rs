@@ -10,6 +10,8 @@ pub mod extract;
 pub mod rollouts;
 pub mod routes;
 pub mod system;
+#[cfg(test)]
+mod tests;
 
 use crate::error::Error;
 use crate::service::Controller;

@@ -1,0 +1,271 @@
+//! The API's observable behaviour through `app(state).oneshot(request)`, with an in-memory store,
+//! a router that records what it is given and an observer with fixed answers.
+
+use super::{app, AppState};
+use crate::error::Result;
+use crate::observer::{MetricsObserver, ProxyGeneration};
+use crate::router::TrafficRouter;
+use crate::service::Controller;
+use crate::state::ServiceState;
+use crate::store::StateStore;
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use http_body_util::BodyExt;
+use meshcanary_core::config::FilterConfig;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-token-0123456789";
+
+#[derive(Default)]
+struct MemoryStore(Mutex<Option<ServiceState>>);
+
+impl StateStore for MemoryStore {
+    fn load(&self) -> Result<Option<ServiceState>> {
+        Ok(self.0.lock().unwrap().clone())
+    }
+    fn save(&self, state: &ServiceState) -> Result<()> {
+        *self.0.lock().unwrap() = Some(state.clone());
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "memory".into()
+    }
+}
+
+#[derive(Clone, Default)]
+struct RecordingRouter(Arc<Mutex<Vec<FilterConfig>>>);
+
+#[async_trait]
+impl TrafficRouter for RecordingRouter {
+    async fn apply(&self, config: &FilterConfig) -> Result<()> {
+        self.0.lock().unwrap().push(config.clone());
+        Ok(())
+    }
+    fn describe(&self) -> String {
+        "recording".into()
+    }
+}
+
+struct NoProxies;
+
+#[async_trait]
+impl MetricsObserver for NoProxies {
+    async fn generations(&self) -> Vec<ProxyGeneration> {
+        Vec::new()
+    }
+}
+
+struct Harness {
+    app: axum::Router,
+    pushed: RecordingRouter,
+}
+
+async fn harness(protect_reads: bool) -> Harness {
+    let initial = FilterConfig::from_json(
+        json!({"generation": 1, "routes": [{"name": "reviews", "hosts": ["*"],
+            "variants": [{"name": "v1", "weight": 10000}, {"name": "v2", "weight": 0}]}]})
+        .to_string()
+        .as_bytes(),
+    )
+    .unwrap();
+    let pushed = RecordingRouter::default();
+    let controller = Controller::start(
+        Box::new(MemoryStore::default()),
+        Box::new(pushed.clone()),
+        Box::new(NoProxies),
+        initial,
+    )
+    .await
+    .unwrap();
+    let app = app(AppState {
+        controller,
+        token: Arc::from(TOKEN),
+        protect_reads,
+    });
+    Harness { app, pushed }
+}
+
+async fn call(app: &axum::Router, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(token) = token {
+        request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let body = match body {
+        Some(value) => {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+            Body::from(value.to_string())
+        }
+        None => Body::empty(),
+    };
+    let response = app.clone().oneshot(request.body(body).unwrap()).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, headers, value)
+}
+
+fn rollout(name: &str) -> Value {
+    json!({"name": name, "route": "reviews", "stable": "v1", "canary": "v2",
+           "steps": [{"setWeight": {"percent": 10}}, {"pause": {}}, {"setWeight": {"percent": 50}}]})
+}
+
+#[tokio::test]
+async fn create_starts_the_rollout_and_pushes_its_weight() {
+    let h = harness(false).await;
+    let (status, headers, body) = call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(rollout("r1"))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(headers[header::LOCATION], "/v1/rollouts/r1");
+    assert_eq!(headers[header::ETAG], format!("\"{}\"", body["version"]));
+    assert_eq!(body["status"]["phase"], "paused");
+    assert_eq!(body["status"]["canaryWeight"], 1000);
+    assert_eq!(body["propagation"]["summary"], "applied on 0/0 proxies");
+    let last = h.pushed.0.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last.routes[0].variants[1].weight, 1000);
+    assert_eq!(last.generation, 2);
+}
+
+#[tokio::test]
+async fn errors_have_the_documented_shape() {
+    let h = harness(false).await;
+    call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(rollout("r1"))).await;
+    let mut unknown = rollout("r2");
+    unknown["stepz"] = json!([]);
+    let mut wrong_type = rollout("r2");
+    wrong_type["steps"][0]["setWeight"]["percent"] = json!("ten");
+    let mut invalid = rollout("r2");
+    invalid["steps"][0]["setWeight"]["percent"] = json!(150);
+    let mut other_route = rollout("r2");
+    other_route["route"] = json!("ratings");
+    type Case = (&'static str, &'static str, &'static str, Option<&'static str>, Option<Value>, StatusCode, &'static str, Option<&'static str>);
+    let cases: Vec<Case> = vec![
+        ("no token", "POST", "/v1/rollouts", None, Some(rollout("r2")), StatusCode::UNAUTHORIZED, "unauthorized", None),
+        ("wrong token", "POST", "/v1/rollouts/r1/pause", Some("nope"), None, StatusCode::UNAUTHORIZED, "unauthorized", None),
+        ("unknown field", "POST", "/v1/rollouts", Some(TOKEN), Some(unknown), StatusCode::BAD_REQUEST, "malformed_request", Some("stepz")),
+        ("wrong type", "POST", "/v1/rollouts", Some(TOKEN), Some(wrong_type), StatusCode::BAD_REQUEST, "malformed_request", Some("steps[0].setWeight.percent")),
+        ("invalid value", "POST", "/v1/rollouts", Some(TOKEN), Some(invalid), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("steps[0].setWeight.percent")),
+        ("unknown route", "POST", "/v1/rollouts", Some(TOKEN), Some(other_route), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("route")),
+        ("second rollout on the route", "POST", "/v1/rollouts", Some(TOKEN), Some(rollout("r2")), StatusCode::CONFLICT, "conflict", None),
+        ("same name", "POST", "/v1/rollouts", Some(TOKEN), Some(rollout("r1")), StatusCode::CONFLICT, "conflict", None),
+        ("unknown rollout", "GET", "/v1/rollouts/nope", None, None, StatusCode::NOT_FOUND, "not_found", None),
+        ("unknown action", "POST", "/v1/rollouts/r1/explode", Some(TOKEN), None, StatusCode::NOT_FOUND, "not_found", None),
+        ("delete a running rollout", "DELETE", "/v1/rollouts/r1", Some(TOKEN), None, StatusCode::CONFLICT, "conflict", None),
+        ("finish before promotion", "POST", "/v1/rollouts/r1/finish", Some(TOKEN), None, StatusCode::CONFLICT, "conflict", None),
+        ("bad weight", "PUT", "/v1/rollouts/r1/weight", Some(TOKEN), Some(json!({"percent": 10, "basisPoints": 1000})), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", None),
+        ("rule for an unknown variant", "POST", "/v1/routes/reviews/rules", Some(TOKEN), Some(json!({"header": "x", "present": true, "variant": "v9"})), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("variant")),
+        ("rule on an unknown route", "POST", "/v1/routes/nope/rules", Some(TOKEN), Some(json!({"header": "x", "present": true, "variant": "v2"})), StatusCode::NOT_FOUND, "not_found", None),
+        ("rule index not a number", "DELETE", "/v1/routes/reviews/rules/x", Some(TOKEN), None, StatusCode::NOT_FOUND, "not_found", None),
+        ("no such endpoint", "GET", "/v2/things", None, None, StatusCode::NOT_FOUND, "not_found", None),
+    ];
+    for (name, method, path, token, body, status, code, field) in cases {
+        let (got, _, body) = call(&h.app, method, path, token, body).await;
+        assert_eq!(got, status, "{name}: {body}");
+        let error = body["error"].as_object().unwrap_or_else(|| panic!("{name}: {body}"));
+        assert_eq!(error["code"], code, "{name}: {body}");
+        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}");
+        assert_eq!(error.get("field").and_then(Value::as_str), field, "{name}: {body}");
+        assert!(error.keys().all(|k| ["code", "message", "field"].contains(&k.as_str())), "{name}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn bodies_are_limited_and_must_be_json() {
+    let h = harness(false).await;
+    let mut huge = rollout("r1");
+    huge["name"] = json!("x".repeat(70_000));
+    let (status, _, body) = call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(huge)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "payload_too_large");
+    let request = Request::post("/v1/rollouts")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(rollout("r1").to_string()))
+        .unwrap();
+    let response = h.app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn reads_are_open_unless_protected() {
+    let open = harness(false).await;
+    assert_eq!(call(&open.app, "GET", "/v1/rollouts", None, None).await.0, StatusCode::OK);
+    let closed = harness(true).await;
+    assert_eq!(call(&closed.app, "GET", "/v1/rollouts", None, None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(call(&closed.app, "GET", "/v1/rollouts", Some(TOKEN), None).await.0, StatusCode::OK);
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        assert_eq!(call(&closed.app, "GET", path, None, None).await.0, StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn if_match_guards_against_stale_writes() {
+    let h = harness(false).await;
+    let (_, headers, _) = call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(rollout("r1"))).await;
+    let etag = headers[header::ETAG].to_str().unwrap().to_string();
+    let stale = "\"1\"";
+    let request = |tag: &str| {
+        Request::post("/v1/rollouts/r1/resume")
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+            .header(header::IF_MATCH, tag)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let response = h.app.clone().oneshot(request(stale)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::PRECONDITION_FAILED);
+    let response = h.app.clone().oneshot(request(&etag)).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_ne!(response.headers()[header::ETAG].to_str().unwrap(), etag, "the version moved");
+}
+
+#[tokio::test]
+async fn concurrent_writes_lose_nothing() {
+    let h = harness(false).await;
+    let adds = (0..50).map(|i| {
+        let app = h.app.clone();
+        async move {
+            call(&app, "POST", "/v1/routes/reviews/rules", Some(TOKEN),
+                 Some(json!({"header": "x-qa", "exact": format!("user-{i}"), "variant": "v2"}))).await.0
+        }
+    });
+    let statuses = futures_join(adds).await;
+    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED), "{statuses:?}");
+    let (_, _, routes) = call(&h.app, "GET", "/v1/routes", None, None).await;
+    let rules = routes["config"]["routes"][0]["rules"].as_array().unwrap();
+    assert_eq!(rules.len(), 50);
+    assert_eq!(routes["config"]["generation"], 51);
+    let last_pushed = h.pushed.0.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(last_pushed.routes[0].rules.len(), 50);
+    let (status, _, removed) = call(&h.app, "DELETE", "/v1/routes/reviews/rules/0", Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(removed["variant"], "v2");
+}
+
+async fn futures_join<F: std::future::Future<Output = StatusCode> + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<StatusCode> {
+    let handles: Vec<_> = futures.map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_openapi_document_and_metrics_describe_the_service() {
+    let h = harness(false).await;
+    call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(rollout("r1"))).await;
+    let (_, _, doc) = call(&h.app, "GET", "/openapi.json", None, None).await;
+    let paths = doc["paths"].as_object().unwrap();
+    for path in ["/v1/rollouts", "/v1/rollouts/{name}", "/v1/rollouts/{name}/{action}", "/v1/rollouts/{name}/weight", "/v1/routes", "/v1/routes/{route}/rules", "/healthz"] {
+        assert!(paths.contains_key(path), "{path} missing from {:?}", paths.keys());
+    }
+    assert!(doc["components"]["schemas"]["RolloutSpec"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    let (_, _, metrics) = call(&h.app, "GET", "/metrics", None, None).await;
+    let text = metrics.as_str().unwrap();
+    assert!(text.contains("meshcanary_control_rollouts{phase=\"paused\"} 1"), "{text}");
+    assert!(text.contains("meshcanary_control_canary_weight_basis_points{rollout=\"r1\",route=\"reviews\"} 1000"), "{text}");
+    assert!(text.contains("meshcanary_control_pushes_total{result=\"ok\"} 2"), "{text}");
+}
