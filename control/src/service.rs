@@ -64,14 +64,14 @@ impl Controller {
         observer: Box<dyn MetricsObserver>,
         initial: FilterConfig,
     ) -> Result<Arc<Controller>> {
-        let state = match store.load()? {
+        let state = match store.load().await? {
             Some(state) => {
                 tracing::info!(store = %store.describe(), generation = state.filter.generation, rollouts = state.rollouts.len(), "resumed saved state");
                 state
             }
             None => {
                 let state = ServiceState::new(initial)?;
-                store.save(&state)?;
+                store.save(&state).await?;
                 tracing::info!(store = %store.describe(), generation = state.filter.generation, "started from the initial filter config");
                 state
             }
@@ -152,7 +152,7 @@ impl Controller {
                 }
             }
         }
-        self.store.save(&next)?;
+        self.store.save(&next).await?;
         *current = next;
         if filter_changed {
             self.push(&current.filter).await;

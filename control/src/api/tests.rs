@@ -22,11 +22,12 @@ const TOKEN: &str = "test-token-0123456789";
 #[derive(Default)]
 struct MemoryStore(Mutex<Option<ServiceState>>);
 
+#[async_trait]
 impl StateStore for MemoryStore {
-    fn load(&self) -> Result<Option<ServiceState>> {
+    async fn load(&self) -> Result<Option<ServiceState>> {
         Ok(self.0.lock().unwrap().clone())
     }
-    fn save(&self, state: &ServiceState) -> Result<()> {
+    async fn save(&self, state: &ServiceState) -> Result<()> {
         *self.0.lock().unwrap() = Some(state.clone());
         Ok(())
     }

@@ -48,8 +48,10 @@ impl FileStore {
     }
 }
 
+#[async_trait::async_trait]
 impl StateStore for FileStore {
-    fn load(&self) -> Result<Option<ServiceState>> {
+    // Small files on local disk: blocking IO here costs less than a thread hop.
+    async fn load(&self) -> Result<Option<ServiceState>> {
         let path = self.path();
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
@@ -69,7 +71,7 @@ impl StateStore for FileStore {
             })
     }
 
-    fn save(&self, state: &ServiceState) -> Result<()> {
+    async fn save(&self, state: &ServiceState) -> Result<()> {
         let path = self.path();
         let bytes = serde_json::to_vec_pretty(state).map_err(|error| Error::CorruptState {
             path: path.display().to_string(),
@@ -110,18 +112,18 @@ mod tests {
     use super::*;
     use meshcanary_core::config::FilterConfig;
 
-    #[test]
-    fn saves_and_loads_and_locks() {
+    #[tokio::test]
+    async fn saves_and_loads_and_locks() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
-        assert_eq!(store.load().unwrap(), None);
+        assert_eq!(store.load().await.unwrap(), None);
         let state = ServiceState::new(FilterConfig {
             generation: 7,
             ..FilterConfig::default()
         })
         .unwrap();
-        store.save(&state).unwrap();
-        assert_eq!(store.load().unwrap(), Some(state));
+        store.save(&state).await.unwrap();
+        assert_eq!(store.load().await.unwrap(), Some(state));
         let second = FileStore::open(dir.path());
         assert!(second.is_err_and(|e| e.to_string().contains("another meshcanary service")));
         drop(store);
@@ -131,13 +133,13 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_leftover_temp_file_does_not_matter_and_corruption_is_reported() {
+    #[tokio::test]
+    async fn a_leftover_temp_file_does_not_matter_and_corruption_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path()).unwrap();
         fs::write(dir.path().join(".state.json.tmp"), b"half a fi").unwrap();
-        assert_eq!(store.load().unwrap(), None);
+        assert_eq!(store.load().await.unwrap(), None);
         fs::write(dir.path().join("state.json"), b"{not json").unwrap();
-        assert!(store.load().unwrap_err().to_string().contains("corrupt"));
+        assert!(store.load().await.unwrap_err().to_string().contains("corrupt"));
     }
 }
