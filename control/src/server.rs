@@ -1,6 +1,7 @@
 //! `meshcanary serve`: wires the store, router, observer and API together and runs them until
 //! SIGTERM or Ctrl-C.
 
+use crate::api::filter::WasmArtifact;
 use crate::api::{self, AppState};
 use crate::error::{Error, Result};
 use crate::observer::envoy_admin::EnvoyAdminObserver;
@@ -103,6 +104,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         },
     );
     let observer = EnvoyAdminObserver::new(args.envoy_admin.clone());
+    // Serving the module is optional: in standalone mode Envoy reads it from disk.
+    let wasm_artifact = match WasmArtifact::read(&wasm) {
+        Ok(artifact) => Some(Arc::new(artifact)),
+        Err(error) => {
+            tracing::warn!(%error, "not serving the filter module");
+            None
+        }
+    };
     let controller = Controller::start(
         Box::new(store),
         Box::new(router),
@@ -115,6 +124,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         controller,
         token: Arc::from(token),
         protect_reads: args.protect_reads,
+        wasm: wasm_artifact,
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

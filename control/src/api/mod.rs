@@ -4,9 +4,10 @@
 //!
 //! Reads are open by default (they show rollout progress and the filter config, nothing secret);
 //! `--protect-reads` requires the token for them too. `/healthz`, `/readyz`, `/metrics` and
-//! `/openapi.json` are always open.
+//! `/openapi.json` are always open, and so is the filter module (`/filter/meshcanary.wasm`).
 
 pub mod extract;
+pub mod filter;
 pub mod rollouts;
 pub mod routes;
 pub mod system;
@@ -39,6 +40,8 @@ pub struct AppState {
     pub token: Arc<str>,
     /// Whether reads need it too.
     pub protect_reads: bool,
+    /// The filter module to serve, if the service has one.
+    pub wasm: Option<Arc<filter::WasmArtifact>>,
 }
 
 #[derive(OpenApi)]
@@ -78,6 +81,8 @@ pub fn app(state: AppState) -> axum::Router {
         .routes(routes!(system::healthz))
         .routes(routes!(system::readyz))
         .routes(routes!(system::metrics))
+        .routes(routes!(filter::module))
+        .routes(routes!(filter::sha256))
         .split_for_parts();
     let openapi = Arc::new(openapi);
     router
@@ -98,7 +103,14 @@ pub fn app(state: AppState) -> axum::Router {
         .with_state(state)
 }
 
-const OPEN_PATHS: [&str; 4] = ["/healthz", "/readyz", "/metrics", "/openapi.json"];
+const OPEN_PATHS: [&str; 6] = [
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/filter/meshcanary.wasm",
+    "/filter/meshcanary.wasm.sha256",
+];
 
 async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let is_read = matches!(*request.method(), Method::GET | Method::HEAD);

@@ -85,6 +85,7 @@ async fn harness(protect_reads: bool) -> Harness {
         controller,
         token: Arc::from(TOKEN),
         protect_reads,
+        wasm: Some(Arc::new(super::filter::WasmArtifact { bytes: b"\0asm".to_vec(), sha256: "00ff".into() })),
     });
     Harness { app, pushed }
 }
@@ -196,7 +197,7 @@ async fn reads_are_open_unless_protected() {
     let closed = harness(true).await;
     assert_eq!(call(&closed.app, "GET", "/v1/rollouts", None, None).await.0, StatusCode::UNAUTHORIZED);
     assert_eq!(call(&closed.app, "GET", "/v1/rollouts", Some(TOKEN), None).await.0, StatusCode::OK);
-    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/filter/meshcanary.wasm", "/filter/meshcanary.wasm.sha256"] {
         assert_eq!(call(&closed.app, "GET", path, None, None).await.0, StatusCode::OK, "{path}");
     }
 }
