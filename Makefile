@@ -21,7 +21,7 @@ export MESHCANARY_WASM := $(abspath $(WASM))
 # The control service binary the end-to-end tests start.
 export MESHCANARY_BIN := $(abspath target/debug/meshcanary)
 
-.PHONY: help build test lint envoy demo clean toolchain
+.PHONY: help build test lint envoy demo bench clean toolchain
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -40,6 +40,11 @@ $(WASM): $(shell find filter -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.
 	$(MAKE) $(APT_STAMP)
 	apt-get install -y -qq binaryen
 
+# The end-to-end analysis tests scrape Envoy with a real Prometheus server (Debian's package).
+/usr/bin/prometheus:
+	$(MAKE) $(APT_STAMP)
+	apt-get install -y -qq prometheus
+
 $(APT_STAMP):
 	mkdir -p target
 	apt-get update -qq
@@ -52,7 +57,7 @@ $(ENVOY_BIN):
 	ln -sf "$$($(VENV)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" $@
 	$@ --version
 
-test: build envoy ## run every test: unit, property and end-to-end against real Envoy
+test: build envoy | /usr/bin/prometheus ## run every test: unit, property and end-to-end against real Envoy
 	cargo build --locked -p meshcanary-control
 	cargo test --locked --workspace --exclude meshcanary-filter
 
@@ -63,6 +68,14 @@ lint: toolchain ## cargo fmt --check and clippy -D warnings, host and wasm32
 
 demo: build envoy ## run the standalone demo: Envoy + filter + upstreams, live weight changes
 	cargo run --locked -q -p meshcanary-e2e --example standalone
+
+# BENCH_ROUNDS (5) and BENCH_SECONDS (10) shorten a run: BENCH_ROUNDS=2 BENCH_SECONDS=3 make bench.
+bench: build envoy | /usr/bin/wrk ## measure the filter against native Envoy routing; writes BENCHMARKS.md
+	cargo run --locked --release -q -p meshcanary-bench
+
+/usr/bin/wrk:
+	$(MAKE) $(APT_STAMP)
+	apt-get install -y -qq wrk
 
 clean: ## remove build output (keeps .venv)
 	cargo clean

@@ -11,6 +11,7 @@
 //! IO sits at the edges: [`store`], [`router`], [`observer`], [`api`] and the loops in [`service`].
 //! The same binary is the CLI ([`cli`]) that people use against the HTTP API.
 
+pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod error;
@@ -23,5 +24,6 @@ pub mod service;
 pub mod state;
 pub mod store;
 pub mod time;
+pub mod webhook;
 
 pub use error::{Error, Result};

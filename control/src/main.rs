@@ -27,7 +27,13 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the control service.
-    Serve(ServeArgs),
+    Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+        /// Log format: text or json.
+        #[arg(long, env = "MESHCANARY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+    },
     /// CLI commands against a running service.
     #[command(flatten)]
     Client(cli::ClientCommand),
@@ -50,8 +56,8 @@ fn init_logging(format: &str) {
 async fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve(args) => {
-            init_logging(&cli.log_format);
+        Command::Serve { args, log_format } => {
+            init_logging(&log_format);
             server::serve(args).await?;
             Ok(ExitCode::SUCCESS)
         }

@@ -5,6 +5,8 @@ use crate::api::filter::WasmArtifact;
 use crate::api::{self, AppState};
 use crate::error::{Error, Result};
 use crate::observer::envoy_admin::EnvoyAdminObserver;
+use crate::observer::prometheus::PrometheusObserver;
+use crate::observer::MetricsObserver;
 use crate::router::ecds_file::EcdsFileRouter;
 use crate::service::Controller;
 use crate::store::file::FileStore;
@@ -45,13 +47,22 @@ pub struct ServeArgs {
     /// Fail requests (503) if the filter's VM fails, instead of skipping the filter.
     #[arg(long)]
     pub fail_closed: bool,
-    /// Envoy admin endpoints to confirm propagation on (repeat for several proxies).
+    /// Envoy admin endpoints to read the filter's stats from: propagation and analysis (repeat,
+    /// or comma-separate, for several proxies).
     #[arg(
         long = "envoy-admin",
         env = "MESHCANARY_ENVOY_ADMIN",
         value_delimiter = ','
     )]
     pub envoy_admin: Vec<String>,
+    /// Read the filter's stats through this Prometheus server instead of Envoy admin endpoints
+    /// (for meshes where Prometheus already scrapes the sidecars).
+    #[arg(
+        long,
+        env = "MESHCANARY_PROMETHEUS_URL",
+        conflicts_with = "envoy_admin"
+    )]
+    pub prometheus_url: Option<String>,
 }
 
 fn read_token(args: &ServeArgs) -> Result<String> {
@@ -103,7 +114,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             fail_open: !args.fail_closed,
         },
     );
-    let observer = EnvoyAdminObserver::new(args.envoy_admin.clone());
+    let observer: Box<dyn MetricsObserver> = match &args.prometheus_url {
+        Some(url) => Box::new(PrometheusObserver::new(url)),
+        None => Box::new(EnvoyAdminObserver::new(args.envoy_admin.clone())),
+    };
     // Serving the module is optional: in standalone mode Envoy reads it from disk.
     let wasm_artifact = match WasmArtifact::read(&wasm) {
         Ok(artifact) => Some(Arc::new(artifact)),
@@ -112,13 +126,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             None
         }
     };
-    let controller = Controller::start(
-        Box::new(store),
-        Box::new(router),
-        Box::new(observer),
-        initial,
-    )
-    .await?;
+    let controller =
+        Controller::start(Box::new(store), Box::new(router), observer, initial).await?;
     let loops = tokio::spawn(controller.clone().run());
     let app = api::app(AppState {
         controller,

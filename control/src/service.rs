@@ -4,16 +4,19 @@
 //! changes, a crash leaves either the old or the new state on disk, and a config is never pushed
 //! before it is saved (after a restart the saved config is simply pushed again).
 
+use crate::analysis::{delta, judge, merge, Check, Measured, Snapshot, Verdict};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::observer::{MetricsObserver, ProxyGeneration};
 use crate::rollout::engine::{self, Action, Command, Observation};
-use crate::rollout::{Rollout, RolloutSpec};
+use crate::rollout::{CheckRecord, Phase, Rollout, RolloutSpec, WebhookKind};
 use crate::router::TrafficRouter;
 use crate::state::ServiceState;
 use crate::store::StateStore;
 use crate::time::Timestamp;
+use crate::webhook;
 use meshcanary_core::config::{FilterConfig, RuleConfig};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -35,9 +38,18 @@ pub struct Controller {
     pushed_generation: AtomicU64,
     push_error: RwLock<Option<String>>,
     wake: Notify,
+    /// Per rollout: when the current analysis window opened and every proxy's counters then.
+    windows: std::sync::Mutex<HashMap<String, Window>>,
+    http: reqwest::Client,
+    notify_tx: tokio::sync::mpsc::UnboundedSender<(Rollout, WebhookKind)>,
+    notify_rx:
+        std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Rollout, WebhookKind)>>>,
     /// The service's own Prometheus metrics.
     pub metrics: Metrics,
 }
+
+/// When an analysis window opened, and every proxy's counters then.
+type Window = (Timestamp, HashMap<String, Snapshot>);
 
 /// How far the latest config has reached.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -76,6 +88,7 @@ impl Controller {
                 state
             }
         };
+        let (notify_tx, notify_rx) = tokio::sync::mpsc::unbounded_channel();
         let controller = Arc::new(Controller {
             state: Mutex::new(state),
             store,
@@ -85,6 +98,10 @@ impl Controller {
             pushed_generation: AtomicU64::new(0),
             push_error: RwLock::new(None),
             wake: Notify::new(),
+            windows: std::sync::Mutex::new(HashMap::new()),
+            http: reqwest::Client::new(),
+            notify_tx,
+            notify_rx: std::sync::Mutex::new(Some(notify_rx)),
             metrics: Metrics::default(),
         });
         {
@@ -107,6 +124,22 @@ impl Controller {
                 }
             }
         };
+        let notifications = {
+            let this = self.clone();
+            let receiver = this
+                .notify_rx
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            async move {
+                let Some(mut receiver) = receiver else { return };
+                while let Some((rollout, kind)) = receiver.recv().await {
+                    let this = this.clone();
+                    // Hooks must not hold up the engine or each other.
+                    tokio::spawn(async move { this.notify(rollout, kind).await });
+                }
+            }
+        };
         let engine = async move {
             loop {
                 let wake_at = match self.tick().await {
@@ -125,7 +158,34 @@ impl Controller {
                 }
             }
         };
-        tokio::join!(observer, engine);
+        tokio::join!(observer, engine, notifications);
+    }
+
+    /// Calls notification hooks; a failing `rollout` hook counts as a failed check.
+    async fn notify(&self, rollout: Rollout, kind: WebhookKind) {
+        let Err(error) = webhook::call_all(&self.http, &rollout, kind).await else {
+            return;
+        };
+        if kind != WebhookKind::Rollout {
+            return;
+        }
+        let name = rollout.spec.name.clone();
+        let recorded = self
+            .mutate(|state, now| {
+                if let Some(current) = state
+                    .rollouts
+                    .get(&name)
+                    .filter(|r| !r.status.phase.is_terminal())
+                {
+                    let failed = engine::record_hook_failure(current, &error, now);
+                    state.rollouts.insert(name.clone(), failed);
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(error) = recorded {
+            tracing::error!(rollout = %name, %error, "cannot record the hook failure");
+        }
     }
 
     /// Applies `change` to a copy of the state; if it succeeds and changed anything, saves the
@@ -153,6 +213,9 @@ impl Controller {
             }
         }
         self.store.save(&next).await?;
+        for notification in notifications(&current, &next) {
+            let _ = self.notify_tx.send(notification);
+        }
         *current = next;
         if filter_changed {
             self.push(&current.filter).await;
@@ -245,30 +308,86 @@ impl Controller {
     }
 
     /// Runs the engine over every running rollout once; returns when it next needs to look.
+    ///
+    /// Two phases: first the IO the engine asks for (analysis checks, gate hooks) runs without the
+    /// state lock, then one `mutate` records the results and advances every rollout as far as it
+    /// can go now.
     pub async fn tick(&self) -> Result<Option<Timestamp>> {
         let observation = self.observation();
-        self.mutate(|state, now| {
+        let now = Timestamp::now();
+        let running: Vec<Rollout> = {
+            let state = self.state.lock().await;
+            state
+                .rollouts
+                .values()
+                .filter(|r| !r.status.phase.is_terminal())
+                .cloned()
+                .collect()
+        };
+        let mut checks: HashMap<String, Option<CheckRecord>> = HashMap::new();
+        let mut gates: HashMap<String, (WebhookKind, std::result::Result<(), String>)> =
+            HashMap::new();
+        for rollout in &running {
+            match engine::next(rollout, &observation, now) {
+                Action::RunCheck => {
+                    let check = self
+                        .run_check(rollout, now)
+                        .instrument(
+                            tracing::info_span!("analysis_check", rollout = %rollout.spec.name),
+                        )
+                        .await;
+                    checks.insert(rollout.spec.name.clone(), check);
+                }
+                Action::RunGate { kind } => {
+                    let outcome = webhook::call_all(&self.http, rollout, kind).await;
+                    gates.insert(rollout.spec.name.clone(), (kind, outcome));
+                }
+                _ => {}
+            }
+        }
+        let now = Timestamp::now();
+        self.mutate(|state, _| {
             let mut wake_at: Option<Timestamp> = None;
-            let running: Vec<String> = state
+            let mut wake = |at: Option<Timestamp>| {
+                wake_at = match (wake_at, at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            };
+            let names: Vec<String> = state
                 .rollouts
                 .values()
                 .filter(|r| !r.status.phase.is_terminal())
                 .map(|r| r.spec.name.clone())
                 .collect();
-            for name in running {
+            for name in names {
                 let Some(mut rollout) = state.rollouts.get(&name).cloned() else {
                     continue;
                 };
                 let original = rollout.clone();
+                if let Some(check) = checks.remove(&name) {
+                    // A check still counts if the rollout kept progressing meanwhile.
+                    if rollout.status.phase == Phase::Progressing {
+                        rollout = engine::record_check(&rollout, check, now);
+                    }
+                }
+                if let Some((kind, outcome)) = gates.remove(&name) {
+                    rollout = engine::record_gate(&rollout, kind, outcome, now);
+                }
                 // Bounded: each step is entered at most once per tick.
                 for _ in 0..=rollout.plan.len() + 3 {
                     let action = engine::next(&rollout, &observation, now);
-                    if let Action::Wait { until } = action {
-                        wake_at = match (wake_at, until) {
-                            (Some(a), Some(b)) => Some(a.min(b)),
-                            (a, b) => a.or(b),
-                        };
-                        break;
+                    match action {
+                        Action::Wait { until } => {
+                            wake(until);
+                            break;
+                        }
+                        // IO the engine wants next: the next tick runs it at once.
+                        Action::RunCheck | Action::RunGate { .. } => {
+                            wake(Some(now));
+                            break;
+                        }
+                        _ => {}
                     }
                     let span = tracing::info_span!("rollout_step", rollout = %name, step = rollout.status.step);
                     let _entered = span.enter();
@@ -298,6 +417,71 @@ impl Controller {
             Ok(wake_at)
         })
         .await
+    }
+
+    /// Reads every proxy's counters for the rollout's route and judges the window since the last
+    /// reading. The first reading after a start (or a restart of the service) only opens a window.
+    async fn run_check(&self, rollout: &Rollout, now: Timestamp) -> Option<CheckRecord> {
+        let analysis = rollout.spec.analysis.as_ref()?;
+        let name = &rollout.spec.name;
+        let current = match self.observer.snapshots(&rollout.spec.route).await {
+            Ok(current) => current,
+            Err(error) => {
+                tracing::warn!(rollout = %name, %error, "analysis cannot read the stats");
+                let since = rollout.status.analysis.last_check_at.unwrap_or(now);
+                return Some(CheckRecord {
+                    at: now,
+                    since,
+                    step: rollout.status.step,
+                    canary_weight: rollout.status.canary_weight,
+                    check: Check {
+                        verdict: Verdict::Inconclusive,
+                        reasons: vec![format!(
+                            "cannot read the stats from {}: {error}",
+                            self.observer.describe()
+                        )],
+                        canary: Measured {
+                            requests: 0,
+                            success_rate: None,
+                            latency_ms: None,
+                        },
+                        baseline: Measured {
+                            requests: 0,
+                            success_rate: None,
+                            latency_ms: None,
+                        },
+                        p_value: None,
+                    },
+                });
+            }
+        };
+        let current: HashMap<String, Snapshot> = current.into_iter().collect();
+        let previous = self
+            .windows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), (now, current.clone()));
+        let (since, previous) = previous?;
+        let empty = Snapshot::default();
+        let deltas: Vec<Snapshot> = current
+            .iter()
+            .map(|(proxy, snapshot)| delta(previous.get(proxy).unwrap_or(&empty), snapshot))
+            .collect();
+        let window = merge(&deltas);
+        let counters = |variant: &str| window.variants.get(variant).cloned().unwrap_or_default();
+        let check = judge(
+            &analysis.thresholds(),
+            &counters(&rollout.spec.canary),
+            &counters(&rollout.spec.stable),
+        );
+        tracing::info!(rollout = %name, verdict = ?check.verdict, canary_requests = check.canary.requests, "{}", check.reasons.join("; "));
+        Some(CheckRecord {
+            at: now,
+            since,
+            step: rollout.status.step,
+            canary_weight: rollout.status.canary_weight,
+            check,
+        })
     }
 
     /// Creates a rollout; the engine starts it at once.
@@ -382,6 +566,38 @@ impl Controller {
         self.mutate(|state, _| state.remove_rule(route, index))
             .await
     }
+}
+
+/// The notification hooks a change calls: `rollout` hooks when a step starts, `postRollout` when
+/// a rollout succeeds, `rollback` when it is rolled back or aborted.
+fn notifications(before: &ServiceState, after: &ServiceState) -> Vec<(Rollout, WebhookKind)> {
+    let mut out = Vec::new();
+    for (name, rollout) in &after.rollouts {
+        if rollout.spec.webhooks.is_empty() {
+            continue;
+        }
+        let old = before.rollouts.get(name);
+        let old_phase = old.map(|r| r.status.phase);
+        let phase = rollout.status.phase;
+        let kind = match phase {
+            Phase::Succeeded if old_phase != Some(phase) => Some(WebhookKind::PostRollout),
+            Phase::RolledBack | Phase::Aborted if old_phase != Some(phase) => {
+                Some(WebhookKind::Rollback)
+            }
+            Phase::Progressing | Phase::Paused
+                if old.is_none_or(|o| {
+                    o.status.step != rollout.status.step || o.status.phase == Phase::Initialized
+                }) =>
+            {
+                Some(WebhookKind::Rollout)
+            }
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            out.push((rollout.clone(), kind));
+        }
+    }
+    out
 }
 
 /// `If-Match` carries the version as `"<n>"` (a strong ETag) or bare; `*` matches anything.

@@ -240,6 +240,11 @@ impl Envoy {
         std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
     }
 
+    /// The ECDS file this Envoy watches; whoever else pushes (the control service) writes it.
+    pub fn ecds_path(&self) -> &Path {
+        &self.ecds_path
+    }
+
     /// URL of `path` on the listener.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base_url)

@@ -4,8 +4,10 @@
 //! is dropped, including when a test fails.
 //!
 //! It needs the Envoy binary (`ENVOY_BIN`, or the project venv that `make test` creates) and the
-//! release `.wasm` (`MESHCANARY_WASM`, or `make build`'s output).
+//! release `.wasm` (`MESHCANARY_WASM`, or `make build`'s output); the control service tests also
+//! need the `meshcanary` binary (`MESHCANARY_BIN`, or `target/debug/meshcanary`).
 
+pub mod control;
 pub mod envoy;
 pub mod load;
 pub mod paths;

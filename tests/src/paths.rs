@@ -44,6 +44,20 @@ pub fn filter_wasm() -> PathBuf {
     path
 }
 
+/// The control service binary (`meshcanary`): `$MESHCANARY_BIN`, else the workspace's debug build.
+pub fn control_bin() -> PathBuf {
+    let path = std::env::var_os("MESHCANARY_BIN").map_or_else(
+        || workspace_root().join("target/debug/meshcanary"),
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "no control service binary at {}: run `cargo build -p meshcanary-control` or set MESHCANARY_BIN",
+        path.display()
+    );
+    path
+}
+
 /// The standalone bootstrap template.
 pub fn standalone_bootstrap() -> PathBuf {
     workspace_root().join("envoy-config/standalone.yaml")

@@ -35,10 +35,9 @@ impl WasmArtifact {
 }
 
 fn artifact(state: &AppState) -> Result<&WasmArtifact> {
-    state
-        .wasm
-        .as_deref()
-        .ok_or_else(|| Error::NotFound("this service was started without a readable --wasm module".into()))
+    state.wasm.as_deref().ok_or_else(|| {
+        Error::NotFound("this service was started without a readable --wasm module".into())
+    })
 }
 
 /// The filter module (`application/wasm`).
@@ -74,7 +73,10 @@ mod tests {
         let path = dir.path().join("m.wasm");
         std::fs::write(&path, b"abc").unwrap();
         let artifact = WasmArtifact::read(&path).unwrap();
-        assert_eq!(artifact.sha256, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            artifact.sha256,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
         assert!(WasmArtifact::read(&dir.path().join("missing")).is_err());
     }
 }

@@ -57,6 +57,15 @@ impl MetricsObserver for NoProxies {
     async fn generations(&self) -> Vec<ProxyGeneration> {
         Vec::new()
     }
+    async fn snapshots(
+        &self,
+        _route: &str,
+    ) -> std::result::Result<Vec<(String, crate::analysis::Snapshot)>, String> {
+        Ok(Vec::new())
+    }
+    fn describe(&self) -> String {
+        "none".into()
+    }
 }
 
 struct Harness {
@@ -85,12 +94,21 @@ async fn harness(protect_reads: bool) -> Harness {
         controller,
         token: Arc::from(TOKEN),
         protect_reads,
-        wasm: Some(Arc::new(super::filter::WasmArtifact { bytes: b"\0asm".to_vec(), sha256: "00ff".into() })),
+        wasm: Some(Arc::new(super::filter::WasmArtifact {
+            bytes: b"\0asm".to_vec(),
+            sha256: "00ff".into(),
+        })),
     });
     Harness { app, pushed }
 }
 
-async fn call(app: &axum::Router, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, axum::http::HeaderMap, Value) {
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
     let mut request = Request::builder().method(method).uri(path);
     if let Some(token) = token {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
@@ -102,11 +120,16 @@ async fn call(app: &axum::Router, method: &str, path: &str, token: Option<&str>,
         }
         None => Body::empty(),
     };
-    let response = app.clone().oneshot(request.body(body).unwrap()).await.unwrap();
+    let response = app
+        .clone()
+        .oneshot(request.body(body).unwrap())
+        .await
+        .unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    let value = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, headers, value)
 }
 
@@ -118,7 +141,14 @@ fn rollout(name: &str) -> Value {
 #[tokio::test]
 async fn create_starts_the_rollout_and_pushes_its_weight() {
     let h = harness(false).await;
-    let (status, headers, body) = call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(rollout("r1"))).await;
+    let (status, headers, body) = call(
+        &h.app,
+        "POST",
+        "/v1/rollouts",
+        Some(TOKEN),
+        Some(rollout("r1")),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(headers[header::LOCATION], "/v1/rollouts/r1");
     assert_eq!(headers[header::ETAG], format!("\"{}\"", body["version"]));
@@ -133,7 +163,14 @@ async fn create_starts_the_rollout_and_pushes_its_weight() {
 #[tokio::test]
 async fn errors_have_the_documented_shape() {
     let h = harness(false).await;
-    call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(rollout("r1"))).await;
+    call(
+        &h.app,
+        "POST",
+        "/v1/rollouts",
+        Some(TOKEN),
+        Some(rollout("r1")),
+    )
+    .await;
     let mut unknown = rollout("r2");
     unknown["stepz"] = json!([]);
     let mut wrong_type = rollout("r2");
@@ -142,34 +179,230 @@ async fn errors_have_the_documented_shape() {
     invalid["steps"][0]["setWeight"]["percent"] = json!(150);
     let mut other_route = rollout("r2");
     other_route["route"] = json!("ratings");
-    type Case = (&'static str, &'static str, &'static str, Option<&'static str>, Option<Value>, StatusCode, &'static str, Option<&'static str>);
+    type Case = (
+        &'static str,
+        &'static str,
+        &'static str,
+        Option<&'static str>,
+        Option<Value>,
+        StatusCode,
+        &'static str,
+        Option<&'static str>,
+    );
     let cases: Vec<Case> = vec![
-        ("no token", "POST", "/v1/rollouts", None, Some(rollout("r2")), StatusCode::UNAUTHORIZED, "unauthorized", None),
-        ("wrong token", "POST", "/v1/rollouts/r1/pause", Some("nope"), None, StatusCode::UNAUTHORIZED, "unauthorized", None),
-        ("unknown field", "POST", "/v1/rollouts", Some(TOKEN), Some(unknown), StatusCode::BAD_REQUEST, "malformed_request", Some("stepz")),
-        ("wrong type", "POST", "/v1/rollouts", Some(TOKEN), Some(wrong_type), StatusCode::BAD_REQUEST, "malformed_request", Some("steps[0].setWeight.percent")),
-        ("invalid value", "POST", "/v1/rollouts", Some(TOKEN), Some(invalid), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("steps[0].setWeight.percent")),
-        ("unknown route", "POST", "/v1/rollouts", Some(TOKEN), Some(other_route), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("route")),
-        ("second rollout on the route", "POST", "/v1/rollouts", Some(TOKEN), Some(rollout("r2")), StatusCode::CONFLICT, "conflict", None),
-        ("same name", "POST", "/v1/rollouts", Some(TOKEN), Some(rollout("r1")), StatusCode::CONFLICT, "conflict", None),
-        ("unknown rollout", "GET", "/v1/rollouts/nope", None, None, StatusCode::NOT_FOUND, "not_found", None),
-        ("unknown action", "POST", "/v1/rollouts/r1/explode", Some(TOKEN), None, StatusCode::NOT_FOUND, "not_found", None),
-        ("delete a running rollout", "DELETE", "/v1/rollouts/r1", Some(TOKEN), None, StatusCode::CONFLICT, "conflict", None),
-        ("finish before promotion", "POST", "/v1/rollouts/r1/finish", Some(TOKEN), None, StatusCode::CONFLICT, "conflict", None),
-        ("bad weight", "PUT", "/v1/rollouts/r1/weight", Some(TOKEN), Some(json!({"percent": 10, "basisPoints": 1000})), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", None),
-        ("rule for an unknown variant", "POST", "/v1/routes/reviews/rules", Some(TOKEN), Some(json!({"header": "x", "present": true, "variant": "v9"})), StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", Some("variant")),
-        ("rule on an unknown route", "POST", "/v1/routes/nope/rules", Some(TOKEN), Some(json!({"header": "x", "present": true, "variant": "v2"})), StatusCode::NOT_FOUND, "not_found", None),
-        ("rule index not a number", "DELETE", "/v1/routes/reviews/rules/x", Some(TOKEN), None, StatusCode::NOT_FOUND, "not_found", None),
-        ("no such endpoint", "GET", "/v2/things", None, None, StatusCode::NOT_FOUND, "not_found", None),
+        (
+            "no token",
+            "POST",
+            "/v1/rollouts",
+            None,
+            Some(rollout("r2")),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            None,
+        ),
+        (
+            "wrong token",
+            "POST",
+            "/v1/rollouts/r1/pause",
+            Some("nope"),
+            None,
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            None,
+        ),
+        (
+            "unknown field",
+            "POST",
+            "/v1/rollouts",
+            Some(TOKEN),
+            Some(unknown),
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            Some("stepz"),
+        ),
+        (
+            "wrong type",
+            "POST",
+            "/v1/rollouts",
+            Some(TOKEN),
+            Some(wrong_type),
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            Some("steps[0].setWeight.percent"),
+        ),
+        (
+            "invalid value",
+            "POST",
+            "/v1/rollouts",
+            Some(TOKEN),
+            Some(invalid),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("steps[0].setWeight.percent"),
+        ),
+        (
+            "unknown route",
+            "POST",
+            "/v1/rollouts",
+            Some(TOKEN),
+            Some(other_route),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("route"),
+        ),
+        (
+            "second rollout on the route",
+            "POST",
+            "/v1/rollouts",
+            Some(TOKEN),
+            Some(rollout("r2")),
+            StatusCode::CONFLICT,
+            "conflict",
+            None,
+        ),
+        (
+            "same name",
+            "POST",
+            "/v1/rollouts",
+            Some(TOKEN),
+            Some(rollout("r1")),
+            StatusCode::CONFLICT,
+            "conflict",
+            None,
+        ),
+        (
+            "unknown rollout",
+            "GET",
+            "/v1/rollouts/nope",
+            None,
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            None,
+        ),
+        (
+            "unknown action",
+            "POST",
+            "/v1/rollouts/r1/explode",
+            Some(TOKEN),
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            None,
+        ),
+        (
+            "delete a running rollout",
+            "DELETE",
+            "/v1/rollouts/r1",
+            Some(TOKEN),
+            None,
+            StatusCode::CONFLICT,
+            "conflict",
+            None,
+        ),
+        (
+            "finish before promotion",
+            "POST",
+            "/v1/rollouts/r1/finish",
+            Some(TOKEN),
+            None,
+            StatusCode::CONFLICT,
+            "conflict",
+            None,
+        ),
+        (
+            "bad weight",
+            "PUT",
+            "/v1/rollouts/r1/weight",
+            Some(TOKEN),
+            Some(json!({"percent": 10, "basisPoints": 1000})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            None,
+        ),
+        (
+            "weight over 100 %",
+            "PUT",
+            "/v1/rollouts/r1/weight",
+            Some(TOKEN),
+            Some(json!({"percent": 150})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("percent"),
+        ),
+        (
+            "weight over 10000 bp",
+            "PUT",
+            "/v1/rollouts/r1/weight",
+            Some(TOKEN),
+            Some(json!({"basisPoints": 10001})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("basisPoints"),
+        ),
+        (
+            "rule for an unknown variant",
+            "POST",
+            "/v1/routes/reviews/rules",
+            Some(TOKEN),
+            Some(json!({"header": "x", "present": true, "variant": "v9"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("variant"),
+        ),
+        (
+            "rule on an unknown route",
+            "POST",
+            "/v1/routes/nope/rules",
+            Some(TOKEN),
+            Some(json!({"header": "x", "present": true, "variant": "v2"})),
+            StatusCode::NOT_FOUND,
+            "not_found",
+            None,
+        ),
+        (
+            "rule index not a number",
+            "DELETE",
+            "/v1/routes/reviews/rules/x",
+            Some(TOKEN),
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            None,
+        ),
+        (
+            "no such endpoint",
+            "GET",
+            "/v2/things",
+            None,
+            None,
+            StatusCode::NOT_FOUND,
+            "not_found",
+            None,
+        ),
     ];
     for (name, method, path, token, body, status, code, field) in cases {
         let (got, _, body) = call(&h.app, method, path, token, body).await;
         assert_eq!(got, status, "{name}: {body}");
-        let error = body["error"].as_object().unwrap_or_else(|| panic!("{name}: {body}"));
+        let error = body["error"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{name}: {body}"));
         assert_eq!(error["code"], code, "{name}: {body}");
-        assert!(error["message"].as_str().is_some_and(|m| !m.is_empty()), "{name}");
-        assert_eq!(error.get("field").and_then(Value::as_str), field, "{name}: {body}");
-        assert!(error.keys().all(|k| ["code", "message", "field"].contains(&k.as_str())), "{name}: {body}");
+        assert!(
+            error["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{name}"
+        );
+        assert_eq!(
+            error.get("field").and_then(Value::as_str),
+            field,
+            "{name}: {body}"
+        );
+        assert!(
+            error
+                .keys()
+                .all(|k| ["code", "message", "field"].contains(&k.as_str())),
+            "{name}: {body}"
+        );
     }
 }
 
@@ -193,19 +426,48 @@ async fn bodies_are_limited_and_must_be_json() {
 #[tokio::test]
 async fn reads_are_open_unless_protected() {
     let open = harness(false).await;
-    assert_eq!(call(&open.app, "GET", "/v1/rollouts", None, None).await.0, StatusCode::OK);
+    assert_eq!(
+        call(&open.app, "GET", "/v1/rollouts", None, None).await.0,
+        StatusCode::OK
+    );
     let closed = harness(true).await;
-    assert_eq!(call(&closed.app, "GET", "/v1/rollouts", None, None).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(call(&closed.app, "GET", "/v1/rollouts", Some(TOKEN), None).await.0, StatusCode::OK);
-    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json", "/filter/meshcanary.wasm", "/filter/meshcanary.wasm.sha256"] {
-        assert_eq!(call(&closed.app, "GET", path, None, None).await.0, StatusCode::OK, "{path}");
+    assert_eq!(
+        call(&closed.app, "GET", "/v1/rollouts", None, None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        call(&closed.app, "GET", "/v1/rollouts", Some(TOKEN), None)
+            .await
+            .0,
+        StatusCode::OK
+    );
+    for path in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/filter/meshcanary.wasm",
+        "/filter/meshcanary.wasm.sha256",
+    ] {
+        assert_eq!(
+            call(&closed.app, "GET", path, None, None).await.0,
+            StatusCode::OK,
+            "{path}"
+        );
     }
 }
 
 #[tokio::test]
 async fn if_match_guards_against_stale_writes() {
     let h = harness(false).await;
-    let (_, headers, _) = call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(rollout("r1"))).await;
+    let (_, headers, _) = call(
+        &h.app,
+        "POST",
+        "/v1/rollouts",
+        Some(TOKEN),
+        Some(rollout("r1")),
+    )
+    .await;
     let etag = headers[header::ETAG].to_str().unwrap().to_string();
     let stale = "\"1\"";
     let request = |tag: &str| {
@@ -219,7 +481,11 @@ async fn if_match_guards_against_stale_writes() {
     assert_eq!(response.status(), StatusCode::PRECONDITION_FAILED);
     let response = h.app.clone().oneshot(request(&etag)).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    assert_ne!(response.headers()[header::ETAG].to_str().unwrap(), etag, "the version moved");
+    assert_ne!(
+        response.headers()[header::ETAG].to_str().unwrap(),
+        etag,
+        "the version moved"
+    );
 }
 
 #[tokio::test]
@@ -228,24 +494,43 @@ async fn concurrent_writes_lose_nothing() {
     let adds = (0..50).map(|i| {
         let app = h.app.clone();
         async move {
-            call(&app, "POST", "/v1/routes/reviews/rules", Some(TOKEN),
-                 Some(json!({"header": "x-qa", "exact": format!("user-{i}"), "variant": "v2"}))).await.0
+            call(
+                &app,
+                "POST",
+                "/v1/routes/reviews/rules",
+                Some(TOKEN),
+                Some(json!({"header": "x-qa", "exact": format!("user-{i}"), "variant": "v2"})),
+            )
+            .await
+            .0
         }
     });
     let statuses = futures_join(adds).await;
-    assert!(statuses.iter().all(|s| *s == StatusCode::CREATED), "{statuses:?}");
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::CREATED),
+        "{statuses:?}"
+    );
     let (_, _, routes) = call(&h.app, "GET", "/v1/routes", None, None).await;
     let rules = routes["config"]["routes"][0]["rules"].as_array().unwrap();
     assert_eq!(rules.len(), 50);
     assert_eq!(routes["config"]["generation"], 51);
     let last_pushed = h.pushed.0.lock().unwrap().last().cloned().unwrap();
     assert_eq!(last_pushed.routes[0].rules.len(), 50);
-    let (status, _, removed) = call(&h.app, "DELETE", "/v1/routes/reviews/rules/0", Some(TOKEN), None).await;
+    let (status, _, removed) = call(
+        &h.app,
+        "DELETE",
+        "/v1/routes/reviews/rules/0",
+        Some(TOKEN),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(removed["variant"], "v2");
 }
 
-async fn futures_join<F: std::future::Future<Output = StatusCode> + Send + 'static>(futures: impl Iterator<Item = F>) -> Vec<StatusCode> {
+async fn futures_join<F: std::future::Future<Output = StatusCode> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) -> Vec<StatusCode> {
     let handles: Vec<_> = futures.map(tokio::spawn).collect();
     let mut out = Vec::new();
     for handle in handles {
@@ -257,17 +542,47 @@ async fn futures_join<F: std::future::Future<Output = StatusCode> + Send + 'stat
 #[tokio::test]
 async fn the_openapi_document_and_metrics_describe_the_service() {
     let h = harness(false).await;
-    call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(rollout("r1"))).await;
+    call(
+        &h.app,
+        "POST",
+        "/v1/rollouts",
+        Some(TOKEN),
+        Some(rollout("r1")),
+    )
+    .await;
     let (_, _, doc) = call(&h.app, "GET", "/openapi.json", None, None).await;
     let paths = doc["paths"].as_object().unwrap();
-    for path in ["/v1/rollouts", "/v1/rollouts/{name}", "/v1/rollouts/{name}/{action}", "/v1/rollouts/{name}/weight", "/v1/routes", "/v1/routes/{route}/rules", "/healthz"] {
-        assert!(paths.contains_key(path), "{path} missing from {:?}", paths.keys());
+    for path in [
+        "/v1/rollouts",
+        "/v1/rollouts/{name}",
+        "/v1/rollouts/{name}/{action}",
+        "/v1/rollouts/{name}/weight",
+        "/v1/routes",
+        "/v1/routes/{route}/rules",
+        "/healthz",
+    ] {
+        assert!(
+            paths.contains_key(path),
+            "{path} missing from {:?}",
+            paths.keys()
+        );
     }
     assert!(doc["components"]["schemas"]["RolloutSpec"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     let (_, _, metrics) = call(&h.app, "GET", "/metrics", None, None).await;
     let text = metrics.as_str().unwrap();
-    assert!(text.contains("meshcanary_control_rollouts{phase=\"paused\"} 1"), "{text}");
-    assert!(text.contains("meshcanary_control_canary_weight_basis_points{rollout=\"r1\",route=\"reviews\"} 1000"), "{text}");
-    assert!(text.contains("meshcanary_control_pushes_total{result=\"ok\"} 2"), "{text}");
+    assert!(
+        text.contains("meshcanary_control_rollouts{phase=\"paused\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "meshcanary_control_canary_weight_basis_points{rollout=\"r1\",route=\"reviews\"} 1000"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("meshcanary_control_pushes_total{result=\"ok\"} 2"),
+        "{text}"
+    );
 }

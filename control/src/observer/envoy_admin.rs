@@ -1,6 +1,7 @@
 //! Reads the filter's stats straight from Envoy admin endpoints (`/stats/prometheus`).
 
 use super::{MetricsObserver, ProxyGeneration};
+use crate::analysis::{parse_envoy_stats, Snapshot};
 use async_trait::async_trait;
 use meshcanary_core::stats::GENERATION;
 use std::time::Duration;
@@ -58,6 +59,35 @@ fn parse_gauge(text: &str, name: &str) -> Option<u64> {
 
 #[async_trait]
 impl MetricsObserver for EnvoyAdminObserver {
+    async fn snapshots(&self, route: &str) -> Result<Vec<(String, Snapshot)>, String> {
+        let mut out = Vec::with_capacity(self.endpoints.len());
+        for endpoint in &self.endpoints {
+            let url = format!("{endpoint}/stats/prometheus?filter=meshcanary_");
+            let text = async {
+                let response = self
+                    .client
+                    .get(&url)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !response.status().is_success() {
+                    return Err(format!("answered {}", response.status()));
+                }
+                response.text().await.map_err(|e| e.to_string())
+            }
+            .await
+            .map_err(|error| format!("cannot read {url}: {error}"))?;
+            let snapshot =
+                parse_envoy_stats(&text, route).map_err(|error| format!("{url}: {error}"))?;
+            out.push((endpoint.clone(), snapshot));
+        }
+        Ok(out)
+    }
+
+    fn describe(&self) -> String {
+        format!("Envoy admin {}", self.endpoints.join(", "))
+    }
+
     async fn generations(&self) -> Vec<ProxyGeneration> {
         let mut answers = Vec::with_capacity(self.endpoints.len());
         for endpoint in &self.endpoints {

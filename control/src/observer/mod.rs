@@ -1,7 +1,9 @@
 //! What the proxies report back: the seam between the service and the proxies' stats.
 
 pub mod envoy_admin;
+pub mod prometheus;
 
+use crate::analysis::Snapshot;
 use async_trait::async_trait;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -25,4 +27,11 @@ pub struct ProxyGeneration {
 pub trait MetricsObserver: Send + Sync {
     /// The config generation every watched proxy runs (`meshcanary_config_generation`).
     async fn generations(&self) -> Vec<ProxyGeneration>;
+
+    /// Every proxy's cumulative per-variant counters for `route`, keyed by proxy. An error when
+    /// any proxy could not be read: a check that sees only part of the traffic must not pass.
+    async fn snapshots(&self, route: &str) -> Result<Vec<(String, Snapshot)>, String>;
+
+    /// Where it reads from, for logs and status.
+    fn describe(&self) -> String;
 }

@@ -3,7 +3,9 @@
 //! what people ask for through the API. All three are pure: the clock and what the proxies report
 //! are passed in, and the caller persists the result and pushes the weights.
 
-use super::{Event, Hold, Phase, PlanStep, Rollout, MAX_HISTORY};
+use super::analysis_spec::{CheckRecord, DEFAULT_GATE_INTERVAL, MAX_CHECKS};
+use super::{Event, Hold, Phase, PlanStep, Rollout, WebhookKind, MAX_HISTORY};
+use crate::analysis::judge::Verdict;
 use crate::error::{Error, Result};
 use crate::time::Timestamp;
 use meshcanary_core::config::TOTAL_WEIGHT;
@@ -30,6 +32,14 @@ pub enum Action {
     Wait {
         /// When a timer in the rollout runs out, if any.
         until: Option<Timestamp>,
+    },
+    /// An analysis check is due: read the stats, judge the window since the last check and
+    /// record it with [`record_check`].
+    RunCheck,
+    /// Gate hooks of this kind are due: call them and record the outcome with [`record_gate`].
+    RunGate {
+        /// `preRollout` or `confirmPromotion`.
+        kind: WebhookKind,
     },
     /// Start step `index` (`index == plan.len()` never happens: the last step leads to promotion).
     EnterStep {
@@ -92,12 +102,29 @@ impl Command {
 pub fn next(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Action {
     let status = &rollout.status;
     match status.phase {
-        Phase::Initialized => match rollout.plan.is_empty() {
-            true => Action::Promote {
-                reason: "no steps".into(),
-            },
-            false => Action::EnterStep { index: 0 },
-        },
+        Phase::Initialized => {
+            let gated = rollout.webhooks(WebhookKind::PreRollout).next().is_some();
+            if gated && !status.analysis.pre_rollout_passed {
+                let limit = rollout
+                    .spec
+                    .analysis
+                    .as_ref()
+                    .map_or(2, |a| a.failure_limit);
+                if status.analysis.pre_rollout_failures >= limit {
+                    return Action::RollBack {
+                        reason: format!(
+                            "the pre-rollout hooks failed {} times",
+                            status.analysis.pre_rollout_failures
+                        ),
+                    };
+                }
+                return gate(rollout, WebhookKind::PreRollout, now);
+            }
+            match rollout.plan.is_empty() {
+                true => promotion(rollout, now),
+                false => Action::EnterStep { index: 0 },
+            }
+        }
         Phase::Progressing => {
             let deadline = rollout.spec.timeout.map(|timeout| {
                 let left = timeout.0.saturating_sub(rollout.progressed(now));
@@ -110,12 +137,51 @@ pub fn next(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Act
                     };
                 }
             }
+            if let Some(analysis) = &rollout.spec.analysis {
+                let checks = &status.analysis;
+                if checks.failed_checks >= analysis.failure_limit {
+                    let last = checks
+                        .checks
+                        .iter()
+                        .rev()
+                        .find(|c| c.check.verdict == Verdict::Fail)
+                        .map(|c| c.check.reasons.join("; "))
+                        .unwrap_or_default();
+                    return Action::RollBack {
+                        reason: format!(
+                            "{} analysis checks failed (limit {}); last: {last}",
+                            checks.failed_checks, analysis.failure_limit
+                        ),
+                    };
+                }
+                if checks.inconclusive_streak >= analysis.inconclusive_limit {
+                    let last = checks
+                        .checks
+                        .last()
+                        .map(|c| c.check.reasons.join("; "))
+                        .unwrap_or_default();
+                    return Action::Pause {
+                        hold: Hold::Inconclusive,
+                        reason: format!(
+                            "{} analysis checks in a row were inconclusive, so the rollout holds: {last}",
+                            checks.inconclusive_streak
+                        ),
+                    };
+                }
+                if next_check_at(rollout).is_some_and(|at| now >= at) {
+                    return Action::RunCheck;
+                }
+            }
             let step_action = progress_step(rollout, observation, now);
-            match (step_action, deadline) {
-                (Action::Wait { until }, Some((_, at))) => Action::Wait {
-                    until: Some(until.map_or(at, |u| u.min(at))),
-                },
-                (action, _) => action,
+            match step_action {
+                Action::Wait { until } => {
+                    let until = [until, next_check_at(rollout), deadline.map(|(_, at)| at)]
+                        .into_iter()
+                        .flatten()
+                        .min();
+                    Action::Wait { until }
+                }
+                action => action,
             }
         }
         Phase::Promoting if rollout.spec.auto_finish => Action::Finish,
@@ -127,23 +193,80 @@ pub fn next(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Act
     }
 }
 
+/// When the next analysis check is due, if the rollout has analysis and is progressing. The first
+/// reading (which only starts the first window) is due as soon as the rollout progresses.
+pub fn next_check_at(rollout: &Rollout) -> Option<Timestamp> {
+    let analysis = rollout.spec.analysis.as_ref()?;
+    if rollout.status.phase != Phase::Progressing {
+        return None;
+    }
+    Some(match rollout.status.analysis.last_check_at {
+        None => rollout.status.progressing_since.unwrap_or_default(),
+        Some(at) => at.plus(analysis.interval.0),
+    })
+}
+
+/// Calls gate hooks when due, otherwise waits for the next attempt.
+fn gate(rollout: &Rollout, kind: WebhookKind, now: Timestamp) -> Action {
+    let interval = rollout
+        .spec
+        .analysis
+        .as_ref()
+        .map_or(DEFAULT_GATE_INTERVAL, |a| a.interval.0);
+    match rollout.status.analysis.last_gate_at {
+        Some(at) if now < at.plus(interval) => Action::Wait {
+            until: Some(at.plus(interval)),
+        },
+        _ => Action::RunGate { kind },
+    }
+}
+
+/// Every step is done: promote once the last check passed and the confirm-promotion hooks agree.
+fn promotion(rollout: &Rollout, now: Timestamp) -> Action {
+    let status = &rollout.status;
+    if rollout.spec.analysis.is_some() && status.analysis.last_verdict != Some(Verdict::Pass) {
+        // Never promote on a failed, inconclusive or missing last check: wait for the next one.
+        return Action::Wait {
+            until: next_check_at(rollout),
+        };
+    }
+    let gated = rollout
+        .webhooks(WebhookKind::ConfirmPromotion)
+        .next()
+        .is_some();
+    if gated && !status.analysis.promotion_confirmed {
+        return gate(rollout, WebhookKind::ConfirmPromotion, now);
+    }
+    Action::Promote {
+        reason: "every step passed".into(),
+    }
+}
+
 fn progress_step(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Action {
     let status = &rollout.status;
     let following = || match status.step + 1 < rollout.plan.len() {
         true => Action::EnterStep {
             index: status.step + 1,
         },
-        false => Action::Promote {
-            reason: "every step passed".into(),
-        },
+        false => promotion(rollout, now),
     };
     match rollout.plan.get(status.step) {
-        None => Action::Promote {
-            reason: "every step passed".into(),
-        },
+        None => promotion(rollout, now),
         Some(PlanStep::SetWeight(weight)) => {
             if observation.carries(status.weight_generation) {
-                return following();
+                // With analysis, each weight is judged before the next: a check must pass after
+                // the step started.
+                let judged = rollout.spec.analysis.is_none()
+                    || status
+                        .analysis
+                        .last_pass_at
+                        .is_some_and(|at| at > status.step_started_at);
+                return match judged {
+                    true => following(),
+                    false => Action::Wait {
+                        until: next_check_at(rollout),
+                    },
+                };
             }
             let timeout = rollout.spec.propagation_timeout();
             let deadline = status.step_started_at.plus(timeout);
@@ -178,12 +301,106 @@ fn progress_step(rollout: &Rollout, observation: &Observation, now: Timestamp) -
     }
 }
 
+/// `rollout` after an analysis reading at `now`: `None` is the first reading, which only starts
+/// the first window; a check is counted (failed, inconclusive in a row, passed) and kept.
+pub fn record_check(rollout: &Rollout, check: Option<CheckRecord>, now: Timestamp) -> Rollout {
+    let mut next = rollout.clone();
+    next.status.analysis.last_check_at = Some(now);
+    let Some(check) = check else {
+        next.version += 1;
+        return next;
+    };
+    let analysis = &mut next.status.analysis;
+    let verdict = check.check.verdict;
+    match verdict {
+        Verdict::Pass => {
+            analysis.inconclusive_streak = 0;
+            analysis.last_pass_at = Some(now);
+        }
+        Verdict::Fail => {
+            analysis.inconclusive_streak = 0;
+            analysis.failed_checks += 1;
+        }
+        Verdict::Inconclusive => analysis.inconclusive_streak += 1,
+    }
+    analysis.last_verdict = Some(verdict);
+    let summary = check.check.reasons.join("; ");
+    analysis.checks.push(check);
+    if analysis.checks.len() > MAX_CHECKS {
+        let excess = analysis.checks.len() - MAX_CHECKS;
+        analysis.checks.drain(..excess);
+    }
+    let verdict_name = match verdict {
+        Verdict::Pass => "passed",
+        Verdict::Fail => "failed",
+        Verdict::Inconclusive => "inconclusive",
+    };
+    record(
+        &mut next,
+        format!("analysis check {verdict_name}: {summary}"),
+        now,
+    );
+    next
+}
+
+/// `rollout` after its gate hooks of `kind` answered (`Ok`) or not (`Err` with why).
+pub fn record_gate(
+    rollout: &Rollout,
+    kind: WebhookKind,
+    outcome: std::result::Result<(), String>,
+    now: Timestamp,
+) -> Rollout {
+    let mut next = rollout.clone();
+    let analysis = &mut next.status.analysis;
+    // The timer only spaces out retries of a failing gate; a passed gate leaves none running.
+    analysis.last_gate_at = match outcome {
+        Ok(()) => None,
+        Err(_) => Some(now),
+    };
+    let message = match (kind, outcome) {
+        (WebhookKind::PreRollout, Ok(())) => {
+            analysis.pre_rollout_passed = true;
+            "pre-rollout hooks passed".to_string()
+        }
+        (WebhookKind::PreRollout, Err(error)) => {
+            analysis.pre_rollout_failures += 1;
+            format!(
+                "pre-rollout hook failed (attempt {}): {error}",
+                analysis.pre_rollout_failures
+            )
+        }
+        (WebhookKind::ConfirmPromotion, Ok(())) => {
+            analysis.promotion_confirmed = true;
+            "confirm-promotion hooks passed".to_string()
+        }
+        (WebhookKind::ConfirmPromotion, Err(error)) => {
+            format!("waiting for the confirm-promotion hooks: {error}")
+        }
+        (other, Ok(())) => format!("{} hooks passed", other.as_str()),
+        (other, Err(error)) => format!("{} hook failed: {error}", other.as_str()),
+    };
+    record(&mut next, message, now);
+    next
+}
+
+/// `rollout` after a `rollout` hook failed: it counts as a failed check.
+pub fn record_hook_failure(rollout: &Rollout, error: &str, now: Timestamp) -> Rollout {
+    let mut next = rollout.clone();
+    next.status.analysis.failed_checks += 1;
+    record(
+        &mut next,
+        format!("rollout hook failed (counts as a failed check): {error}"),
+        now,
+    );
+    next
+}
+
 /// `rollout` after `action` happened at `now`.
 pub fn apply(rollout: &Rollout, action: &Action, now: Timestamp) -> Rollout {
     let mut next = rollout.clone();
     let status = &mut next.status;
     let message = match action {
-        Action::Wait { .. } => return next,
+        Action::Wait { .. } | Action::RunCheck | Action::RunGate { .. } => return next,
         Action::EnterStep { index } => {
             set_phase(&mut next, Phase::Progressing, now);
             let status = &mut next.status;
@@ -290,6 +507,9 @@ pub fn command(rollout: &Rollout, command: Command, now: Timestamp) -> Result<Ro
                         next.status.step_started_at = next.status.step_started_at.plus(paused_for);
                     }
                     _ => next.status.step_started_at = now,
+                }
+                if hold == Some(Hold::Inconclusive) {
+                    next.status.analysis.inconclusive_streak = 0;
                 }
                 next.status.hold = None;
                 set_phase(&mut next, Phase::Progressing, now);
@@ -722,6 +942,216 @@ mod tests {
             .unwrap();
         }
         assert_eq!(r.status.history.len(), MAX_HISTORY);
+    }
+
+    fn check(verdict: Verdict, reason: &str) -> Option<CheckRecord> {
+        use crate::analysis::judge::{Check, Measured};
+        let measured = Measured {
+            requests: 100,
+            success_rate: Some(1.0),
+            latency_ms: Some(5.0),
+        };
+        Some(CheckRecord {
+            at: T0,
+            since: T0,
+            step: 0,
+            canary_weight: 0,
+            check: Check {
+                verdict,
+                reasons: vec![reason.into()],
+                canary: measured.clone(),
+                baseline: measured,
+                p_value: None,
+            },
+        })
+    }
+
+    fn analysed(extra: serde_json::Value) -> Rollout {
+        let mut value = json!({"analysis": {"interval": "10s", "minSuccessRate": 99, "failureLimit": 2, "inconclusiveLimit": 2},
+            "steps": [{"setWeight": {"percent": 10}}, {"setWeight": {"percent": 50}}]});
+        for (k, v) in extra.as_object().unwrap() {
+            value[k] = v.clone();
+        }
+        rollout(value)
+    }
+
+    #[test]
+    fn each_weight_waits_for_a_passing_check() {
+        let r = apply(&analysed(json!({})), &Action::EnterStep { index: 0 }, at(0));
+        // The first reading opens the window at once.
+        assert_eq!(next(&r, &APPLIED, at(0)), Action::RunCheck);
+        let r = record_check(&r, None, at(0));
+        assert_eq!(
+            next(&r, &APPLIED, at(1)),
+            Action::Wait {
+                until: Some(at(10))
+            }
+        );
+        assert_eq!(next(&r, &APPLIED, at(10)), Action::RunCheck);
+        let r = record_check(&r, check(Verdict::Pass, "fine"), at(10));
+        assert_eq!(next(&r, &APPLIED, at(10)), Action::EnterStep { index: 1 });
+        let r = apply(&r, &Action::EnterStep { index: 1 }, at(10));
+        // A pass from before this step does not count for it.
+        assert_eq!(
+            next(&r, &APPLIED, at(11)),
+            Action::Wait {
+                until: Some(at(20))
+            }
+        );
+        let r = record_check(&r, check(Verdict::Pass, "fine"), at(20));
+        assert_eq!(
+            next(&r, &APPLIED, at(20)),
+            Action::Promote {
+                reason: "every step passed".into()
+            }
+        );
+    }
+
+    #[test]
+    fn failed_checks_roll_back_at_the_limit() {
+        let r = record_check(
+            &apply(&analysed(json!({})), &Action::EnterStep { index: 0 }, at(0)),
+            None,
+            at(0),
+        );
+        let r = record_check(
+            &r,
+            check(Verdict::Fail, "success rate 94 % is below 99 %"),
+            at(10),
+        );
+        assert_eq!(r.status.analysis.failed_checks, 1);
+        assert_eq!(
+            next(&r, &APPLIED, at(11)),
+            Action::Wait {
+                until: Some(at(20))
+            }
+        );
+        let r = record_check(&r, check(Verdict::Pass, "ok"), at(20));
+        let r = apply(&r, &next(&r, &APPLIED, at(20)), at(20));
+        let r = record_check(
+            &r,
+            check(Verdict::Fail, "p99 812 ms is above 500 ms"),
+            at(30),
+        );
+        let Action::RollBack { reason } = next(&r, &APPLIED, at(30)) else {
+            panic!("{:?}", next(&r, &APPLIED, at(30)))
+        };
+        assert!(
+            reason.contains("2 analysis checks failed (limit 2); last: p99 812 ms is above 500 ms"),
+            "{reason}"
+        );
+        let done = apply(&r, &Action::RollBack { reason }, at(30));
+        assert_eq!(
+            (done.status.phase, done.status.canary_weight),
+            (Phase::RolledBack, 0)
+        );
+        assert_eq!(done.status.analysis.checks.len(), 3, "every check is kept");
+    }
+
+    #[test]
+    fn inconclusive_checks_pause_and_never_promote() {
+        let r = rollout(
+            json!({"analysis": {"interval": "10s", "inconclusiveLimit": 2}, "steps": [{"setWeight": {"percent": 100}}]}),
+        );
+        let r = record_check(
+            &apply(&r, &Action::EnterStep { index: 0 }, at(0)),
+            None,
+            at(0),
+        );
+        let r = record_check(
+            &r,
+            check(Verdict::Inconclusive, "only 3 canary requests, 20 needed"),
+            at(10),
+        );
+        assert_eq!(
+            next(&r, &APPLIED, at(11)),
+            Action::Wait {
+                until: Some(at(20))
+            },
+            "not promoted on no traffic"
+        );
+        let r = record_check(
+            &r,
+            check(Verdict::Inconclusive, "only 0 canary requests, 20 needed"),
+            at(20),
+        );
+        let Action::Pause { hold, reason } = next(&r, &APPLIED, at(20)) else {
+            panic!()
+        };
+        assert_eq!(hold, Hold::Inconclusive);
+        assert!(
+            reason.contains("2 analysis checks in a row were inconclusive")
+                && reason.contains("only 0 canary requests"),
+            "{reason}"
+        );
+        let paused = apply(&r, &Action::Pause { hold, reason }, at(20));
+        let resumed = command(&paused, Command::Resume, at(30)).unwrap();
+        assert_eq!(resumed.status.analysis.inconclusive_streak, 0);
+        assert_eq!(
+            next(&resumed, &APPLIED, at(30)),
+            Action::RunCheck,
+            "a fresh check after resuming"
+        );
+    }
+
+    #[test]
+    fn gates_hold_the_start_and_the_promotion() {
+        let hooks = json!({"webhooks": [
+            {"name": "smoke", "type": "preRollout", "url": "http://127.0.0.1:1/pre"},
+            {"name": "approve", "type": "confirmPromotion", "url": "http://127.0.0.1:1/ok"}],
+            "steps": [{"setWeight": {"percent": 50}}]});
+        let r = rollout(hooks);
+        assert_eq!(
+            next(&r, &APPLIED, at(0)),
+            Action::RunGate {
+                kind: WebhookKind::PreRollout
+            }
+        );
+        let r = record_gate(&r, WebhookKind::PreRollout, Err("refused".into()), at(0));
+        assert_eq!(
+            next(&r, &APPLIED, at(1)),
+            Action::Wait {
+                until: Some(at(10))
+            }
+        );
+        let r = record_gate(&r, WebhookKind::PreRollout, Err("refused".into()), at(10));
+        assert!(
+            matches!(next(&r, &APPLIED, at(20)), Action::RollBack { reason } if reason.contains("pre-rollout hooks failed 2 times"))
+        );
+        let r = record_gate(
+            &rollout(json!({"webhooks": [
+            {"name": "approve", "type": "confirmPromotion", "url": "http://127.0.0.1:1/ok"}],
+            "steps": [{"setWeight": {"percent": 50}}]})),
+            WebhookKind::PreRollout,
+            Ok(()),
+            at(0),
+        );
+        let r = apply(&r, &Action::EnterStep { index: 0 }, at(0));
+        assert_eq!(
+            next(&r, &APPLIED, at(1)),
+            Action::RunGate {
+                kind: WebhookKind::ConfirmPromotion
+            }
+        );
+        let r = record_gate(&r, WebhookKind::ConfirmPromotion, Err("503".into()), at(1));
+        assert_eq!(
+            r.status.message,
+            "waiting for the confirm-promotion hooks: 503"
+        );
+        assert_eq!(
+            next(&r, &APPLIED, at(5)),
+            Action::Wait {
+                until: Some(at(11))
+            },
+            "promotion waits"
+        );
+        let r = record_gate(&r, WebhookKind::ConfirmPromotion, Ok(()), at(11));
+        assert_eq!(
+            next(&r, &APPLIED, at(11)),
+            Action::Promote {
+                reason: "every step passed".into()
+            }
+        );
     }
 
     #[test]

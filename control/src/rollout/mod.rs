@@ -6,7 +6,10 @@
 //! `progressive: {stepWeight, maxWeight, interval}` — then promotes: the canary gets 100 % and, on
 //! finishing, becomes the route's new stable variant.
 
+pub mod analysis_spec;
 pub mod engine;
+
+pub use analysis_spec::{AnalysisSpec, AnalysisStatus, CheckRecord, Webhook, WebhookKind};
 
 use crate::error::{Error, Result};
 use crate::time::{HumanDuration, Timestamp};
@@ -54,6 +57,15 @@ pub struct RolloutSpec {
     /// pauses and says so (default `30s`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub propagation_timeout: Option<HumanDuration>,
+    /// Automated analysis of the canary while the rollout progresses: each `setWeight` step moves
+    /// on only after a check passes at that weight, failed checks roll back, and promotion needs a
+    /// passing last check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+    /// HTTP hooks: gates before the start and before promotion, notifications at each step and
+    /// at the end.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<Webhook>,
 }
 
 fn default_true() -> bool {
@@ -92,20 +104,25 @@ impl Weight {
         }
     }
 
-    /// Validates and converts to basis points; `field` names it in errors.
+    /// Validates and converts to basis points; `field` names it in errors (empty for a body that
+    /// is just the weight).
     pub fn checked(&self, field: &str) -> Result<u32> {
+        let at = |child: &str| match field {
+            "" => child.to_string(),
+            parent => format!("{parent}.{child}"),
+        };
         match (self.percent, self.basis_points) {
             (Some(percent), None) => {
                 let bp = percent * 100.0;
                 if !(0.0..=100.0).contains(&percent) || !percent.is_finite() {
                     return Err(Error::invalid(
-                        format!("{field}.percent"),
+                        at("percent"),
                         format!("{percent} is not between 0 and 100"),
                     ));
                 }
                 if (bp - bp.round()).abs() > 1e-6 {
                     return Err(Error::invalid(
-                        format!("{field}.percent"),
+                        at("percent"),
                         format!("{percent} has more than two decimals (the resolution is 0.01 %)"),
                     ));
                 }
@@ -113,7 +130,7 @@ impl Weight {
             }
             (None, Some(bp)) if bp <= TOTAL_WEIGHT => Ok(bp),
             (None, Some(bp)) => Err(Error::invalid(
-                format!("{field}.basisPoints"),
+                at("basisPoints"),
                 format!("{bp} exceeds {TOTAL_WEIGHT}"),
             )),
             _ => Err(Error::invalid(
@@ -196,6 +213,12 @@ impl RolloutSpec {
                 .collect::<Result<Vec<_>>>()?,
             ([], Some(progressive)) => progressive.expand()?,
         };
+        if let Some(analysis) = &self.analysis {
+            analysis.check("analysis")?;
+        }
+        for (i, webhook) in self.webhooks.iter().enumerate() {
+            webhook.check(&format!("webhooks[{i}]"))?;
+        }
         if plan.len() > MAX_STEPS {
             return Err(Error::invalid(
                 "steps",
@@ -338,6 +361,9 @@ pub enum Hold {
     HandWeight,
     /// The weight did not reach every proxy in time: resume waits for it again.
     Propagation,
+    /// Too many analysis checks in a row were inconclusive (no traffic, stats unreadable): resume
+    /// starts counting afresh.
+    Inconclusive,
 }
 
 /// Where a rollout stands.
@@ -373,6 +399,9 @@ pub struct RolloutStatus {
     pub updated_at: Timestamp,
     /// What happened, oldest first (the last 200 entries).
     pub history: Vec<Event>,
+    /// Analysis checks and gates.
+    #[serde(default)]
+    pub analysis: AnalysisStatus,
 }
 
 /// One entry of a rollout's history.
@@ -432,9 +461,15 @@ impl Rollout {
                     canary_weight,
                     message: "created".into(),
                 }],
+                analysis: AnalysisStatus::default(),
             },
             version: 1,
         })
+    }
+
+    /// The hooks of one kind.
+    pub fn webhooks(&self, kind: WebhookKind) -> impl Iterator<Item = &Webhook> {
+        self.spec.webhooks.iter().filter(move |w| w.kind == kind)
     }
 
     /// Time spent progressing so far.

@@ -140,6 +140,11 @@ mod tests {
         fs::write(dir.path().join(".state.json.tmp"), b"half a fi").unwrap();
         assert_eq!(store.load().await.unwrap(), None);
         fs::write(dir.path().join("state.json"), b"{not json").unwrap();
-        assert!(store.load().await.unwrap_err().to_string().contains("corrupt"));
+        assert!(store
+            .load()
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("corrupt"));
     }
 }

@@ -1,0 +1,749 @@
+//! The `meshcanary` CLI against a real `meshcanary serve`: each test starts the service on a free
+//! loopback port with its own state directory (no Envoy: without `--envoy-admin` a push counts as
+//! applied once written), runs the CLI binary as a person would, and checks what it prints and
+//! how it exits. Every test stops the service it started, pass or fail.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshcanary");
+const TOKEN: &str = "cli-test-token-0123456789";
+const ROUTES: &str = r#"{"generation":1,"routes":[{"name":"reviews","hosts":["*"],"variants":[{"name":"v1","weight":10000},{"name":"v2","weight":0}]}]}"#;
+
+/// Environment that would make a run depend on the machine it runs on.
+const FOREIGN_ENV: [&str; 12] = [
+    "MESHCANARY_SERVER",
+    "MESHCANARY_TOKEN",
+    "MESHCANARY_TOKEN_FILE",
+    "MESHCANARY_ENVOY_ADMIN",
+    "MESHCANARY_PROTECT_READS",
+    "MESHCANARY_LISTEN",
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+fn clean(command: &mut Command) -> &mut Command {
+    for name in FOREIGN_ENV {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// A running `meshcanary serve`; dropping it kills the process and waits for it.
+struct Service {
+    child: Child,
+    url: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a CLI run did.
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code(),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    #[track_caller]
+    fn ok(self) -> Run {
+        assert_eq!(self.code, Some(0), "{self:#?}");
+        assert!(self.stderr.is_empty(), "{self:#?}");
+        self
+    }
+
+    #[track_caller]
+    fn fails(self, code: i32) -> Run {
+        assert_eq!(self.code, Some(code), "{self:#?}");
+        self
+    }
+
+    #[track_caller]
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:#?}"))
+    }
+}
+
+impl Service {
+    fn start() -> Service {
+        let dir = tempfile::tempdir().unwrap();
+        let routes = dir.path().join("routes.json");
+        std::fs::write(&routes, ROUTES).unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("service.log")).unwrap();
+        let child = clean(&mut Command::new(BIN))
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--routes")
+            .arg(&routes)
+            .arg("--ecds-file")
+            .arg(dir.path().join("ecds.json"))
+            .arg("--wasm")
+            .arg("/nonexistent.wasm")
+            .env("MESHCANARY_TOKEN", TOKEN)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut service = Service {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            dir,
+        };
+        service.wait_healthy(port);
+        service
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
+    }
+
+    fn wait_healthy(&mut self, port: u16) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the service exited with {status}:\n{}", self.log());
+            }
+            if healthz(port) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the service did not become healthy:\n{}", self.log());
+    }
+
+    /// Runs the CLI against this service with the right token.
+    fn cli(&self, args: &[&str]) -> Run {
+        self.cli_with(args, Some(TOKEN))
+    }
+
+    fn cli_with(&self, args: &[&str], token: Option<&str>) -> Run {
+        let mut command = self.command(args, token);
+        command.output().unwrap().into()
+    }
+
+    fn command(&self, args: &[&str], token: Option<&str>) -> Command {
+        let mut command = Command::new(BIN);
+        clean(&mut command)
+            .args(args)
+            .env("MESHCANARY_SERVER", &self.url)
+            .stdin(Stdio::null());
+        if let Some(token) = token {
+            command.env("MESHCANARY_TOKEN", token);
+        }
+        command
+    }
+
+    /// The rollout as `-o json` shows it.
+    fn rollout_json(&self, name: &str) -> serde_json::Value {
+        self.cli(&["rollout", "status", name, "-o", "json"])
+            .ok()
+            .json()
+    }
+}
+
+fn healthz(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    if stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.starts_with("HTTP/1.1 200")
+}
+
+/// Waits for a spawned CLI process, killing it if it outlives `limit`.
+fn finish_within(mut child: Child, limit: Duration) -> Run {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait().unwrap() {
+            Some(_) => return child.wait_with_output().unwrap().into(),
+            None if Instant::now() > deadline => {
+                let _ = child.kill();
+                let run: Run = child.wait_with_output().unwrap().into();
+                panic!("the CLI did not exit within {limit:?}: {run:#?}");
+            }
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
+
+#[track_caller]
+fn assert_contains(text: &str, parts: &[&str]) {
+    for part in parts {
+        assert!(text.contains(part), "missing {part:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn a_rollout_is_created_followed_and_steered() {
+    let service = Service::start();
+    let created = service
+        .cli(&[
+            "rollout",
+            "create",
+            "reviews-v2",
+            "--route",
+            "reviews",
+            "--stable",
+            "v1",
+            "--canary",
+            "v2",
+            "--steps",
+            "10%,pause,50%,pause 1h,100%",
+            "--timeout",
+            "2h",
+        ])
+        .ok();
+    // Without proxies to wait for, the service runs step 1 at once and stops at the pause.
+    assert_eq!(
+        created.stdout,
+        "rollout reviews-v2 created: paused, canary v2 at 10%, step 2/5\n"
+    );
+
+    let list = service.cli(&["rollout", "list"]).ok();
+    let lines: Vec<&str> = list.stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{list:#?}");
+    assert_contains(lines[0], &["NAME", "PHASE", "WEIGHT", "PROXIES"]);
+    let cells: Vec<&str> = lines[1]
+        .split("  ")
+        .map(str::trim)
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(
+        cells[..7],
+        [
+            "reviews-v2",
+            "reviews",
+            "v1 → v2",
+            "paused",
+            "2/5",
+            "10%",
+            "0/0"
+        ],
+        "{list:#?}"
+    );
+
+    let status = service.cli(&["rollout", "status", "reviews-v2"]).ok();
+    assert_contains(
+        &status.stdout,
+        &[
+            "Phase    paused",
+            "Canary   [###...........................] 10%  (v1 has 90%)",
+            "  ✓ 1  set weight 10%\n  ▶ 2  pause until resumed\n    3  set weight 50%",
+            "Timeout  2h",
+            "Next     `meshcanary rollout resume reviews-v2`",
+            "History",
+            "step 2/5: paused until resumed",
+            "Propagation\n  generation 2: no proxies watched",
+        ],
+    );
+
+    let resumed = service.cli(&["rollout", "resume", "reviews-v2"]).ok();
+    assert!(
+        resumed
+            .stdout
+            .starts_with("rollout reviews-v2 resumed: progressing, canary v2 at 50%"),
+        "{resumed:#?}"
+    );
+
+    let set = service
+        .cli(&["rollout", "set-weight", "reviews-v2", "25%"])
+        .ok();
+    assert!(
+        set.stdout
+            .starts_with("rollout reviews-v2 weight set: paused, canary v2 at 25%"),
+        "{set:#?}"
+    );
+    let json = service.rollout_json("reviews-v2");
+    assert_eq!(json["status"]["canaryWeight"], 2500);
+    assert_eq!(json["status"]["phase"], "paused");
+    assert_eq!(json["spec"]["timeout"], "2h");
+    assert_eq!(json["propagation"]["summary"], "applied on 0/0 proxies");
+
+    let set = service
+        .cli(&[
+            "rollout",
+            "set-weight",
+            "reviews-v2",
+            "1250bp",
+            "-o",
+            "json",
+        ])
+        .ok();
+    assert_eq!(set.json()["status"]["canaryWeight"], 1250);
+    let routes = service.cli(&["route", "list"]).ok();
+    assert_contains(&routes.stdout, &["variants  v1 87.5%, v2 12.5%"]);
+
+    let aborted = service.cli(&["rollout", "abort", "reviews-v2"]).ok();
+    assert!(
+        aborted
+            .stdout
+            .starts_with("rollout reviews-v2 aborted: aborted, canary v2 at 0%"),
+        "{aborted:#?}"
+    );
+    let deleted = service.cli(&["rollout", "delete", "reviews-v2"]).ok();
+    assert_eq!(deleted.stdout, "rollout reviews-v2 deleted\n");
+    let list = service.cli(&["rollout", "list", "-o", "json"]).ok();
+    assert_eq!(list.json(), serde_json::json!([]));
+    assert!(service
+        .cli(&["rollout", "list"])
+        .ok()
+        .stdout
+        .starts_with("No rollouts."));
+}
+
+#[test]
+fn a_spec_file_and_progressive_rollouts_are_accepted() {
+    let service = Service::start();
+    let spec = service.dir.path().join("spec.json");
+    std::fs::write(
+        &spec,
+        r#"{"name": "from-file", "route": "reviews", "stable": "v1", "canary": "v2",
+            "steps": [{"setWeight": {"percent": 5}}, {"pause": {}}], "autoFinish": false}"#,
+    )
+    .unwrap();
+    let created = service
+        .cli(&["rollout", "create", "-f", path(&spec), "-o", "json"])
+        .ok();
+    let json = created.json();
+    assert_eq!(json["spec"]["name"], "from-file");
+    assert_eq!(json["status"]["canaryWeight"], 500);
+    service.cli(&["rollout", "abort", "from-file"]).ok();
+
+    let created = service
+        .cli(&[
+            "rollout",
+            "create",
+            "stepwise",
+            "--route",
+            "reviews",
+            "--stable",
+            "v1",
+            "--canary",
+            "v2",
+            "--progressive",
+            "10,30,1h",
+        ])
+        .ok();
+    assert_contains(
+        &created.stdout,
+        &["created: progressing, canary v2 at 10%, step 2/6"],
+    );
+    let status = service.cli(&["rollout", "status", "stepwise"]).ok();
+    assert_contains(
+        &status.stdout,
+        &["▶ 2  pause 1h (59m left)", "5  set weight 30%"],
+    );
+}
+
+fn path(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+#[test]
+fn qa_rules_are_added_listed_and_removed() {
+    let service = Service::start();
+    let added = service
+        .cli(&[
+            "route",
+            "rule",
+            "add",
+            "reviews",
+            "--variant",
+            "v2",
+            "--header",
+            "x-canary=always",
+        ])
+        .ok();
+    assert_eq!(
+        added.stdout,
+        "rule 0 added to route reviews: header x-canary = \"always\" → v2 (config generation 2)\n"
+    );
+    let added = service
+        .cli(&[
+            "route",
+            "rule",
+            "add",
+            "reviews",
+            "--variant",
+            "v2",
+            "--query-present",
+            "canary",
+            "-o",
+            "json",
+        ])
+        .ok();
+    assert_eq!(
+        added.json(),
+        serde_json::json!({"index": 1, "generation": 3})
+    );
+
+    let list = service.cli(&["route", "list"]).ok();
+    assert_contains(
+        &list.stdout,
+        &[
+            "Filter config generation 3",
+            "reviews\n  hosts     *\n  variants  v1 100%, v2 0%\n  QA rules\n    0  header x-canary = \"always\" → v2\n    1  query canary is present → v2",
+        ],
+    );
+    let json = service.cli(&["route", "list", "-o", "json"]).ok().json();
+    assert_eq!(
+        json["config"]["routes"][0]["rules"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    assert_eq!(json["propagation"]["total"], 0);
+
+    let removed = service
+        .cli(&["route", "rule", "remove", "reviews", "0"])
+        .ok();
+    assert_eq!(
+        removed.stdout,
+        "rule 0 removed from route reviews: header x-canary = \"always\" → v2\n"
+    );
+    let list = service.cli(&["route", "list"]).ok();
+    assert!(!list.stdout.contains("x-canary"), "{list:#?}");
+    assert_contains(&list.stdout, &["    0  query canary is present → v2"]);
+
+    let missing = service
+        .cli(&["route", "rule", "remove", "reviews", "5"])
+        .fails(1);
+    assert!(
+        missing
+            .stderr
+            .starts_with("error: cannot remove rule 5 from route reviews: "),
+        "{missing:#?}"
+    );
+    assert_contains(
+        &missing.stderr,
+        &["hint: list the routes and their rule numbers with `meshcanary route list`"],
+    );
+
+    let two = service
+        .cli(&[
+            "route",
+            "rule",
+            "add",
+            "reviews",
+            "--variant",
+            "v2",
+            "--header",
+            "a=b",
+            "--cookie",
+            "c=d",
+        ])
+        .fails(2);
+    assert_contains(&two.stderr, &["cannot be used with"]);
+    let bad_variant = service
+        .cli(&[
+            "route",
+            "rule",
+            "add",
+            "reviews",
+            "--variant",
+            "v9",
+            "--header",
+            "a=b",
+        ])
+        .fails(1);
+    assert_contains(
+        &bad_variant.stderr,
+        &["error: cannot add a rule to route reviews", "v9"],
+    );
+}
+
+#[test]
+fn errors_say_what_failed_and_what_to_do() {
+    let service = Service::start();
+    let create = [
+        "rollout",
+        "create",
+        "r",
+        "--route",
+        "reviews",
+        "--stable",
+        "v1",
+        "--canary",
+        "v2",
+        "--steps",
+        "10%,pause",
+    ];
+
+    let wrong = service
+        .cli_with(&create, Some("not-the-token-at-all"))
+        .fails(1);
+    assert!(
+        wrong
+            .stderr
+            .starts_with("error: cannot create rollout r: the bearer token is not valid"),
+        "{wrong:#?}"
+    );
+    assert_contains(
+        &wrong.stderr,
+        &["HTTP 401", "hint: set MESHCANARY_TOKEN or pass --token"],
+    );
+    let none = service.cli_with(&create, None).fails(1);
+    assert_contains(
+        &none.stderr,
+        &["Authorization: Bearer", "hint: set MESHCANARY_TOKEN"],
+    );
+    // The token file takes precedence over the wrong token in the environment.
+    let token_file = service.dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let mut args = create.to_vec();
+    args.extend(["--token-file", path(&token_file)]);
+    service.cli_with(&args, Some("not-the-token-at-all")).ok();
+
+    let taken = service.cli(&create).fails(1);
+    assert_contains(
+        &taken.stderr,
+        &["already exists", "HTTP 409", "hint: see the rollouts"],
+    );
+    let missing = service.cli(&["rollout", "status", "nope"]).fails(1);
+    assert_contains(
+        &missing.stderr,
+        &[
+            "error: cannot show rollout nope: rollout nope not found",
+            "hint: list the rollouts with `meshcanary rollout list`",
+        ],
+    );
+    let invalid = service
+        .cli(&[
+            "rollout", "create", "Bad_Name", "--route", "reviews", "--stable", "v1", "--canary",
+            "v2", "--steps", "10%",
+        ])
+        .fails(1);
+    assert_contains(&invalid.stderr, &["HTTP 422", "\n  field: name"]);
+
+    let bad_steps = service
+        .cli(&[
+            "rollout",
+            "create",
+            "s",
+            "--route",
+            "reviews",
+            "--stable",
+            "v1",
+            "--canary",
+            "v2",
+            "--steps",
+            "10%,50,pause soon",
+        ])
+        .fails(2);
+    assert_contains(
+        &bad_steps.stderr,
+        &["item 2 \"50\": a weight needs a unit: write 50% (percent) or 50bp"],
+    );
+    let bad_pause = service
+        .cli(&[
+            "rollout",
+            "create",
+            "s",
+            "--route",
+            "reviews",
+            "--stable",
+            "v1",
+            "--canary",
+            "v2",
+            "--steps",
+            "10%,pause soon",
+        ])
+        .fails(2);
+    assert_contains(
+        &bad_pause.stderr,
+        &["item 2 \"pause soon\": \"soon\" is not a duration"],
+    );
+    let bad_weight = service
+        .cli(&["rollout", "set-weight", "r", "101%"])
+        .fails(2);
+    assert_contains(&bad_weight.stderr, &["101% is more than 100%"]);
+    let bad_server = service
+        .cli(&["rollout", "list", "--server", "127.0.0.1:7070"])
+        .fails(2);
+    assert_contains(
+        &bad_server.stderr,
+        &["error: --server \"127.0.0.1:7070\" is not a URL"],
+    );
+
+    // Nothing that failed was created.
+    let names: Vec<String> = service
+        .cli(&["rollout", "list", "-o", "json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["spec"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["r"]);
+}
+
+#[test]
+fn an_unreachable_service_exits_3() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let run: Run = clean(&mut Command::new(BIN))
+        .args(["rollout", "list", "--server", &url])
+        .output()
+        .unwrap()
+        .into();
+    let run = run.fails(3);
+    assert!(run.stdout.is_empty(), "{run:#?}");
+    assert!(
+        run.stderr.starts_with(&format!(
+            "error: cannot reach the meshcanary service at {url}: "
+        )),
+        "{run:#?}"
+    );
+    assert_contains(
+        &run.stderr,
+        &["; is it running? (set --server or MESHCANARY_SERVER)"],
+    );
+}
+
+#[test]
+fn watching_a_rollout_that_succeeds_exits_0() {
+    let service = Service::start();
+    service
+        .cli(&[
+            "rollout",
+            "create",
+            "quick",
+            "--route",
+            "reviews",
+            "--stable",
+            "v1",
+            "--canary",
+            "v2",
+            "--steps",
+            "10%,pause 2s,100%",
+        ])
+        .ok();
+    let watch = service
+        .command(
+            &[
+                "rollout",
+                "status",
+                "quick",
+                "--watch",
+                "--interval",
+                "200ms",
+            ],
+            Some(TOKEN),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = finish_within(watch, Duration::from_secs(30)).ok();
+    // Not a terminal: no screen clearing, one block per version, the first and the last state.
+    assert!(!run.stdout.contains('\x1b'), "{run:#?}");
+    assert_contains(
+        &run.stdout,
+        &[
+            "Phase    progressing",
+            "Phase    succeeded",
+            "✓ 3  set weight 100%",
+        ],
+    );
+    assert_eq!(run.stdout.matches("Rollout  quick").count(), 2, "{run:#?}");
+    assert_eq!(
+        service.rollout_json("quick")["status"]["phase"],
+        "succeeded"
+    );
+}
+
+#[test]
+fn watching_a_rollout_that_is_aborted_exits_1() {
+    let service = Service::start();
+    service
+        .cli(&[
+            "rollout",
+            "create",
+            "held",
+            "--route",
+            "reviews",
+            "--stable",
+            "v1",
+            "--canary",
+            "v2",
+            "--steps",
+            "10%,pause",
+        ])
+        .ok();
+    let watch = service
+        .command(
+            &[
+                "rollout",
+                "status",
+                "held",
+                "--watch",
+                "--interval",
+                "100ms",
+                "-o",
+                "json",
+            ],
+            Some(TOKEN),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    service.cli(&["rollout", "abort", "held"]).ok();
+    let run = finish_within(watch, Duration::from_secs(30)).fails(1);
+    assert!(run.stderr.is_empty(), "{run:#?}");
+    // With -o json, each version is one JSON document: paused, then aborted.
+    let phases: Vec<String> = serde_json::Deserializer::from_str(&run.stdout)
+        .into_iter::<serde_json::Value>()
+        .map(|doc| {
+            doc.unwrap()["status"]["phase"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(phases, ["paused", "aborted"], "{run:#?}");
+}

@@ -1,0 +1,450 @@
+//! The control service (`meshcanary serve`) as a child process: it pushes to a harness [`Envoy`]'s
+//! ECDS file and watches that Envoy's admin endpoint. Its state directory lives in a temp dir that
+//! outlives the process, so a test can kill it with SIGKILL and start it again on the same state.
+//! [`ControlApi`] drives its HTTP API; every panic it raises carries the service's log.
+
+use crate::envoy::Envoy;
+use crate::paths;
+use meshcanary_control::api::rollouts::RolloutView;
+use meshcanary_control::api::routes::{RoutesView, RuleAdded};
+use meshcanary_core::config::FilterConfig;
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+
+/// The bearer token every harness service requires for writes.
+pub const TOKEN: &str = "e2e-token-0123456789abcdefghij";
+
+/// How long [`ControlApi::wait_for_rollout`] waits before giving up.
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Environment variables `meshcanary serve` reads that must not leak in from the caller (e.g. a
+/// developer's shell): the harness passes everything it wants as flags.
+const SERVICE_ENV: [&str; 10] = [
+    "MESHCANARY_LISTEN",
+    "MESHCANARY_STATE_DIR",
+    "MESHCANARY_TOKEN_FILE",
+    "MESHCANARY_PROTECT_READS",
+    "MESHCANARY_ROUTES",
+    "MESHCANARY_ECDS_FILE",
+    "MESHCANARY_WASM",
+    "MESHCANARY_ENVOY_ADMIN",
+    "MESHCANARY_LOG_FORMAT",
+    "RUST_LOG",
+];
+
+/// A running `meshcanary serve`; killed and reaped when dropped.
+pub struct ControlService {
+    child: Option<Child>,
+    dir: TempDir,
+    port: u16,
+    ecds_file: PathBuf,
+    envoy_admin: String,
+    api: ControlApi,
+}
+
+impl ControlService {
+    /// Starts the service for `envoy` with `routes` as its initial filter config (give it the
+    /// config Envoy was started with, so the service's first push changes nothing) and waits
+    /// until `/readyz` answers 200.
+    pub async fn start(envoy: &Envoy, routes: &FilterConfig) -> ControlService {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("routes.json"), routes.to_json()).expect("write routes");
+        let log_path: Arc<Path> = Arc::from(dir.path().join("service.log"));
+        let mut service = ControlService {
+            child: None,
+            dir,
+            port: 0,
+            ecds_file: envoy.ecds_path().to_path_buf(),
+            envoy_admin: envoy.admin_url.clone(),
+            api: ControlApi::new(String::new(), log_path),
+        };
+        // A port found free can be taken by someone else before the service binds it; such a
+        // start fails fast, so try another port.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            service.port = free_port();
+            service.api.base_url = format!("http://127.0.0.1:{}", service.port).into();
+            service.spawn();
+            match service.wait_until_ready().await {
+                Ok(()) => return service,
+                Err(status) if attempt < 3 => service.note(&format!(
+                    "start on port {} failed ({status}); retrying on another port",
+                    service.port
+                )),
+                Err(status) => panic!("meshcanary serve exited with {status}:\n{}", service.log()),
+            }
+        }
+    }
+
+    /// The client for this service's API.
+    pub fn api(&self) -> &ControlApi {
+        &self.api
+    }
+
+    /// The service's state directory (`--state-dir`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// Everything the service logged so far, across restarts.
+    pub fn log(&self) -> String {
+        self.api.log()
+    }
+
+    /// Kills the process with SIGKILL (no shutdown code runs) and reaps it.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("SIGKILL the service");
+            let status = child.wait().expect("reap the service");
+            self.note(&format!("killed with SIGKILL ({status})"));
+        }
+    }
+
+    /// Starts the service again on the same state directory and port (killing it first if it
+    /// still runs) and waits until it is ready.
+    pub async fn restart(&mut self) {
+        self.kill_hard();
+        self.note("restarting on the same state directory");
+        self.spawn();
+        if let Err(status) = self.wait_until_ready().await {
+            panic!(
+                "meshcanary serve exited with {status} after a restart:\n{}",
+                self.log()
+            );
+        }
+    }
+
+    fn spawn(&mut self) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&*self.api.log_path)
+            .expect("service log file");
+        let mut command = Command::new(paths::control_bin());
+        for name in SERVICE_ENV {
+            command.env_remove(name);
+        }
+        let child = command
+            .arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--routes")
+            .arg(self.dir.path().join("routes.json"))
+            .arg("--ecds-file")
+            .arg(&self.ecds_file)
+            .arg("--wasm")
+            .arg(paths::filter_wasm())
+            .arg("--envoy-admin")
+            .arg(&self.envoy_admin)
+            .env("MESHCANARY_TOKEN", TOKEN)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("service log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start meshcanary serve");
+        self.child = Some(child);
+    }
+
+    /// Polls `/readyz` until 200; `Err` with the exit status if the process ends first.
+    async fn wait_until_ready(&mut self) -> Result<(), std::process::ExitStatus> {
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child = None;
+                    return Err(status);
+                }
+            }
+            let ready = self.api.request("GET", "/readyz", None, &[], None).await;
+            if ready.as_ref().is_ok_and(|reply| reply.status == 200) {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "meshcanary serve not ready after {WAIT_TIMEOUT:?} (last /readyz: {ready:?}):\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A line from the harness in the service log, so the log reads as one story.
+    fn note(&self, line: &str) {
+        if let Ok(mut log) = OpenOptions::new().append(true).open(&*self.api.log_path) {
+            let _ = writeln!(log, "=== harness: {line}");
+        }
+    }
+}
+
+impl Drop for ControlService {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("find a free port")
+        .port()
+}
+
+/// An answer from the API, kept raw for tests that check error shapes.
+#[derive(Debug, Clone)]
+pub struct ApiReply {
+    /// HTTP status.
+    pub status: u16,
+    /// The `ETag` header, if any.
+    pub etag: Option<String>,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<String>,
+    /// The body.
+    pub body: String,
+}
+
+impl ApiReply {
+    /// The body as JSON; `Value::Null` if it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// A client for the control API; cheap to clone, so concurrent tasks can each hold one.
+#[derive(Clone)]
+pub struct ControlApi {
+    http: reqwest::Client,
+    base_url: Arc<str>,
+    log_path: Arc<Path>,
+}
+
+impl ControlApi {
+    fn new(base_url: String, log_path: Arc<Path>) -> ControlApi {
+        ControlApi {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("http client"),
+            base_url: base_url.into(),
+            log_path,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>` of the API.
+    pub fn base_url(&self) -> &str {
+        &self.base_url
+    }
+
+    /// Everything the service logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Sends exactly what it is given: `token` (if any) as a bearer token, `headers`, `body`.
+    /// `Err` only if no HTTP answer came back.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Result<ApiReply, String> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).map_err(|e| e.to_string())?;
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base_url));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.map_err(|e| e.to_string())?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let (etag, content_type) = (header("etag"), header("content-type"));
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(|e| e.to_string())?;
+        Ok(ApiReply {
+            status,
+            etag,
+            content_type,
+            body,
+        })
+    }
+
+    /// An authenticated request with an optional JSON body and `If-Match`; panics if no answer.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        if_match: Option<&str>,
+    ) -> ApiReply {
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(version) = if_match {
+            headers.push(("if-match", version));
+        }
+        let body = body.map(|b| serde_json::to_vec(b).expect("serialise body"));
+        match self
+            .request(method, path, Some(TOKEN), &headers, body)
+            .await
+        {
+            Ok(reply) => reply,
+            Err(error) => panic!("{method} {path}: {error}\n{}", self.log()),
+        }
+    }
+
+    /// `reply` parsed as `T` if it has `status`; otherwise panics with the answer and the log.
+    pub fn expect<T: serde::de::DeserializeOwned>(
+        &self,
+        what: &str,
+        reply: ApiReply,
+        status: u16,
+    ) -> T {
+        if reply.status != status {
+            panic!(
+                "{what}: expected {status}, got {} {}\n{}",
+                reply.status,
+                reply.body,
+                self.log()
+            );
+        }
+        match serde_json::from_str(&reply.body) {
+            Ok(value) => value,
+            Err(error) => panic!(
+                "{what}: cannot read {}: {error}\n{}",
+                reply.body,
+                self.log()
+            ),
+        }
+    }
+
+    /// `POST /v1/rollouts`; expects 201.
+    pub async fn create_rollout(&self, spec: &serde_json::Value) -> RolloutView {
+        let reply = self.send("POST", "/v1/rollouts", Some(spec), None).await;
+        self.expect("create rollout", reply, 201)
+    }
+
+    /// `GET /v1/rollouts/{name}`; expects 200.
+    pub async fn rollout(&self, name: &str) -> RolloutView {
+        let reply = self
+            .send("GET", &format!("/v1/rollouts/{name}"), None, None)
+            .await;
+        self.expect(&format!("get rollout {name}"), reply, 200)
+    }
+
+    /// `POST /v1/rollouts/{name}/{action}` (pause, resume, promote, abort, finish); expects 200.
+    pub async fn action(&self, name: &str, action: &str) -> RolloutView {
+        let reply = self
+            .send("POST", &format!("/v1/rollouts/{name}/{action}"), None, None)
+            .await;
+        self.expect(&format!("{action} rollout {name}"), reply, 200)
+    }
+
+    /// `PUT /v1/rollouts/{name}/weight` in basis points, with an optional `If-Match`; the raw
+    /// answer.
+    pub async fn put_weight(
+        &self,
+        name: &str,
+        basis_points: u32,
+        if_match: Option<&str>,
+    ) -> ApiReply {
+        let body = serde_json::json!({ "basisPoints": basis_points });
+        self.send(
+            "PUT",
+            &format!("/v1/rollouts/{name}/weight"),
+            Some(&body),
+            if_match,
+        )
+        .await
+    }
+
+    /// `PUT /v1/rollouts/{name}/weight` in basis points; expects 200.
+    pub async fn set_weight(&self, name: &str, basis_points: u32) -> RolloutView {
+        let reply = self.put_weight(name, basis_points, None).await;
+        self.expect(&format!("set weight of {name}"), reply, 200)
+    }
+
+    /// `POST /v1/routes/{route}/rules`; expects 201.
+    pub async fn add_rule(&self, route: &str, rule: &serde_json::Value) -> RuleAdded {
+        let reply = self
+            .send(
+                "POST",
+                &format!("/v1/routes/{route}/rules"),
+                Some(rule),
+                None,
+            )
+            .await;
+        self.expect(&format!("add rule to {route}"), reply, 201)
+    }
+
+    /// `GET /v1/routes`; expects 200.
+    pub async fn routes(&self) -> RoutesView {
+        let reply = self.send("GET", "/v1/routes", None, None).await;
+        self.expect("get routes", reply, 200)
+    }
+
+    /// Polls the rollout every 50 ms until `done` holds, or panics after [`WAIT_TIMEOUT`] with
+    /// its last status and the service log. `what` says what was awaited.
+    pub async fn wait_for_rollout(
+        &self,
+        name: &str,
+        what: &str,
+        done: impl Fn(&RolloutView) -> bool,
+    ) -> RolloutView {
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        loop {
+            let view = self.rollout(name).await;
+            if done(&view) {
+                return view;
+            }
+            if Instant::now() >= deadline {
+                let status = serde_json::to_string_pretty(&view).unwrap_or_default();
+                panic!(
+                    "rollout {name}: not {what} after {WAIT_TIMEOUT:?}; last seen:\n{status}\n\
+                     service log:\n{}",
+                    self.log()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Whether every watched proxy runs the generation carrying the rollout's current weight.
+pub fn weight_applied(view: &RolloutView) -> bool {
+    view.propagation.total > 0
+        && view.propagation.applied == view.propagation.total
+        && view.propagation.generation == view.rollout.status.weight_generation
+}
+
+/// The filter config inside an ECDS document as the control service (or the harness) wrote it.
+pub fn ecds_filter_config(path: &Path) -> FilterConfig {
+    let text = std::fs::read_to_string(path).expect("read ECDS file");
+    let document: serde_json::Value = serde_json::from_str(&text).expect("ECDS file is JSON");
+    let value = document["resources"][0]["typed_config"]["config"]["configuration"]["value"]
+        .as_str()
+        .expect("ECDS file carries a StringValue configuration");
+    FilterConfig::from_json(value.as_bytes()).expect("ECDS configuration parses")
+}

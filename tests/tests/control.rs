@@ -1,0 +1,994 @@
+//! The control service driving a real Envoy: rollouts through their steps, promotion, abort,
+//! surviving kill -9, concurrent writes, the API's errors, propagation latency, and the service's
+//! own endpoints. Each test starts its own upstreams, Envoy and `meshcanary serve`.
+
+use meshcanary_control::api::rollouts::RolloutView;
+use meshcanary_control::rollout::{Event, Phase};
+use meshcanary_control::time::Timestamp;
+use meshcanary_core::config::FilterConfig;
+use meshcanary_e2e::control::{
+    ecds_filter_config, weight_applied, ApiReply, ControlApi, ControlService, TOKEN,
+};
+use meshcanary_e2e::envoy::Envoy;
+use meshcanary_e2e::load::{tally, Client};
+use meshcanary_e2e::prometheus;
+use meshcanary_e2e::upstream::Upstream;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+
+/// Upstreams v1, v2, v3, an Envoy in front of them, and the control service pushing to it; all
+/// start from [`routes`].
+struct Rig {
+    service: ControlService,
+    envoy: Envoy,
+    client: Client,
+    _upstreams: Vec<Upstream>,
+}
+
+impl Rig {
+    async fn start() -> Rig {
+        let mut upstreams = Vec::new();
+        for name in ["v1", "v2", "v3"] {
+            upstreams.push(Upstream::start(name).await);
+        }
+        let ports = [upstreams[0].port, upstreams[1].port, upstreams[2].port];
+        let config = routes();
+        let envoy = Envoy::start(ports, &config).await;
+        let service = ControlService::start(&envoy, &config).await;
+        let client = Client::new(&envoy.base_url);
+        Rig {
+            service,
+            envoy,
+            client,
+            _upstreams: upstreams,
+        }
+    }
+
+    fn api(&self) -> &ControlApi {
+        self.service.api()
+    }
+
+    /// Sends `requests` requests, each from a different random user, and returns v2's share in
+    /// percent. Every request must be answered by v1 or v2.
+    async fn canary_share(&self, requests: usize) -> f64 {
+        let seed = mix(Timestamp::now().0 ^ u64::from(std::process::id()));
+        let replies = self
+            .client
+            .many(requests, 16, move |i| {
+                let user = mix(seed.wrapping_add(i as u64));
+                vec![("x-user-id".into(), format!("user-{user:016x}"))]
+            })
+            .await;
+        let counts = tally(&replies);
+        let v2 = counts.get("v2").copied().unwrap_or(0);
+        let v1 = counts.get("v1").copied().unwrap_or(0);
+        assert_eq!(v1 + v2, requests, "replies by upstream: {counts:?}");
+        100.0 * v2 as f64 / requests as f64
+    }
+
+    /// Waits until Envoy runs the generation the service last saved.
+    async fn wait_for_envoy(&self) -> u64 {
+        let generation = self.api().routes().await.config.generation;
+        self.envoy.wait_for_generation(generation).await;
+        generation
+    }
+}
+
+/// The filter config everything starts from: route `reviews` for any host, all on v1.
+fn routes() -> FilterConfig {
+    let config = json!({"generation": 1, "routes": [{
+        "name": "reviews", "hosts": ["*"],
+        "variants": [{"name": "v1", "weight": 10000}, {"name": "v2", "weight": 0}]
+    }]});
+    FilterConfig::from_json(config.to_string().as_bytes()).unwrap()
+}
+
+fn spec(name: &str, steps: Vec<Value>) -> Value {
+    json!({"name": name, "route": "reviews", "stable": "v1", "canary": "v2", "steps": steps})
+}
+
+fn weight(percent: u32) -> Value {
+    json!({"setWeight": {"percent": percent}})
+}
+
+fn pause() -> Value {
+    json!({"pause": {}})
+}
+
+fn hold(duration: &str) -> Value {
+    json!({"pause": {"duration": duration}})
+}
+
+/// SplitMix64's finaliser: spreads consecutive numbers into unrelated user ids.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+fn paused_at(view: &RolloutView, step: usize) -> bool {
+    view.rollout.status.phase == Phase::Paused
+        && view.rollout.status.step == step
+        && weight_applied(view)
+}
+
+/// `(variant, weight)` of route `reviews` in `config`.
+fn reviews_weights(config: &FilterConfig) -> Vec<(String, u32)> {
+    config.routes[0]
+        .variants
+        .iter()
+        .map(|v| (v.name.clone(), v.weight))
+        .collect()
+}
+
+/// The history entries that entered step `step` (one per time it was entered).
+fn entered(view: &RolloutView, step: usize) -> Vec<&Event> {
+    let history = &view.rollout.status.history;
+    history
+        .iter()
+        .enumerate()
+        .filter(|(i, event)| {
+            event.step == step
+                && event.phase != Phase::Initialized
+                && (*i == 0 || history[i - 1].step != step)
+        })
+        .map(|(_, event)| event)
+        .collect()
+}
+
+fn assert_share(observed: f64, expected: f64, tolerance: f64, what: &str) {
+    println!("{what}: v2 share {observed:.2} % (expected {expected} ± {tolerance})");
+    assert!(
+        (observed - expected).abs() <= tolerance,
+        "{what}: v2 got {observed:.2} %, expected {expected} ± {tolerance}"
+    );
+}
+
+fn median_and_worst(mut samples: Vec<Duration>) -> (Duration, Duration) {
+    samples.sort();
+    (samples[samples.len() / 2], samples[samples.len() - 1])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_walks_its_steps_and_envoy_follows_every_weight() {
+    let rig = Rig::start().await;
+    let api = rig.api();
+    let name = "reviews-v2";
+    // ±2 points at four standard deviations needs 10 000 requests at 50 %, which can take longer
+    // than any fixed hold on two busy cores: the test samples while the rollout is paused there,
+    // then resumes into a short timed hold.
+    let steps = vec![weight(10), pause(), weight(50), pause(), hold("2s"), weight(100)];
+    let created = api.create_rollout(&spec(name, steps)).await;
+    assert_eq!(created.rollout.plan.len(), 6);
+
+    let at_10 = api
+        .wait_for_rollout(name, "paused at step 1 with 10 % applied", |v| {
+            paused_at(v, 1)
+        })
+        .await;
+    assert_eq!(at_10.rollout.status.canary_weight, 1000);
+    assert_share(rig.canary_share(4000).await, 10.0, 2.0, "at 10 %");
+
+    let resumed = api.action(name, "resume").await;
+    assert_eq!(resumed.rollout.status.canary_weight, 5000);
+    assert!(
+        resumed.rollout.status.step >= 2,
+        "resume moves past the pause"
+    );
+    api.wait_for_rollout(name, "paused at step 3 with 50 % on every proxy", |v| {
+        paused_at(v, 3) && v.rollout.status.canary_weight == 5000 && weight_applied(v)
+    })
+    .await;
+    let at_50 = rig.canary_share(10_000).await;
+    assert_share(at_50, 50.0, 2.0, "at 50 %");
+    let resumed = api.action(name, "resume").await;
+    assert!(resumed.rollout.status.step >= 4, "resume moves into the hold");
+
+    let done = api
+        .wait_for_rollout(name, "succeeded", |v| {
+            v.rollout.status.phase == Phase::Succeeded
+        })
+        .await;
+    // The hold lasted its 2 s: from entering step 4 to entering step 5.
+    let held_from = entered(&done, 4)[0].at;
+    let held_until = entered(&done, 5)[0].at;
+    assert!(
+        held_until.since(held_from) >= Duration::from_secs(2),
+        "held {:?}",
+        held_until.since(held_from)
+    );
+    let phases: Vec<Phase> = done
+        .rollout
+        .status
+        .history
+        .iter()
+        .map(|e| e.phase)
+        .collect();
+    let promoting = phases.iter().position(|p| *p == Phase::Promoting);
+    let succeeded = phases.iter().position(|p| *p == Phase::Succeeded);
+    assert!(
+        promoting.is_some() && promoting < succeeded,
+        "history: {phases:?}"
+    );
+
+    rig.wait_for_envoy().await;
+    assert_share(rig.canary_share(1000).await, 100.0, 0.0, "after success");
+    let routes = api.routes().await;
+    assert_eq!(
+        reviews_weights(&routes.config),
+        vec![("v2".into(), 10000), ("v1".into(), 0)],
+        "v2 is the stable (first) variant with everything"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promote_from_the_middle_takes_over_at_once() {
+    let rig = Rig::start().await;
+    let api = rig.api();
+    let name = "take-over";
+    let steps = vec![weight(10), pause(), weight(50), pause(), weight(100)];
+    api.create_rollout(&spec(name, steps)).await;
+    api.wait_for_rollout(name, "paused at 10 %", |v| paused_at(v, 1))
+        .await;
+
+    let promoted = api.action(name, "promote").await;
+    assert!(
+        matches!(
+            promoted.rollout.status.phase,
+            Phase::Promoting | Phase::Succeeded
+        ),
+        "{:?}",
+        promoted.rollout.status.phase
+    );
+    assert_eq!(promoted.rollout.status.canary_weight, 10000);
+    let done = api
+        .wait_for_rollout(name, "succeeded", |v| {
+            v.rollout.status.phase == Phase::Succeeded && weight_applied(v)
+        })
+        .await;
+    let history = &done.rollout.status.history;
+    let promoting = history.iter().position(|e| e.phase == Phase::Promoting);
+    let succeeded = history.iter().position(|e| e.phase == Phase::Succeeded);
+    assert!(
+        promoting.is_some() && promoting < succeeded,
+        "promoting, then succeeded: {history:?}"
+    );
+    assert!(
+        history.iter().all(|e| e.canary_weight != 5000),
+        "the 50 % step was skipped: {history:?}"
+    );
+
+    rig.wait_for_envoy().await;
+    assert_share(rig.canary_share(1000).await, 100.0, 0.0, "after take-over");
+    assert_eq!(
+        reviews_weights(&api.routes().await.config),
+        vec![("v2".into(), 10000), ("v1".into(), 0)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_sends_all_traffic_back_to_stable_within_two_seconds() {
+    let rig = Rig::start().await;
+    let api = rig.api();
+    let name = "abort-mid";
+    api.create_rollout(&spec(name, vec![weight(50), pause()]))
+        .await;
+    api.wait_for_rollout(name, "paused at 50 %", |v| paused_at(v, 1))
+        .await;
+    // Traffic really is split before the abort, so the measurement below means something.
+    let before = rig.canary_share(1000).await;
+    assert!(
+        (40.0..=60.0).contains(&before),
+        "v2 at {before} % before abort"
+    );
+
+    let aborted = api.action(name, "abort").await;
+    let returned = Instant::now();
+    assert_eq!(aborted.rollout.status.phase, Phase::Aborted);
+    assert_eq!(aborted.rollout.status.canary_weight, 0);
+    // At 50 %, 16 requests all reaching v1 by chance has odds of 1 in 65536.
+    let all_on_v1 = loop {
+        let batch = rig.client.many(16, 8, |_| vec![]).await;
+        let counts = tally(&batch);
+        if counts.get("v1") == Some(&16) {
+            break returned.elapsed();
+        }
+        assert!(
+            returned.elapsed() < Duration::from_secs(10),
+            "traffic still reaches v2 10 s after abort: {counts:?}\n{}",
+            rig.service.log()
+        );
+    };
+    println!("abort: every request on v1 {all_on_v1:?} after the abort call returned");
+    assert_share(rig.canary_share(400).await, 0.0, 0.0, "after abort");
+    assert!(
+        all_on_v1 < Duration::from_secs(2),
+        "abort took {all_on_v1:?}"
+    );
+    assert_eq!(
+        reviews_weights(&api.routes().await.config),
+        vec![("v1".into(), 10000), ("v2".into(), 0)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_service_resumes_its_rollout_where_it_was() {
+    let mut rig = Rig::start().await;
+    let name = "survivor";
+    let steps = vec![
+        weight(10),
+        pause(),
+        weight(30),
+        hold("4s"),
+        weight(60),
+        pause(),
+    ];
+    rig.api().create_rollout(&spec(name, steps)).await;
+    rig.api()
+        .wait_for_rollout(name, "paused at 10 %", |v| paused_at(v, 1))
+        .await;
+    rig.api().action(name, "resume").await;
+    let holding = rig
+        .api()
+        .wait_for_rollout(name, "holding at 30 %", |v| {
+            v.rollout.status.step == 3 && v.rollout.status.phase == Phase::Progressing
+        })
+        .await;
+    let hold_started = holding.rollout.status.step_started_at;
+    // Kill it a second into the 4 s hold: 3 s remain for the restart.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = rig.api().rollout(name).await;
+    let generation_before = rig.api().routes().await.config.generation;
+    assert_eq!(
+        before.rollout.status.step, 3,
+        "still holding before the kill"
+    );
+    rig.service.kill_hard();
+    let restarted_at = Timestamp::now();
+    rig.service.restart().await;
+
+    let after = rig.api().rollout(name).await;
+    let (was, is) = (&before.rollout, &after.rollout);
+    assert_eq!(is.status.step, 3, "same step after restart");
+    assert_eq!(is.status.phase, Phase::Progressing);
+    assert_eq!(is.status.canary_weight, 3000, "same weight after restart");
+    assert_eq!(is.version, was.version, "nothing re-applied on restart");
+    assert_eq!(
+        is.status.history, was.status.history,
+        "history not duplicated"
+    );
+    assert_eq!(is.status.step_started_at, hold_started);
+    assert_eq!(is.status.weight_generation, was.status.weight_generation);
+    assert_eq!(
+        rig.api().routes().await.config.generation,
+        generation_before,
+        "the restart pushes the saved config, not a new generation"
+    );
+    assert_eq!(
+        rig.envoy.metric("meshcanary_config_generation", &[]).await,
+        generation_before as f64
+    );
+
+    let at_60 = rig
+        .api()
+        .wait_for_rollout(name, "paused at 60 %", |v| paused_at(v, 5))
+        .await;
+    assert_eq!(at_60.rollout.status.canary_weight, 6000);
+    let into_60 = entered(&at_60, 4);
+    assert_eq!(into_60.len(), 1, "60 % entered once: {into_60:?}");
+    let held = into_60[0].at.since(hold_started);
+    println!(
+        "kill -9 {:?} into a 4 s hold; the 60 % step began {held:?} after the hold started",
+        restarted_at.since(hold_started)
+    );
+    assert!(held >= Duration::from_secs(4), "held only {held:?}");
+    // A hold started afresh by the restarted service would end 4 s after the restart at the
+    // earliest; the remaining part ends before that.
+    assert!(
+        into_60[0].at < restarted_at.plus(Duration::from_secs(4)),
+        "the hold started over after the restart: 60 % began {held:?} after the hold started"
+    );
+    for step in [2, 3] {
+        assert_eq!(entered(&at_60, step).len(), 1, "step {step} entered once");
+    }
+    rig.wait_for_envoy().await;
+    assert_share(
+        rig.canary_share(6000).await,
+        60.0,
+        2.5,
+        "at 60 % after restart",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_lose_nothing() {
+    let rig = Rig::start().await;
+    let api = rig.api().clone();
+    let name = "concurrent";
+    let steps: Vec<Value> = (10..=19).flat_map(|i| [weight(i * 5), pause()]).collect();
+    api.create_rollout(&spec(name, steps)).await;
+    api.wait_for_rollout(name, "paused at 50 %", |v| paused_at(v, 1))
+        .await;
+    let generation_before = api.routes().await.config.generation;
+
+    // 40 QA rules at once, alternating between the variants; at 50 % each is visible.
+    let variant = |i: usize| if i.is_multiple_of(2) { "v2" } else { "v1" };
+    let mut tasks = JoinSet::new();
+    for i in 0..40 {
+        let api = api.clone();
+        tasks.spawn(async move {
+            let rule = json!({"header": "x-qa", "exact": format!("qa-{i}"), "variant": variant(i)});
+            api.add_rule("reviews", &rule).await.index
+        });
+    }
+    let mut indices = tasks.join_all().await;
+    indices.sort_unstable();
+    assert_eq!(
+        indices,
+        (0..40).collect::<Vec<_>>(),
+        "each rule its own index"
+    );
+    let routes = api.routes().await;
+    assert_eq!(
+        routes.config.generation,
+        generation_before + 40,
+        "one generation per rule"
+    );
+    let rules = &routes.config.routes[0].rules;
+    assert_eq!(rules.len(), 40);
+    for i in 0..40 {
+        let value = format!("qa-{i}");
+        let matching: Vec<_> = rules
+            .iter()
+            .filter(|r| r.exact.as_deref() == Some(value.as_str()))
+            .collect();
+        assert_eq!(matching.len(), 1, "rule {value}");
+        assert_eq!(matching[0].variant, variant(i));
+    }
+    assert_eq!(
+        ecds_filter_config(rig.envoy.ecds_path()),
+        routes.config,
+        "the ECDS file holds what the API shows"
+    );
+    rig.envoy
+        .wait_for_generation(routes.config.generation)
+        .await;
+    for i in 0..40 {
+        let value = format!("qa-{i}");
+        for _ in 0..8 {
+            let reply = rig.client.get("/", &[("x-qa", &value)]).await.unwrap();
+            assert_eq!(reply.upstream.as_deref(), Some(variant(i)), "x-qa: {value}");
+        }
+    }
+
+    // Pause, resume and set-weight at once on one rollout.
+    let mut tasks = JoinSet::new();
+    for i in 0..30u32 {
+        let api = api.clone();
+        tasks.spawn(async move {
+            let path = |action: &str| format!("/v1/rollouts/{name}/{action}");
+            match i % 3 {
+                0 => api.send("POST", &path("pause"), None, None).await,
+                1 => api.send("POST", &path("resume"), None, None).await,
+                _ => api.put_weight(name, 1000 + 100 * i, None).await,
+            }
+        });
+    }
+    for reply in tasks.join_all().await {
+        assert_eq!(reply.status, 200, "{}\n{}", reply.body, api.log());
+    }
+    // Freeze it, then read the rollout and the routes: they must agree.
+    let view = api.action(name, "pause").await;
+    let status = &view.rollout.status;
+    assert_eq!(
+        view.rollout.version as usize,
+        status.history.len(),
+        "every change is one version and one history entry"
+    );
+    let last = status.history.last().unwrap();
+    assert_eq!(
+        (last.phase, last.step, last.canary_weight),
+        (status.phase, status.step, status.canary_weight),
+        "the last history entry is the status"
+    );
+    let routes = api.routes().await;
+    assert_eq!(
+        reviews_weights(&routes.config),
+        vec![
+            ("v1".into(), 10000 - status.canary_weight),
+            ("v2".into(), status.canary_weight)
+        ],
+        "the route carries the rollout's weight"
+    );
+    assert_eq!(routes.config.routes[0].rules.len(), 40, "rules kept");
+    assert_eq!(ecds_filter_config(rig.envoy.ecds_path()), routes.config);
+    api.wait_for_rollout(
+        name,
+        "applied after the concurrent commands",
+        weight_applied,
+    )
+    .await;
+
+    // If-Match: the current version succeeds once; the same version again is stale.
+    let current = api
+        .send("GET", &format!("/v1/rollouts/{name}"), None, None)
+        .await;
+    let version = api
+        .expect::<RolloutView>("get", current.clone(), 200)
+        .rollout
+        .version;
+    let etag = current.etag.expect("ETag on GET");
+    assert_eq!(etag, format!("\"{version}\""));
+    let fresh = api.put_weight(name, 2500, Some(&etag)).await;
+    assert_eq!(
+        fresh.etag,
+        Some(format!("\"{}\"", version + 1)),
+        "{}",
+        fresh.body
+    );
+    let stale = api.put_weight(name, 7500, Some(&etag)).await;
+    assert_eq!(stale.status, 412, "{}", stale.body);
+    assert_eq!(stale.json()["error"]["code"], "version_mismatch");
+    let stale = api
+        .send(
+            "POST",
+            &format!("/v1/rollouts/{name}/resume"),
+            None,
+            Some(&etag),
+        )
+        .await;
+    assert_eq!(stale.status, 412, "{}", stale.body);
+    let now = api.rollout(name).await;
+    assert_eq!(
+        now.rollout.status.canary_weight, 2500,
+        "stale writes changed nothing"
+    );
+    assert_eq!(now.rollout.status.phase, Phase::Paused);
+}
+
+/// Checks an error answer: status, JSON content type, and exactly
+/// `{"error": {"code", "message", "field"?}}`. Returns what is wrong, if anything.
+fn check_error(
+    what: &str,
+    reply: &ApiReply,
+    status: u16,
+    code: &str,
+    field: Option<&str>,
+) -> Option<String> {
+    let mut wrong = Vec::new();
+    if reply.status != status {
+        wrong.push(format!("status {} (expected {status})", reply.status));
+    }
+    if !reply
+        .content_type
+        .as_deref()
+        .is_some_and(|t| t.starts_with("application/json"))
+    {
+        wrong.push(format!("content type {:?}", reply.content_type));
+    }
+    let body = reply.json();
+    let top: Vec<&String> = body
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    if top != ["error"] {
+        wrong.push(format!("top-level keys {top:?}"));
+    }
+    let error = &body["error"];
+    let keys: Vec<&String> = error
+        .as_object()
+        .map(|o| o.keys().collect())
+        .unwrap_or_default();
+    if keys
+        .iter()
+        .any(|k| !["code", "message", "field"].contains(&k.as_str()))
+    {
+        wrong.push(format!("error keys {keys:?}"));
+    }
+    if error["code"] != code {
+        wrong.push(format!("code {} (expected {code})", error["code"]));
+    }
+    if error["message"].as_str().is_none_or(str::is_empty) {
+        wrong.push("no message".into());
+    }
+    if error.get("field").is_some() && !error["field"].is_string() {
+        wrong.push("field is not a string".into());
+    }
+    if let Some(field) = field {
+        if error["field"] != field {
+            wrong.push(format!("field {} (expected {field:?})", error["field"]));
+        }
+    }
+    (!wrong.is_empty()).then(|| format!("{what}: {} — body {}", wrong.join(", "), reply.body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_the_documented_errors() {
+    let rig = Rig::start().await;
+    let api = rig.api();
+    let json_type = [("content-type", "application/json")];
+    let body = |value: Value| Some(value.to_string().into_bytes());
+    let valid = |name: &str| spec(name, vec![weight(10), pause()]);
+    let with = |name: &str, key: &str, value: Value| {
+        let mut spec = valid(name);
+        spec[key] = value;
+        spec
+    };
+    let mut failures = Vec::new();
+    let mut check = |what: &str, reply: ApiReply, status, code, field| {
+        if let Some(failure) = check_error(what, &reply, status, code, field) {
+            failures.push(failure);
+        }
+    };
+    let create =
+        |token: Option<&'static str>, headers: Vec<(&'static str, &'static str)>, bytes| {
+            let api = api.clone();
+            async move {
+                api.request("POST", "/v1/rollouts", token, &headers, bytes)
+                    .await
+                    .unwrap()
+            }
+        };
+
+    check(
+        "no token",
+        create(None, json_type.to_vec(), body(valid("a"))).await,
+        401,
+        "unauthorized",
+        None,
+    );
+    check(
+        "wrong token",
+        create(
+            Some("not-the-token-at-all-000"),
+            json_type.to_vec(),
+            body(valid("a")),
+        )
+        .await,
+        401,
+        "unauthorized",
+        None,
+    );
+    check(
+        "unknown field",
+        create(
+            Some(TOKEN),
+            json_type.to_vec(),
+            body(with("a", "stepz", json!([]))),
+        )
+        .await,
+        400,
+        "malformed_request",
+        Some("stepz"),
+    );
+    check(
+        "wrong type",
+        create(
+            Some(TOKEN),
+            json_type.to_vec(),
+            body(spec("a", vec![json!({"setWeight": {"percent": "ten"}})])),
+        )
+        .await,
+        400,
+        "malformed_request",
+        Some("steps[0].setWeight.percent"),
+    );
+    check(
+        "not JSON at all",
+        create(
+            Some(TOKEN),
+            json_type.to_vec(),
+            Some(b"{\"name\": ".to_vec()),
+        )
+        .await,
+        400,
+        "malformed_request",
+        None,
+    );
+    check(
+        "text/plain body",
+        create(
+            Some(TOKEN),
+            vec![("content-type", "text/plain")],
+            body(valid("a")),
+        )
+        .await,
+        400,
+        "malformed_request",
+        None,
+    );
+    check(
+        "weight out of range",
+        create(
+            Some(TOKEN),
+            json_type.to_vec(),
+            body(spec("a", vec![weight(101)])),
+        )
+        .await,
+        422,
+        "invalid_field",
+        Some("steps[0].setWeight.percent"),
+    );
+    check(
+        "bad name",
+        create(Some(TOKEN), json_type.to_vec(), body(valid("Not_A_Name"))).await,
+        422,
+        "invalid_field",
+        Some("name"),
+    );
+    check(
+        "unknown route",
+        create(
+            Some(TOKEN),
+            json_type.to_vec(),
+            body(with("a", "route", json!("ratings"))),
+        )
+        .await,
+        422,
+        "invalid_field",
+        Some("route"),
+    );
+    let oversized = with("a", "route", json!("r".repeat(70 * 1024)));
+    check(
+        "body over 64 KiB",
+        create(Some(TOKEN), json_type.to_vec(), body(oversized)).await,
+        413,
+        "payload_too_large",
+        None,
+    );
+
+    // Conflicts need a running rollout, then a finished one.
+    api.create_rollout(&valid("first")).await;
+    api.wait_for_rollout("first", "paused at 10 %", |v| paused_at(v, 1))
+        .await;
+    check(
+        "second running rollout on the route",
+        create(Some(TOKEN), json_type.to_vec(), body(valid("second"))).await,
+        409,
+        "conflict",
+        None,
+    );
+    check(
+        "name taken",
+        create(Some(TOKEN), json_type.to_vec(), body(valid("first"))).await,
+        409,
+        "conflict",
+        None,
+    );
+    check(
+        "delete a running rollout",
+        api.send("DELETE", "/v1/rollouts/first", None, None).await,
+        409,
+        "conflict",
+        None,
+    );
+    check(
+        "weight out of range by hand",
+        api.put_weight("first", 10001, None).await,
+        422,
+        "invalid_field",
+        Some("basisPoints"),
+    );
+    check(
+        "percent out of range by hand",
+        api.send(
+            "PUT",
+            "/v1/rollouts/first/weight",
+            Some(&json!({"percent": 150})),
+            None,
+        )
+        .await,
+        422,
+        "invalid_field",
+        Some("percent"),
+    );
+    check(
+        "unknown action",
+        api.send("POST", "/v1/rollouts/first/explode", None, None)
+            .await,
+        404,
+        "not_found",
+        None,
+    );
+    api.action("first", "abort").await;
+    check(
+        "resume a finished rollout",
+        api.send("POST", "/v1/rollouts/first/resume", None, None)
+            .await,
+        409,
+        "conflict",
+        None,
+    );
+    check(
+        "unknown rollout",
+        api.send("GET", "/v1/rollouts/nope", None, None).await,
+        404,
+        "not_found",
+        None,
+    );
+    check(
+        "action on an unknown rollout",
+        api.send("POST", "/v1/rollouts/nope/pause", None, None)
+            .await,
+        404,
+        "not_found",
+        None,
+    );
+    check(
+        "rule for an unknown route",
+        api.send(
+            "POST",
+            "/v1/routes/ratings/rules",
+            Some(&json!({"header": "x-qa", "exact": "1", "variant": "v2"})),
+            None,
+        )
+        .await,
+        404,
+        "not_found",
+        None,
+    );
+    check(
+        "rule for an unknown variant",
+        api.send(
+            "POST",
+            "/v1/routes/reviews/rules",
+            Some(&json!({"header": "x-qa", "exact": "1", "variant": "v9"})),
+            None,
+        )
+        .await,
+        422,
+        "invalid_field",
+        Some("variant"),
+    );
+    check(
+        "unknown endpoint",
+        api.send("GET", "/v2/nothing", None, None).await,
+        404,
+        "not_found",
+        None,
+    );
+
+    // Nothing a rejected request asked for exists.
+    let list = api.send("GET", "/v1/rollouts", None, None).await;
+    let names: Vec<String> = api
+        .expect::<Vec<RolloutView>>("list", list, 200)
+        .into_iter()
+        .map(|v| v.rollout.spec.name)
+        .collect();
+    assert_eq!(names, ["first"]);
+    assert!(
+        api.routes().await.config.routes[0].rules.is_empty(),
+        "no rule added"
+    );
+    assert!(
+        failures.is_empty(),
+        "wrong errors:\n{}",
+        failures.join("\n")
+    );
+    // A finished rollout can be deleted.
+    let deleted = api.send("DELETE", "/v1/rollouts/first", None, None).await;
+    assert_eq!(deleted.status, 204, "{}", deleted.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weight_changes_reach_envoy_quickly() {
+    let rig = Rig::start().await;
+    let api = rig.api();
+    let name = "latency";
+    api.create_rollout(&spec(name, vec![weight(10), pause()]))
+        .await;
+    api.wait_for_rollout(name, "paused at 10 %", |v| paused_at(v, 1))
+        .await;
+    let admin = reqwest::Client::new();
+    let stats_url = format!(
+        "{}/stats/prometheus?filter=meshcanary_config_generation",
+        rig.envoy.admin_url
+    );
+    let limit = Duration::from_secs(5);
+    let (mut to_envoy, mut to_service) = (Vec::new(), Vec::new());
+    for i in 0..50u32 {
+        let basis_points = if i.is_multiple_of(2) { 2000 } else { 3000 };
+        let sent = Instant::now();
+        let view = api.set_weight(name, basis_points).await;
+        assert_eq!(view.rollout.status.canary_weight, basis_points);
+        let generation = view.rollout.status.weight_generation;
+        let envoy = async {
+            loop {
+                let text = admin
+                    .get(&stats_url)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                let running = prometheus::value(&text, "meshcanary_config_generation", &[]);
+                if running.is_some_and(|g| g >= generation as f64) {
+                    return sent.elapsed();
+                }
+                assert!(
+                    sent.elapsed() < limit,
+                    "Envoy at {running:?}, want {generation}"
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        };
+        let service = async {
+            loop {
+                let view = api.rollout(name).await;
+                if view.rollout.status.weight_generation == generation && weight_applied(&view) {
+                    return sent.elapsed();
+                }
+                assert!(
+                    sent.elapsed() < limit,
+                    "service sees {:?}",
+                    view.propagation
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let (envoy, service) = tokio::join!(envoy, service);
+        to_envoy.push(envoy);
+        to_service.push(service);
+    }
+    let (envoy_median, envoy_worst) = median_and_worst(to_envoy);
+    let (service_median, service_worst) = median_and_worst(to_service);
+    println!(
+        "50 weight changes: API call to Envoy's generation gauge median {envoy_median:?}, \
+         worst {envoy_worst:?}; to the service reporting applied median {service_median:?}, \
+         worst {service_worst:?}"
+    );
+    assert!(envoy_worst < Duration::from_secs(2), "{envoy_worst:?}");
+    assert!(service_worst < Duration::from_secs(2), "{service_worst:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openapi_metrics_and_health_are_served() {
+    let rig = Rig::start().await;
+    let api = rig.api();
+    let get = |path: &'static str| api.send("GET", path, None, None);
+
+    let health = get("/healthz").await;
+    assert_eq!(health.status, 200, "{}", health.body);
+    let ready = get("/readyz").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+
+    let openapi = get("/openapi.json").await;
+    assert_eq!(openapi.status, 200);
+    let document: Value = serde_json::from_str(&openapi.body).expect("openapi.json is JSON");
+    let paths = document["paths"].as_object().expect("paths");
+    for path in [
+        "/v1/rollouts",
+        "/v1/rollouts/{name}",
+        "/v1/rollouts/{name}/{action}",
+        "/v1/rollouts/{name}/weight",
+        "/v1/routes",
+    ] {
+        assert!(paths.contains_key(path), "{path} in {:?}", paths.keys());
+    }
+
+    api.create_rollout(&spec("metered", vec![weight(10), pause()]))
+        .await;
+    api.wait_for_rollout("metered", "paused at 10 %", |v| paused_at(v, 1))
+        .await;
+    let metrics = get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    let text = &metrics.body;
+    assert!(text.contains("meshcanary_control_rollouts"), "{text}");
+    assert_eq!(
+        prometheus::value(text, "meshcanary_control_rollouts", &[("phase", "paused")]),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        prometheus::value(
+            text,
+            "meshcanary_control_canary_weight_basis_points",
+            &[("rollout", "metered")]
+        ),
+        Some(1000.0),
+        "{text}"
+    );
+}
