@@ -51,6 +51,12 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
+    /// This replica does not lead; only the leader writes (503).
+    #[error("this replica is not the leader{}; send writes to the leader", leader.as_deref().map(|l| format!(" (the leader is {l})")).unwrap_or_default())]
+    NotLeader {
+        /// The leader's identity, if known.
+        leader: Option<String>,
+    },
     /// Missing or wrong bearer token (401).
     #[error("{0}")]
     Unauthorized(String),
@@ -115,6 +121,7 @@ impl Error {
             Error::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::NotLeader { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Store { .. } | Error::CorruptState { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Push { .. } | Error::Remote { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -130,6 +137,7 @@ impl Error {
             Error::VersionMismatch { .. } => "version_mismatch",
             Error::Unauthorized(_) => "unauthorized",
             Error::TooLarge { .. } => "payload_too_large",
+            Error::NotLeader { .. } => "not_leader",
             Error::Store { .. } | Error::CorruptState { .. } => "internal",
             Error::Push { .. } => "push_failed",
             Error::Remote { .. } => "upstream_failed",
@@ -166,8 +174,8 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable code: `invalid_field`, `malformed_request`, `not_found`, `conflict`,
-    /// `version_mismatch`, `unauthorized`, `payload_too_large`, `push_failed`, `upstream_failed`,
-    /// `internal`.
+    /// `version_mismatch`, `unauthorized`, `payload_too_large`, `not_leader`, `push_failed`,
+    /// `upstream_failed`, `internal`.
     pub code: String,
     /// For people.
     pub message: String,
@@ -179,7 +187,10 @@ pub struct ErrorDetail {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = if status.is_server_error() && status != StatusCode::BAD_GATEWAY {
+        let internal = status.is_server_error()
+            && status != StatusCode::BAD_GATEWAY
+            && status != StatusCode::SERVICE_UNAVAILABLE;
+        let message = if internal {
             tracing::error!(error = %self, "request failed");
             "internal error; the service log has the details".to_string()
         } else {

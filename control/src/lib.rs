@@ -15,6 +15,7 @@ pub mod analysis;
 pub mod api;
 pub mod cli;
 pub mod error;
+pub mod kube;
 pub mod metrics;
 pub mod observer;
 pub mod rollout;

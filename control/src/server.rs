@@ -4,13 +4,19 @@
 use crate::api::filter::WasmArtifact;
 use crate::api::{self, AppState};
 use crate::error::{Error, Result};
+use crate::kube::configmap_store::ConfigMapStore;
+use crate::kube::drift::{watch_drift, DriftEvent};
+use crate::kube::leader::{LeaderElector, LeaseConfig};
+use crate::kube::wasmplugin::WasmPluginRouter;
 use crate::observer::envoy_admin::EnvoyAdminObserver;
 use crate::observer::prometheus::PrometheusObserver;
 use crate::observer::MetricsObserver;
 use crate::router::ecds_file::EcdsFileRouter;
-use crate::service::Controller;
+use crate::service::{Controller, DriftPolicy};
 use crate::store::file::FileStore;
+use crate::time::HumanDuration;
 use clap::Args;
+use futures::StreamExt;
 use meshcanary_core::config::FilterConfig;
 use meshcanary_core::ecds::WasmDelivery;
 use std::net::SocketAddr;
@@ -35,9 +41,48 @@ pub struct ServeArgs {
     /// The filter config (JSON, the pluginConfig schema) to start from when there is no saved state.
     #[arg(long, env = "MESHCANARY_ROUTES")]
     pub routes: Option<PathBuf>,
-    /// The ECDS file the standalone Envoy watches.
-    #[arg(long, env = "MESHCANARY_ECDS_FILE")]
-    pub ecds_file: PathBuf,
+    /// Standalone mode: the ECDS file the standalone Envoy watches.
+    #[arg(
+        long,
+        env = "MESHCANARY_ECDS_FILE",
+        required_unless_present = "wasmplugin",
+        conflicts_with = "wasmplugin"
+    )]
+    pub ecds_file: Option<PathBuf>,
+    /// Kubernetes mode: the WasmPlugin whose spec.pluginConfig the service writes.
+    #[arg(long, env = "MESHCANARY_WASMPLUGIN")]
+    pub wasmplugin: Option<String>,
+    /// Kubernetes mode: the WasmPlugin's namespace.
+    #[arg(long, env = "MESHCANARY_KUBE_NAMESPACE", default_value = "default")]
+    pub kube_namespace: String,
+    /// Kubernetes mode: the ConfigMap holding the service's state.
+    #[arg(
+        long,
+        env = "MESHCANARY_STATE_CONFIGMAP",
+        default_value = "meshcanary-state"
+    )]
+    pub state_configmap: String,
+    /// Kubernetes mode: the service's own namespace, for its state ConfigMap and leader Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "meshcanary-system")]
+    pub state_configmap_namespace: String,
+    /// Kubernetes mode: the coordination.k8s.io/v1 Lease replicas elect their leader with.
+    #[arg(
+        long,
+        env = "MESHCANARY_LEADER_LEASE",
+        default_value = "meshcanary-control"
+    )]
+    pub leader_lease: String,
+    /// Kubernetes mode: how long the leader's Lease lasts without renewal; a successor takes over
+    /// at most this long after the leader died (renewed every third of it).
+    #[arg(long, env = "MESHCANARY_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: HumanDuration,
+    /// Kubernetes mode: this replica's identity in the Lease (the pod name).
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+    /// Kubernetes mode: what to do when someone edits the WasmPlugin's pluginConfig by hand or a
+    /// GitOps tool reverts it: re-apply the service's config, or pause every running rollout.
+    #[arg(long, value_enum, default_value = "reapply")]
+    pub on_drift: DriftPolicy,
     /// Path of the filter's .wasm as Envoy sees it.
     #[arg(long, env = "MESHCANARY_WASM")]
     pub wasm: PathBuf,
@@ -104,16 +149,7 @@ fn read_routes(args: &ServeArgs) -> Result<FilterConfig> {
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let token = read_token(&args)?;
     let initial = read_routes(&args)?;
-    let store = FileStore::open(&args.state_dir)?;
     let wasm = std::path::absolute(&args.wasm).unwrap_or_else(|_| args.wasm.clone());
-    let router = EcdsFileRouter::new(
-        args.ecds_file.clone(),
-        WasmDelivery {
-            name: args.filter_name.clone(),
-            wasm_path: wasm.display().to_string(),
-            fail_open: !args.fail_closed,
-        },
-    );
     let observer: Box<dyn MetricsObserver> = match &args.prometheus_url {
         Some(url) => Box::new(PrometheusObserver::new(url)),
         None => Box::new(EnvoyAdminObserver::new(args.envoy_admin.clone())),
@@ -126,8 +162,33 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             None
         }
     };
-    let controller =
-        Controller::start(Box::new(store), Box::new(router), observer, initial).await?;
+    let mut kube_mode = None;
+    let controller = match (&args.wasmplugin, &args.ecds_file) {
+        (Some(wasmplugin), _) => {
+            let (controller, kube) =
+                start_in_kubernetes(&args, wasmplugin, observer, initial).await?;
+            kube_mode = Some(kube);
+            controller
+        }
+        (None, Some(ecds_file)) => {
+            let store = FileStore::open(&args.state_dir)?;
+            let router = EcdsFileRouter::new(
+                ecds_file.clone(),
+                WasmDelivery {
+                    name: args.filter_name.clone(),
+                    wasm_path: wasm.display().to_string(),
+                    fail_open: !args.fail_closed,
+                },
+            );
+            Controller::start(Box::new(store), Box::new(router), observer, initial).await?
+        }
+        (None, None) => {
+            return Err(Error::invalid(
+                "ecds-file",
+                "give --ecds-file (standalone Envoy) or --wasmplugin (Kubernetes)",
+            ))
+        }
+    };
     let loops = tokio::spawn(controller.clone().run());
     let app = api::app(AppState {
         controller,
@@ -151,8 +212,109 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             source,
         })?;
     loops.abort();
+    if let Some(kube) = kube_mode {
+        kube.drift_watch.abort();
+        // Hand the Lease over at once instead of letting it expire.
+        if let Err(error) = kube.elector.release().await {
+            tracing::warn!(%error, "cannot release the leader lease");
+        }
+        kube.election.abort();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What runs beside the controller in Kubernetes mode.
+struct KubeMode {
+    elector: LeaderElector,
+    election: tokio::task::JoinHandle<()>,
+    drift_watch: tokio::task::JoinHandle<()>,
+}
+
+/// Kubernetes mode: state in a ConfigMap, pushes to a WasmPlugin, one leader among the replicas,
+/// and a watch on the WasmPlugin for edits made outside the service.
+async fn start_in_kubernetes(
+    args: &ServeArgs,
+    wasmplugin: &str,
+    observer: Box<dyn MetricsObserver>,
+    initial: FilterConfig,
+) -> Result<(Arc<Controller>, KubeMode)> {
+    let client = ::kube::Client::try_default()
+        .await
+        .map_err(|error| Error::Remote {
+            target: "Kubernetes API".into(),
+            reason: format!("cannot build a client (in-cluster config or KUBECONFIG): {error}"),
+        })?;
+    let identity = match &args.identity {
+        Some(identity) => identity.clone(),
+        None => std::env::var("HOSTNAME").map_err(|_| {
+            Error::invalid("identity", "set POD_NAME (the downward API) or --identity")
+        })?,
+    };
+    let (expected_tx, expected_rx) = tokio::sync::watch::channel(initial.clone());
+    let router = WasmPluginRouter::new(client.clone(), &args.kube_namespace, wasmplugin)
+        .with_expected(expected_tx);
+    let store = ConfigMapStore::new(
+        client.clone(),
+        &args.state_configmap_namespace,
+        &args.state_configmap,
+    );
+    let elector = LeaderElector::new(
+        client.clone(),
+        &args.state_configmap_namespace,
+        &args.leader_lease,
+        &identity,
+        LeaseConfig {
+            lease_duration: args.lease_duration.0,
+            renew_interval: args.lease_duration.0 / 3,
+            retry_interval: (args.lease_duration.0 / 7).max(std::time::Duration::from_millis(200)),
+        },
+    )?;
+    let (leadership, election) = elector.spawn();
+    tracing::info!(%identity, lease = %args.leader_lease, wasmplugin = %format!("{}/{wasmplugin}", args.kube_namespace), "Kubernetes mode");
+    let controller = Controller::start_with_leadership(
+        Box::new(store),
+        Box::new(router),
+        observer,
+        initial,
+        leadership,
+    )
+    .await?;
+    let drift_watch = {
+        let controller = controller.clone();
+        let policy = args.on_drift;
+        let stream = watch_drift(client, &args.kube_namespace, wasmplugin, expected_rx);
+        tokio::spawn(async move {
+            futures::pin_mut!(stream);
+            while let Some(event) = stream.next().await {
+                match event {
+                    DriftEvent::InSync { .. } => controller.drift(None, policy).await,
+                    DriftEvent::Drifted(drift) => {
+                        controller.drift(Some(drift.to_string()), policy).await
+                    }
+                    DriftEvent::Deleted => {
+                        controller
+                            .drift(
+                                Some("the WasmPlugin does not exist (deleted?)".into()),
+                                DriftPolicy::Pause,
+                            )
+                            .await
+                    }
+                    DriftEvent::WatchError(error) => {
+                        tracing::warn!(%error, "watching the WasmPlugin failed; retrying")
+                    }
+                }
+            }
+        })
+    };
+    Ok((
+        controller,
+        KubeMode {
+            elector,
+            election,
+            drift_watch,
+        },
+    ))
 }
 
 async fn shutdown_signal() {

@@ -6,6 +6,7 @@
 
 use crate::analysis::{delta, judge, merge, Check, Measured, Snapshot, Verdict};
 use crate::error::{Error, Result};
+use crate::kube::leader::LeaderState;
 use crate::metrics::Metrics;
 use crate::observer::{MetricsObserver, ProxyGeneration};
 use crate::rollout::engine::{self, Action, Command, Observation};
@@ -27,6 +28,10 @@ use tracing::Instrument;
 pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(200);
 /// The engine looks at every rollout at least this often, even without a timer due.
 const ENGINE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often a follower reloads the leader's state to serve fresh reads.
+const FOLLOWER_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+/// How often a failed push is retried.
+pub const PUSH_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The control service's core: state, engine, pushes and observations.
 pub struct Controller {
@@ -44,8 +49,21 @@ pub struct Controller {
     notify_tx: tokio::sync::mpsc::UnboundedSender<(Rollout, WebhookKind)>,
     notify_rx:
         std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Rollout, WebhookKind)>>>,
+    leadership: tokio::sync::watch::Receiver<LeaderState>,
+    drift: RwLock<Option<String>>,
+    last_retry: std::sync::Mutex<Option<std::time::Instant>>,
     /// The service's own Prometheus metrics.
     pub metrics: Metrics,
+}
+
+/// What the service does when someone else changed the pushed config (Kubernetes mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriftPolicy {
+    /// Push the service's config again at once (and say so in every running rollout).
+    Reapply,
+    /// Pause every running rollout with the reason, and leave the edit in place until a person
+    /// decides (resume re-applies the service's config with the next change).
+    Pause,
 }
 
 /// When an analysis window opened, and every proxy's counters then.
@@ -68,14 +86,32 @@ pub struct Propagation {
 }
 
 impl Controller {
-    /// Loads the saved state (or starts from `initial`), pushes it, and returns the controller.
-    /// Call [`Controller::run`] to start its loops.
+    /// Loads the saved state (or starts from `initial`), pushes it, and returns the controller
+    /// of the only replica. Call [`Controller::run`] to start its loops.
     pub async fn start(
         store: Box<dyn StateStore>,
         router: Box<dyn TrafficRouter>,
         observer: Box<dyn MetricsObserver>,
         initial: FilterConfig,
     ) -> Result<Arc<Controller>> {
+        let (_, leadership) = tokio::sync::watch::channel(LeaderState {
+            is_leader: true,
+            leader: None,
+        });
+        Controller::start_with_leadership(store, router, observer, initial, leadership).await
+    }
+
+    /// Like [`Controller::start`] for one of several replicas: only while `leadership` says this
+    /// replica leads does it save, push and advance rollouts; otherwise it serves reads from the
+    /// state the leader saved, reloaded every few seconds, and refuses writes.
+    pub async fn start_with_leadership(
+        store: Box<dyn StateStore>,
+        router: Box<dyn TrafficRouter>,
+        observer: Box<dyn MetricsObserver>,
+        initial: FilterConfig,
+        leadership: tokio::sync::watch::Receiver<LeaderState>,
+    ) -> Result<Arc<Controller>> {
+        let leads = leadership.borrow().is_leader;
         let state = match store.load().await? {
             Some(state) => {
                 tracing::info!(store = %store.describe(), generation = state.filter.generation, rollouts = state.rollouts.len(), "resumed saved state");
@@ -83,7 +119,9 @@ impl Controller {
             }
             None => {
                 let state = ServiceState::new(initial)?;
-                store.save(&state).await?;
+                if leads {
+                    store.save(&state).await?;
+                }
                 tracing::info!(store = %store.describe(), generation = state.filter.generation, "started from the initial filter config");
                 state
             }
@@ -102,14 +140,91 @@ impl Controller {
             http: reqwest::Client::new(),
             notify_tx,
             notify_rx: std::sync::Mutex::new(Some(notify_rx)),
+            leadership,
+            drift: RwLock::new(None),
+            last_retry: std::sync::Mutex::new(None),
             metrics: Metrics::default(),
         });
-        {
+        if leads {
             let state = controller.state.lock().await;
             controller.push(&state.filter).await;
         }
         controller.observe().await;
         Ok(controller)
+    }
+
+    /// Whether this replica may write.
+    pub fn is_leader(&self) -> bool {
+        self.leadership.borrow().is_leader
+    }
+
+    fn not_leader(&self) -> Error {
+        Error::NotLeader {
+            leader: self.leadership.borrow().leader.clone(),
+        }
+    }
+
+    /// Replaces the in-memory state with the saved one (a follower keeps up with the leader; a new
+    /// leader starts from what the old one saved).
+    async fn reload(&self) -> Result<()> {
+        if let Some(saved) = self.store.load().await? {
+            *self.state.lock().await = saved;
+        }
+        Ok(())
+    }
+
+    /// Reacts to a change of the pushed config made outside the service.
+    pub async fn drift(&self, description: Option<String>, policy: DriftPolicy) {
+        *self.drift.write().unwrap_or_else(|e| e.into_inner()) = description.clone();
+        let Some(description) = description else {
+            return;
+        };
+        if !self.is_leader() {
+            return;
+        }
+        tracing::warn!(%description, ?policy, "the pushed filter config was changed outside meshcanary");
+        let result = self
+            .mutate(|state, now| {
+                let running: Vec<String> = state
+                    .rollouts
+                    .values()
+                    .filter(|r| !r.status.phase.is_terminal())
+                    .map(|r| r.spec.name.clone())
+                    .collect();
+                for name in running {
+                    let Some(rollout) = state.rollouts.get(&name) else { continue };
+                    let changed = match policy {
+                        DriftPolicy::Pause => engine::apply(
+                            rollout,
+                            &Action::Pause {
+                                hold: crate::rollout::Hold::Request,
+                                reason: format!("the filter config was changed outside meshcanary ({description}); check it, then resume"),
+                            },
+                            now,
+                        ),
+                        DriftPolicy::Reapply => engine::note(
+                            rollout,
+                            format!("the filter config was changed outside meshcanary ({description}); re-applied it"),
+                            now,
+                        ),
+                    };
+                    state.rollouts.insert(name, changed);
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(error) = result {
+            tracing::error!(%error, "cannot record the drift");
+        }
+        if policy == DriftPolicy::Reapply {
+            let state = self.state.lock().await;
+            self.push(&state.filter).await;
+        }
+    }
+
+    /// The last drift seen, while it lasts.
+    pub fn drift_seen(&self) -> Option<String> {
+        self.drift.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Runs the engine and the observer until the task is dropped.
@@ -120,7 +235,9 @@ impl Controller {
                 loop {
                     tokio::time::sleep(OBSERVE_INTERVAL).await;
                     this.observe().await;
-                    this.retry_push().await;
+                    if this.is_leader() {
+                        this.retry_push().await;
+                    }
                 }
             }
         };
@@ -141,7 +258,30 @@ impl Controller {
             }
         };
         let engine = async move {
+            let mut leading = self.is_leader();
             loop {
+                if !self.is_leader() {
+                    leading = false;
+                    if let Err(error) = self.reload().await {
+                        tracing::warn!(%error, "cannot reload the leader's state");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(FOLLOWER_RELOAD_INTERVAL) => {}
+                        _ = self.wake.notified() => {}
+                    }
+                    continue;
+                }
+                if !leading {
+                    // Take over from where the previous leader saved, and make sure the proxies
+                    // run that config.
+                    leading = true;
+                    tracing::info!("leading now: resuming every rollout from the saved state");
+                    if let Err(error) = self.reload().await {
+                        tracing::error!(%error, "cannot load the saved state");
+                    }
+                    let state = self.state.lock().await;
+                    self.push(&state.filter).await;
+                }
                 let wake_at = match self.tick().await {
                     Ok(wake_at) => wake_at,
                     Err(error) => {
@@ -195,6 +335,9 @@ impl Controller {
         &self,
         change: impl FnOnce(&mut ServiceState, Timestamp) -> Result<T>,
     ) -> Result<T> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
         let mut current = self.state.lock().await;
         let mut next = current.clone();
         let now = Timestamp::now();
@@ -242,10 +385,23 @@ impl Controller {
         }
     }
 
-    /// Pushes again if the last push of the current config failed.
+    /// Pushes again if the last push of the current config failed, at most every
+    /// [`PUSH_RETRY_INTERVAL`] (the target may be missing for a while, e.g. a WasmPlugin not yet
+    /// installed).
     async fn retry_push(&self) {
         let state = self.state.lock().await;
-        if self.pushed_generation.load(Ordering::SeqCst) != state.filter.generation {
+        if self.pushed_generation.load(Ordering::SeqCst) == state.filter.generation {
+            return;
+        }
+        let due = {
+            let mut last = self.last_retry.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.is_none_or(|at| at.elapsed() >= PUSH_RETRY_INTERVAL);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due {
             self.push(&state.filter).await;
         }
     }

@@ -159,7 +159,14 @@ async fn a_rollout_walks_its_steps_and_envoy_follows_every_weight() {
     // ±2 points at four standard deviations needs 10 000 requests at 50 %, which can take longer
     // than any fixed hold on two busy cores: the test samples while the rollout is paused there,
     // then resumes into a short timed hold.
-    let steps = vec![weight(10), pause(), weight(50), pause(), hold("2s"), weight(100)];
+    let steps = vec![
+        weight(10),
+        pause(),
+        weight(50),
+        pause(),
+        hold("2s"),
+        weight(100),
+    ];
     let created = api.create_rollout(&spec(name, steps)).await;
     assert_eq!(created.rollout.plan.len(), 6);
 
@@ -184,7 +191,10 @@ async fn a_rollout_walks_its_steps_and_envoy_follows_every_weight() {
     let at_50 = rig.canary_share(10_000).await;
     assert_share(at_50, 50.0, 2.0, "at 50 %");
     let resumed = api.action(name, "resume").await;
-    assert!(resumed.rollout.status.step >= 4, "resume moves into the hold");
+    assert!(
+        resumed.rollout.status.step >= 4,
+        "resume moves into the hold"
+    );
 
     let done = api
         .wait_for_rollout(name, "succeeded", |v| {

@@ -833,9 +833,16 @@ mod tests {
         // 3 % errors against a clean stable fails the comparison, and passes without it.
         let canary = variant(970, 30, 0, &fast(1000));
         let stable = variant(10_000, 0, 0, &fast(10_000));
-        let on = Thresholds { min_success_rate: Some(0.95), max_latency_ms: None, ..thresholds() };
+        let on = Thresholds {
+            min_success_rate: Some(0.95),
+            max_latency_ms: None,
+            ..thresholds()
+        };
         assert_eq!(judge(&on, &canary, &stable).verdict, Verdict::Fail);
-        let off = Thresholds { compare_with_stable: false, ..on };
+        let off = Thresholds {
+            compare_with_stable: false,
+            ..on
+        };
         let check = judge(&off, &canary, &stable);
         assert_eq!(check.verdict, Verdict::Pass, "{:?}", check.reasons);
         assert_eq!(check.p_value, None);

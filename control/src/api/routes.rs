@@ -22,6 +22,10 @@ pub struct RoutesView {
     pub push_error: Option<String>,
     /// Proxies running `config.generation`.
     pub propagation: Propagation,
+    /// In Kubernetes mode: how the live WasmPlugin's pluginConfig differs from `config`, if
+    /// someone changed it outside meshcanary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<String>,
 }
 
 /// A rule was added.
@@ -41,6 +45,7 @@ pub async fn get(State(state): State<AppState>) -> Json<RoutesView> {
     let config = state.controller.filter().await;
     let propagation = state.controller.propagation(config.generation);
     Json(RoutesView {
+        drift: state.controller.drift_seen(),
         push_error: state.controller.push_error(),
         propagation,
         config,

@@ -383,6 +383,13 @@ pub fn record_gate(
     next
 }
 
+/// `rollout` with `message` in its history and status, nothing else changed.
+pub fn note(rollout: &Rollout, message: String, now: Timestamp) -> Rollout {
+    let mut next = rollout.clone();
+    record(&mut next, message, now);
+    next
+}
+
 /// `rollout` after a `rollout` hook failed: it counts as a failed check.
 pub fn record_hook_failure(rollout: &Rollout, error: &str, now: Timestamp) -> Rollout {
     let mut next = rollout.clone();

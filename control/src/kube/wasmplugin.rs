@@ -1,0 +1,278 @@
+//! The Istio router: writes the filter config into a `WasmPlugin`'s `spec.pluginConfig`.
+//!
+//! istiod sends each `WasmPlugin` to the selected proxies over ECDS, so a `pluginConfig` change
+//! reaches every sidecar without touching routing (see `shared/ENVOY-NOTES.md`). The `WasmPlugin`
+//! itself (its `url`, `sha256`, `selector`, `match`, `phase`, `priority`, `failStrategy`, labels…)
+//! belongs to whoever installed it — Helm, a GitOps tool, a person — and this router never changes
+//! any of it: it owns `spec.pluginConfig` and nothing else.
+//!
+//! # Why a JSON merge patch with a `resourceVersion` precondition
+//!
+//! Each push reads the object, computes the RFC 7386 merge patch that turns the live
+//! `pluginConfig` into the desired one (`null` for every key that must disappear, since a merge
+//! patch merges objects key by key and would otherwise keep removed keys) and sends it with the
+//! `metadata.resourceVersion` it read. The API server applies it only if nobody wrote in between;
+//! on 409 Conflict the router reads again and recomputes, a bounded number of times. The patch
+//! names `spec.pluginConfig` alone, so every other field stays whatever it is at write time,
+//! including concurrent edits.
+//!
+//! Server-side apply was the alternative. It would record ownership per field, but
+//! `pluginConfig` is a schemaless object (`x-kubernetes-preserve-unknown-fields`), so ownership
+//! would be tracked per leaf inside our own config: a `kubectl edit` of one weight would make the
+//! next apply fail with a field-manager conflict unless we force it, and forcing is exactly the
+//! "blindly overwrite" we want to avoid being silent about. Drift is handled explicitly instead
+//! ([`super::drift`]). The merge patch keeps the semantics simple — the pushed config replaces the
+//! live one exactly — and every write is still conditional on what was read.
+
+use super::{describe_error, is_conflict, FIELD_MANAGER};
+use crate::error::{Error, Result};
+use crate::router::TrafficRouter;
+use async_trait::async_trait;
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::Api;
+use meshcanary_core::config::FilterConfig;
+use serde_json::{json, Map, Value};
+use tokio::sync::watch;
+
+/// How many times a push re-reads and retries after a 409 before giving up. Each conflict means
+/// someone else wrote the `WasmPlugin` during our read-patch round trip; a handful in a row means
+/// something is fighting over it, and the service's retry loop will try again later anyway.
+pub const MAX_CONFLICT_RETRIES: usize = 5;
+
+/// The `WasmPlugin` custom resource: `extensions.istio.io/v1alpha1`, plural `wasmplugins`.
+pub fn wasmplugin_resource() -> ApiResource {
+    ApiResource {
+        group: "extensions.istio.io".into(),
+        version: "v1alpha1".into(),
+        api_version: "extensions.istio.io/v1alpha1".into(),
+        kind: "WasmPlugin".into(),
+        plural: "wasmplugins".into(),
+    }
+}
+
+/// Pushes filter configs into one namespaced `WasmPlugin`'s `spec.pluginConfig`.
+pub struct WasmPluginRouter {
+    api: Api<DynamicObject>,
+    namespace: String,
+    name: String,
+    expected: Option<watch::Sender<FilterConfig>>,
+}
+
+impl WasmPluginRouter {
+    /// A router for the `WasmPlugin` `namespace/name`, which must already exist: the router
+    /// changes its `pluginConfig` only, it never creates or deletes it.
+    pub fn new(client: kube::Client, namespace: &str, name: &str) -> WasmPluginRouter {
+        WasmPluginRouter {
+            api: Api::namespaced_with(client, namespace, &wasmplugin_resource()),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+            expected: None,
+        }
+    }
+
+    /// Also publishes each config on `expected` just before pushing it: hand the receiver to
+    /// [`super::drift::watch_drift`] and it always compares against what was last pushed.
+    /// Create the channel with the config the service starts from.
+    pub fn with_expected(mut self, expected: watch::Sender<FilterConfig>) -> WasmPluginRouter {
+        self.expected = Some(expected);
+        self
+    }
+
+    fn push_error(&self, reason: impl Into<String>) -> Error {
+        Error::Push {
+            target: self.describe(),
+            reason: reason.into(),
+        }
+    }
+
+    fn map_error(&self, error: &kube::Error) -> Error {
+        match super::api_status(error) {
+            Some((404, _, _)) => self.push_error(format!(
+                "WasmPlugin {}/{} does not exist; install it first (meshcanary only writes its spec.pluginConfig)",
+                self.namespace, self.name
+            )),
+            Some((422, _, message)) => self.push_error(format!(
+                "the API server rejected the pluginConfig: {message}"
+            )),
+            Some((403, _, message)) => self.push_error(format!(
+                "not allowed: {message} (the service account needs get and patch on wasmplugins.extensions.istio.io)"
+            )),
+            _ => self.push_error(describe_error(error)),
+        }
+    }
+}
+
+#[async_trait]
+impl TrafficRouter for WasmPluginRouter {
+    async fn apply(&self, config: &FilterConfig) -> Result<()> {
+        if let Some(expected) = &self.expected {
+            expected.send_if_modified(|current| {
+                let changed = current != config;
+                if changed {
+                    *current = config.clone();
+                }
+                changed
+            });
+        }
+        let desired = serde_json::to_value(config)
+            .map_err(|error| self.push_error(format!("cannot serialise the config: {error}")))?;
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_string()),
+            ..PatchParams::default()
+        };
+        for attempt in 1..=MAX_CONFLICT_RETRIES {
+            let live = self
+                .api
+                .get(&self.name)
+                .await
+                .map_err(|error| self.map_error(&error))?;
+            let Some(version) = live.metadata.resource_version.clone() else {
+                return Err(self.push_error("the API server returned no resourceVersion"));
+            };
+            let current = live
+                .data
+                .pointer("/spec/pluginConfig")
+                .unwrap_or(&Value::Null);
+            let Some(patch) = plugin_config_patch(current, &desired, &version) else {
+                tracing::debug!(target = %self.describe(), generation = config.generation, "pluginConfig already up to date");
+                return Ok(());
+            };
+            match self
+                .api
+                .patch(&self.name, &params, &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(error) if is_conflict(&error) => {
+                    tracing::info!(target = %self.describe(), attempt, "WasmPlugin changed while pushing; re-reading");
+                }
+                Err(error) => return Err(self.map_error(&error)),
+            }
+        }
+        Err(self.push_error(format!(
+            "the WasmPlugin changed under every one of {MAX_CONFLICT_RETRIES} attempts; will retry"
+        )))
+    }
+
+    fn describe(&self) -> String {
+        format!("WasmPlugin {}/{}", self.namespace, self.name)
+    }
+}
+
+/// The merge patch body that sets `spec.pluginConfig` from `live` to `desired`, conditional on
+/// `resource_version`, or `None` when they are already equal.
+pub fn plugin_config_patch(live: &Value, desired: &Value, resource_version: &str) -> Option<Value> {
+    let change = merge_patch(live, desired)?;
+    Some(json!({
+        "metadata": {"resourceVersion": resource_version},
+        "spec": {"pluginConfig": change},
+    }))
+}
+
+/// The RFC 7386 merge patch turning `live` into `desired`, or `None` if they are equal.
+///
+/// Objects are diffed key by key: keys only in `live` become `null` (a merge patch deletes them),
+/// changed keys carry their new value. Anything else — arrays, scalars, an object replacing a
+/// non-object — is sent whole, because a merge patch replaces such values whole anyway.
+/// `desired` must not contain `null`s, which a merge patch cannot express as values;
+/// a serialised [`FilterConfig`] has none (absent options are skipped).
+pub fn merge_patch(live: &Value, desired: &Value) -> Option<Value> {
+    if live == desired {
+        return None;
+    }
+    let (Value::Object(live), Value::Object(desired)) = (live, desired) else {
+        return Some(desired.clone());
+    };
+    let mut patch = Map::new();
+    for key in live.keys() {
+        if !desired.contains_key(key) {
+            patch.insert(key.clone(), Value::Null);
+        }
+    }
+    for (key, want) in desired {
+        let change = match live.get(key) {
+            Some(have) => merge_patch(have, want),
+            None => Some(want.clone()),
+        };
+        if let Some(change) = change {
+            patch.insert(key.clone(), change);
+        }
+    }
+    Some(Value::Object(patch))
+}
+
+/// Applies an RFC 7386 merge patch to `target`, as the API server does. Used to check
+/// [`merge_patch`]; tests of callers can use it too.
+pub fn apply_merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Map::new());
+    }
+    if let Value::Object(target) = target {
+        for (key, value) in patch {
+            if value.is_null() {
+                target.remove(key);
+            } else {
+                apply_merge_patch(target.entry(key.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merge_patches_turn_live_into_desired_exactly() {
+        let cases = [
+            // (live, desired, expected patch)
+            (json!({"a": 1}), json!({"a": 1}), None),
+            (json!(null), json!({"a": 1}), Some(json!({"a": 1}))),
+            (json!("text"), json!({"a": 1}), Some(json!({"a": 1}))),
+            (
+                json!({"a": 1, "gone": true}),
+                json!({"a": 2}),
+                Some(json!({"a": 2, "gone": null})),
+            ),
+            (
+                json!({"o": {"keep": 1, "drop": 2}}),
+                json!({"o": {"keep": 1}}),
+                Some(json!({"o": {"drop": null}})),
+            ),
+            (
+                json!({"routes": [{"name": "a"}, {"name": "b"}]}),
+                json!({"routes": [{"name": "a"}]}),
+                Some(json!({"routes": [{"name": "a"}]})),
+            ),
+            (
+                json!({"generation": 1, "routes": []}),
+                json!({"generation": 2, "routes": []}),
+                Some(json!({"generation": 2})),
+            ),
+            (json!({"n": 1.0}), json!({"n": 1}), Some(json!({"n": 1}))),
+        ];
+        for (live, desired, expected) in cases {
+            let patch = merge_patch(&live, &desired);
+            assert_eq!(patch, expected, "{live} -> {desired}");
+            let mut patched = live.clone();
+            if let Some(patch) = &patch {
+                apply_merge_patch(&mut patched, patch);
+            }
+            assert_eq!(patched, desired, "applying the patch to {live}");
+        }
+    }
+
+    #[test]
+    fn the_patch_names_plugin_config_and_the_version_only() {
+        let patch = plugin_config_patch(&json!({"a": 1}), &json!({"b": 2}), "42").unwrap();
+        assert_eq!(
+            patch,
+            json!({"metadata": {"resourceVersion": "42"}, "spec": {"pluginConfig": {"a": null, "b": 2}}})
+        );
+        assert_eq!(plugin_config_patch(&json!({}), &json!({}), "42"), None);
+    }
+}
