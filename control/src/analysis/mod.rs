@@ -55,7 +55,7 @@
 //!   at most α — Fisher's test is conservative, so usually less.
 //! - A rollout checks every interval, and every check is another chance of a false alarm:
 //!   k checks at α = 0.01 raise at least one false alarm with probability up to 1 − 0.99ᵏ.
-//!   Rolling back only after several failed checks (the rollout's `checkFailedTimes`) makes a
+//!   Rolling back only after several failed checks (the rollout's `analysis.failureLimit`, Kurator's `checkFailedTimes`) makes a
 //!   false rollback much less likely, but this is not a sequential test: there is no overall
 //!   error guarantee across the whole rollout of the kind a sequential probability ratio test
 //!   would give.
