@@ -1,0 +1,298 @@
+//! The six Envoy configurations compared, their bootstrap templates (`bench/envoy/*.yaml`) and the
+//! filter configs they carry.
+
+use anyhow::{bail, Context};
+use meshcanary_core::config::CheckedConfig;
+use std::path::{Path, PathBuf};
+
+/// One configuration of the comparison.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// (a) straight to one cluster.
+    Direct,
+    /// (b) native `weighted_clusters` 90/10, the anchor.
+    Weighted,
+    /// (c) the meshcanary filter at 90/10.
+    Filter,
+    /// (d) the filter with a sticky key and 10 QA rules that do not match.
+    FilterWorst,
+    /// (e) a no-op wasm filter in front of (b)'s routes.
+    Noop,
+    /// (f) a Lua filter setting the variant header.
+    Lua,
+}
+
+/// The canary's share each configuration should send to `reviews-v2`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ExpectedSplit {
+    /// No split: everything to v1.
+    None,
+    /// About this fraction to v2.
+    Share(f64),
+    /// Every request carries the same sticky key, so all go to one variant (either).
+    OneVariant,
+}
+
+/// The files a scenario's bootstrap points at.
+#[derive(Debug, Clone)]
+pub struct Modules {
+    /// The release meshcanary module.
+    pub meshcanary: PathBuf,
+    /// The no-op module.
+    pub noop: PathBuf,
+}
+
+impl Scenario {
+    /// In report order.
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Direct,
+        Scenario::Weighted,
+        Scenario::Filter,
+        Scenario::FilterWorst,
+        Scenario::Noop,
+        Scenario::Lua,
+    ];
+
+    /// The letter of the issue: `a` … `f`.
+    pub fn key(self) -> &'static str {
+        match self {
+            Scenario::Direct => "a",
+            Scenario::Weighted => "b",
+            Scenario::Filter => "c",
+            Scenario::FilterWorst => "d",
+            Scenario::Noop => "e",
+            Scenario::Lua => "f",
+        }
+    }
+
+    /// What it is, in a few words.
+    pub fn title(self) -> &'static str {
+        match self {
+            Scenario::Direct => "one cluster, no split",
+            Scenario::Weighted => "native weighted_clusters 90/10",
+            Scenario::Filter => "meshcanary 90/10",
+            Scenario::FilterWorst => "meshcanary, sticky + 10 QA rules (no match)",
+            Scenario::Noop => "no-op wasm filter + weighted_clusters",
+            Scenario::Lua => "Lua filter sets the header",
+        }
+    }
+
+    /// The bootstrap template.
+    pub fn template(self) -> &'static str {
+        match self {
+            Scenario::Direct => include_str!("../envoy/direct.yaml"),
+            Scenario::Weighted => include_str!("../envoy/weighted.yaml"),
+            Scenario::Filter | Scenario::FilterWorst => include_str!("../envoy/filter.yaml"),
+            Scenario::Noop => include_str!("../envoy/noop.yaml"),
+            Scenario::Lua => include_str!("../envoy/lua.yaml"),
+        }
+    }
+
+    /// The template's file name under `bench/envoy/`.
+    pub fn template_name(self) -> &'static str {
+        match self {
+            Scenario::Direct => "direct.yaml",
+            Scenario::Weighted => "weighted.yaml",
+            Scenario::Filter | Scenario::FilterWorst => "filter.yaml",
+            Scenario::Noop => "noop.yaml",
+            Scenario::Lua => "lua.yaml",
+        }
+    }
+
+    /// The split it should produce, checked from Envoy's cluster stats after each round.
+    pub fn expected_split(self) -> ExpectedSplit {
+        match self {
+            Scenario::Direct => ExpectedSplit::None,
+            Scenario::FilterWorst => ExpectedSplit::OneVariant,
+            _ => ExpectedSplit::Share(0.1),
+        }
+    }
+
+    /// The meshcanary pluginConfig JSON, for (c) and (d).
+    pub fn plugin_config(self) -> Option<String> {
+        let rules = serde_json::json!([
+            // The rules of the decision's micro-benchmark (filter/core/benches/choose.rs): header,
+            // cookie and query rules, none matching the benchmark's requests.
+            {"header": "x-canary", "exact": "always", "variant": "v2"},
+            {"header": "x-qa-user", "prefix": "qa-", "variant": "v2"},
+            {"header": "x-debug-canary", "present": true, "variant": "v2"},
+            {"header": "x-tenant", "exact": "internal", "variant": "v2"},
+            {"header": "x-force-stable", "present": true, "variant": "v1"},
+            {"header": "x-beta", "exact": "1", "variant": "v2"},
+            {"cookie": "canary", "prefix": "v2", "variant": "v2"},
+            {"cookie": "qa", "exact": "true", "variant": "v2"},
+            {"query": "canary", "present": true, "variant": "v2"},
+            {"query": "qa", "exact": "1", "variant": "v2"}
+        ]);
+        let mut route = serde_json::json!({
+            "name": "reviews",
+            "hosts": ["reviews", "reviews.default.svc.cluster.local"],
+            "variants": [{"name": "v1", "weight": 9000}, {"name": "v2", "weight": 1000}],
+        });
+        match self {
+            Scenario::Filter => {}
+            Scenario::FilterWorst => {
+                route["rules"] = rules;
+                route["sticky"] = serde_json::json!({"header": "x-user-id", "salt": "release-42"});
+            }
+            _ => return None,
+        }
+        Some(serde_json::json!({"generation": 1, "routes": [route]}).to_string())
+    }
+
+    /// The bootstrap for this scenario, ports ephemeral, upstream on `upstream_port`.
+    pub fn bootstrap(self, upstream_port: u16, modules: &Modules) -> anyhow::Result<String> {
+        let mut values = vec![
+            ("LISTEN_PORT", "0".to_string()),
+            ("ADMIN_PORT", "0".to_string()),
+            ("UPSTREAM_PORT", upstream_port.to_string()),
+        ];
+        match self {
+            Scenario::Filter | Scenario::FilterWorst => {
+                let config = self.plugin_config().unwrap_or_default();
+                // The filter would refuse an invalid config and Envoy would answer 500: fail here.
+                CheckedConfig::from_json(config.as_bytes())
+                    .with_context(|| format!("({}) pluginConfig", self.key()))?;
+                values.push(("WASM_PATH", path_text(&modules.meshcanary)?));
+                // A JSON string literal is a valid YAML double-quoted scalar.
+                values.push(("PLUGIN_CONFIG", serde_json::to_string(&config)?));
+            }
+            Scenario::Noop => values.push(("WASM_PATH", path_text(&modules.noop)?)),
+            _ => {}
+        }
+        render(self.template(), &values)
+    }
+}
+
+fn path_text(path: &Path) -> anyhow::Result<String> {
+    let text = path.to_str().context("module path is not UTF-8")?;
+    if text.contains('"') || text.contains('\\') {
+        bail!("module path {text:?} cannot go into a YAML string as is");
+    }
+    Ok(text.to_string())
+}
+
+/// Replaces `${NAME}` placeholders; a placeholder left outside comments is an error.
+pub fn render(template: &str, values: &[(&str, String)]) -> anyhow::Result<String> {
+    let mut out = template.to_string();
+    for (name, value) in values {
+        out = out.replace(&format!("${{{name}}}"), value);
+    }
+    if let Some(line) = out
+        .lines()
+        .find(|line| !line.trim_start().starts_with('#') && line.contains("${"))
+    {
+        bail!("placeholder left in bootstrap: {}", line.trim());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn modules() -> Modules {
+        Modules {
+            meshcanary: "/m/meshcanary.wasm".into(),
+            noop: "/m/noop.wasm".into(),
+        }
+    }
+
+    #[test]
+    fn render_fills_placeholders_and_refuses_leftovers() {
+        let template = "# ${A} in a comment stays\na: ${A}\nb: ${B}\n";
+        type Case<'a> = (&'a [(&'a str, &'a str)], Result<&'a str, &'a str>);
+        let cases: [Case; 3] = [
+            (
+                &[("A", "1"), ("B", "2")],
+                Ok("# 1 in a comment stays\na: 1\nb: 2\n"),
+            ),
+            (&[("A", "1")], Err("b: ${B}")),
+            (
+                &[("A", "1"), ("B", "2"), ("C", "3")],
+                Ok("# 1 in a comment stays\na: 1\nb: 2\n"),
+            ),
+        ];
+        for (values, expected) in cases {
+            let values: Vec<(&str, String)> =
+                values.iter().map(|(k, v)| (*k, v.to_string())).collect();
+            match (render(template, &values), expected) {
+                (Ok(got), Ok(expected)) => assert_eq!(got, expected),
+                (Err(error), Err(line)) => assert!(error.to_string().contains(line), "{error}"),
+                (got, expected) => panic!("{got:?} vs {expected:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn every_bootstrap_renders_without_placeholders() {
+        for scenario in Scenario::ALL {
+            let bootstrap = scenario.bootstrap(4242, &modules()).unwrap();
+            assert!(bootstrap.contains("port_value: 4242"), "{}", scenario.key());
+            assert!(bootstrap.contains("reviews-v2"), "{}", scenario.key());
+        }
+    }
+
+    #[test]
+    fn filter_configs_are_valid_and_carried_as_one_yaml_string() {
+        for scenario in [Scenario::Filter, Scenario::FilterWorst] {
+            let config = scenario.plugin_config().unwrap();
+            let checked = CheckedConfig::from_json(config.as_bytes()).unwrap();
+            let route = &checked.routes[0];
+            let worst = scenario == Scenario::FilterWorst;
+            assert_eq!(route.rules.len(), if worst { 10 } else { 0 });
+            assert_eq!(route.sticky.is_some(), worst);
+            let bootstrap = scenario.bootstrap(1, &modules()).unwrap();
+            let line = bootstrap
+                .lines()
+                .find(|line| line.trim_start().starts_with("value: "))
+                .unwrap();
+            let carried: String =
+                serde_json::from_str(line.trim_start().trim_start_matches("value: ")).unwrap();
+            assert_eq!(carried, config);
+            assert!(bootstrap.contains("filename: \"/m/meshcanary.wasm\""));
+        }
+        assert!(Scenario::Noop
+            .bootstrap(1, &modules())
+            .unwrap()
+            .contains("/m/noop.wasm"));
+        assert_eq!(Scenario::Lua.plugin_config(), None);
+    }
+
+    #[test]
+    fn odd_module_paths_are_refused() {
+        let odd = Modules {
+            meshcanary: "/a\"b.wasm".into(),
+            noop: "/n.wasm".into(),
+        };
+        assert!(Scenario::Filter.bootstrap(1, &odd).is_err());
+    }
+
+    #[test]
+    fn the_rules_do_not_match_the_benchmark_requests() {
+        use meshcanary_core::request::RequestView;
+        struct Wrk;
+        impl RequestView for Wrk {
+            fn header(&self, name: &str) -> Option<Vec<u8>> {
+                let value = match name {
+                    ":authority" => "reviews",
+                    ":path" => crate::wrk::PATH,
+                    "x-request-id" => "0f0e0d0c-1b2a-4c3d-8e9f-a0b1c2d3e4f5",
+                    _ => crate::wrk::HEADERS.iter().find_map(|header| {
+                        let (key, value) = header.split_once(": ")?;
+                        key.eq_ignore_ascii_case(name).then_some(value)
+                    })?,
+                };
+                Some(value.as_bytes().to_vec())
+            }
+        }
+        let config = Scenario::FilterWorst.plugin_config().unwrap();
+        let checked = CheckedConfig::from_json(config.as_bytes()).unwrap();
+        let decision = meshcanary_core::choose(&checked, &Wrk, || None).unwrap();
+        assert_eq!(decision.reason, meshcanary_core::Reason::Sticky);
+        let config = Scenario::Filter.plugin_config().unwrap();
+        let checked = CheckedConfig::from_json(config.as_bytes()).unwrap();
+        let decision = meshcanary_core::choose(&checked, &Wrk, || None).unwrap();
+        assert_eq!(decision.reason, meshcanary_core::Reason::RequestId);
+    }
+}

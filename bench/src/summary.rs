@@ -1,0 +1,143 @@
+//! The statistics of the report: medians over rounds and ratios between configurations.
+//!
+//! Ratios are taken per round (both configurations measured minutes apart, under the same background
+//! load) and then the median of those is reported. On a shared 2-core machine the load drifts over
+//! a run; a per-round ratio cancels most of that drift, a ratio of two overall medians does not.
+
+/// The median of `values`; the mean of the middle two for an even count; `None` when empty or when
+/// a value is NaN.
+pub fn median(values: &[f64]) -> Option<f64> {
+    if values.is_empty() || values.iter().any(|v| v.is_nan()) {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    Some(if sorted.len() % 2 == 1 {
+        sorted[mid]
+    } else {
+        (sorted[mid - 1] + sorted[mid]) / 2.0
+    })
+}
+
+/// `value / base`, or `None` when the base is zero or either is not finite.
+pub fn ratio(value: f64, base: f64) -> Option<f64> {
+    (value.is_finite() && base.is_finite() && base != 0.0).then(|| value / base)
+}
+
+/// The median of the per-round ratios `values[i] / bases[i]`; rounds where either side is missing
+/// or the ratio is undefined are skipped.
+pub fn median_ratio(values: &[Option<f64>], bases: &[Option<f64>]) -> Option<f64> {
+    let ratios: Vec<f64> = values
+        .iter()
+        .zip(bases)
+        .filter_map(|(value, base)| ratio((*value)?, (*base)?))
+        .collect();
+    median(&ratios)
+}
+
+/// Where a measured value stands against a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Verdict {
+    /// The target is met.
+    Met,
+    /// The target is missed.
+    Missed,
+    /// Nothing was measured (a failed round, or not implemented yet).
+    Unknown,
+}
+
+impl Verdict {
+    /// `measured <= limit`.
+    pub fn at_most(measured: Option<f64>, limit: f64) -> Verdict {
+        match measured {
+            Some(value) if value <= limit => Verdict::Met,
+            Some(_) => Verdict::Missed,
+            None => Verdict::Unknown,
+        }
+    }
+
+    /// `measured >= limit`.
+    pub fn at_least(measured: Option<f64>, limit: f64) -> Verdict {
+        match measured {
+            Some(value) if value >= limit => Verdict::Met,
+            Some(_) => Verdict::Missed,
+            None => Verdict::Unknown,
+        }
+    }
+
+    /// The mark shown in the report.
+    pub fn mark(self) -> &'static str {
+        match self {
+            Verdict::Met => "✔",
+            Verdict::Missed => "✘",
+            Verdict::Unknown => "?",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_even_and_degenerate_inputs() {
+        let cases: [(&[f64], Option<f64>); 7] = [
+            (&[], None),
+            (&[3.0], Some(3.0)),
+            (&[3.0, 1.0, 2.0], Some(2.0)),
+            (&[4.0, 1.0, 3.0, 2.0], Some(2.5)),
+            (&[1.0, 1.0, 100.0], Some(1.0)),
+            (&[-1.0, 5.0], Some(2.0)),
+            (&[1.0, f64::NAN], None),
+        ];
+        for (values, expected) in cases {
+            assert_eq!(median(values), expected, "{values:?}");
+        }
+    }
+
+    #[test]
+    fn ratio_refuses_undefined_divisions() {
+        let cases = [
+            (2.0, 4.0, Some(0.5)),
+            (0.0, 4.0, Some(0.0)),
+            (2.0, 0.0, None),
+            (f64::INFINITY, 1.0, None),
+            (1.0, f64::NAN, None),
+        ];
+        for (value, base, expected) in cases {
+            assert_eq!(ratio(value, base), expected, "{value}/{base}");
+        }
+    }
+
+    #[test]
+    fn median_ratio_is_taken_per_round() {
+        // Round 2 ran on a busier machine: both sides are slower, the ratio is the same.
+        let values = [Some(110.0), Some(220.0), Some(121.0)];
+        let bases = [Some(100.0), Some(200.0), Some(100.0)];
+        let got = median_ratio(&values, &bases).unwrap();
+        assert!((got - 1.1).abs() < 1e-12, "{got}");
+        // A missing round on either side is skipped, not counted as zero.
+        let got = median_ratio(&[Some(2.0), None, Some(4.0)], &[Some(1.0), Some(1.0), None]);
+        assert_eq!(got, Some(2.0));
+        assert_eq!(median_ratio(&[None], &[Some(1.0)]), None);
+    }
+
+    #[test]
+    fn verdicts() {
+        let cases = [
+            (Verdict::at_most(Some(1.03), 1.03), Verdict::Met),
+            (Verdict::at_most(Some(1.031), 1.03), Verdict::Missed),
+            (Verdict::at_most(None, 1.03), Verdict::Unknown),
+            (Verdict::at_least(Some(0.97), 0.97), Verdict::Met),
+            (Verdict::at_least(Some(0.96), 0.97), Verdict::Missed),
+            (Verdict::at_least(None, 0.97), Verdict::Unknown),
+        ];
+        for (i, (got, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(got, expected, "case {i}");
+        }
+        assert_eq!(Verdict::Met.mark(), "✔");
+        assert_eq!(Verdict::Missed.mark(), "✘");
+    }
+}

@@ -1,0 +1,150 @@
+//! Micro-benchmark of the variant decision, [`meshcanary_core::choose`], on the host.
+//!
+//! `make bench` runs it (`cargo bench -p meshcanary-core --bench choose`) and reports the ns per
+//! decision from criterion's `target/criterion/choose/<case>/new/estimates.json`. The cases follow
+//! the Envoy configurations of the benchmark: a plain weighted decision (what every request without a
+//! sticky key costs), a sticky header, the realistic worst case of 10 QA rules that do not match
+//! before the sticky key, and a cookie rule scanning a 4 KB `cookie` header.
+//!
+//! The request is a header list that copies each value out, as the filter's host calls do, so the
+//! allocation per header read is part of what is measured.
+
+// A benchmark is not the filter: a broken fixture should stop it loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use meshcanary_core::config::CheckedConfig;
+use meshcanary_core::request::RequestView;
+use meshcanary_core::{choose, Reason};
+use std::hint::black_box;
+
+/// A request as Envoy's header map presents it to the filter: looked up by name, copied out.
+struct Headers(Vec<(&'static str, Vec<u8>)>);
+
+impl RequestView for Headers {
+    fn header(&self, name: &str) -> Option<Vec<u8>> {
+        self.0
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.clone())
+    }
+}
+
+/// The headers every benchmark request carries, as wrk sends them in `make bench` (plus what Envoy
+/// adds: `x-request-id`, `x-forwarded-proto`).
+fn base_headers() -> Vec<(&'static str, Vec<u8>)> {
+    [
+        (":authority", "reviews"),
+        (":path", "/reviews/1"),
+        (":method", "GET"),
+        (":scheme", "http"),
+        ("x-forwarded-proto", "http"),
+        ("x-request-id", "7c1f0e6a-3b52-4c1e-9a0d-5f2e8b9d4a61"),
+        ("x-user-id", "user-0042"),
+        ("cookie", "session=3f2a9c; theme=dark"),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name, value.as_bytes().to_vec()))
+    .collect()
+}
+
+fn config(route: serde_json::Value) -> CheckedConfig {
+    let document = serde_json::json!({ "generation": 1, "routes": [route] });
+    CheckedConfig::from_json(document.to_string().as_bytes()).expect("a valid config")
+}
+
+fn route(extra: serde_json::Value) -> serde_json::Value {
+    let mut route = serde_json::json!({
+        "name": "reviews",
+        "hosts": ["reviews", "reviews.default.svc.cluster.local"],
+        "variants": [{"name": "v1", "weight": 9000}, {"name": "v2", "weight": 1000}],
+    });
+    let fields = route.as_object_mut().expect("an object");
+    fields.extend(extra.as_object().expect("an object").clone());
+    route
+}
+
+/// The 10 QA rules of configuration (d) in `bench/src/scenario.rs`: none matches the benchmark's
+/// requests, so every one is evaluated (6 header reads, the cookie header and `:path` once each).
+fn ten_rules() -> serde_json::Value {
+    serde_json::json!([
+        {"header": "x-canary", "exact": "always", "variant": "v2"},
+        {"header": "x-qa-user", "prefix": "qa-", "variant": "v2"},
+        {"header": "x-debug-canary", "present": true, "variant": "v2"},
+        {"header": "x-tenant", "exact": "internal", "variant": "v2"},
+        {"header": "x-force-stable", "present": true, "variant": "v1"},
+        {"header": "x-beta", "exact": "1", "variant": "v2"},
+        {"cookie": "canary", "prefix": "v2", "variant": "v2"},
+        {"cookie": "qa", "exact": "true", "variant": "v2"},
+        {"query": "canary", "present": true, "variant": "v2"},
+        {"query": "qa", "exact": "1", "variant": "v2"}
+    ])
+}
+
+/// A `cookie` header of about 4 KB whose rule cookie comes last, so the whole header is scanned.
+fn big_cookie() -> Vec<u8> {
+    let mut cookie = String::new();
+    let mut index = 0;
+    while cookie.len() < 4096 - 16 {
+        cookie.push_str(&format!("c{index:03}=0123456789abcdef0123456789abcdef; "));
+        index += 1;
+    }
+    cookie.push_str("canary=v2-beta");
+    cookie.into_bytes()
+}
+
+fn bench_choose(c: &mut Criterion) {
+    let sticky = serde_json::json!({"header": "x-user-id", "salt": "release-42"});
+    let cases: Vec<(&str, CheckedConfig, Headers, Reason)> = vec![
+        (
+            "weighted",
+            config(route(serde_json::json!({}))),
+            Headers(base_headers()),
+            Reason::RequestId,
+        ),
+        (
+            "sticky_header",
+            config(route(serde_json::json!({ "sticky": sticky }))),
+            Headers(base_headers()),
+            Reason::Sticky,
+        ),
+        (
+            "ten_rules_miss_then_sticky",
+            config(route(
+                serde_json::json!({ "rules": ten_rules(), "sticky": sticky }),
+            )),
+            Headers(base_headers()),
+            Reason::Sticky,
+        ),
+        (
+            "cookie_rule_4kb_cookie",
+            config(route(serde_json::json!({
+                "rules": [{"cookie": "canary", "prefix": "v2", "variant": "v2"}]
+            }))),
+            Headers(
+                base_headers()
+                    .into_iter()
+                    .map(|(name, value)| match name {
+                        "cookie" => (name, big_cookie()),
+                        _ => (name, value),
+                    })
+                    .collect(),
+            ),
+            Reason::Rule,
+        ),
+    ];
+
+    let mut group = c.benchmark_group("choose");
+    for (name, config, request, reason) in &cases {
+        // A fixture that decides differently from what the case claims would measure the wrong path.
+        let decision = choose(config, request, || Some(0)).expect("the route matches");
+        assert_eq!(decision.reason, *reason, "case {name}");
+        group.bench_function(*name, |b| {
+            b.iter(|| choose(black_box(config), black_box(request), || Some(4242)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_choose);
+criterion_main!(benches);
