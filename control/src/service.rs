@@ -43,6 +43,9 @@ pub struct Controller {
     pushed_generation: AtomicU64,
     push_error: RwLock<Option<String>>,
     wake: Notify,
+    // Ticks run one at a time: the engine loop and API calls both tick, and two ticks deciding
+    // at once would both run a due check or gate.
+    tick_lock: Mutex<()>,
     /// Per rollout: when the current analysis window opened and every proxy's counters then.
     windows: std::sync::Mutex<HashMap<String, Window>>,
     http: reqwest::Client,
@@ -136,6 +139,7 @@ impl Controller {
             pushed_generation: AtomicU64::new(0),
             push_error: RwLock::new(None),
             wake: Notify::new(),
+            tick_lock: Mutex::new(()),
             windows: std::sync::Mutex::new(HashMap::new()),
             http: reqwest::Client::new(),
             notify_tx,
@@ -469,6 +473,7 @@ impl Controller {
     /// state lock, then one `mutate` records the results and advances every rollout as far as it
     /// can go now.
     pub async fn tick(&self) -> Result<Option<Timestamp>> {
+        let _serial = self.tick_lock.lock().await;
         let observation = self.observation();
         let now = Timestamp::now();
         let running: Vec<Rollout> = {

@@ -24,7 +24,7 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Environment variables `meshcanary serve` reads that must not leak in from the caller (e.g. a
 /// developer's shell): the harness passes everything it wants as flags.
-const SERVICE_ENV: [&str; 10] = [
+const SERVICE_ENV: [&str; 11] = [
     "MESHCANARY_LISTEN",
     "MESHCANARY_STATE_DIR",
     "MESHCANARY_TOKEN_FILE",
@@ -33,9 +33,20 @@ const SERVICE_ENV: [&str; 10] = [
     "MESHCANARY_ECDS_FILE",
     "MESHCANARY_WASM",
     "MESHCANARY_ENVOY_ADMIN",
+    "MESHCANARY_PROMETHEUS_URL",
     "MESHCANARY_LOG_FORMAT",
     "RUST_LOG",
 ];
+
+/// Where the service reads the proxies' stats from (propagation and analysis).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatsSource {
+    /// `--envoy-admin <url>`: scrape an Envoy admin endpoint directly (what [`ControlService::start`]
+    /// uses, with the harness Envoy's admin URL).
+    EnvoyAdmin(String),
+    /// `--prometheus-url <url>`: query a Prometheus server that scrapes the proxies.
+    Prometheus(String),
+}
 
 /// A running `meshcanary serve`; killed and reaped when dropped.
 pub struct ControlService {
@@ -43,7 +54,7 @@ pub struct ControlService {
     dir: TempDir,
     port: u16,
     ecds_file: PathBuf,
-    envoy_admin: String,
+    stats: StatsSource,
     api: ControlApi,
 }
 
@@ -52,6 +63,28 @@ impl ControlService {
     /// config Envoy was started with, so the service's first push changes nothing) and waits
     /// until `/readyz` answers 200.
     pub async fn start(envoy: &Envoy, routes: &FilterConfig) -> ControlService {
+        let stats = StatsSource::EnvoyAdmin(envoy.admin_url.clone());
+        ControlService::start_with_stats(envoy, routes, stats).await
+    }
+
+    /// Like [`ControlService::start`], but the service reads the stats from `stats` (another
+    /// admin URL, possibly unreachable, or a Prometheus server) instead of `envoy`'s admin.
+    pub async fn start_with_stats(
+        envoy: &Envoy,
+        routes: &FilterConfig,
+        stats: StatsSource,
+    ) -> ControlService {
+        ControlService::start_without_envoy(envoy.ecds_path(), routes, stats).await
+    }
+
+    /// Starts the service with no Envoy behind it: it writes the filter config to `ecds_file`,
+    /// which nothing needs to watch, and reads the proxies' stats from `stats` (a stand-in for an
+    /// Envoy admin endpoint, say). For tests of the API and the dashboard.
+    pub async fn start_without_envoy(
+        ecds_file: &Path,
+        routes: &FilterConfig,
+        stats: StatsSource,
+    ) -> ControlService {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("routes.json"), routes.to_json()).expect("write routes");
         let log_path: Arc<Path> = Arc::from(dir.path().join("service.log"));
@@ -59,8 +92,8 @@ impl ControlService {
             child: None,
             dir,
             port: 0,
-            ecds_file: envoy.ecds_path().to_path_buf(),
-            envoy_admin: envoy.admin_url.clone(),
+            ecds_file: ecds_file.to_path_buf(),
+            stats,
             api: ControlApi::new(String::new(), log_path),
         };
         // A port found free can be taken by someone else before the service binds it; such a
@@ -130,7 +163,7 @@ impl ControlService {
         for name in SERVICE_ENV {
             command.env_remove(name);
         }
-        let child = command
+        command
             .arg("serve")
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
@@ -141,9 +174,12 @@ impl ControlService {
             .arg("--ecds-file")
             .arg(&self.ecds_file)
             .arg("--wasm")
-            .arg(paths::filter_wasm())
-            .arg("--envoy-admin")
-            .arg(&self.envoy_admin)
+            .arg(paths::filter_wasm());
+        match &self.stats {
+            StatsSource::EnvoyAdmin(url) => command.arg("--envoy-admin").arg(url),
+            StatsSource::Prometheus(url) => command.arg("--prometheus-url").arg(url),
+        };
+        let child = command
             .env("MESHCANARY_TOKEN", TOKEN)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

@@ -5,11 +5,15 @@
 //!
 //! It needs the Envoy binary (`ENVOY_BIN`, or the project venv that `make test` creates) and the
 //! release `.wasm` (`MESHCANARY_WASM`, or `make build`'s output); the control service tests also
-//! need the `meshcanary` binary (`MESHCANARY_BIN`, or `target/debug/meshcanary`).
+//! need the `meshcanary` binary (`MESHCANARY_BIN`, or `target/debug/meshcanary`), and the
+//! analysis tests a Prometheus server (`PROMETHEUS_BIN`, or Debian's `/usr/bin/prometheus`).
 
 pub mod control;
 pub mod envoy;
+pub mod hook_server;
 pub mod load;
 pub mod paths;
 pub mod prometheus;
+pub mod prometheus_server;
+pub mod steady_load;
 pub mod upstream;

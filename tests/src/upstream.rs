@@ -20,6 +20,8 @@ pub struct Behaviour {
     pub delay_ms: AtomicU64,
     /// Requests served so far.
     pub served: AtomicU64,
+    /// Answer every n-th request with 500 (0: none); see [`Upstream::set_fail_every`].
+    pub fail_every: AtomicU64,
 }
 
 struct Shared {
@@ -74,6 +76,12 @@ impl Upstream {
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Answer every `n`-th request with 500 (`20`: 5 % failures, spread evenly, so any 20
+    /// requests in a row hold exactly one); `0` stops it. Requests not picked answer as usual.
+    pub fn set_fail_every(&self, n: u64) {
+        self.behaviour.fail_every.store(n, Ordering::SeqCst);
+    }
+
     /// Requests served so far.
     pub fn served(&self) -> u64 {
         self.behaviour.served.load(Ordering::SeqCst)
@@ -88,12 +96,14 @@ impl Drop for Upstream {
 
 async fn serve(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
     let behaviour = &shared.behaviour;
-    behaviour.served.fetch_add(1, Ordering::SeqCst);
+    let nth = behaviour.served.fetch_add(1, Ordering::SeqCst) + 1;
     let delay = behaviour.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
     }
+    let fail_every = behaviour.fail_every.load(Ordering::SeqCst);
     let status = match behaviour.status.load(Ordering::SeqCst) {
+        _ if fail_every > 0 && nth % fail_every == 0 => StatusCode::INTERNAL_SERVER_ERROR,
         0 => StatusCode::OK,
         code => StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
     };

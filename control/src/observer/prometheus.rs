@@ -185,6 +185,13 @@ fn snapshots_from(
 impl MetricsObserver for PrometheusObserver {
     async fn generations(&self) -> Vec<ProxyGeneration> {
         match self.query(GENERATION).await {
+            // No series is no answer: before the first scrape, or once the proxies' series went
+            // stale, nothing says the config arrived.
+            Ok(samples) if samples.is_empty() => vec![ProxyGeneration {
+                proxy: self.base_url.clone(),
+                generation: None,
+                error: Some(format!("no {GENERATION} series in Prometheus yet")),
+            }],
             Ok(samples) => samples
                 .iter()
                 .map(|sample| ProxyGeneration {
