@@ -45,6 +45,12 @@ $(WASM): $(shell find filter -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.
 	$(MAKE) $(APT_STAMP)
 	apt-get install -y -qq prometheus
 
+# The dashboard test drives Debian's chromium headless through chromedriver (WebDriver); one
+# install makes both (a grouped target).
+/usr/bin/chromium /usr/bin/chromedriver &:
+	$(MAKE) $(APT_STAMP)
+	apt-get install -y -qq chromium chromium-driver
+
 $(APT_STAMP):
 	mkdir -p target
 	apt-get update -qq
@@ -57,7 +63,7 @@ $(ENVOY_BIN):
 	ln -sf "$$($(VENV)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" $@
 	$@ --version
 
-test: build envoy | /usr/bin/prometheus ## run every test: unit, property and end-to-end against real Envoy
+test: build envoy | /usr/bin/prometheus /usr/bin/chromium /usr/bin/chromedriver ## run every test: unit, property and end-to-end against real Envoy
 	cargo build --locked -p meshcanary-control
 	cargo test --locked --workspace --exclude meshcanary-filter
 
@@ -66,8 +72,13 @@ lint: toolchain ## cargo fmt --check and clippy -D warnings, host and wasm32
 	cargo clippy --locked --workspace --exclude meshcanary-filter --all-targets -- -D warnings
 	cargo clippy --locked -p meshcanary-filter --target $(WASM_TARGET) -- -D warnings
 
-demo: build envoy ## run the standalone demo: Envoy + filter + upstreams, live weight changes
-	cargo run --locked -q -p meshcanary-e2e --example standalone
+# SCENARIO: all (default), qa, rollout, rollback, or a comma-separated list. DEMO_EXIT=1: fast and
+# unattended, exits 0 if every scenario went as it should. Ports (0 = any free one): DEMO_API_PORT
+# (7070, the CLI's default), DEMO_ENVOY_PORT (10000), DEMO_ENVOY_ADMIN_PORT (9901).
+demo: build envoy ## run the demo: QA routing, a canary promoted, a broken one rolled back. SCENARIO=all|qa|rollout|rollback DEMO_EXIT=1 DEMO_API_PORT=7070 DEMO_ENVOY_PORT=10000
+	cargo build --locked -p meshcanary-control
+	cargo build --locked -p meshcanary-e2e --example demo
+	cargo run --locked -q -p meshcanary-e2e --example demo
 
 # BENCH_ROUNDS (5) and BENCH_SECONDS (10) shorten a run: BENCH_ROUNDS=2 BENCH_SECONDS=3 make bench.
 bench: build envoy | /usr/bin/wrk ## measure the filter against native Envoy routing; writes BENCHMARKS.md

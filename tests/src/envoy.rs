@@ -55,6 +55,17 @@ impl Envoy {
     /// Starts Envoy (2 workers) in front of upstreams on `ports` (v1, v2, v3) with `config` in the
     /// ECDS file, and waits until the listener is up and the filter runs that config's generation.
     pub async fn start(ports: [u16; 3], config: &FilterConfig) -> Envoy {
+        Envoy::start_on(ports, config, 0, 0).await
+    }
+
+    /// Like [`Envoy::start`], with the listener on `listen_port` and the admin interface on
+    /// `admin_port` (0: any free port).
+    pub async fn start_on(
+        ports: [u16; 3],
+        config: &FilterConfig,
+        listen_port: u16,
+        admin_port: u16,
+    ) -> Envoy {
         let dir = tempfile::tempdir().expect("temp dir");
         let ecds_path = dir.path().join("meshcanary.ecds.json");
         let delivery = WasmDelivery {
@@ -68,8 +79,8 @@ impl Envoy {
         let bootstrap = render(
             &template,
             &[
-                ("LISTEN_PORT", "0".into()),
-                ("ADMIN_PORT", "0".into()),
+                ("LISTEN_PORT", listen_port.to_string()),
+                ("ADMIN_PORT", admin_port.to_string()),
                 ("ECDS_PATH", ecds_path.display().to_string()),
                 ("V1_PORT", ports[0].to_string()),
                 ("V2_PORT", ports[1].to_string()),
@@ -243,6 +254,16 @@ impl Envoy {
     /// The ECDS file this Envoy watches; whoever else pushes (the control service) writes it.
     pub fn ecds_path(&self) -> &Path {
         &self.ecds_path
+    }
+
+    /// The Envoy process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The file Envoy logs to.
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("envoy.log")
     }
 
     /// URL of `path` on the listener.

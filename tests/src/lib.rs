@@ -7,8 +7,11 @@
 //! release `.wasm` (`MESHCANARY_WASM`, or `make build`'s output); the control service tests also
 //! need the `meshcanary` binary (`MESHCANARY_BIN`, or `target/debug/meshcanary`), and the
 //! analysis tests a Prometheus server (`PROMETHEUS_BIN`, or Debian's `/usr/bin/prometheus`).
+//!
+//! [`demo`] holds the scenarios of `make demo`, built on the same parts, so a test runs them too.
 
 pub mod control;
+pub mod demo;
 pub mod envoy;
 pub mod hook_server;
 pub mod load;

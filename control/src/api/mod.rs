@@ -4,8 +4,10 @@
 //!
 //! Reads are open by default (they show rollout progress and the filter config, nothing secret);
 //! `--protect-reads` requires the token for them too. `/healthz`, `/readyz`, `/metrics` and
-//! `/openapi.json` are always open, and so is the filter module (`/filter/meshcanary.wasm`).
+//! `/openapi.json` are always open, and so are the filter module (`/filter/meshcanary.wasm`) and
+//! the dashboard page (`/dashboard`, `/` leads there), which holds no data itself.
 
+pub mod dashboard;
 pub mod extract;
 pub mod filter;
 pub mod rollouts;
@@ -83,9 +85,11 @@ pub fn app(state: AppState) -> axum::Router {
         .routes(routes!(system::metrics))
         .routes(routes!(filter::module))
         .routes(routes!(filter::sha256))
+        .routes(routes!(dashboard::page))
         .split_for_parts();
     let openapi = Arc::new(openapi);
     router
+        .route("/", axum::routing::get(dashboard::root))
         .route(
             "/openapi.json",
             axum::routing::get(move || {
@@ -103,7 +107,9 @@ pub fn app(state: AppState) -> axum::Router {
         .with_state(state)
 }
 
-const OPEN_PATHS: [&str; 6] = [
+const OPEN_PATHS: [&str; 8] = [
+    "/",
+    dashboard::PATH,
     "/healthz",
     "/readyz",
     "/metrics",

@@ -586,3 +586,56 @@ async fn the_openapi_document_and_metrics_describe_the_service() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_dashboard_is_served_open_and_self_contained() {
+    // Reads protected: the page itself must still load, so a person can type the token into it.
+    let h = harness(true).await;
+    let (status, headers, body) = call(&h.app, "GET", "/dashboard", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CONTENT_TYPE], "text/html; charset=utf-8");
+    let policy = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+    assert!(
+        policy.starts_with("default-src 'none'; script-src 'sha256-"),
+        "{policy}"
+    );
+    assert!(policy.contains("connect-src 'self'"), "{policy}");
+    let page = body.as_str().unwrap();
+    assert!(page.starts_with("<!doctype html>"));
+    for hook in [
+        "id=\"rollout-rows\"",
+        "id=\"detail-phase\"",
+        "id=\"detail-weight\"",
+        "id=\"chart-weight\"",
+        "id=\"chart-success\"",
+        "id=\"chart-latency\"",
+        "id=\"steps\"",
+        "id=\"timeline\"",
+        "id=\"check\"",
+        "id=\"token\"",
+        "id=\"error\"",
+        "data-action=\"pause\"",
+        "data-action=\"resume\"",
+        "data-action=\"promote\"",
+        "data-action=\"abort\"",
+        "sessionStorage",
+        "Authorization",
+        "\"/v1/rollouts\"",
+        "/v1/rollouts/${encodeURIComponent(name)}/${action}",
+    ] {
+        assert!(page.contains(hook), "the page has no {hook}");
+    }
+
+    let (status, headers, _) = call(&h.app, "GET", "/", None, None).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    assert_eq!(headers[header::LOCATION], "/dashboard");
+    // The data behind it is still protected.
+    let (status, _, _) = call(&h.app, "GET", "/v1/rollouts", None, None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (_, _, doc) = call(&h.app, "GET", "/openapi.json", None, None).await;
+    assert!(
+        doc["paths"]["/dashboard"]["get"]["responses"]["200"]["content"]["text/html"].is_object(),
+        "{}",
+        doc["paths"]["/dashboard"]
+    );
+}
