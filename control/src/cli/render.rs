@@ -5,6 +5,7 @@
 //! output is tested without a service or a clock. A rollout's status is a list of [`Section`]s so
 //! that more of them (the latest analysis, say) can be added without touching the others.
 
+use crate::analysis::{Measured, Verdict};
 use crate::api::rollouts::RolloutView;
 use crate::api::routes::RoutesView;
 use crate::rollout::engine::percent;
@@ -223,14 +224,84 @@ pub fn rollout_list(views: &[RolloutView], now: Timestamp) -> String {
     )
 }
 
-/// `rollout status`: the rollout as sections — summary, plan, history, propagation.
+/// `rollout status`: the rollout as sections — summary, plan, the latest analysis check (with
+/// analysis), history, propagation.
 pub fn status_sections(view: &RolloutView, now: Timestamp) -> Vec<Section> {
-    vec![
-        summary_section(view, now),
-        plan_section(view, now),
-        history_section(view),
-        propagation_section(&view.propagation),
-    ]
+    let mut sections = vec![summary_section(view, now), plan_section(view, now)];
+    sections.extend(analysis_section(view, now));
+    sections.push(history_section(view));
+    sections.push(propagation_section(&view.propagation));
+    sections
+}
+
+/// The latest analysis check as a compact table of canary and stable, its verdict and reasons,
+/// and how many checks failed so far; `None` for rollouts without analysis.
+fn analysis_section(view: &RolloutView, now: Timestamp) -> Option<Section> {
+    let spec = view.rollout.spec.analysis.as_ref()?;
+    let status = &view.rollout.status.analysis;
+    let counts = format!(
+        "failed checks {} of {} allowed, inconclusive in a row {} of {}",
+        status.failed_checks,
+        spec.failure_limit,
+        status.inconclusive_streak,
+        spec.inconclusive_limit
+    );
+    let Some(last) = status.checks.last() else {
+        return Some(Section::titled(
+            "Analysis",
+            format!("no check yet (every {})\n{counts}", spec.interval),
+        ));
+    };
+    let verdict = match last.check.verdict {
+        Verdict::Pass => "passed",
+        Verdict::Fail => "FAILED",
+        Verdict::Inconclusive => "inconclusive",
+    };
+    let percent_of =
+        |rate: Option<f64>| rate.map_or("-".to_string(), |r| format!("{:.2} %", r * 100.0));
+    let millis = |ms: Option<f64>| ms.map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
+    let row = |name: &str, measured: &Measured| {
+        vec![
+            name.to_string(),
+            measured.requests.to_string(),
+            percent_of(measured.success_rate),
+            millis(measured.latency_ms),
+        ]
+    };
+    let quantile = format!("p{}", spec.latency_percentile);
+    let table = table(
+        &["variant", "requests", "success", &quantile],
+        &[
+            row(
+                &format!("canary {}", view.rollout.spec.canary),
+                &last.check.canary,
+            ),
+            row(
+                &format!("stable {}", view.rollout.spec.stable),
+                &last.check.baseline,
+            ),
+        ],
+    );
+    let p_value = last
+        .check
+        .p_value
+        .map(|p| format!(", p = {p:.3}"))
+        .unwrap_or_default();
+    let reasons: Vec<String> = last
+        .check
+        .reasons
+        .iter()
+        .map(|r| format!("- {r}"))
+        .collect();
+    Some(Section::titled(
+        "Analysis",
+        format!(
+            "last check {verdict} {} at {}{p_value}\n{table}\n{}\n{counts}",
+            when(last.at, now),
+            percent(last.canary_weight),
+            reasons.join("\n")
+        ),
+    ))
 }
 
 /// `rollout status` as text.
@@ -508,6 +579,43 @@ mod tests {
             value["status"][k] = v.clone();
         }
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn the_latest_check_is_a_compact_table() {
+        let mut with_analysis = view(
+            json!({"analysis": {"failedChecks": 1, "inconclusiveStreak": 0, "checks": [
+            {"at": "2026-11-18T11:06:20Z", "since": "2026-11-18T11:05:50Z", "step": 0, "canaryWeight": 1000,
+             "check": {"verdict": "fail", "reasons": ["canary success rate 94 % is below the minimum 99 %"],
+                       "canary": {"requests": 120, "successRate": 0.94, "latencyMs": 12.5},
+                       "baseline": {"requests": 1100, "successRate": 0.999, "latencyMs": 9.0},
+                       "pValue": 0.0001}}]}}),
+        );
+        with_analysis.rollout.spec.analysis =
+            Some(serde_json::from_value(json!({"minSuccessRate": 99})).unwrap());
+        let text = render_sections(
+            &analysis_section(&with_analysis, NOW)
+                .into_iter()
+                .collect::<Vec<_>>(),
+        );
+        assert!(text.contains("last check FAILED"), "{text}");
+        assert!(
+            text.contains("canary v2  120       94.00 %  12.5 ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("stable v1  1100      99.90 %  9.0 ms"),
+            "{text}"
+        );
+        assert!(
+            text.contains("- canary success rate 94 % is below the minimum 99 %"),
+            "{text}"
+        );
+        assert!(text.contains("failed checks 1 of 2 allowed"), "{text}");
+        assert!(
+            analysis_section(&view(json!({})), NOW).is_none(),
+            "no section without analysis"
+        );
     }
 
     #[test]
