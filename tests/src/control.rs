@@ -23,8 +23,8 @@ pub const TOKEN: &str = "e2e-token-0123456789abcdefghij";
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Environment variables `meshcanary serve` reads that must not leak in from the caller (e.g. a
-/// developer's shell): the harness passes everything it wants as flags.
-const SERVICE_ENV: [&str; 11] = [
+/// developer's shell): the harness and the demo pass everything they want as flags.
+pub const SERVICE_ENV: [&str; 18] = [
     "MESHCANARY_LISTEN",
     "MESHCANARY_STATE_DIR",
     "MESHCANARY_TOKEN_FILE",
@@ -35,6 +35,13 @@ const SERVICE_ENV: [&str; 11] = [
     "MESHCANARY_ENVOY_ADMIN",
     "MESHCANARY_PROMETHEUS_URL",
     "MESHCANARY_LOG_FORMAT",
+    "MESHCANARY_WASMPLUGIN",
+    "MESHCANARY_KUBE_NAMESPACE",
+    "MESHCANARY_STATE_CONFIGMAP",
+    "MESHCANARY_LEADER_LEASE",
+    "MESHCANARY_LEASE_DURATION",
+    "POD_NAMESPACE",
+    "POD_NAME",
     "RUST_LOG",
 ];
 

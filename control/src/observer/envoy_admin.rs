@@ -28,20 +28,29 @@ impl EnvoyAdminObserver {
         }
     }
 
-    async fn generation(&self, endpoint: &str) -> Result<u64, String> {
-        let url = format!("{endpoint}/stats/prometheus?filter={GENERATION}");
+    /// The filter's stats whose names match `filter` (Envoy's regex on stat names).
+    async fn stats(&self, endpoint: &str, filter: &str) -> Result<String, String> {
+        let url = format!("{endpoint}/stats/prometheus?filter={filter}");
         let response = self
             .client
             .get(&url)
             .send()
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("cannot read {url}: {e}"))?;
         if !response.status().is_success() {
-            return Err(format!("{url} answered {}", response.status()));
+            return Err(format!("cannot read {url}: answered {}", response.status()));
         }
-        let text = response.text().await.map_err(|e| e.to_string())?;
-        parse_gauge(&text, GENERATION)
-            .ok_or_else(|| format!("no {GENERATION} in {url}: is the meshcanary filter loaded?"))
+        response
+            .text()
+            .await
+            .map_err(|e| format!("cannot read {url}: {e}"))
+    }
+
+    async fn generation(&self, endpoint: &str) -> Result<u64, String> {
+        let text = self.stats(endpoint, GENERATION).await?;
+        parse_gauge(&text, GENERATION).ok_or_else(|| {
+            format!("no {GENERATION} at {endpoint}: is the meshcanary filter loaded?")
+        })
     }
 }
 
@@ -62,23 +71,9 @@ impl MetricsObserver for EnvoyAdminObserver {
     async fn snapshots(&self, route: &str) -> Result<Vec<(String, Snapshot)>, String> {
         let mut out = Vec::with_capacity(self.endpoints.len());
         for endpoint in &self.endpoints {
-            let url = format!("{endpoint}/stats/prometheus?filter=meshcanary_");
-            let text = async {
-                let response = self
-                    .client
-                    .get(&url)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if !response.status().is_success() {
-                    return Err(format!("answered {}", response.status()));
-                }
-                response.text().await.map_err(|e| e.to_string())
-            }
-            .await
-            .map_err(|error| format!("cannot read {url}: {error}"))?;
+            let text = self.stats(endpoint, "meshcanary_").await?;
             let snapshot =
-                parse_envoy_stats(&text, route).map_err(|error| format!("{url}: {error}"))?;
+                parse_envoy_stats(&text, route).map_err(|error| format!("{endpoint}: {error}"))?;
             out.push((endpoint.clone(), snapshot));
         }
         Ok(out)

@@ -10,21 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Variables `meshcanary serve` reads that must not leak in from the user's shell: the demo
-/// passes everything as flags.
-const SERVICE_ENV: [&str; 11] = [
-    "MESHCANARY_LISTEN",
-    "MESHCANARY_STATE_DIR",
-    "MESHCANARY_TOKEN_FILE",
-    "MESHCANARY_PROTECT_READS",
-    "MESHCANARY_ROUTES",
-    "MESHCANARY_ECDS_FILE",
-    "MESHCANARY_WASM",
-    "MESHCANARY_ENVOY_ADMIN",
-    "MESHCANARY_PROMETHEUS_URL",
-    "MESHCANARY_LOG_FORMAT",
-    "RUST_LOG",
-];
+use crate::control::SERVICE_ENV;
 /// How long the service may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
