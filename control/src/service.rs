@@ -53,6 +53,9 @@ pub struct Controller {
     notify_rx:
         std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Rollout, WebhookKind)>>>,
     leadership: tokio::sync::watch::Receiver<LeaderState>,
+    // Set once a new leader has reloaded the saved state and pushed it; until then it must not
+    // write or push (its in-memory state is a follower's, possibly stale).
+    synced: std::sync::atomic::AtomicBool,
     drift: RwLock<Option<String>>,
     last_retry: std::sync::Mutex<Option<std::time::Instant>>,
     /// The service's own Prometheus metrics.
@@ -144,6 +147,7 @@ impl Controller {
             http: reqwest::Client::new(),
             notify_tx,
             notify_rx: std::sync::Mutex::new(Some(notify_rx)),
+            synced: std::sync::atomic::AtomicBool::new(leads),
             leadership,
             drift: RwLock::new(None),
             last_retry: std::sync::Mutex::new(None),
@@ -157,35 +161,56 @@ impl Controller {
         Ok(controller)
     }
 
-    /// Whether this replica may write.
+    /// Whether this replica may write: it holds the lease and has taken over the saved state.
     pub fn is_leader(&self) -> bool {
-        self.leadership.borrow().is_leader
+        self.leadership.borrow().is_leader && self.synced.load(Ordering::SeqCst)
     }
 
     fn not_leader(&self) -> Error {
+        let state = self.leadership.borrow();
         Error::NotLeader {
-            leader: self.leadership.borrow().leader.clone(),
+            // A replica still taking over names no leader: retrying in a moment reaches it.
+            leader: if state.is_leader {
+                None
+            } else {
+                state.leader.clone()
+            },
         }
     }
 
     /// Replaces the in-memory state with the saved one (a follower keeps up with the leader; a new
-    /// leader starts from what the old one saved).
+    /// leader starts from what the old one saved). The state lock is held across the read so a
+    /// write cannot slip in between and be overwritten.
     async fn reload(&self) -> Result<()> {
+        let mut state = self.state.lock().await;
         if let Some(saved) = self.store.load().await? {
-            *self.state.lock().await = saved;
+            *state = saved;
         }
+        Ok(())
+    }
+
+    /// Becomes the writer: reload what the previous leader saved, push it (pushes are idempotent),
+    /// and only then accept writes.
+    async fn take_over(&self) -> Result<()> {
+        self.reload().await?;
+        let state = self.state.lock().await;
+        self.push(&state.filter).await;
+        self.synced.store(true, Ordering::SeqCst);
         Ok(())
     }
 
     /// Reacts to a change of the pushed config made outside the service.
     pub async fn drift(&self, description: Option<String>, policy: DriftPolicy) {
+        // A follower compares the live config with an expectation it never pushed: only the
+        // leader can tell a drift.
+        if !self.is_leader() {
+            *self.drift.write().unwrap_or_else(|e| e.into_inner()) = None;
+            return;
+        }
         *self.drift.write().unwrap_or_else(|e| e.into_inner()) = description.clone();
         let Some(description) = description else {
             return;
         };
-        if !self.is_leader() {
-            return;
-        }
         tracing::warn!(%description, ?policy, "the pushed filter config was changed outside meshcanary");
         let result = self
             .mutate(|state, now| {
@@ -262,29 +287,26 @@ impl Controller {
             }
         };
         let engine = async move {
-            let mut leading = self.is_leader();
+            let mut leadership = self.leadership.clone();
             loop {
-                if !self.is_leader() {
-                    leading = false;
+                if !leadership.borrow_and_update().is_leader {
+                    self.synced.store(false, Ordering::SeqCst);
                     if let Err(error) = self.reload().await {
                         tracing::warn!(%error, "cannot reload the leader's state");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(FOLLOWER_RELOAD_INTERVAL) => {}
-                        _ = self.wake.notified() => {}
+                        _ = leadership.changed() => {}
                     }
                     continue;
                 }
-                if !leading {
-                    // Take over from where the previous leader saved, and make sure the proxies
-                    // run that config.
-                    leading = true;
+                if !self.synced.load(Ordering::SeqCst) {
                     tracing::info!("leading now: resuming every rollout from the saved state");
-                    if let Err(error) = self.reload().await {
-                        tracing::error!(%error, "cannot load the saved state");
+                    if let Err(error) = self.take_over().await {
+                        tracing::error!(%error, "cannot take over the saved state; retrying");
+                        tokio::time::sleep(FOLLOWER_RELOAD_INTERVAL).await;
+                        continue;
                     }
-                    let state = self.state.lock().await;
-                    self.push(&state.filter).await;
                 }
                 let wake_at = match self.tick().await {
                     Ok(wake_at) => wake_at,

@@ -409,6 +409,9 @@ impl DriftWatch {
                 changed = self.expected.changed(), if self.expected_open => {
                     // The sender is gone: keep comparing against the last config it sent.
                     self.expected_open = changed.is_ok();
+                    // A new push starts the settle time afresh: a difference seen before it (a
+                    // follower's stale expectation, say) must not make the push itself a drift.
+                    self.drifting_since = None;
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {}
             }

@@ -374,7 +374,7 @@ pub struct RolloutStatus {
     pub phase: Phase,
     /// Why it is in this phase, for people.
     pub message: String,
-    /// Index of the current step in `plan` (equal to its length once every step is done).
+    /// Index of the current step in `plan` (a finished rollout keeps its last step).
     pub step: usize,
     /// When the current step started (shifted forward by time spent paused in it).
     pub step_started_at: Timestamp,
