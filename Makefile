@@ -81,8 +81,10 @@ demo: build envoy ## run the demo: QA routing, a canary promoted, a broken one r
 	cargo run --locked -q -p meshcanary-e2e --example demo
 
 # BENCH_ROUNDS (5) and BENCH_SECONDS (10) shorten a run: BENCH_ROUNDS=2 BENCH_SECONDS=3 make bench.
-bench: build envoy | /usr/bin/wrk ## measure the filter against native Envoy routing; writes BENCHMARKS.md
-	cargo run --locked --release -q -p meshcanary-bench
+# The control service is measured as a release build (status reads of a debug build say little).
+bench: build envoy | /usr/bin/wrk ## measure the filter against native Envoy routing, propagation and the API; writes BENCHMARKS.md
+	cargo build --locked --release -p meshcanary-control
+	MESHCANARY_BIN=$(abspath target/release/meshcanary) cargo run --locked --release -q -p meshcanary-bench
 
 /usr/bin/wrk:
 	$(MAKE) $(APT_STAMP)

@@ -1,8 +1,8 @@
-//! A small HTTP/1.1 client over loopback: Envoy's admin interface, and the split-accuracy load,
-//! which needs an exact request count (wrk only runs for a duration).
+//! A small HTTP/1.1 client over loopback: Envoy's admin interface, the control service's API, and
+//! the split-accuracy load, which needs an exact request count (wrk only runs for a duration).
 
 use anyhow::{bail, Context};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::client::conn::http1::SendRequest;
 use hyper::Request;
@@ -12,7 +12,7 @@ use std::time::Duration;
 
 /// A keep-alive connection.
 pub struct Connection {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Full<Bytes>>,
 }
 
 impl Connection {
@@ -33,11 +33,24 @@ impl Connection {
 
     /// `GET path` with `host`; the status and the body.
     pub async fn get(&mut self, host: &str, path: &str) -> anyhow::Result<(u16, Bytes)> {
+        self.send("GET", path, &[("host", host)], Bytes::new())
+            .await
+    }
+
+    /// `method path` with `headers` and `body`; the status and the body.
+    pub async fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> anyhow::Result<(u16, Bytes)> {
         self.sender.ready().await.context("connection closed")?;
-        let request = Request::get(path)
-            .header("host", host)
-            .body(Empty::new())
-            .context("build request")?;
+        let mut request = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(Full::new(body)).context("build request")?;
         let response = self.sender.send_request(request).await?;
         let status = response.status().as_u16();
         // Reading the body to its end is what frees the connection for the next request.

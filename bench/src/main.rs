@@ -1,24 +1,32 @@
 //! `make bench`: what the meshcanary filter costs per request next to Envoy's native routing, how
-//! exact its split is, and how fast its decision is (issue 8).
+//! exact its split is, how fast its decision is, and how fast the control service's changes land
+//! (issue 8).
 //!
 //! One run, on one machine: six Envoy configurations (see [`scenario`]) under the same wrk load in
 //! alternating rounds, Envoy CPU per request from /proc, the split of 100 000 requests, the module's
-//! size and memory, and criterion's numbers for the decision. Writes `BENCHMARKS.md` at the root of
-//! the workspace and `bench/results.json`.
+//! size and memory, criterion's numbers for the decision, and the control service (see [`control`]):
+//! propagation latency of weight updates and the rate of status reads. Writes `BENCHMARKS.md` at the
+//! root of the workspace and `bench/results.json`.
 //!
 //! Environment: `BENCH_ROUNDS` (5), `BENCH_SECONDS` (10), `BENCH_WARMUP_SECONDS` (2),
-//! `BENCH_SPLIT_REQUESTS` (100000), `ENVOY_BIN` and `MESHCANARY_WASM` (both set by the Makefile).
-//! Everything it starts (Envoys, wrk) is stopped when it ends, fails, or gets Ctrl-C.
+//! `BENCH_SPLIT_REQUESTS` (100000), `BENCH_PROPAGATION_UPDATES` (100), `ENVOY_BIN` and
+//! `MESHCANARY_WASM` (both set by the Makefile), `MESHCANARY_BIN` (the control service; the
+//! Makefile's bench target points it at the release build it makes, else
+//! `target/release/meshcanary`). Everything it starts (Envoys, the control service, wrk) is stopped
+//! when it ends, fails, or gets Ctrl-C.
 
 mod client;
+mod control;
 mod envoy;
 mod machine;
 mod micro;
 mod process;
 mod procfs;
+mod propagation;
 mod report;
 mod scenario;
 mod split;
+mod status_reads;
 mod summary;
 mod upstream;
 mod wrk;
@@ -32,11 +40,12 @@ use std::process::Command;
 use upstream::Upstream;
 
 /// The env vars that change a run, in the order the report's command line shows them.
-const KNOBS: [&str; 4] = [
+const KNOBS: [&str; 5] = [
     "BENCH_ROUNDS",
     "BENCH_SECONDS",
     "BENCH_WARMUP_SECONDS",
     "BENCH_SPLIT_REQUESTS",
+    "BENCH_PROPAGATION_UPDATES",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -64,6 +73,15 @@ fn main() -> anyhow::Result<()> {
             meshcanary.display()
         );
     }
+    let control_bin = std::env::var_os("MESHCANARY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir.join("release/meshcanary"));
+    if !control_bin.exists() {
+        bail!(
+            "no control service at {} (run `cargo build --release -p meshcanary-control`, or `make bench`)",
+            control_bin.display()
+        );
+    }
     let mut machine = machine::Machine::read();
     let versions = Versions {
         envoy: envoy::version(&envoy_bin).unwrap_or_else(|| "?".into()),
@@ -84,6 +102,15 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Before the Envoy comparison: it is the shorter part, and a broken service then fails the run
+    // in seconds, not after many minutes of load.
+    let control = control_service(
+        &runtime,
+        &envoy_bin,
+        &control_bin,
+        &modules.meshcanary,
+        &settings,
+    )?;
     let comparison = compare(&runtime, &envoy_bin, &modules, &settings)?;
 
     machine.load_after = machine::load_average();
@@ -107,11 +134,13 @@ fn main() -> anyhow::Result<()> {
         memory: comparison.memory,
         split: comparison.split,
         micro,
-        // TODO(lead): propagation latency from an API call to the generation applied, p50/p99 over
-        // 100 updates through the control service; the report shows a TODO row until this is set.
-        propagation: None,
-        // TODO(lead): the control API's request rate for status reads; a TODO row until set.
-        status_reads: None,
+        control_binary: control_bin
+            .strip_prefix(&workspace)
+            .unwrap_or(&control_bin)
+            .display()
+            .to_string(),
+        propagation: Some(control.propagation),
+        status_reads: control.status_reads,
         targets: Vec::new(),
     };
     results.targets = results.evaluate_targets();
@@ -161,6 +190,7 @@ fn settings_from(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Sett
         seconds: number("BENCH_SECONDS", 10, 1)?,
         warmup_seconds: number("BENCH_WARMUP_SECONDS", 2, 0)?,
         split_requests: number("BENCH_SPLIT_REQUESTS", 100_000, 1_000)?,
+        propagation_updates: u32::try_from(number("BENCH_PROPAGATION_UPDATES", 100, 10)?)?,
         connections: wrk::CONNECTIONS,
         threads: wrk::THREADS,
     })
@@ -202,6 +232,69 @@ fn build_noop(workspace: &Path, target_dir: &Path) -> anyhow::Result<PathBuf> {
         bail!("no-op module not found at {}", path.display());
     }
     Ok(path)
+}
+
+/// What the control service part of the run produced.
+struct ControlResults {
+    propagation: propagation::Propagation,
+    status_reads: Vec<status_reads::StatusReads>,
+}
+
+/// Starts Envoy on the standalone bootstrap and the control service pushing to it, creates a
+/// handful of paused rollouts, loads the status reads, then times the weight updates. Everything
+/// started here is stopped when this returns, successfully or not.
+fn control_service(
+    runtime: &tokio::runtime::Runtime,
+    envoy_bin: &Path,
+    control_bin: &Path,
+    wasm: &Path,
+    settings: &Settings,
+) -> anyhow::Result<ControlResults> {
+    let dir = tempfile::Builder::new()
+        .prefix("meshcanary-bench-control")
+        .tempdir()?;
+    process::remove_on_signal(dir.path().to_path_buf());
+    eprintln!(
+        "bench: starting Envoy (envoy-config/standalone.yaml, filter through ECDS) and {} serve",
+        control_bin.display()
+    );
+    let rig = runtime.block_on(control::Rig::start(
+        envoy_bin,
+        control_bin,
+        wasm,
+        dir.path(),
+    ))?;
+    let rollouts = runtime.block_on(rig.create_paused_rollouts())?;
+    let read = rollouts.first().context("no rollout created")?;
+    eprintln!(
+        "bench: status reads, {} rollouts paused at 10 %",
+        rollouts.len()
+    );
+    let status_reads =
+        status_reads::measure(runtime, &rig, read, rollouts.len(), settings, dir.path())?;
+    eprintln!(
+        "bench: propagation, {} weight updates of {read}",
+        settings.propagation_updates
+    );
+    let propagation = runtime.block_on(propagation::measure(
+        &rig,
+        read,
+        settings.propagation_updates,
+    ))?;
+    eprintln!(
+        "bench: propagation to Envoy p50 {} p99 {} max {}; to the service's report p50 {} p99 {} max {}",
+        report::millis(propagation.to_envoy.p50_ms),
+        report::millis(propagation.to_envoy.p99_ms),
+        report::millis(propagation.to_envoy.max_ms),
+        report::millis(propagation.to_service.p50_ms),
+        report::millis(propagation.to_service.p99_ms),
+        report::millis(propagation.to_service.max_ms),
+    );
+    drop(rig);
+    Ok(ControlResults {
+        propagation,
+        status_reads,
+    })
 }
 
 /// What the Envoy part of the run produced.
@@ -394,6 +487,7 @@ mod tests {
             (5, 10, 2)
         );
         assert_eq!(defaults.split_requests, 100_000);
+        assert_eq!(defaults.propagation_updates, 100);
         assert_eq!((defaults.connections, defaults.threads), (16, 2));
         let quick = settings_from(env(&[("BENCH_ROUNDS", "2"), ("BENCH_SECONDS", " 3 ")])).unwrap();
         assert_eq!((quick.rounds, quick.seconds), (2, 3));
@@ -403,6 +497,7 @@ mod tests {
             &[("BENCH_SECONDS", "ten")][..],
             &[("BENCH_SECONDS", "-1")][..],
             &[("BENCH_SPLIT_REQUESTS", "10")][..],
+            &[("BENCH_PROPAGATION_UPDATES", "5")][..],
         ] {
             let bad: &'static [(&'static str, &'static str)] = bad;
             assert!(settings_from(env(bad)).is_err(), "{bad:?}");

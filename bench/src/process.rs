@@ -1,4 +1,4 @@
-//! Child processes (Envoys, wrk) that are always stopped: when their handle drops (normal end, `?`
+//! Child processes (Envoys, the control service, wrk) that are always stopped: when their handle drops (normal end, `?`
 //! error, panic) and when the bench gets Ctrl-C or SIGTERM, which would otherwise end the process
 //! without running any destructor.
 //!
@@ -138,7 +138,7 @@ pub fn stop_children_on_signal() -> anyhow::Result<()> {
                     _ = terminate.recv() => "SIGTERM",
                 }
             });
-            eprintln!("bench: {name}: stopping every Envoy and wrk it started");
+            eprintln!("bench: {name}: stopping every process it started");
             stop_everything();
             std::process::exit(130);
         })

@@ -60,6 +60,18 @@ pub fn args(url: &str, seconds: u64) -> Vec<String> {
     args
 }
 
+/// The arguments of a wrk run of `seconds` of plain `GET url` requests (the control API's reads:
+/// no headers beyond the `Host` wrk derives from the URL).
+pub fn api_args(url: &str, seconds: u64) -> Vec<String> {
+    vec![
+        format!("-t{THREADS}"),
+        format!("-c{CONNECTIONS}"),
+        format!("-d{seconds}s"),
+        "--latency".to_string(),
+        url.to_string(),
+    ]
+}
+
 /// The command line as a person would type it, for the report.
 pub fn command_line(args: &[String]) -> String {
     let quoted: Vec<String> = args
@@ -75,14 +87,20 @@ pub fn command_line(args: &[String]) -> String {
     format!("wrk {}", quoted.join(" "))
 }
 
-/// Runs wrk for `seconds` against `url` and parses its report. Its output goes to a file in `dir`
-/// so the child can stay under a [`Guarded`] handle (stopped on Ctrl-C) while it runs.
+/// Runs wrk for `seconds` against `url` with the benchmark's requests ([`args`]) and parses its
+/// report.
 pub fn run(url: &str, seconds: u64, dir: &Path) -> anyhow::Result<WrkReport> {
+    run_args(&args(url, seconds), seconds, dir)
+}
+
+/// Runs wrk with `args` (a run of `seconds`) and parses its report. Its output goes to a file in
+/// `dir` so the child can stay under a [`Guarded`] handle (stopped on Ctrl-C) while it runs.
+pub fn run_args(args: &[String], seconds: u64, dir: &Path) -> anyhow::Result<WrkReport> {
     let out_path = dir.join("wrk.out");
     let out = std::fs::File::create(&out_path).context("create wrk output file")?;
     let mut command = Command::new("wrk");
     command
-        .args(args(url, seconds))
+        .args(args)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
@@ -282,5 +300,10 @@ Transfer/sec:      2.81MB
             "{line}"
         );
         assert!(line.ends_with(" http://127.0.0.1:1/reviews/1"), "{line}");
+        let api = command_line(&api_args("http://127.0.0.1:1/v1/rollouts", 3));
+        assert_eq!(
+            api,
+            "wrk -t2 -c16 -d3s --latency http://127.0.0.1:1/v1/rollouts"
+        );
     }
 }

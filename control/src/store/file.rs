@@ -85,13 +85,21 @@ impl StateStore for FileStore {
     }
 }
 
+/// The directory holding `path`; a bare file name has an empty parent, which cannot be opened for
+/// the directory sync, so it is the working directory.
+fn directory_of(path: &Path) -> &Path {
+    path.parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// Replaces `path` with `bytes` so that readers and crashes see the old or the new file, never part.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| Error::Store {
         path: path.display().to_string(),
         source,
     };
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = directory_of(path);
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -131,6 +139,18 @@ mod tests {
             FileStore::open(dir.path()).is_ok(),
             "lock released with the store"
         );
+    }
+
+    #[test]
+    fn a_bare_file_name_lives_in_the_working_directory() {
+        let cases = [
+            ("ecds.json", "."),
+            ("dir/ecds.json", "dir"),
+            ("/a/b.json", "/a"),
+        ];
+        for (path, dir) in cases {
+            assert_eq!(directory_of(Path::new(path)), Path::new(dir), "{path}");
+        }
     }
 
     #[tokio::test]
