@@ -147,7 +147,13 @@ fn main() -> anyhow::Result<()> {
 
     let markdown_path = workspace.join("BENCHMARKS.md");
     let json_path = workspace.join("bench/results.json");
-    std::fs::write(&markdown_path, report::markdown(&results))
+    // Findings are written by people (profiles, experiments); the report carries them along.
+    let findings = std::fs::read_to_string(workspace.join("bench/findings.md")).unwrap_or_default();
+    let markdown = match findings.trim() {
+        "" => report::markdown(&results),
+        text => format!("{}\n{text}\n", report::markdown(&results).trim_end()),
+    };
+    std::fs::write(&markdown_path, markdown)
         .with_context(|| format!("write {}", markdown_path.display()))?;
     std::fs::write(&json_path, serde_json::to_string_pretty(&results)? + "\n")
         .with_context(|| format!("write {}", json_path.display()))?;
