@@ -81,19 +81,17 @@ pub fn choose(
     }
     let authority = request.header(":authority").unwrap_or_default();
     let host = host_of(&authority);
-    // `:path` is read at most once, and only if a route or rule needs it.
-    let mut path: Option<Option<Vec<u8>>> = None;
-    let mut path_bytes = |request: &dyn RequestView| -> Option<Vec<u8>> {
-        path.get_or_insert_with(|| request.header(":path")).clone()
-    };
+    // `:path` and `cookie` are read at most once, and only if a route or rule needs them.
+    let mut path = LazyHeader::new(":path");
+    let mut cookies = LazyHeader::new("cookie");
 
     let (route_index, route) = config.routes.iter().enumerate().find(|(_, route)| {
         route.hosts.iter().any(|pattern| pattern.matches(host))
             && match &route.path_prefix {
                 None => true,
-                Some(prefix) => {
-                    path_bytes(request).is_some_and(|p| path_of(&p).starts_with(prefix.as_bytes()))
-                }
+                Some(prefix) => path
+                    .get(request)
+                    .is_some_and(|p| path_of(p).starts_with(prefix.as_bytes())),
             }
     })?;
 
@@ -103,21 +101,19 @@ pub fn choose(
         reason,
     };
 
-    let mut cookies: Option<Option<Vec<u8>>> = None;
     for rule in &route.rules {
         let matched = match &rule.source {
             ValueSource::Header(name) => request
                 .header(name)
                 .is_some_and(|value| rule.matcher.matches(&value)),
             ValueSource::Cookie(name) => cookies
-                .get_or_insert_with(|| request.header("cookie"))
-                .as_deref()
+                .get(request)
                 .and_then(|header| find_cookie(header, name))
                 .is_some_and(|value| rule.matcher.matches(value)),
-            ValueSource::Query(name) => path_bytes(request)
-                .as_deref()
-                .and_then(|p| find_query(p, name).map(|value| rule.matcher.matches(value)))
-                .unwrap_or(false),
+            ValueSource::Query(name) => path
+                .get(request)
+                .and_then(|p| find_query(p, name))
+                .is_some_and(|value| rule.matcher.matches(value)),
         };
         if matched {
             return Some(decision(rule.variant, Reason::Rule));
@@ -125,18 +121,21 @@ pub fn choose(
     }
 
     if let Some(sticky) = &route.sticky {
-        let key = match &sticky.source {
-            ValueSource::Header(name) => request.header(name),
+        let salt = route.salt.as_bytes();
+        let bucket = match &sticky.source {
+            ValueSource::Header(name) => request
+                .header(name)
+                .filter(|key| !key.is_empty())
+                .map(|key| hash::bucket(salt, &key)),
             ValueSource::Cookie(name) => cookies
-                .get_or_insert_with(|| request.header("cookie"))
-                .as_deref()
+                .get(request)
                 .and_then(|header| find_cookie(header, name))
-                .map(<[u8]>::to_vec),
+                .filter(|key| !key.is_empty())
+                .map(|key| hash::bucket(salt, key)),
             // Validation only allows headers and cookies as sticky keys.
             ValueSource::Query(_) => None,
         };
-        if let Some(key) = key.filter(|key| !key.is_empty()) {
-            let bucket = hash::bucket(route.salt.as_bytes(), &key);
+        if let Some(bucket) = bucket {
             return Some(decision(variant_for_bucket(route, bucket), Reason::Sticky));
         }
     }
@@ -156,6 +155,25 @@ pub fn choose(
         Some(bucket) => decision(variant_for_bucket(route, bucket), Reason::Random),
         None => decision(0, Reason::Fallback),
     })
+}
+
+/// A request header read from the host on first use only, then kept.
+struct LazyHeader {
+    name: &'static str,
+    value: Option<Option<Vec<u8>>>,
+}
+
+impl LazyHeader {
+    fn new(name: &'static str) -> LazyHeader {
+        LazyHeader { name, value: None }
+    }
+
+    fn get(&mut self, request: &impl RequestView) -> Option<&[u8]> {
+        let name = self.name;
+        self.value
+            .get_or_insert_with(|| request.header(name))
+            .as_deref()
+    }
 }
 
 /// The variant owning `bucket`; the stable variant if the bucket is out of range.

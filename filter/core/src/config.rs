@@ -223,22 +223,6 @@ pub struct CheckedRoute {
     pub dry_run: bool,
 }
 
-impl CheckedRoute {
-    /// The weight of variant `index` in basis points.
-    pub fn weight(&self, index: usize) -> u32 {
-        let upper = self.bucket_upper_bounds.get(index).copied().unwrap_or(0);
-        let lower = match index {
-            0 => 0,
-            _ => self
-                .bucket_upper_bounds
-                .get(index - 1)
-                .copied()
-                .unwrap_or(0),
-        };
-        upper.saturating_sub(lower)
-    }
-}
-
 /// A host pattern of a route.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum HostPattern {
@@ -821,8 +805,6 @@ mod tests {
         assert_eq!(checked.variant_header, DEFAULT_VARIANT_HEADER);
         let route = &checked.routes[0];
         assert_eq!(route.bucket_upper_bounds, vec![9000, 10000]);
-        assert_eq!(route.weight(0), 9000);
-        assert_eq!(route.weight(1), 1000);
         assert_eq!(
             route.hosts,
             vec![
