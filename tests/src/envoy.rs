@@ -4,7 +4,6 @@ use crate::paths;
 use crate::prometheus;
 use meshcanary_core::config::FilterConfig;
 use meshcanary_core::ecds::{ecds_document, WasmDelivery};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,14 +40,10 @@ pub fn render(template: &str, values: &[(&str, String)]) -> String {
     out
 }
 
-/// Writes `contents` to `path` so that a reader sees either the old or the new file, never half:
-/// a temp file in the same directory, fsync, rename over the target.
-pub fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+/// Writes the ECDS file the way the control service does (temp file, fsync, rename), so a test
+/// push is delivered exactly like a real one.
+fn write_atomically(path: &Path, contents: &str) -> Result<(), meshcanary_control::Error> {
+    meshcanary_control::store::file::write_atomically(path, contents.as_bytes())
 }
 
 impl Envoy {
