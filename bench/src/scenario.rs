@@ -273,7 +273,7 @@ mod tests {
         use meshcanary_core::request::RequestView;
         struct Wrk;
         impl RequestView for Wrk {
-            fn header(&self, name: &str) -> Option<Vec<u8>> {
+            fn header(&self, name: &str) -> Option<&[u8]> {
                 let value = match name {
                     ":authority" => "reviews",
                     ":path" => crate::wrk::PATH,
@@ -283,7 +283,7 @@ mod tests {
                         key.eq_ignore_ascii_case(name).then_some(value)
                     })?,
                 };
-                Some(value.as_bytes().to_vec())
+                Some(value.as_bytes())
             }
         }
         let config = Scenario::FilterWorst.plugin_config().unwrap();

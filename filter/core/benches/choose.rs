@@ -6,27 +6,25 @@
 //! sticky key costs), a sticky header, the realistic worst case of 10 QA rules that do not match
 //! before the sticky key, and a cookie rule scanning a 4 KB `cookie` header.
 //!
-//! The request is a header list that copies each value out, as the filter's host calls do, so the
-//! allocation per header read is part of what is measured.
+//! The request is the header map serialized as Envoy hands it to the filter (one buffer per
+//! request), and every iteration reads it as the filter does, so finding the headers in it is part
+//! of what is measured.
 
 // A benchmark is not the filter: a broken fixture should stop it loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use meshcanary_core::config::CheckedConfig;
-use meshcanary_core::request::RequestView;
+use meshcanary_core::header_map::{encode, HeaderPairs};
 use meshcanary_core::{choose, Reason};
 use std::hint::black_box;
 
-/// A request as Envoy's header map presents it to the filter: looked up by name, copied out.
-struct Headers(Vec<(&'static str, Vec<u8>)>);
+/// A request's headers in the proxy-wasm wire format, as the filter receives them from Envoy.
+struct Headers(Vec<u8>);
 
-impl RequestView for Headers {
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
-        self.0
-            .iter()
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value.clone())
+impl Headers {
+    fn new(pairs: Vec<(&'static str, Vec<u8>)>) -> Headers {
+        Headers(encode(&pairs))
     }
 }
 
@@ -99,13 +97,13 @@ fn bench_choose(c: &mut Criterion) {
         (
             "weighted",
             config(route(serde_json::json!({}))),
-            Headers(base_headers()),
+            Headers::new(base_headers()),
             Reason::RequestId,
         ),
         (
             "sticky_header",
             config(route(serde_json::json!({ "sticky": sticky }))),
-            Headers(base_headers()),
+            Headers::new(base_headers()),
             Reason::Sticky,
         ),
         (
@@ -113,7 +111,7 @@ fn bench_choose(c: &mut Criterion) {
             config(route(
                 serde_json::json!({ "rules": ten_rules(), "sticky": sticky }),
             )),
-            Headers(base_headers()),
+            Headers::new(base_headers()),
             Reason::Sticky,
         ),
         (
@@ -121,7 +119,7 @@ fn bench_choose(c: &mut Criterion) {
             config(route(serde_json::json!({
                 "rules": [{"cookie": "canary", "prefix": "v2", "variant": "v2"}]
             }))),
-            Headers(
+            Headers::new(
                 base_headers()
                     .into_iter()
                     .map(|(name, value)| match name {
@@ -137,10 +135,14 @@ fn bench_choose(c: &mut Criterion) {
     let mut group = c.benchmark_group("choose");
     for (name, config, request, reason) in &cases {
         // A fixture that decides differently from what the case claims would measure the wrong path.
-        let decision = choose(config, request, || Some(0)).expect("the route matches");
+        let decision =
+            choose(config, &HeaderPairs::new(&request.0), || Some(0)).expect("the route matches");
         assert_eq!(decision.reason, *reason, "case {name}");
         group.bench_function(*name, |b| {
-            b.iter(|| choose(black_box(config), black_box(request), || Some(4242)))
+            b.iter(|| {
+                let headers = HeaderPairs::new(black_box(&request.0));
+                choose(black_box(config), &headers, || Some(4242))
+            })
         });
     }
     group.finish();

@@ -79,19 +79,15 @@ pub fn choose(
     if config.routes.is_empty() {
         return None;
     }
-    let authority = request.header(":authority").unwrap_or_default();
-    let host = host_of(&authority);
-    // `:path` and `cookie` are read at most once, and only if a route or rule needs them.
-    let mut path = LazyHeader::new(":path");
-    let mut cookies = LazyHeader::new("cookie");
+    let host = host_of(request.header(":authority").unwrap_or_default());
+    let path = || request.header(":path");
+    let cookies = || request.header("cookie");
 
     let (route_index, route) = config.routes.iter().enumerate().find(|(_, route)| {
         route.hosts.iter().any(|pattern| pattern.matches(host))
             && match &route.path_prefix {
                 None => true,
-                Some(prefix) => path
-                    .get(request)
-                    .is_some_and(|p| path_of(p).starts_with(prefix.as_bytes())),
+                Some(prefix) => path().is_some_and(|p| path_of(p).starts_with(prefix.as_bytes())),
             }
     })?;
 
@@ -105,13 +101,11 @@ pub fn choose(
         let matched = match &rule.source {
             ValueSource::Header(name) => request
                 .header(name)
-                .is_some_and(|value| rule.matcher.matches(&value)),
-            ValueSource::Cookie(name) => cookies
-                .get(request)
+                .is_some_and(|value| rule.matcher.matches(value)),
+            ValueSource::Cookie(name) => cookies()
                 .and_then(|header| find_cookie(header, name))
                 .is_some_and(|value| rule.matcher.matches(value)),
-            ValueSource::Query(name) => path
-                .get(request)
+            ValueSource::Query(name) => path()
                 .and_then(|p| find_query(p, name))
                 .is_some_and(|value| rule.matcher.matches(value)),
         };
@@ -126,9 +120,8 @@ pub fn choose(
             ValueSource::Header(name) => request
                 .header(name)
                 .filter(|key| !key.is_empty())
-                .map(|key| hash::bucket(salt, &key)),
-            ValueSource::Cookie(name) => cookies
-                .get(request)
+                .map(|key| hash::bucket(salt, key)),
+            ValueSource::Cookie(name) => cookies()
                 .and_then(|header| find_cookie(header, name))
                 .filter(|key| !key.is_empty())
                 .map(|key| hash::bucket(salt, key)),
@@ -144,7 +137,7 @@ pub fn choose(
         .header(REQUEST_ID_HEADER)
         .filter(|id| !id.is_empty())
     {
-        let bucket = hash::bucket(route.salt.as_bytes(), &id);
+        let bucket = hash::bucket(route.salt.as_bytes(), id);
         return Some(decision(
             variant_for_bucket(route, bucket),
             Reason::RequestId,
@@ -155,25 +148,6 @@ pub fn choose(
         Some(bucket) => decision(variant_for_bucket(route, bucket), Reason::Random),
         None => decision(0, Reason::Fallback),
     })
-}
-
-/// A request header read from the host on first use only, then kept.
-struct LazyHeader {
-    name: &'static str,
-    value: Option<Option<Vec<u8>>>,
-}
-
-impl LazyHeader {
-    fn new(name: &'static str) -> LazyHeader {
-        LazyHeader { name, value: None }
-    }
-
-    fn get(&mut self, request: &impl RequestView) -> Option<&[u8]> {
-        let name = self.name;
-        self.value
-            .get_or_insert_with(|| request.header(name))
-            .as_deref()
-    }
 }
 
 /// The variant owning `bucket`; the stable variant if the bucket is out of range.
@@ -214,9 +188,9 @@ mod tests {
     }
 
     impl RequestView for FakeRequest {
-        fn header(&self, name: &str) -> Option<Vec<u8>> {
+        fn header(&self, name: &str) -> Option<&[u8]> {
             self.reads.set(self.reads.get() + 1);
-            self.headers.get(name).cloned()
+            self.headers.get(name).map(Vec::as_slice)
         }
     }
 

@@ -14,6 +14,7 @@ pub mod choose;
 pub mod config;
 pub mod ecds;
 pub mod hash;
+pub mod header_map;
 pub mod json_path;
 pub mod request;
 pub mod stats;

@@ -4,11 +4,12 @@
 //! Everything here works on raw bytes: header values are not guaranteed to be UTF-8, and odd input
 //! (huge cookies, stray separators, missing parts) must give "not found", never an error.
 
-/// What the decision may read from a request. The filter implements it with host calls; tests with
-/// a map. Names are lowercase, pseudo-headers included (`:authority`, `:path`).
+/// What the decision may read from a request. The filter implements it with the request's header
+/// map fetched once ([`crate::header_map::HeaderPairs`]); tests with a map. Names are lowercase,
+/// pseudo-headers included (`:authority`, `:path`).
 pub trait RequestView {
     /// The value of header `name`, if present.
-    fn header(&self, name: &str) -> Option<Vec<u8>>;
+    fn header(&self, name: &str) -> Option<&[u8]>;
 }
 
 /// The host part of an `:authority` value: without the port, without a trailing dot, and for IPv6

@@ -172,6 +172,17 @@ pub struct RouteMetrics<Id> {
     variants: Vec<Vec<VariantMetrics<Id>>>,
 }
 
+/// The status code in a `:status` header value: three ASCII digits, else `None` (no status the
+/// proxy would send downstream, so no response to classify).
+pub fn status_code(value: &[u8]) -> Option<u64> {
+    match value {
+        [a, b, c] if value.iter().all(u8::is_ascii_digit) => {
+            Some(u64::from(a - b'0') * 100 + u64::from(b - b'0') * 10 + u64::from(c - b'0'))
+        }
+        _ => None,
+    }
+}
+
 /// What is known about a request once it is complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Outcome {
@@ -330,6 +341,30 @@ mod tests {
         ];
         for (status, class) in cases {
             assert_eq!(ResponseClass::of(status).as_str(), class, "{status:?}");
+        }
+    }
+
+    #[test]
+    fn status_codes_of_status_headers() {
+        let cases: &[(&[u8], Option<u64>)] = &[
+            (b"200", Some(200)),
+            (b"101", Some(101)),
+            (b"304", Some(304)),
+            (b"503", Some(503)),
+            (b"099", Some(99)),
+            (b"20", None),
+            (b"2000", None),
+            (b"2x0", None),
+            (b" 200", None),
+            (b"", None),
+        ];
+        for (value, code) in cases {
+            assert_eq!(
+                status_code(value),
+                *code,
+                "{:?}",
+                String::from_utf8_lossy(value)
+            );
         }
     }
 

@@ -7,12 +7,15 @@
 //! All decisions live in the core crate; this crate only moves bytes between Envoy and it. Nothing
 //! here may fail a request: when anything goes wrong the request passes through to the stable route.
 
+mod host_headers;
 mod random;
 
 use meshcanary_core::choose::{choose, Decision};
 use meshcanary_core::config::{CheckedConfig, DEFAULT_VARIANT_HEADER};
-use meshcanary_core::request::RequestView;
-use meshcanary_core::stats::{FilterMetrics, MetricKind, MetricSink, Outcome, RouteMetrics};
+use meshcanary_core::header_map::HeaderPairs;
+use meshcanary_core::stats::{
+    status_code, FilterMetrics, MetricKind, MetricSink, Outcome, RouteMetrics,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
@@ -122,6 +125,7 @@ impl RootContext for FilterRoot {
             active: self.active.clone(),
             decision: None,
             started_ns: None,
+            status: None,
         }))
     }
 
@@ -135,17 +139,8 @@ struct FilterStream {
     active: Option<Rc<Active>>,
     decision: Option<Decision>,
     started_ns: Option<u64>,
-}
-
-/// The request headers, read from Envoy one at a time as the decision asks for them.
-struct HostRequest;
-
-impl RequestView for HostRequest {
-    fn header(&self, name: &str) -> Option<Vec<u8>> {
-        hostcalls::get_map_value_bytes(proxy_wasm::types::MapType::HttpRequestHeaders, name)
-            .ok()
-            .flatten()
-    }
+    /// The status of the response headers sent downstream; none if the stream ended before them.
+    status: Option<u64>,
 }
 
 /// Writes to Envoy's log (`wasm log <root_id>: meshcanary: …`); a failed log call is ignored.
@@ -168,7 +163,9 @@ impl HttpContext for FilterStream {
             return Action::Continue;
         };
         let config = &active.config;
-        let decision = choose(config, &HostRequest, random::bucket);
+        // All headers in one host call: each call that returns data costs a round trip into the VM.
+        let headers = host_headers::request_header_pairs().unwrap_or_default();
+        let decision = choose(config, &HeaderPairs::new(&headers), random::bucket);
         let variant = decision.and_then(|d| {
             let route = config.routes.get(d.route)?;
             Some((route, route.variants.get(d.variant)?))
@@ -191,6 +188,12 @@ impl HttpContext for FilterStream {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let (Some(active), Some(decision)) = (&self.active, &self.decision) {
+            // Read here rather than as the `response.code` property in `on_log`: a header read is
+            // the cheaper host call (BENCHMARKS.md), and a stream reset before its response headers
+            // never gets here, so it keeps no status and counts as `reset`.
+            self.status = self
+                .get_http_response_header_bytes(":status")
+                .and_then(|value| status_code(&value));
             if let Some(header) = &active.config.response_header {
                 let variant = active
                     .config
@@ -210,10 +213,6 @@ impl HttpContext for FilterStream {
         let (Some(active), Some(decision)) = (&self.active, &self.decision) else {
             return;
         };
-        let status = self
-            .get_property(vec!["response", "code"])
-            .and_then(|bytes| <[u8; 8]>::try_from(bytes.as_slice()).ok())
-            .map(u64::from_le_bytes);
         let duration_ms = match (self.started_ns, now_ns()) {
             (Some(start), Some(end)) => Some(end.saturating_sub(start) / 1_000_000),
             _ => None,
@@ -222,7 +221,7 @@ impl HttpContext for FilterStream {
             &mut HostMetrics,
             decision,
             &Outcome {
-                status,
+                status: self.status,
                 duration_ms,
             },
         );
