@@ -81,14 +81,22 @@ demo: build envoy ## run the demo: QA routing, a canary promoted, a broken one r
 	cargo run --locked -q -p meshcanary-e2e --example demo
 
 # BENCH_ROUNDS (5) and BENCH_SECONDS (10) shorten a run: BENCH_ROUNDS=2 BENCH_SECONDS=3 make bench.
+# Envoy's instructions per request are counted under valgrind's callgrind: BENCH_CALLGRIND=0 skips
+# that part, BENCH_CALLGRIND_REQUESTS (1000) sets the requests counted per configuration.
 # The control service is measured as a release build (status reads of a debug build say little).
-bench: build envoy | /usr/bin/wrk ## measure the filter against native Envoy routing, propagation and the API; writes BENCHMARKS.md
+bench: build envoy | /usr/bin/wrk /usr/bin/valgrind ## measure the filter against native Envoy routing, propagation and the API; writes BENCHMARKS.md
 	cargo build --locked --release -p meshcanary-control
+	cargo build --locked -p meshcanary-noop-filter -p meshcanary-header-filter --target $(WASM_TARGET) --profile wasm-release
 	MESHCANARY_BIN=$(abspath target/release/meshcanary) cargo run --locked --release -q -p meshcanary-bench
 
 /usr/bin/wrk:
 	$(MAKE) $(APT_STAMP)
 	apt-get install -y -qq wrk
+
+# valgrind brings callgrind_control along.
+/usr/bin/valgrind:
+	$(MAKE) $(APT_STAMP)
+	apt-get install -y -qq valgrind
 
 clean: ## remove build output (keeps .venv)
 	cargo clean

@@ -75,25 +75,36 @@ pub async fn get_text(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
     Ok(text)
 }
 
-/// Sends exactly `total` `GET path` requests with `host` over `connections` keep-alive connections;
-/// returns how many were answered 200.
+/// Sends exactly `total` `GET path` requests with `headers` (`host` among them) over `connections`
+/// keep-alive connections, each connection's requests one after another; returns how many were
+/// answered 200.
 pub async fn send_exactly(
     addr: SocketAddr,
-    host: &str,
+    headers: &[(&str, &str)],
     path: &str,
     total: u64,
     connections: u64,
 ) -> anyhow::Result<u64> {
+    let headers: Vec<(String, String)> = headers
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
     let mut tasks = Vec::new();
     for index in 0..connections {
         // The first `total % connections` connections send one more.
         let count = total / connections + u64::from(index < total % connections);
-        let (host, path) = (host.to_string(), path.to_string());
+        let (headers, path) = (headers.clone(), path.to_string());
         tasks.push(tokio::spawn(async move {
+            let headers: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(name, value)| (name.as_str(), value.as_str()))
+                .collect();
             let mut connection = Connection::open(addr).await?;
             let mut ok = 0u64;
             for _ in 0..count {
-                let (status, _) = connection.get(&host, &path).await?;
+                let (status, _) = connection
+                    .send("GET", &path, &headers, Bytes::new())
+                    .await?;
                 ok += u64::from(status == 200);
             }
             anyhow::Ok(ok)
@@ -120,7 +131,12 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            assert_eq!(send_exactly(addr, "h", "/", 103, 4).await.unwrap(), 103);
+            let headers = [("host", "h"), ("x-user-id", "u")];
+            assert_eq!(
+                send_exactly(addr, &headers, "/", 103, 4).await.unwrap(),
+                103
+            );
+            assert_eq!(send_exactly(addr, &headers, "/", 7, 1).await.unwrap(), 7);
             assert_eq!(get_text(addr, "/x").await.unwrap(), "ok");
         });
     }

@@ -4,10 +4,15 @@
 use crate::client;
 use crate::process::Guarded;
 use anyhow::{bail, Context};
+use hyper::body::Bytes;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// How long Envoy may take to bind its listener when started directly.
+const READY_WITHIN: Duration = Duration::from_secs(60);
 
 /// A running Envoy; killed and reaped when dropped.
 pub struct Envoy {
@@ -22,13 +27,44 @@ pub struct Envoy {
 impl Envoy {
     /// Writes `bootstrap` into `dir`, starts Envoy on it and waits until its listener is up.
     pub async fn start(envoy_bin: &Path, bootstrap: &str, dir: &Path) -> anyhow::Result<Envoy> {
+        Envoy::start_under(&[], envoy_bin, bootstrap, dir, READY_WITHIN).await
+    }
+
+    /// [`Envoy::start`] with Envoy's command line after `wrapper` (a program and its arguments, such
+    /// as valgrind's; empty: Envoy itself), allowing `ready_within` for the listener to come up.
+    /// [`Envoy::pid`] is then the wrapper's process, which must run Envoy in itself (as valgrind
+    /// does), not in a child.
+    pub async fn start_under(
+        wrapper: &[OsString],
+        envoy_bin: &Path,
+        bootstrap: &str,
+        dir: &Path,
+        ready_within: Duration,
+    ) -> anyhow::Result<Envoy> {
         std::fs::create_dir_all(dir)?;
         let bootstrap_path = dir.join("envoy.yaml");
         std::fs::write(&bootstrap_path, bootstrap).context("write bootstrap")?;
         let admin_path = dir.join("admin-address");
         let log = dir.join("envoy.log");
         let log_file = std::fs::File::create(&log).context("create envoy.log")?;
-        let mut command = Command::new(envoy_bin);
+        let (program, what) = match wrapper.split_first() {
+            None => (
+                envoy_bin.as_os_str(),
+                format!("Envoy {}", envoy_bin.display()),
+            ),
+            Some((program, _)) => (
+                program.as_os_str(),
+                format!(
+                    "Envoy {} under {}",
+                    envoy_bin.display(),
+                    program.to_string_lossy()
+                ),
+            ),
+        };
+        let mut command = Command::new(program);
+        if let Some((_, args)) = wrapper.split_first() {
+            command.args(args).arg(envoy_bin);
+        }
         command
             .arg("-c")
             .arg(&bootstrap_path)
@@ -47,8 +83,8 @@ impl Envoy {
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
-        let process = Guarded::spawn(&mut command, &format!("Envoy {}", envoy_bin.display()))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let process = Guarded::spawn(&mut command, &what)?;
+        let deadline = Instant::now() + ready_within;
         let admin = loop {
             if let Some(status) = process.try_wait()? {
                 bail!("Envoy exited with {status}:\n{}", read_log(&log));
@@ -60,7 +96,11 @@ impl Envoy {
                 break admin;
             }
             if Instant::now() > deadline {
-                bail!("Envoy wrote no admin address in 60 s:\n{}", read_log(&log));
+                bail!(
+                    "Envoy wrote no admin address in {} s:\n{}",
+                    ready_within.as_secs(),
+                    read_log(&log)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
@@ -76,7 +116,11 @@ impl Envoy {
                 }
             }
             if Instant::now() > deadline {
-                bail!("Envoy not ready in 60 s:\n{}", read_log(&log));
+                bail!(
+                    "Envoy not ready in {} s:\n{}",
+                    ready_within.as_secs(),
+                    read_log(&log)
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
@@ -86,6 +130,40 @@ impl Envoy {
             listener,
             log,
         })
+    }
+
+    /// Asks Envoy to exit (`POST /quitquitquit` on its admin interface) and waits at most `within`
+    /// for it to end, so that a wrapper such as valgrind ends cleanly too. Whatever happens, the
+    /// process is gone when this returns: one still running is killed when `self` drops.
+    pub async fn quit(self, within: Duration) -> anyhow::Result<ExitStatus> {
+        let mut admin = client::Connection::open(self.admin).await?;
+        let (status, body) = admin
+            .send(
+                "POST",
+                "/quitquitquit",
+                &[("host", "localhost")],
+                Bytes::new(),
+            )
+            .await?;
+        if status != 200 {
+            bail!(
+                "POST /quitquitquit: {status} {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.process.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "Envoy still running {} s after /quitquitquit",
+                    within.as_secs()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Its process id (CPU and memory are read from /proc).

@@ -2,22 +2,25 @@
 //! exact its split is, how fast its decision is, and how fast the control service's changes land
 //! (issue 8).
 //!
-//! One run, on one machine: six Envoy configurations (see [`scenario`]) under the same wrk load in
-//! alternating rounds, Envoy CPU per request from /proc, the split of 100 000 requests, the module's
-//! size and memory, criterion's numbers for the decision, and the control service (see [`control`]):
+//! One run, on one machine: seven Envoy configurations (see [`scenario`]) under the same wrk load in
+//! alternating rounds, Envoy CPU per request from /proc, Envoy instructions per request counted by
+//! valgrind's callgrind (see [`instructions`]), the split of 100 000 requests, the module's size and
+//! memory, criterion's numbers for the decision, and the control service (see [`control`]):
 //! propagation latency of weight updates and the rate of status reads. Writes `BENCHMARKS.md` at the
 //! root of the workspace and `bench/results.json`.
 //!
 //! Environment: `BENCH_ROUNDS` (5), `BENCH_SECONDS` (10), `BENCH_WARMUP_SECONDS` (2),
-//! `BENCH_SPLIT_REQUESTS` (100000), `BENCH_PROPAGATION_UPDATES` (100), `ENVOY_BIN` and
+//! `BENCH_SPLIT_REQUESTS` (100000), `BENCH_PROPAGATION_UPDATES` (100), `BENCH_CALLGRIND` (1; 0
+//! skips the instruction counts), `BENCH_CALLGRIND_REQUESTS` (1000), `ENVOY_BIN` and
 //! `MESHCANARY_WASM` (both set by the Makefile), `MESHCANARY_BIN` (the control service; the
 //! Makefile's bench target points it at the release build it makes, else
-//! `target/release/meshcanary`). Everything it starts (Envoys, the control service, wrk) is stopped
-//! when it ends, fails, or gets Ctrl-C.
+//! `target/release/meshcanary`). Everything it starts (Envoys, valgrind, the control service, wrk)
+//! is stopped when it ends, fails, or gets Ctrl-C.
 
 mod client;
 mod control;
 mod envoy;
+mod instructions;
 mod machine;
 mod micro;
 mod process;
@@ -40,12 +43,14 @@ use std::process::Command;
 use upstream::Upstream;
 
 /// The env vars that change a run, in the order the report's command line shows them.
-const KNOBS: [&str; 5] = [
+const KNOBS: [&str; 7] = [
     "BENCH_ROUNDS",
     "BENCH_SECONDS",
     "BENCH_WARMUP_SECONDS",
     "BENCH_SPLIT_REQUESTS",
     "BENCH_PROPAGATION_UPDATES",
+    "BENCH_CALLGRIND",
+    "BENCH_CALLGRIND_REQUESTS",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -89,10 +94,17 @@ fn main() -> anyhow::Result<()> {
         wrk: wrk::version()
             .context("wrk is not installed (apt-get install wrk, or `make bench`)")?,
     };
+    if settings.callgrind {
+        // Before anything long runs: a missing valgrind fails the run at once.
+        instructions::valgrind_version()?;
+    }
 
-    eprintln!("bench: building the no-op filter");
-    let noop = build_noop(&workspace, &target_dir)?;
-    let modules = Modules { meshcanary, noop };
+    eprintln!("bench: building the no-op and the header-only filters");
+    let modules = Modules {
+        meshcanary,
+        noop: build_module(&workspace, &target_dir, "meshcanary-noop-filter")?,
+        header: build_module(&workspace, &target_dir, "meshcanary-header-filter")?,
+    };
 
     eprintln!("bench: criterion on the decision (filter/core/benches/choose.rs)");
     let criterion_home = target_dir.join("criterion");
@@ -111,6 +123,23 @@ fn main() -> anyhow::Result<()> {
         &modules.meshcanary,
         &settings,
     )?;
+    // Before the wrk rounds: a configuration failing under valgrind then fails the run before
+    // the longest part. The counts do not depend on what else ran before.
+    let instructions = if settings.callgrind {
+        eprintln!(
+            "bench: Envoy instructions per request under callgrind, {} configurations, {} at a time",
+            Scenario::ALL.len(),
+            instructions::PARALLEL
+        );
+        Some(instructions::measure(
+            &envoy_bin,
+            &modules,
+            &Scenario::ALL,
+            settings.callgrind_requests,
+        )?)
+    } else {
+        None
+    };
     let comparison = compare(&runtime, &envoy_bin, &modules, &settings)?;
 
     machine.load_after = machine::load_average();
@@ -127,9 +156,11 @@ fn main() -> anyhow::Result<()> {
         settings,
         clock_ticks_per_second: procfs::clock_ticks_per_second(),
         configs: comparison.configs,
+        instructions,
         sizes: Sizes {
             meshcanary_wasm_bytes: file_size(&modules.meshcanary),
             noop_wasm_bytes: file_size(&modules.noop),
+            header_wasm_bytes: file_size(&modules.header),
         },
         memory: comparison.memory,
         split: comparison.split,
@@ -160,7 +191,10 @@ fn main() -> anyhow::Result<()> {
     for row in &results.targets {
         eprintln!(
             "bench: {} {}: {} (target {})",
-            row.verdict.mark(),
+            match row.verdict.mark() {
+                "" => "·",
+                mark => mark,
+            },
             row.what,
             row.measured,
             row.target
@@ -197,6 +231,12 @@ fn settings_from(lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<Sett
         warmup_seconds: number("BENCH_WARMUP_SECONDS", 2, 0)?,
         split_requests: number("BENCH_SPLIT_REQUESTS", 100_000, 1_000)?,
         propagation_updates: u32::try_from(number("BENCH_PROPAGATION_UPDATES", 100, 10)?)?,
+        callgrind: match number("BENCH_CALLGRIND", 1, 0)? {
+            0 => false,
+            1 => true,
+            other => bail!("BENCH_CALLGRIND={other}: 1 (count instructions) or 0 (skip)"),
+        },
+        callgrind_requests: number("BENCH_CALLGRIND_REQUESTS", 1000, 100)?,
         connections: wrk::CONNECTIONS,
         threads: wrk::THREADS,
     })
@@ -221,23 +261,32 @@ fn command_line() -> String {
         .join(" ")
 }
 
-/// Builds `bench/noop-filter` for wasm32-wasip1 with the filter's `wasm-release` profile.
-fn build_noop(workspace: &Path, target_dir: &Path) -> anyhow::Result<PathBuf> {
+/// Builds the workspace's cdylib `package` (`bench/noop-filter`, `bench/header-filter`) for
+/// wasm32-wasip1 with the filter's `wasm-release` profile; the module's path.
+fn build_module(workspace: &Path, target_dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(workspace)
-        .args(["build", "--locked", "-q", "-p", "meshcanary-noop-filter"])
+        .args(["build", "--locked", "-q", "-p", package])
         .args(["--target", "wasm32-wasip1", "--profile", "wasm-release"])
         .status()
-        .context("run cargo build for the no-op filter")?;
+        .with_context(|| format!("run cargo build for {package}"))?;
     if !status.success() {
-        bail!("building the no-op filter failed: {status}");
+        bail!("building {package} failed: {status}");
     }
-    let path = target_dir.join("wasm32-wasip1/wasm-release/meshcanary_noop_filter.wasm");
+    let path = target_dir.join(module_file(package));
     if !path.exists() {
-        bail!("no-op module not found at {}", path.display());
+        bail!("{package}: no module at {}", path.display());
     }
     Ok(path)
+}
+
+/// Where cargo puts the module of `package` under the target directory.
+fn module_file(package: &str) -> String {
+    format!(
+        "wasm32-wasip1/wasm-release/{}.wasm",
+        package.replace('-', "_")
+    )
 }
 
 /// What the control service part of the run produced.
@@ -310,7 +359,7 @@ struct Comparison {
     split: Option<split::SplitReport>,
 }
 
-/// Starts the upstream and the six Envoys, checks each splits as it should, warms them up, runs the
+/// Starts the upstream and the seven Envoys, checks each splits as it should, warms them up, runs the
 /// rounds, then reads memory and measures split accuracy through (c). Everything started here is
 /// stopped when this returns, successfully or not.
 fn compare(
@@ -494,6 +543,16 @@ mod tests {
         );
         assert_eq!(defaults.split_requests, 100_000);
         assert_eq!(defaults.propagation_updates, 100);
+        assert_eq!(
+            (defaults.callgrind, defaults.callgrind_requests),
+            (true, 1000)
+        );
+        let off = settings_from(env(&[
+            ("BENCH_CALLGRIND", "0"),
+            ("BENCH_CALLGRIND_REQUESTS", "300"),
+        ]))
+        .unwrap();
+        assert_eq!((off.callgrind, off.callgrind_requests), (false, 300));
         assert_eq!((defaults.connections, defaults.threads), (16, 2));
         let quick = settings_from(env(&[("BENCH_ROUNDS", "2"), ("BENCH_SECONDS", " 3 ")])).unwrap();
         assert_eq!((quick.rounds, quick.seconds), (2, 3));
@@ -504,9 +563,29 @@ mod tests {
             &[("BENCH_SECONDS", "-1")][..],
             &[("BENCH_SPLIT_REQUESTS", "10")][..],
             &[("BENCH_PROPAGATION_UPDATES", "5")][..],
+            &[("BENCH_CALLGRIND", "2")][..],
+            &[("BENCH_CALLGRIND", "yes")][..],
+            &[("BENCH_CALLGRIND_REQUESTS", "10")][..],
         ] {
             let bad: &'static [(&'static str, &'static str)] = bad;
             assert!(settings_from(env(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn module_files() {
+        let cases = [
+            (
+                "meshcanary-noop-filter",
+                "wasm32-wasip1/wasm-release/meshcanary_noop_filter.wasm",
+            ),
+            (
+                "meshcanary-header-filter",
+                "wasm32-wasip1/wasm-release/meshcanary_header_filter.wasm",
+            ),
+        ];
+        for (package, expected) in cases {
+            assert_eq!(module_file(package), expected);
         }
     }
 

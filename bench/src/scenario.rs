@@ -1,4 +1,4 @@
-//! The six Envoy configurations compared, their bootstrap templates (`bench/envoy/*.yaml`) and the
+//! The seven Envoy configurations compared, their bootstrap templates (`bench/envoy/*.yaml`) and the
 //! filter configs they carry.
 
 use anyhow::{bail, Context};
@@ -20,6 +20,8 @@ pub enum Scenario {
     Noop,
     /// (f) a Lua filter setting the variant header.
     Lua,
+    /// (g) a wasm filter that only writes the variant header (`v1`), on (c)'s routes.
+    HeaderOnly,
 }
 
 /// The canary's share each configuration should send to `reviews-v2`.
@@ -40,20 +42,23 @@ pub struct Modules {
     pub meshcanary: PathBuf,
     /// The no-op module.
     pub noop: PathBuf,
+    /// The module that only writes the variant header.
+    pub header: PathBuf,
 }
 
 impl Scenario {
     /// In report order.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::Direct,
         Scenario::Weighted,
         Scenario::Filter,
         Scenario::FilterWorst,
         Scenario::Noop,
         Scenario::Lua,
+        Scenario::HeaderOnly,
     ];
 
-    /// The letter of the issue: `a` … `f`.
+    /// The letter of the issue (`a` … `f`), and `g`.
     pub fn key(self) -> &'static str {
         match self {
             Scenario::Direct => "a",
@@ -62,6 +67,7 @@ impl Scenario {
             Scenario::FilterWorst => "d",
             Scenario::Noop => "e",
             Scenario::Lua => "f",
+            Scenario::HeaderOnly => "g",
         }
     }
 
@@ -74,6 +80,7 @@ impl Scenario {
             Scenario::FilterWorst => "meshcanary, sticky + 10 QA rules (no match)",
             Scenario::Noop => "no-op wasm filter + weighted_clusters",
             Scenario::Lua => "Lua filter sets the header",
+            Scenario::HeaderOnly => "wasm filter that only sets the variant header",
         }
     }
 
@@ -82,7 +89,9 @@ impl Scenario {
         match self {
             Scenario::Direct => include_str!("../envoy/direct.yaml"),
             Scenario::Weighted => include_str!("../envoy/weighted.yaml"),
-            Scenario::Filter | Scenario::FilterWorst => include_str!("../envoy/filter.yaml"),
+            Scenario::Filter | Scenario::FilterWorst | Scenario::HeaderOnly => {
+                include_str!("../envoy/filter.yaml")
+            }
             Scenario::Noop => include_str!("../envoy/noop.yaml"),
             Scenario::Lua => include_str!("../envoy/lua.yaml"),
         }
@@ -93,7 +102,7 @@ impl Scenario {
         match self {
             Scenario::Direct => "direct.yaml",
             Scenario::Weighted => "weighted.yaml",
-            Scenario::Filter | Scenario::FilterWorst => "filter.yaml",
+            Scenario::Filter | Scenario::FilterWorst | Scenario::HeaderOnly => "filter.yaml",
             Scenario::Noop => "noop.yaml",
             Scenario::Lua => "lua.yaml",
         }
@@ -102,7 +111,8 @@ impl Scenario {
     /// The split it should produce, checked from Envoy's cluster stats after each round.
     pub fn expected_split(self) -> ExpectedSplit {
         match self {
-            Scenario::Direct => ExpectedSplit::None,
+            // (g) writes `v1` on every request.
+            Scenario::Direct | Scenario::HeaderOnly => ExpectedSplit::None,
             Scenario::FilterWorst => ExpectedSplit::OneVariant,
             _ => ExpectedSplit::Share(0.1),
         }
@@ -158,6 +168,11 @@ impl Scenario {
                 values.push(("PLUGIN_CONFIG", serde_json::to_string(&config)?));
             }
             Scenario::Noop => values.push(("WASM_PATH", path_text(&modules.noop)?)),
+            Scenario::HeaderOnly => {
+                values.push(("WASM_PATH", path_text(&modules.header)?));
+                // The filter reads no configuration (the SDK's default root context accepts any).
+                values.push(("PLUGIN_CONFIG", "\"\"".to_string()));
+            }
             _ => {}
         }
         render(self.template(), &values)
@@ -195,6 +210,7 @@ mod tests {
         Modules {
             meshcanary: "/m/meshcanary.wasm".into(),
             noop: "/m/noop.wasm".into(),
+            header: "/m/header.wasm".into(),
         }
     }
 
@@ -260,12 +276,50 @@ mod tests {
     }
 
     #[test]
+    fn the_header_only_filter_runs_on_the_filter_routes_without_a_config() {
+        let bootstrap = Scenario::HeaderOnly.bootstrap(4242, &modules()).unwrap();
+        let filter = Scenario::Filter.bootstrap(4242, &modules()).unwrap();
+        // The same bootstrap as (c) but for the module and its (empty) configuration.
+        let differ: Vec<(&str, &str)> = bootstrap
+            .lines()
+            .zip(filter.lines())
+            .filter(|(g, c)| g != c)
+            .collect();
+        assert_eq!(bootstrap.lines().count(), filter.lines().count());
+        let cases = [
+            (
+                "filename: \"/m/header.wasm\"",
+                "filename: \"/m/meshcanary.wasm\"",
+            ),
+            ("value: \"\"", "value: \"{"),
+        ];
+        assert_eq!(differ.len(), cases.len(), "{differ:?}");
+        for ((g, c), (in_g, in_c)) in differ.into_iter().zip(cases) {
+            assert!(g.contains(in_g), "{g}");
+            assert!(c.contains(in_c), "{c}");
+        }
+        assert!(bootstrap.contains("string_match: { exact: v2 }"));
+        assert_eq!(Scenario::HeaderOnly.plugin_config(), None);
+        assert_eq!(Scenario::HeaderOnly.expected_split(), ExpectedSplit::None);
+        assert_eq!(
+            (
+                Scenario::HeaderOnly.key(),
+                Scenario::HeaderOnly.template_name()
+            ),
+            ("g", "filter.yaml")
+        );
+    }
+
+    #[test]
     fn odd_module_paths_are_refused() {
         let odd = Modules {
             meshcanary: "/a\"b.wasm".into(),
             noop: "/n.wasm".into(),
+            header: "/h\\.wasm".into(),
         };
         assert!(Scenario::Filter.bootstrap(1, &odd).is_err());
+        assert!(Scenario::HeaderOnly.bootstrap(1, &odd).is_err());
+        assert!(Scenario::Noop.bootstrap(1, &odd).is_ok());
     }
 
     #[test]
@@ -278,10 +332,9 @@ mod tests {
                     ":authority" => "reviews",
                     ":path" => crate::wrk::PATH,
                     "x-request-id" => "0f0e0d0c-1b2a-4c3d-8e9f-a0b1c2d3e4f5",
-                    _ => crate::wrk::HEADERS.iter().find_map(|header| {
-                        let (key, value) = header.split_once(": ")?;
-                        key.eq_ignore_ascii_case(name).then_some(value)
-                    })?,
+                    _ => crate::wrk::header_pairs()
+                        .into_iter()
+                        .find_map(|(key, value)| key.eq_ignore_ascii_case(name).then_some(value))?,
                 };
                 Some(value.as_bytes())
             }

@@ -61,8 +61,8 @@ impl SplitReport {
 /// Requests carry no sticky key, so each is placed by the hash of Envoy's fresh `x-request-id`.
 pub async fn measure(envoy: &Envoy, requests: u64) -> anyhow::Result<SplitReport> {
     let (v1_before, v2_before) = envoy.completed_by_cluster().await?;
-    let ok =
-        client::send_exactly(envoy.listener, "reviews", crate::wrk::PATH, requests, 16).await?;
+    let host = [("host", "reviews")];
+    let ok = client::send_exactly(envoy.listener, &host, crate::wrk::PATH, requests, 16).await?;
     // Every response has arrived, so every upstream request has ended; the wait only covers the
     // stats becoming visible to the admin thread.
     let mut counts = (0, 0);

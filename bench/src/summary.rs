@@ -88,6 +88,8 @@ pub enum Verdict {
     Missed,
     /// Nothing was measured (a failed round, or not implemented yet).
     Unknown,
+    /// Shown for comparison, with no target of its own.
+    Informational,
 }
 
 impl Verdict {
@@ -115,6 +117,7 @@ impl Verdict {
             Verdict::Met => "✔",
             Verdict::Missed => "✘",
             Verdict::Unknown => "?",
+            Verdict::Informational => "",
         }
     }
 }
@@ -221,5 +224,6 @@ mod tests {
         }
         assert_eq!(Verdict::Met.mark(), "✔");
         assert_eq!(Verdict::Missed.mark(), "✘");
+        assert_eq!(Verdict::Informational.mark(), "");
     }
 }

@@ -24,6 +24,14 @@ pub const HEADERS: [&str; 3] = [
 /// The request path.
 pub const PATH: &str = "/reviews/1";
 
+/// [`HEADERS`] as (name, value) pairs, for clients other than wrk that must send the same requests.
+pub fn header_pairs() -> Vec<(&'static str, &'static str)> {
+    HEADERS
+        .iter()
+        .filter_map(|header| header.split_once(": "))
+        .collect()
+}
+
 /// What one wrk run measured.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -272,6 +280,20 @@ Transfer/sec:      2.81MB
                 }
                 _ => assert_eq!(got, expected, "{text}"),
             }
+        }
+    }
+
+    #[test]
+    fn header_pairs_are_the_headers_split() {
+        let pairs = header_pairs();
+        assert_eq!(pairs.len(), HEADERS.len());
+        let cases = [
+            ("Host", "reviews"),
+            ("x-user-id", "user-0042"),
+            ("cookie", "session=3f2a9c; theme=dark"),
+        ];
+        for (pair, expected) in pairs.into_iter().zip(cases) {
+            assert_eq!(pair, expected);
         }
     }
 
