@@ -55,7 +55,7 @@ pub struct Callgrind {
     pub warmup_requests: u64,
     /// Wall-clock seconds the whole measurement took.
     pub seconds: f64,
-    /// One per configuration, in report order.
+    /// One per configuration (or probe operation), in report order.
     pub configs: Vec<InstructionCount>,
 }
 
@@ -113,13 +113,49 @@ pub fn valgrind_version() -> anyhow::Result<String> {
         .context("valgrind is not installed (apt-get install valgrind, or `make bench`)")
 }
 
+/// One Envoy to count: its name in the logs and results, and what it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Job {
+    /// `a` … `g`, or a probe operation's name; also the name of its directory.
+    pub key: String,
+    /// What it is.
+    pub title: String,
+}
+
 /// Counts Envoy's instructions per request for each of `scenarios`, [`PARALLEL`] at a time, with
-/// `requests` counted requests each. Everything started here (the upstream, the Envoys under
-/// valgrind) is stopped when this returns, successfully or not.
+/// `requests` counted requests each (see [`count`]).
 pub fn measure(
     envoy_bin: &Path,
     modules: &Modules,
     scenarios: &[Scenario],
+    requests: u64,
+) -> anyhow::Result<Callgrind> {
+    let jobs: Vec<Job> = scenarios
+        .iter()
+        .map(|scenario| Job {
+            key: scenario.key().into(),
+            title: scenario.title().into(),
+        })
+        .collect();
+    count(
+        envoy_bin,
+        &jobs,
+        |index, upstream_port| {
+            let scenario = scenarios.get(index).context("no such configuration")?;
+            scenario.bootstrap(upstream_port, modules)
+        },
+        requests,
+    )
+}
+
+/// Counts Envoy's instructions per request for each of `jobs`, [`PARALLEL`] at a time, with
+/// `requests` counted requests each; `bootstrap(index, upstream_port)` is the bootstrap of
+/// `jobs[index]`. Everything started here (the upstream, the Envoys under valgrind) is stopped when
+/// this returns, successfully or not.
+pub fn count(
+    envoy_bin: &Path,
+    jobs: &[Job],
+    bootstrap: impl Fn(usize, u16) -> anyhow::Result<String> + Sync,
     requests: u64,
 ) -> anyhow::Result<Callgrind> {
     let valgrind = valgrind_version()?;
@@ -130,7 +166,7 @@ pub fn measure(
         .tempdir()?;
     process::remove_on_signal(dir.path().to_path_buf());
 
-    // Each worker takes the next configuration until none is left or one has failed.
+    // Each worker takes the next job until none is left or one has failed.
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let outcomes: Mutex<Vec<(usize, anyhow::Result<InstructionCount>)>> = Mutex::new(Vec::new());
@@ -141,19 +177,14 @@ pub fn measure(
             .build()?;
         while !failed.load(Ordering::Relaxed) {
             let index = next.fetch_add(1, Ordering::Relaxed);
-            let Some(&scenario) = scenarios.get(index) else {
+            let Some(job) = jobs.get(index) else {
                 break;
             };
-            let outcome = measure_one(
-                &runtime,
-                envoy_bin,
-                modules,
-                scenario,
-                upstream_port,
-                requests,
-                dir_path,
-            )
-            .with_context(|| format!("callgrind, ({}) {}", scenario.key(), scenario.title()));
+            let outcome = bootstrap(index, upstream_port)
+                .and_then(|bootstrap| {
+                    measure_one(&runtime, envoy_bin, job, &bootstrap, requests, dir_path)
+                })
+                .with_context(|| format!("callgrind, ({}) {}", job.key, job.title));
             if outcome.is_err() {
                 failed.store(true, Ordering::Relaxed);
             }
@@ -162,7 +193,7 @@ pub fn measure(
         Ok(())
     };
     std::thread::scope(|scope| {
-        for _ in 0..PARALLEL.min(scenarios.len()) {
+        for _ in 0..PARALLEL.min(jobs.len()) {
             scope.spawn(|| {
                 if let Err(error) = worker() {
                     failed.store(true, Ordering::Relaxed);
@@ -181,11 +212,11 @@ pub fn measure(
     for (_, outcome) in outcomes {
         configs.push(outcome?);
     }
-    if configs.len() != scenarios.len() {
+    if configs.len() != jobs.len() {
         bail!(
             "callgrind: {} of {} configurations measured",
             configs.len(),
-            scenarios.len()
+            jobs.len()
         );
     }
     Ok(Callgrind {
@@ -203,27 +234,24 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// One configuration: Envoy under callgrind, warm-up, zero, the counted requests, dump, quit.
+/// One job: Envoy under callgrind, warm-up, zero, the counted requests, dump, quit.
 fn measure_one(
     runtime: &tokio::runtime::Runtime,
     envoy_bin: &Path,
-    modules: &Modules,
-    scenario: Scenario,
-    upstream_port: u16,
+    job: &Job,
+    bootstrap: &str,
     requests: u64,
     dir: &Path,
 ) -> anyhow::Result<InstructionCount> {
-    let envoy_dir = dir.join(scenario.key());
-    let bootstrap = scenario.bootstrap(upstream_port, modules)?;
+    let envoy_dir = dir.join(&job.key);
     eprintln!(
         "bench: callgrind ({}) {}: starting Envoy under valgrind",
-        scenario.key(),
-        scenario.title()
+        job.key, job.title
     );
     let envoy = runtime.block_on(Envoy::start_under(
         &valgrind_command(&envoy_dir),
         envoy_bin,
-        &bootstrap,
+        bootstrap,
         &envoy_dir,
         READY_WITHIN,
     ))?;
@@ -258,13 +286,11 @@ fn measure_one(
     let per_request = instructions as f64 / requests as f64;
     eprintln!(
         "bench: callgrind ({}) {}: {:.0} instructions per request ({requests} requests in {seconds:.0} s)",
-        scenario.key(),
-        scenario.title(),
-        per_request
+        job.key, job.title, per_request
     );
     Ok(InstructionCount {
-        key: scenario.key().into(),
-        title: scenario.title().into(),
+        key: job.key.clone(),
+        title: job.title.clone(),
         instructions,
         per_request,
     })

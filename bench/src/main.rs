@@ -4,7 +4,8 @@
 //!
 //! One run, on one machine: seven Envoy configurations (see [`scenario`]) under the same wrk load in
 //! alternating rounds, Envoy CPU per request from /proc, Envoy instructions per request counted by
-//! valgrind's callgrind (see [`instructions`]), the split of 100 000 requests, the module's size and
+//! valgrind's callgrind (see [`instructions`]) and what each kind of host call costs in them (see
+//! [`ladder`]), the split of 100 000 requests, the module's size and
 //! memory, criterion's numbers for the decision, and the control service (see [`control`]):
 //! propagation latency of weight updates and the rate of status reads. Writes `BENCHMARKS.md` at the
 //! root of the workspace and `bench/results.json`.
@@ -21,6 +22,7 @@ mod client;
 mod control;
 mod envoy;
 mod instructions;
+mod ladder;
 mod machine;
 mod micro;
 mod process;
@@ -99,12 +101,13 @@ fn main() -> anyhow::Result<()> {
         instructions::valgrind_version()?;
     }
 
-    eprintln!("bench: building the no-op and the header-only filters");
+    eprintln!("bench: building the no-op, the header-only and the probe filters");
     let modules = Modules {
         meshcanary,
         noop: build_module(&workspace, &target_dir, "meshcanary-noop-filter")?,
         header: build_module(&workspace, &target_dir, "meshcanary-header-filter")?,
     };
+    let probe = build_module(&workspace, &target_dir, "meshcanary-probe-filter")?;
 
     eprintln!("bench: criterion on the decision (filter/core/benches/choose.rs)");
     let criterion_home = target_dir.join("criterion");
@@ -140,6 +143,20 @@ fn main() -> anyhow::Result<()> {
     } else {
         None
     };
+    let host_calls = if settings.callgrind {
+        eprintln!(
+            "bench: the host-call cost ladder under callgrind, {} probe operations, {} at a time",
+            ladder::Operation::ALL.len(),
+            instructions::PARALLEL
+        );
+        Some(ladder::measure(
+            &envoy_bin,
+            &probe,
+            settings.callgrind_requests,
+        )?)
+    } else {
+        None
+    };
     let comparison = compare(&runtime, &envoy_bin, &modules, &settings)?;
 
     machine.load_after = machine::load_average();
@@ -157,6 +174,7 @@ fn main() -> anyhow::Result<()> {
         clock_ticks_per_second: procfs::clock_ticks_per_second(),
         configs: comparison.configs,
         instructions,
+        host_calls,
         sizes: Sizes {
             meshcanary_wasm_bytes: file_size(&modules.meshcanary),
             noop_wasm_bytes: file_size(&modules.noop),
@@ -261,7 +279,8 @@ fn command_line() -> String {
         .join(" ")
 }
 
-/// Builds the workspace's cdylib `package` (`bench/noop-filter`, `bench/header-filter`) for
+/// Builds the workspace's cdylib `package` (`bench/noop-filter`, `bench/header-filter`,
+/// `bench/probe-filter`) for
 /// wasm32-wasip1 with the filter's `wasm-release` profile; the module's path.
 fn build_module(workspace: &Path, target_dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -582,6 +601,10 @@ mod tests {
             (
                 "meshcanary-header-filter",
                 "wasm32-wasip1/wasm-release/meshcanary_header_filter.wasm",
+            ),
+            (
+                "meshcanary-probe-filter",
+                "wasm32-wasip1/wasm-release/meshcanary_probe_filter.wasm",
             ),
         ];
         for (package, expected) in cases {

@@ -4,6 +4,7 @@
 //! are tested without running Envoy.
 
 use crate::instructions::Callgrind;
+use crate::ladder::HostCalls;
 use crate::machine::Machine;
 use crate::micro::Estimate;
 use crate::propagation::Propagation;
@@ -234,6 +235,9 @@ pub struct Results {
     pub configs: Vec<ConfigResult>,
     /// Envoy's instructions per request of (a) … (g), counted by callgrind; `None` when skipped.
     pub instructions: Option<Callgrind>,
+    /// What each kind of host call costs Envoy per request (the probe's ladder, callgrind); `None`
+    /// when skipped.
+    pub host_calls: Option<HostCalls>,
     /// Module sizes.
     pub sizes: Sizes,
     /// VM memory.
@@ -576,6 +580,7 @@ pub fn markdown(results: &Results) -> String {
     let _ = writeln!(md);
 
     instructions_section(&mut md, results);
+    host_calls_section(&mut md, results);
 
     let _ = writeln!(md, "## Size and memory\n");
     let sizes = &results.sizes;
@@ -691,8 +696,9 @@ pub fn markdown(results: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "`choose()` on the host, release build, with a request view that copies each header value out \
-         as the filter's host calls do. Measured for {} s per case.\n",
+        "`choose()` on the host, release build, over the request's headers in the proxy-wasm wire format \
+         that the filter gets from Envoy in one host call, looked up in place as the filter does. \
+         Measured for {} s per case.\n",
         s.seconds.max(1)
     );
     let _ = writeln!(
@@ -796,6 +802,56 @@ fn instructions_section(md: &mut String, results: &Results) {
         );
     }
     let _ = writeln!(md);
+}
+
+/// `## What each host call costs`: the probe's ladder, right after the instruction counts.
+fn host_calls_section(md: &mut String, results: &Results) {
+    let _ = writeln!(md, "## What each host call costs\n");
+    let Some(ladder) = &results.host_calls else {
+        let _ = writeln!(md, "Not measured in this run (`BENCH_CALLGRIND=0`).\n");
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "Envoy instructions per request, counted as above ({} requests of warm-up, {} counted, {} \
+         operations, {} at a time, took {}), with the probe module (`bench/probe-filter`) instead of \
+         the filter. The probe does exactly one operation per request on (c)'s routes, nothing else; \
+         `none` does nothing, so the difference to it is what that one host call costs Envoy (a call \
+         that returns data makes Envoy call back into the VM to allocate the buffer).\n",
+        ladder.warmup_requests,
+        ladder.requests,
+        ladder.operations.len(),
+        crate::instructions::PARALLEL,
+        duration(ladder.seconds)
+    );
+    let _ = writeln!(
+        md,
+        "| operation | | instructions/request | vs `none` |\n|---|---|--:|--:|"
+    );
+    for call in &ladder.operations {
+        let _ = writeln!(
+            md,
+            "| `{}` | {} | {} | {} |",
+            call.operation,
+            call.description,
+            grouped(call.per_request.round() as u64),
+            call.over_none.map_or("–".to_string(), signed),
+        );
+    }
+    let _ = writeln!(md);
+}
+
+/// A difference of instructions, signed and grouped: `+10 512`, `−87`, `0`.
+pub fn signed(value: f64) -> String {
+    let rounded = value.round();
+    let magnitude = grouped(rounded.abs() as u64);
+    if rounded > 0.0 {
+        format!("+{magnitude}")
+    } else if rounded < 0.0 {
+        format!("−{magnitude}")
+    } else {
+        magnitude
+    }
 }
 
 /// A whole number with its digits in groups of three: `230 412`.
@@ -1045,6 +1101,7 @@ mod tests {
                 config("g", &[(8_100.0, 61.0), (7_300.0, 67.0)]),
             ],
             instructions: None,
+            host_calls: None,
             sizes: Sizes {
                 meshcanary_wasm_bytes: wasm_bytes,
                 noop_wasm_bytes: 20_000,
@@ -1086,6 +1143,27 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// A ladder of the probe's `operations` (per request), counted over 1000 requests in 130 s.
+    fn host_calls(operations: &[(crate::ladder::Operation, f64)]) -> HostCalls {
+        HostCalls::from_counts(Callgrind {
+            valgrind: "valgrind-3.19.0".into(),
+            requests: 1000,
+            warmup_requests: 200,
+            seconds: 130.0,
+            configs: operations
+                .iter()
+                .map(
+                    |(operation, per_request)| crate::instructions::InstructionCount {
+                        key: operation.name().into(),
+                        title: operation.description().into(),
+                        instructions: (per_request * 1000.0) as u64,
+                        per_request: *per_request,
+                    },
+                )
+                .collect(),
+        })
     }
 
     /// The target row whose description starts with `prefix`.
@@ -1234,7 +1312,8 @@ mod tests {
              | (a) | config a | 167 000 | 0.994× | 0.888× |\n\
              | (b) | config b | 168 000 | 1.000× | 0.894× |\n\
              | (c) | config c | 230 400 | 1.371× | 1.226× |\n",
-            "| (g) | config g | 198 000 | 1.179× | 1.053× |\n\n## Size and memory",
+            "| (g) | config g | 198 000 | 1.179× | 1.053× |\n\n## What each host call costs\n\n\
+             Not measured in this run (`BENCH_CALLGRIND=0`).\n\n## Size and memory",
             "| (c) Envoy instructions per request vs (e) no-op (callgrind) | ≤ 1.03× | 1.226× | ✘ |",
             "| (d) Envoy instructions per request vs (c) (callgrind) | ≤ 1.03× | 1.033× | ✘ |",
             "| (g) a filter that only writes the header vs (e) no-op, Envoy instructions per request \
@@ -1247,6 +1326,57 @@ mod tests {
         assert!(markdown(&r).contains(
             "## Envoy instructions per request (callgrind)\n\nNot measured in this run (`BENCH_CALLGRIND=0`)."
         ));
+    }
+
+    #[test]
+    fn the_report_shows_what_each_host_call_costs() {
+        use crate::ladder::Operation;
+        let mut r = results(61.2, 100_000);
+        r.instructions = Some(callgrind(230_400.0, 238_000.0));
+        r.host_calls = Some(host_calls(&[
+            (Operation::None, 190_000.4),
+            (Operation::ReadHeader, 200_512.0),
+            (Operation::Clock, 189_900.0),
+        ]));
+        let md = markdown(&r);
+        for expected in [
+            "| (g) | config g | 198 000 | 1.179× | 1.053× |\n\n## What each host call costs\n\n",
+            "(200 requests of warm-up, 1000 counted, 3 operations, 2 at a time, took 2 min 10 s)",
+            "The probe does exactly one operation per request on (c)'s routes, nothing else",
+            "a call that returns data makes Envoy call back into the VM to allocate the buffer",
+            "| operation | | instructions/request | vs `none` |\n|---|---|--:|--:|\n\
+             | `none` | nothing (the baseline) | 190 000 | 0 |\n\
+             | `read-header` | read one request header (`:authority`) | 200 512 | +10 512 |\n\
+             | `clock` | read the clock in `on_log` | 189 900 | −100 |\n\n## Size and memory",
+        ] {
+            assert!(md.contains(expected), "missing {expected:?} in\n{md}");
+        }
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(
+            json["hostCalls"]["operations"][1]["operation"],
+            "read-header"
+        );
+        let over_none = json["hostCalls"]["operations"][1]["overNone"].as_f64();
+        assert!(
+            over_none.is_some_and(|over| (over - 10_511.6).abs() < 1e-6),
+            "{over_none:?}"
+        );
+        assert_eq!(json["hostCalls"]["requests"], 1000);
+    }
+
+    #[test]
+    fn signed_differences() {
+        let cases = [
+            (0.0, "0"),
+            (0.4, "0"),
+            (-0.4, "0"),
+            (10_511.6, "+10 512"),
+            (-100.0, "−100"),
+            (1_234_567.0, "+1 234 567"),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(signed(value), expected, "{value}");
+        }
     }
 
     #[test]
@@ -1334,6 +1464,7 @@ mod tests {
             .collect();
         r.propagation = Propagation::from_updates("reviews-canary", updates);
         r.instructions = Some(callgrind(230_000.0, 238_000.0));
+        r.host_calls = Some(host_calls(&[(crate::ladder::Operation::None, 190_000.0)]));
         let wrk = WrkReport {
             requests: 27_000,
             seconds: 3.0,

@@ -179,7 +179,8 @@ impl Scenario {
     }
 }
 
-fn path_text(path: &Path) -> anyhow::Result<String> {
+/// A module path as it goes into a bootstrap's YAML string; an error for one that cannot.
+pub fn path_text(path: &Path) -> anyhow::Result<String> {
     let text = path.to_str().context("module path is not UTF-8")?;
     if text.contains('"') || text.contains('\\') {
         bail!("module path {text:?} cannot go into a YAML string as is");
