@@ -13,88 +13,20 @@ use crate::scenario::{path_text, render, Scenario};
 use anyhow::Context;
 use std::path::Path;
 
-/// The one thing the probe does per request; the names are the probe's plugin configurations
-/// (`bench/probe-filter/src/lib.rs` has the same list).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
-    /// Nothing: the baseline.
-    None,
-    /// Reads `:authority`.
-    ReadHeader,
-    /// Reads all request headers as owned pairs.
-    ReadAllHeaders,
-    /// Reads the response's `:status`.
-    ReadStatus,
-    /// Reads the `response.code` property in `on_log`.
-    ReadProperty,
-    /// Writes `x-meshcanary-variant: v1`.
-    WriteHeader,
-    /// Increments a counter in `on_log`.
-    Counter,
-    /// Records a histogram value in `on_log`.
-    Histogram,
-    /// Reads the clock in `on_log`.
-    Clock,
-}
+pub use meshcanary_probe_filter::Operation;
 
-impl Operation {
-    /// In report order, the baseline first.
-    pub const ALL: [Operation; 9] = [
-        Operation::None,
-        Operation::ReadHeader,
-        Operation::ReadAllHeaders,
-        Operation::ReadStatus,
-        Operation::ReadProperty,
-        Operation::WriteHeader,
-        Operation::Counter,
-        Operation::Histogram,
-        Operation::Clock,
+/// The bootstrap of (c) with the probe at `probe` doing `operation`, upstream on `upstream_port`.
+pub fn bootstrap(operation: Operation, upstream_port: u16, probe: &Path) -> anyhow::Result<String> {
+    let values = [
+        ("LISTEN_PORT", "0".to_string()),
+        ("ADMIN_PORT", "0".to_string()),
+        ("UPSTREAM_PORT", upstream_port.to_string()),
+        ("WASM_PATH", path_text(probe)?),
+        // A JSON string literal is a valid YAML double-quoted scalar.
+        ("PLUGIN_CONFIG", serde_json::to_string(operation.name())?),
     ];
-
-    /// The probe's plugin configuration for it.
-    pub fn name(self) -> &'static str {
-        match self {
-            Operation::None => "none",
-            Operation::ReadHeader => "read-header",
-            Operation::ReadAllHeaders => "read-all-headers",
-            Operation::ReadStatus => "read-status",
-            Operation::ReadProperty => "read-property",
-            Operation::WriteHeader => "write-header",
-            Operation::Counter => "counter",
-            Operation::Histogram => "histogram",
-            Operation::Clock => "clock",
-        }
-    }
-
-    /// What it is, for the report.
-    pub fn description(self) -> &'static str {
-        match self {
-            Operation::None => "nothing (the baseline)",
-            Operation::ReadHeader => "read one request header (`:authority`)",
-            Operation::ReadAllHeaders => "read all request headers (owned pairs)",
-            Operation::ReadStatus => "read the response's `:status` header",
-            Operation::ReadProperty => "read the `response.code` property in `on_log`",
-            Operation::WriteHeader => "write one request header (`x-meshcanary-variant: v1`)",
-            Operation::Counter => "increment a counter in `on_log`",
-            Operation::Histogram => "record a histogram value in `on_log`",
-            Operation::Clock => "read the clock in `on_log`",
-        }
-    }
-
-    /// The bootstrap of (c) with the probe at `probe` doing this, upstream on `upstream_port`.
-    pub fn bootstrap(self, upstream_port: u16, probe: &Path) -> anyhow::Result<String> {
-        let values = [
-            ("LISTEN_PORT", "0".to_string()),
-            ("ADMIN_PORT", "0".to_string()),
-            ("UPSTREAM_PORT", upstream_port.to_string()),
-            ("WASM_PATH", path_text(probe)?),
-            // A JSON string literal is a valid YAML double-quoted scalar.
-            ("PLUGIN_CONFIG", serde_json::to_string(self.name())?),
-        ];
-        render(Scenario::Filter.template(), &values)
-    }
+    render(Scenario::Filter.template(), &values)
 }
-
 /// The ladder's counts; serialised as `hostCalls` in `bench/results.json`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -167,7 +99,7 @@ pub fn measure(envoy_bin: &Path, probe: &Path, requests: u64) -> anyhow::Result<
         &jobs,
         |index, upstream_port| {
             let operation = Operation::ALL.get(index).context("no such operation")?;
-            operation.bootstrap(upstream_port, probe)
+            bootstrap(*operation, upstream_port, probe)
         },
         requests,
     )?;
@@ -180,40 +112,6 @@ mod tests {
     use crate::instructions::InstructionCount;
 
     #[test]
-    fn operation_names_parse_and_match_the_probe() {
-        let probe = include_str!("../probe-filter/src/lib.rs");
-        let cases = [
-            ("none", Some(Operation::None)),
-            ("read-header", Some(Operation::ReadHeader)),
-            ("read-all-headers", Some(Operation::ReadAllHeaders)),
-            ("read-status", Some(Operation::ReadStatus)),
-            ("read-property", Some(Operation::ReadProperty)),
-            ("write-header", Some(Operation::WriteHeader)),
-            ("counter", Some(Operation::Counter)),
-            ("histogram", Some(Operation::Histogram)),
-            ("clock", Some(Operation::Clock)),
-            ("Clock", None),
-            ("", None),
-        ];
-        for (name, expected) in cases {
-            let parsed = Operation::ALL
-                .into_iter()
-                .find(|operation| operation.name() == name);
-            assert_eq!(parsed, expected, "{name:?}");
-            if let Some(operation) = expected {
-                assert_eq!(operation.name(), name);
-                // The probe selects it by the same name.
-                assert!(probe.contains(&format!("=> \"{name}\",")), "{name}");
-            }
-        }
-        assert_eq!(
-            cases.iter().filter(|(_, op)| op.is_some()).count(),
-            Operation::ALL.len()
-        );
-        assert_eq!(Operation::ALL[0], Operation::None);
-    }
-
-    #[test]
     fn the_probe_runs_on_the_routes_of_c_with_the_operation_as_its_configuration() {
         let modules = crate::scenario::Modules {
             meshcanary: "/m/meshcanary.wasm".into(),
@@ -222,9 +120,7 @@ mod tests {
         };
         let filter = Scenario::Filter.bootstrap(4242, &modules).unwrap();
         for operation in Operation::ALL {
-            let bootstrap = operation
-                .bootstrap(4242, Path::new("/m/probe.wasm"))
-                .unwrap();
+            let bootstrap = bootstrap(operation, 4242, Path::new("/m/probe.wasm")).unwrap();
             assert_eq!(bootstrap.lines().count(), filter.lines().count());
             let differ: Vec<&str> = bootstrap
                 .lines()
@@ -242,9 +138,7 @@ mod tests {
                 operation.name()
             );
         }
-        assert!(Operation::None
-            .bootstrap(1, Path::new("/m/a\"b.wasm"))
-            .is_err());
+        assert!(bootstrap(Operation::None, 1, Path::new("/m/a\"b.wasm")).is_err());
     }
 
     #[test]

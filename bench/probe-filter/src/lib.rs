@@ -65,6 +65,21 @@ impl Operation {
         }
     }
 
+    /// What it is, for the report.
+    pub fn description(self) -> &'static str {
+        match self {
+            Operation::None => "nothing (the baseline)",
+            Operation::ReadHeader => "read one request header (`:authority`)",
+            Operation::ReadAllHeaders => "read all request headers (owned pairs)",
+            Operation::ReadStatus => "read the response's `:status` header",
+            Operation::ReadProperty => "read the `response.code` property in `on_log`",
+            Operation::WriteHeader => "write one request header (`x-meshcanary-variant: v1`)",
+            Operation::Counter => "increment a counter in `on_log`",
+            Operation::Histogram => "record a histogram value in `on_log`",
+            Operation::Clock => "read the clock in `on_log`",
+        }
+    }
+
     /// The operation a plugin configuration names (surrounding whitespace ignored); `None` for
     /// anything else.
     pub fn parse(config: &[u8]) -> Option<Operation> {
