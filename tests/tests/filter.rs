@@ -206,6 +206,21 @@ async fn sticky_users_keep_their_variant_and_only_move_towards_the_canary() {
     let at_10 = assign(&rig).await;
     // Same user, same variant, on every request (across both Envoy workers).
     assert_eq!(assign(&rig).await, at_10);
+    // A repeated key header: the first value decides, as with Envoy's own single-header read (the
+    // filter reads all headers at once and must not pick a later one).
+    let on = |variant: &str| users.iter().find(|u| at_10[*u] == variant).unwrap();
+    for (first, second) in [(on("v1"), on("v2")), (on("v2"), on("v1"))] {
+        let reply = rig
+            .client
+            .get("/", &[("x-user-id", first), ("x-user-id", second)])
+            .await
+            .unwrap();
+        assert_eq!(
+            reply.upstream.unwrap(),
+            at_10[first],
+            "{first} then {second}"
+        );
+    }
 
     rig.envoy
         .push(&filter_config(reviews(2, &[5000, 5000], sticky("r1"))));
