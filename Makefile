@@ -86,7 +86,6 @@ demo: build envoy ## run the demo: QA routing, a canary promoted, a broken one r
 # The control service is measured as a release build (status reads of a debug build say little).
 bench: build envoy | /usr/bin/wrk /usr/bin/valgrind ## measure the filter against native Envoy routing, propagation and the API; writes BENCHMARKS.md
 	cargo build --locked --release -p meshcanary-control
-	cargo build --locked -p meshcanary-noop-filter -p meshcanary-header-filter -p meshcanary-probe-filter --target $(WASM_TARGET) --profile wasm-release
 	MESHCANARY_BIN=$(abspath target/release/meshcanary) cargo run --locked --release -q -p meshcanary-bench
 
 /usr/bin/wrk:

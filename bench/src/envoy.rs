@@ -47,24 +47,22 @@ impl Envoy {
         let admin_path = dir.join("admin-address");
         let log = dir.join("envoy.log");
         let log_file = std::fs::File::create(&log).context("create envoy.log")?;
-        let (program, what) = match wrapper.split_first() {
+        let (mut command, what) = match wrapper.split_first() {
             None => (
-                envoy_bin.as_os_str(),
+                Command::new(envoy_bin),
                 format!("Envoy {}", envoy_bin.display()),
             ),
-            Some((program, _)) => (
-                program.as_os_str(),
-                format!(
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(envoy_bin);
+                let what = format!(
                     "Envoy {} under {}",
                     envoy_bin.display(),
                     program.to_string_lossy()
-                ),
-            ),
+                );
+                (command, what)
+            }
         };
-        let mut command = Command::new(program);
-        if let Some((_, args)) = wrapper.split_first() {
-            command.args(args).arg(envoy_bin);
-        }
         command
             .arg("-c")
             .arg(&bootstrap_path)

@@ -5,8 +5,8 @@
 //! One run, on one machine: seven Envoy configurations (see [`scenario`]) under the same wrk load in
 //! alternating rounds, Envoy CPU per request from /proc, Envoy instructions per request counted by
 //! valgrind's callgrind (see [`instructions`]) and what each kind of host call costs in them (see
-//! [`ladder`]), the split of 100 000 requests, the module's size and
-//! memory, criterion's numbers for the decision, and the control service (see [`control`]):
+//! [`ladder`]), the split of 100 000 requests, the module's size and memory, criterion's numbers
+//! for the decision, and the control service (see [`control`]):
 //! propagation latency of weight updates and the rate of status reads. Writes `BENCHMARKS.md` at the
 //! root of the workspace and `bench/results.json`.
 //!
@@ -280,8 +280,8 @@ fn command_line() -> String {
 }
 
 /// Builds the workspace's cdylib `package` (`bench/noop-filter`, `bench/header-filter`,
-/// `bench/probe-filter`) for
-/// wasm32-wasip1 with the filter's `wasm-release` profile; the module's path.
+/// `bench/probe-filter`) for wasm32-wasip1 with the filter's `wasm-release` profile; the module's
+/// path.
 fn build_module(workspace: &Path, target_dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)

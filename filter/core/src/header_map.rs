@@ -117,8 +117,9 @@ mod tests {
     }
 
     #[test]
-    fn reads_what_envoy_sends() {
-        // Two pairs as Envoy 1.40 serializes them: count, length table, NUL-terminated data.
+    fn reads_the_abi_wire_format() {
+        // Two pairs as the ABI lays them out: count, length table, NUL-terminated data. (That Envoy
+        // sends exactly this is checked end to end: every e2e test decides on headers read here.)
         let bytes = b"\x02\x00\x00\x00\x01\x00\x00\x00\x02\x00\x00\x00\x03\x00\x00\x00\x00\x00\x00\x00a\x00bc\x00xyz\x00\x00";
         let headers = HeaderPairs::new(bytes);
         let pairs: Vec<_> = headers.iter().collect();
