@@ -381,8 +381,8 @@ impl Inner {
             };
             return match self.api.create(&params, &lease).await {
                 Ok(_) => Ok(leader(true, Some(&self.identity))),
-                // Another replica created it first: it leads; look again next round.
-                Err(e) if is_conflict(&e) => Ok(leader(false, None)),
+                // Another replica created it first: it leads.
+                Err(e) if is_conflict(&e) => Ok(leader(false, self.winner().await.as_deref())),
                 Err(e) => Err(describe_error(&e)),
             };
         };
@@ -406,11 +406,22 @@ impl Inner {
                         Ok(leader(true, Some(&self.identity)))
                     }
                     // Someone wrote the Lease since we read it: whoever it is, we do not hold it.
-                    Err(e) if is_conflict(&e) => Ok(leader(false, None)),
+                    Err(e) if is_conflict(&e) => Ok(leader(false, self.winner().await.as_deref())),
                     Err(e) => Err(describe_error(&e)),
                 }
             }
         }
+    }
+
+    /// Who holds the Lease after we lost a race for it, read back at once so that this replica
+    /// names its leader (in `not_leader` answers) now rather than a round later. `None` when the
+    /// read fails or shows no other holder; the next round looks again.
+    async fn winner(&self) -> Option<String> {
+        let lease = self.api.get_opt(&self.name).await.ok()??;
+        lease
+            .spec?
+            .holder_identity
+            .filter(|holder| *holder != self.identity)
     }
 
     /// Clears the holder if it is us; a few tries, since a 409 here may be a follower's read
