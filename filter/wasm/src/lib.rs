@@ -6,8 +6,10 @@
 //! per-variant stats when the stream ends (`on_log`, which also runs for resets and local replies).
 //! All decisions live in the core crate; this crate only moves bytes between Envoy and it. Nothing
 //! here may fail a request: when anything goes wrong the request passes through to the stable route.
+//! Host calls go through [`host`], which handles every status the host answers; the SDK is used
+//! for its entry points and context dispatch only.
 
-mod host_headers;
+mod host;
 mod random;
 
 use meshcanary_core::choose::{choose, Decision};
@@ -16,11 +18,9 @@ use meshcanary_core::header_map::HeaderPairs;
 use meshcanary_core::stats::{
     status_code, FilterMetrics, MetricKind, MetricSink, Outcome, RouteMetrics,
 };
-use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MetricType};
+use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
 use std::rc::Rc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The module's entry point (`_initialize`), in its own module so it needs no public docs.
 mod entry {
@@ -45,16 +45,15 @@ impl MetricSink for HostMetrics {
             MetricKind::Gauge => MetricType::Gauge,
             MetricKind::Histogram => MetricType::Histogram,
         };
-        hostcalls::define_metric(kind, name).ok()
+        host::define_metric(kind, name)
     }
 
     fn increment(&mut self, id: u32) {
-        // A failed stat update must not affect the request.
-        let _ = hostcalls::increment_metric(id, 1);
+        host::increment_metric(id);
     }
 
     fn record(&mut self, id: u32, value: u64) {
-        let _ = hostcalls::record_metric(id, value);
+        host::record_metric(id, value);
     }
 }
 
@@ -100,7 +99,7 @@ impl RootContext for FilterRoot {
         if self.filter_metrics.is_none() {
             self.filter_metrics = FilterMetrics::define(&mut HostMetrics);
         }
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        let bytes = host::plugin_configuration().unwrap_or_default();
         match self.apply(&bytes) {
             Ok(generation) => {
                 log(
@@ -143,14 +142,14 @@ struct FilterStream {
     status: Option<u64>,
 }
 
-/// Writes to Envoy's log (`wasm log <root_id>: meshcanary: …`); a failed log call is ignored.
+/// Writes to Envoy's log (`wasm log <root_id>: meshcanary: …`).
 fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, &format!("meshcanary: {message}"));
+    host::log(level, &format!("meshcanary: {message}"));
 }
 
-fn now_ns() -> Option<u64> {
-    let now: SystemTime = hostcalls::get_current_time().ok()?;
-    u64::try_from(now.duration_since(UNIX_EPOCH).ok()?.as_nanos()).ok()
+/// Sets (or, for `None`, removes) a request header; a refused write leaves the request as it is.
+fn set_request_header(name: &str, value: Option<&str>) {
+    host::set_header(MapType::HttpRequestHeaders, name, value.map(str::as_bytes));
 }
 
 impl Context for FilterStream {}
@@ -159,12 +158,12 @@ impl HttpContext for FilterStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(active) = self.active.clone() else {
             // No config was ever accepted: still never let a client choose its variant.
-            self.set_http_request_header(DEFAULT_VARIANT_HEADER, None);
+            set_request_header(DEFAULT_VARIANT_HEADER, None);
             return Action::Continue;
         };
         let config = &active.config;
         // All headers in one host call: each call that returns data costs a round trip into the VM.
-        let headers = host_headers::request_header_pairs().unwrap_or_default();
+        let headers = host::request_header_pairs().unwrap_or_default();
         let decision = choose(config, &HeaderPairs::new(&headers), random::bucket);
         let variant = decision.and_then(|d| {
             let route = config.routes.get(d.route)?;
@@ -174,15 +173,15 @@ impl HttpContext for FilterStream {
             Some((route, variant)) if !route.dry_run => {
                 // Replaces any value the client sent, and (ABI 0.2.1) clears the route cache so
                 // routes matching this header see the new value.
-                self.set_http_request_header(&config.variant_header, Some(variant));
+                set_request_header(&config.variant_header, Some(variant));
             }
-            _ => self.set_http_request_header(&config.variant_header, None),
+            _ => set_request_header(&config.variant_header, None),
         }
         if decision.is_none() {
             HostMetrics.increment(active.unmatched);
         }
         self.decision = decision;
-        self.started_ns = now_ns();
+        self.started_ns = host::now_ns();
         Action::Continue
     }
 
@@ -191,8 +190,7 @@ impl HttpContext for FilterStream {
             // Read here rather than as the `response.code` property in `on_log`: a header read is
             // the cheaper host call (BENCHMARKS.md), and a stream reset before its response headers
             // never gets here, so it keeps no status and counts as `reset`.
-            self.status = self
-                .get_http_response_header_bytes(":status")
+            self.status = host::header(MapType::HttpResponseHeaders, ":status")
                 .and_then(|value| status_code(&value));
             if let Some(header) = &active.config.response_header {
                 let variant = active
@@ -202,7 +200,7 @@ impl HttpContext for FilterStream {
                     .and_then(|route| route.variants.get(decision.variant));
                 if let Some(variant) = variant {
                     let value = format!("{variant}; reason={}", decision.reason.as_str());
-                    self.set_http_response_header(header, Some(&value));
+                    host::set_header(MapType::HttpResponseHeaders, header, Some(value.as_bytes()));
                 }
             }
         }
@@ -213,7 +211,7 @@ impl HttpContext for FilterStream {
         let (Some(active), Some(decision)) = (&self.active, &self.decision) else {
             return;
         };
-        let duration_ms = match (self.started_ns, now_ns()) {
+        let duration_ms = match (self.started_ns, host::now_ns()) {
             (Some(start), Some(end)) => Some(end.saturating_sub(start) / 1_000_000),
             _ => None,
         };
