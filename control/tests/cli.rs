@@ -299,6 +299,7 @@ fn a_rollout_is_created_followed_and_steered() {
     assert_eq!(json["status"]["canaryWeight"], 2500);
     assert_eq!(json["status"]["phase"], "paused");
     assert_eq!(json["spec"]["timeout"], "2h");
+    assert!(json["spec"].get("analysis").is_none(), "{json:#}");
     assert_eq!(json["propagation"]["summary"], "applied on 0/0 proxies");
 
     let set = service
@@ -375,6 +376,89 @@ fn a_spec_file_and_progressive_rollouts_are_accepted() {
         &status.stdout,
         &["▶ 2  pause 1h (59m left)", "5  set weight 30%"],
     );
+}
+
+#[test]
+fn analysis_flags_are_sent_and_shown() {
+    let service = Service::start();
+    let create = |name: &str, analysis: &[&str]| {
+        let mut args = vec![
+            "rollout",
+            "create",
+            name,
+            "--route",
+            "reviews",
+            "--stable",
+            "v1",
+            "--canary",
+            "v2",
+            "--steps",
+            "10%,pause,100%",
+        ];
+        args.extend(analysis);
+        service.cli(&args)
+    };
+
+    // A bad value is the CLI's to catch, naming the flag; a combination that judges nothing is
+    // the service's, naming the field.
+    let bad_rate = create("bad-rate", &["--min-success-rate", "120"]).fails(2);
+    assert_contains(
+        &bad_rate.stderr,
+        &["invalid value '120' for '--min-success-rate <PERCENT>': 120 is not a percentage between 0 and 100"],
+    );
+    let judges_nothing = create("judges-nothing", &["--no-compare-with-stable"]).fails(1);
+    assert_contains(
+        &judges_nothing.stderr,
+        &[
+            "error: cannot create rollout judges-nothing: ",
+            "judges nothing",
+            "HTTP 422",
+            "\n  field: analysis",
+        ],
+    );
+
+    create(
+        "analysed",
+        &[
+            "--min-success-rate",
+            "99.5",
+            "--max-latency",
+            "250ms",
+            "--latency-percentile",
+            "99.9",
+            "--analysis-interval",
+            "1h",
+            "--min-requests",
+            "50",
+            "--failure-limit",
+            "3",
+        ],
+    )
+    .ok();
+    let json = service.rollout_json("analysed");
+    assert_eq!(
+        json["spec"]["analysis"],
+        serde_json::json!({"interval": "1h", "minSuccessRate": 99.5, "maxLatencyMs": 250.0,
+            "latencyPercentile": 99.9, "minRequests": 50, "compareWithStable": true,
+            "maxPValue": 0.01, "minBaselineRequests": 20, "failureLimit": 3,
+            "inconclusiveLimit": 3}),
+        "{json:#}"
+    );
+    let status = service.cli(&["rollout", "status", "analysed"]).ok();
+    assert_contains(
+        &status.stdout,
+        &["Analysis\n  every 1h: success rate ≥ 99.5 %, p99.9 latency ≤ 250 ms, error rate compared with stable's (p < 0.01); at least 50 canary responses a window\n  no check yet\n  failed checks 0 of 3 allowed, inconclusive in a row 0 of 3"],
+    );
+    let names: Vec<String> = service
+        .cli(&["rollout", "list", "-o", "json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["spec"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["analysed"]);
 }
 
 fn path(path: &Path) -> &str {

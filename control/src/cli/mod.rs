@@ -3,9 +3,11 @@
 //! The command-line types live here, with [`run`], which executes a command and turns the outcome
 //! into an exit code: 0 success, 1 the service refused or the request failed, 2 a usage error
 //! (clap's own, or a file or URL given on the command line that is wrong), 3 the service could not
-//! be reached. The parts: [`client`] speaks HTTP and words the errors, [`steps`] and [`rules`]
-//! parse what people type, [`render`] formats what they read, [`watch`] follows a rollout.
+//! be reached. The parts: [`client`] speaks HTTP and words the errors, [`steps`], [`analysis`]
+//! and [`rules`] parse what people type, [`render`] formats what they read, [`watch`] follows a
+//! rollout.
 
+pub mod analysis;
 pub mod client;
 pub mod render;
 pub mod rules;
@@ -106,15 +108,22 @@ Examples:
   meshcanary rollout create reviews-v2 --route reviews --stable v1 --canary v2 \\
       --steps '10%,pause,50%,pause 30s,100%'
   meshcanary rollout create reviews-v2 --route reviews --stable v1 --canary v2 --progressive 10,50,90s
+  meshcanary rollout create reviews-v2 --route reviews --stable v1 --canary v2 --progressive 10,50,5m \\
+      --min-success-rate 99.5 --max-latency 500ms --analysis-interval 1m
   meshcanary rollout create -f reviews-v2.json
 
 Steps (--steps, comma-separated):
   N% or Nbp       set the canary's weight: 10%, 12.5%, 1000bp (basis points; 10000bp = 100%)
   pause           wait until `meshcanary rollout resume NAME`
   pause DURATION  wait that long: 500ms, 30s, 5m, 1h, 1h 30m
-After the last step the canary is promoted to 100% and becomes the route's stable variant.";
+After the last step the canary is promoted to 100% and becomes the route's stable variant.
+
+Analysis: any analysis flag turns automated analysis on; each setWeight step then moves on only after
+a check passes at that weight. Unset values keep the API's defaults. The other analysis settings
+(maxPValue, minBaselineRequests, inconclusiveLimit) and webhooks are set in a spec file (-f).";
 
 /// Rollout subcommands.
+#[allow(clippy::large_enum_variant)] // parsed once per process, like RouteCommand
 #[derive(Debug, Subcommand)]
 pub enum RolloutCommand {
     /// Create a rollout; the service starts it at once.
@@ -214,6 +223,9 @@ pub struct CreateArgs {
     /// pauses and says so (the service's default is 30s).
     #[arg(long, value_name = "DURATION", value_parser = steps::parse_duration, conflicts_with = "file")]
     pub propagation_timeout: Option<HumanDuration>,
+    /// Automated analysis.
+    #[command(flatten)]
+    pub analysis: analysis::AnalysisArgs,
 }
 
 /// `rollout status`.
@@ -596,7 +608,9 @@ fn spec_from_flags(args: &CreateArgs) -> Result<RolloutSpec, String> {
         timeout: args.timeout,
         auto_finish: !args.no_auto_finish,
         propagation_timeout: args.propagation_timeout,
-        analysis: None,
+        analysis: args.analysis.spec(),
+        // Webhooks need a name, a type and a URL each, and often a timeout, retries and metadata:
+        // more than a flag reads well, so they are left to spec files.
         webhooks: Vec::new(),
     })
 }
@@ -699,6 +713,76 @@ mod tests {
     }
 
     #[test]
+    fn analysis_flags_become_the_analysis_block() {
+        use serde_json::json;
+        let cases: [(&[&str], Value); 4] = [
+            (&[], Value::Null),
+            (
+                &["--min-success-rate", "99.5"],
+                json!({"interval": "30s", "minSuccessRate": 99.5, "latencyPercentile": 99.0,
+                    "minRequests": 20, "compareWithStable": true, "maxPValue": 0.01,
+                    "minBaselineRequests": 20, "failureLimit": 2, "inconclusiveLimit": 3}),
+            ),
+            (
+                &[
+                    "--max-latency",
+                    "250ms",
+                    "--latency-percentile",
+                    "p99.9",
+                    "--analysis-interval",
+                    "1m",
+                    "--min-requests",
+                    "50",
+                    "--failure-limit",
+                    "3",
+                    "--no-compare-with-stable",
+                ],
+                json!({"interval": "1m", "maxLatencyMs": 250.0, "latencyPercentile": 99.9,
+                    "minRequests": 50, "compareWithStable": false, "maxPValue": 0.01,
+                    "minBaselineRequests": 20, "failureLimit": 3, "inconclusiveLimit": 3}),
+            ),
+            (
+                &["--min-success-rate", "99", "--max-latency", "1s"],
+                json!({"interval": "30s", "minSuccessRate": 99.0, "maxLatencyMs": 1000.0,
+                    "latencyPercentile": 99.0, "minRequests": 20, "compareWithStable": true,
+                    "maxPValue": 0.01, "minBaselineRequests": 20, "failureLimit": 2,
+                    "inconclusiveLimit": 3}),
+            ),
+        ];
+        for (flags, expected) in cases {
+            let mut argv = vec![
+                "rollout",
+                "create",
+                "reviews-v2",
+                "--route",
+                "reviews",
+                "--stable",
+                "v1",
+                "--canary",
+                "v2",
+                "--progressive",
+                "10,50,1m",
+            ];
+            argv.extend(flags);
+            let Ok(ClientCommand::Rollout(RolloutArgs {
+                command: RolloutCommand::Create(args),
+                ..
+            })) = parse(&argv)
+            else {
+                panic!("{flags:?} did not parse")
+            };
+            let spec = create_spec(&args).unwrap();
+            assert_eq!(
+                serde_json::to_value(&spec).unwrap()["analysis"],
+                expected,
+                "{flags:?}"
+            );
+            // What the flags build, the service accepts.
+            assert!(spec.plan().is_ok(), "{flags:?}");
+        }
+    }
+
+    #[test]
     fn connection_options_go_before_or_after_the_subcommand() {
         for args in [
             &["rollout", "--server", "http://h:1", "status", "r"][..],
@@ -720,12 +804,94 @@ mod tests {
 
     #[test]
     fn usage_errors_are_caught_by_clap() {
-        let cases: [(&[&str], &str); 10] = [
+        let cases: [(&[&str], &str); 15] = [
             (
                 &[
                     "rollout", "create", "r", "--route", "x", "--stable", "a", "--canary", "b",
                 ],
                 "--steps",
+            ),
+            (
+                &[
+                    "rollout",
+                    "create",
+                    "r",
+                    "--route",
+                    "x",
+                    "--stable",
+                    "a",
+                    "--canary",
+                    "b",
+                    "--steps",
+                    "10%",
+                    "--min-success-rate",
+                    "120",
+                ],
+                "invalid value '120' for '--min-success-rate <PERCENT>': 120 is not a percentage between 0 and 100",
+            ),
+            (
+                &[
+                    "rollout",
+                    "create",
+                    "r",
+                    "--route",
+                    "x",
+                    "--stable",
+                    "a",
+                    "--canary",
+                    "b",
+                    "--steps",
+                    "10%",
+                    "--max-latency",
+                    "500",
+                ],
+                "invalid value '500' for '--max-latency <DURATION>': a latency needs a unit: write 500ms",
+            ),
+            (
+                &[
+                    "rollout",
+                    "create",
+                    "r",
+                    "--route",
+                    "x",
+                    "--stable",
+                    "a",
+                    "--canary",
+                    "b",
+                    "--steps",
+                    "10%",
+                    "--analysis-interval",
+                    "10ms",
+                ],
+                "invalid value '10ms' for '--analysis-interval <DURATION>': must be at least 100ms",
+            ),
+            (
+                &[
+                    "rollout",
+                    "create",
+                    "r",
+                    "--route",
+                    "x",
+                    "--stable",
+                    "a",
+                    "--canary",
+                    "b",
+                    "--steps",
+                    "10%",
+                    "--min-requests",
+                    "many",
+                ],
+                "invalid value 'many' for '--min-requests <N>'",
+            ),
+            (
+                &[
+                    "rollout",
+                    "create",
+                    "-f",
+                    "x.json",
+                    "--no-compare-with-stable",
+                ],
+                "'--file <PATH>' cannot be used with '--no-compare-with-stable'",
             ),
             (
                 &[

@@ -9,7 +9,7 @@ use crate::analysis::{Measured, Verdict};
 use crate::api::rollouts::RolloutView;
 use crate::api::routes::RoutesView;
 use crate::rollout::engine::percent;
-use crate::rollout::{Phase, PlanStep};
+use crate::rollout::{AnalysisSpec, Phase, PlanStep};
 use crate::service::Propagation;
 use crate::time::Timestamp;
 use meshcanary_core::config::{RouteConfig, RuleConfig, StickyConfig, TOTAL_WEIGHT};
@@ -234,11 +234,36 @@ pub fn status_sections(view: &RolloutView, now: Timestamp) -> Vec<Section> {
     sections
 }
 
-/// The latest analysis check as a compact table of canary and stable, its verdict and reasons,
-/// and how many checks failed so far; `None` for rollouts without analysis.
+/// What analysis judges and how often, in one line: the thresholds that are set, the comparison
+/// with stable if it is on, and the traffic a window needs.
+pub fn describe_analysis(spec: &AnalysisSpec) -> String {
+    let mut criteria = Vec::new();
+    if let Some(rate) = spec.min_success_rate {
+        criteria.push(format!("success rate ≥ {rate} %"));
+    }
+    if let Some(ms) = spec.max_latency_ms {
+        criteria.push(format!("p{} latency ≤ {ms} ms", spec.latency_percentile));
+    }
+    if spec.compare_with_stable {
+        criteria.push(format!(
+            "error rate compared with stable's (p < {})",
+            spec.max_p_value
+        ));
+    }
+    format!(
+        "every {}: {}; at least {} canary responses a window",
+        spec.interval,
+        criteria.join(", "),
+        spec.min_requests
+    )
+}
+
+/// What analysis judges, then the latest check as a compact table of canary and stable, its
+/// verdict and reasons, and how many checks failed so far; `None` for rollouts without analysis.
 fn analysis_section(view: &RolloutView, now: Timestamp) -> Option<Section> {
     let spec = view.rollout.spec.analysis.as_ref()?;
     let status = &view.rollout.status.analysis;
+    let criteria = describe_analysis(spec);
     let counts = format!(
         "failed checks {} of {} allowed, inconclusive in a row {} of {}",
         status.failed_checks,
@@ -249,7 +274,7 @@ fn analysis_section(view: &RolloutView, now: Timestamp) -> Option<Section> {
     let Some(last) = status.checks.last() else {
         return Some(Section::titled(
             "Analysis",
-            format!("no check yet (every {})\n{counts}", spec.interval),
+            format!("{criteria}\nno check yet\n{counts}"),
         ));
     };
     let verdict = match last.check.verdict {
@@ -296,7 +321,7 @@ fn analysis_section(view: &RolloutView, now: Timestamp) -> Option<Section> {
     Some(Section::titled(
         "Analysis",
         format!(
-            "last check {verdict} {} at {}{p_value}\n{table}\n{}\n{counts}",
+            "{criteria}\nlast check {verdict} {} at {}{p_value}\n{table}\n{}\n{counts}",
             when(last.at, now),
             percent(last.canary_weight),
             reasons.join("\n")
@@ -598,6 +623,10 @@ mod tests {
                 .into_iter()
                 .collect::<Vec<_>>(),
         );
+        assert!(
+            text.contains("every 30s: success rate ≥ 99 %, error rate compared with stable's"),
+            "{text}"
+        );
         assert!(text.contains("last check FAILED"), "{text}");
         assert!(
             text.contains("canary v2  120       94.00 %  12.5 ms"),
@@ -615,6 +644,43 @@ mod tests {
         assert!(
             analysis_section(&view(json!({})), NOW).is_none(),
             "no section without analysis"
+        );
+    }
+
+    #[test]
+    fn the_analysis_says_what_it_judges() {
+        let cases = [
+            (
+                json!({}),
+                "every 30s: error rate compared with stable's (p < 0.01); at least 20 canary responses a window",
+            ),
+            (
+                json!({"minSuccessRate": 99.5, "maxLatencyMs": 250, "latencyPercentile": 99.9,
+                       "interval": "1m", "minRequests": 50, "maxPValue": 0.05}),
+                "every 1m: success rate ≥ 99.5 %, p99.9 latency ≤ 250 ms, error rate compared with stable's (p < 0.05); at least 50 canary responses a window",
+            ),
+            (
+                json!({"maxLatencyMs": 0.5, "compareWithStable": false}),
+                "every 30s: p99 latency ≤ 0.5 ms; at least 20 canary responses a window",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let spec: AnalysisSpec = serde_json::from_value(spec).unwrap();
+            assert_eq!(describe_analysis(&spec), expected);
+        }
+    }
+
+    #[test]
+    fn before_the_first_check_the_analysis_shows_its_settings() {
+        let mut waiting = view(json!({}));
+        waiting.rollout.spec.analysis =
+            Some(serde_json::from_value(json!({"minSuccessRate": 99, "failureLimit": 3})).unwrap());
+        let section = analysis_section(&waiting, NOW).unwrap();
+        assert_eq!(
+            section.body,
+            "every 30s: success rate ≥ 99 %, error rate compared with stable's (p < 0.01); at least 20 canary responses a window\n\
+             no check yet\n\
+             failed checks 0 of 3 allowed, inconclusive in a row 0 of 3"
         );
     }
 

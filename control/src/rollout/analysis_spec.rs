@@ -56,6 +56,25 @@ pub struct AnalysisSpec {
     pub inconclusive_limit: u32,
 }
 
+impl Default for AnalysisSpec {
+    /// What `"analysis": {}` means: the serde defaults, no success-rate or latency threshold, the
+    /// comparison with stable on.
+    fn default() -> AnalysisSpec {
+        AnalysisSpec {
+            interval: default_interval(),
+            min_success_rate: None,
+            max_latency_ms: None,
+            latency_percentile: default_percentile(),
+            min_requests: default_min_requests(),
+            compare_with_stable: default_true(),
+            max_p_value: default_p_value(),
+            min_baseline_requests: default_min_requests(),
+            failure_limit: default_failure_limit(),
+            inconclusive_limit: default_inconclusive_limit(),
+        }
+    }
+}
+
 fn default_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(30))
 }
@@ -285,4 +304,16 @@ pub struct AnalysisStatus {
     /// When a gate last failed (its retry waits an interval from then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_gate_at: Option<Timestamp>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_what_an_empty_analysis_block_means() {
+        let empty: AnalysisSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(AnalysisSpec::default(), empty);
+        assert!(AnalysisSpec::default().check("analysis").is_ok());
+    }
 }
