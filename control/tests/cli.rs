@@ -95,6 +95,18 @@ impl Run {
 }
 
 impl Service {
+    /// The names of every rollout, as `rollout list -o json` gives them.
+    fn rollout_names(&self) -> Vec<String> {
+        self.cli(&["rollout", "list", "-o", "json"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["spec"]["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     fn start() -> Service {
         let dir = tempfile::tempdir().unwrap();
         let routes = dir.path().join("routes.json");
@@ -449,16 +461,7 @@ fn analysis_flags_are_sent_and_shown() {
         &status.stdout,
         &["Analysis\n  every 1h: success rate ≥ 99.5 %, p99.9 latency ≤ 250 ms, error rate compared with stable's (p < 0.01); at least 50 canary responses a window\n  no check yet\n  failed checks 0 of 3 allowed, inconclusive in a row 0 of 3"],
     );
-    let names: Vec<String> = service
-        .cli(&["rollout", "list", "-o", "json"])
-        .ok()
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["spec"]["name"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(names, ["analysed"]);
+    assert_eq!(service.rollout_names(), ["analysed"]);
 }
 
 fn path(path: &Path) -> &str {
@@ -692,16 +695,7 @@ fn errors_say_what_failed_and_what_to_do() {
     );
 
     // Nothing that failed was created.
-    let names: Vec<String> = service
-        .cli(&["rollout", "list", "-o", "json"])
-        .ok()
-        .json()
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["spec"]["name"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(names, ["r"]);
+    assert_eq!(service.rollout_names(), ["r"]);
 }
 
 #[test]
