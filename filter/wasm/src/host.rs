@@ -105,10 +105,10 @@ pub fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
 }
 
 /// Sets header `name` in `map` to `value`, replacing every value it had, or removes it for `None`.
-/// Returns whether the host did it.
-pub fn set_header(map: MapType, name: &str, value: Option<&[u8]>) -> bool {
+/// Envoy refuses only when the map is not available in the current callback; then nothing changes.
+pub fn set_header(map: MapType, name: &str, value: Option<&[u8]>) {
     // SAFETY: the host only reads the given byte ranges during the call.
-    let status = unsafe {
+    unsafe {
         match value {
             Some(value) => proxy_replace_header_map_value(
                 map,
@@ -118,9 +118,8 @@ pub fn set_header(map: MapType, name: &str, value: Option<&[u8]>) -> bool {
                 value.len(),
             ),
             None => proxy_remove_header_map_value(map, name.as_ptr(), name.len()),
-        }
-    };
-    status == OK
+        };
+    }
 }
 
 /// The plugin configuration (Istio's `pluginConfig` as JSON; the ECDS file's `configuration`),
