@@ -32,9 +32,20 @@ toolchain: ## add the wasm32-wasip1 target to the Rust toolchain
 build: toolchain $(WASM) ## build the filter (.wasm) through the size-tuned profile
 	@ls -l $(WASM) | awk '{printf "built %s (%d bytes)\n", $$9, $$5}'
 
-$(WASM): $(shell find filter -name '*.rs' -o -name Cargo.toml) Cargo.toml Cargo.lock | /usr/bin/wasm-opt
+# The exports the module keeps (filter/wasm/exports.txt says why), as wasm-metadce's graph: one root
+# (the host) reaching each of them; the SDK's other entry points are removed.
+WASM_EXPORTS := $(shell sed -e 's/\#.*//' filter/wasm/exports.txt)
+WASM_GRAPH := target/$(WASM_TARGET)/wasm-release/meshcanary-exports.json
+WASM_TRIMMED := target/$(WASM_TARGET)/wasm-release/meshcanary-trimmed.wasm
+
+$(WASM): $(shell find filter -name '*.rs' -o -name Cargo.toml) filter/wasm/exports.txt Cargo.toml Cargo.lock | /usr/bin/wasm-opt
 	cargo build --locked -p meshcanary-filter --target $(WASM_TARGET) --profile wasm-release
-	wasm-opt -Oz --converge --strip-debug --strip-producers --strip-target-features $(WASM_FEATURES) $(WASM_RAW) -o $@
+	{ printf '[{"name": "host", "root": true, "reaches": ['; sep=; \
+	  for name in $(WASM_EXPORTS); do printf '%s"%s"' "$$sep" "$$name"; sep=', '; done; printf ']}'; \
+	  for name in $(WASM_EXPORTS); do printf ',\n {"name": "%s", "export": "%s"}' "$$name" "$$name"; done; \
+	  printf ']\n'; } > $(WASM_GRAPH)
+	wasm-metadce $(WASM_FEATURES) -f $(WASM_GRAPH) $(WASM_RAW) -o $(WASM_TRIMMED) > $(WASM_TRIMMED).removed
+	wasm-opt -Oz --converge --strip-debug --strip-producers --strip-target-features $(WASM_FEATURES) $(WASM_TRIMMED) -o $@
 
 /usr/bin/wasm-opt:
 	$(MAKE) $(APT_STAMP)

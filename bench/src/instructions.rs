@@ -129,6 +129,7 @@ pub fn measure(
     modules: &Modules,
     scenarios: &[Scenario],
     requests: u64,
+    keep_dumps: Option<&Path>,
 ) -> anyhow::Result<Callgrind> {
     let jobs: Vec<Job> = scenarios
         .iter()
@@ -145,18 +146,21 @@ pub fn measure(
             scenario.bootstrap(upstream_port, modules)
         },
         requests,
+        keep_dumps,
     )
 }
 
 /// Counts Envoy's instructions per request for each of `jobs`, [`PARALLEL`] at a time, with
 /// `requests` counted requests each; `bootstrap(index, upstream_port)` is the bootstrap of
-/// `jobs[index]`. Everything started here (the upstream, the Envoys under valgrind) is stopped when
-/// this returns, successfully or not.
+/// `jobs[index]`. With `keep_dumps`, each job's callgrind dump is copied there as
+/// `<key>.callgrind` (for `callgrind_annotate`). Everything started here (the upstream, the Envoys
+/// under valgrind) is stopped when this returns, successfully or not.
 pub fn count(
     envoy_bin: &Path,
     jobs: &[Job],
     bootstrap: impl Fn(usize, u16) -> anyhow::Result<String> + Sync,
     requests: u64,
+    keep_dumps: Option<&Path>,
 ) -> anyhow::Result<Callgrind> {
     let valgrind = valgrind_version()?;
     let started = Instant::now();
@@ -183,6 +187,15 @@ pub fn count(
             let outcome = bootstrap(index, upstream_port)
                 .and_then(|bootstrap| {
                     measure_one(&runtime, envoy_bin, job, &bootstrap, requests, dir_path)
+                })
+                .and_then(|(count, dump)| {
+                    if let Some(keep) = keep_dumps {
+                        let kept = keep.join(format!("{}.callgrind", job.key));
+                        std::fs::create_dir_all(keep)?;
+                        std::fs::copy(&dump, &kept)
+                            .with_context(|| format!("copy the dump to {}", kept.display()))?;
+                    }
+                    Ok(count)
                 })
                 .with_context(|| format!("callgrind, ({}) {}", job.key, job.title));
             if outcome.is_err() {
@@ -234,7 +247,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// One job: Envoy under callgrind, warm-up, zero, the counted requests, dump, quit.
+/// One job: Envoy under callgrind, warm-up, zero, the counted requests, dump, quit. The count and
+/// the dump's path.
 fn measure_one(
     runtime: &tokio::runtime::Runtime,
     envoy_bin: &Path,
@@ -242,7 +256,7 @@ fn measure_one(
     bootstrap: &str,
     requests: u64,
     dir: &Path,
-) -> anyhow::Result<InstructionCount> {
+) -> anyhow::Result<(InstructionCount, PathBuf)> {
     let envoy_dir = dir.join(&job.key);
     eprintln!(
         "bench: callgrind ({}) {}: starting Envoy under valgrind",
@@ -288,12 +302,13 @@ fn measure_one(
         "bench: callgrind ({}) {}: {:.0} instructions per request ({requests} requests in {seconds:.0} s)",
         job.key, job.title, per_request
     );
-    Ok(InstructionCount {
+    let count = InstructionCount {
         key: job.key.clone(),
         title: job.title.clone(),
         instructions,
         per_request,
-    })
+    };
+    Ok((count, dump_path))
 }
 
 /// valgrind's command line, dumps in `dir` as `cg.out.<pid>[.<n>]`.

@@ -102,6 +102,7 @@ pub fn measure(envoy_bin: &Path, probe: &Path, requests: u64) -> anyhow::Result<
             bootstrap(*operation, upstream_port, probe)
         },
         requests,
+        None,
     )?;
     Ok(HostCalls::from_counts(counts))
 }

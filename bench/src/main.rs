@@ -15,7 +15,9 @@
 //! skips the instruction counts), `BENCH_CALLGRIND_REQUESTS` (1000), `ENVOY_BIN` and
 //! `MESHCANARY_WASM` (both set by the Makefile), `MESHCANARY_BIN` (the control service; the
 //! Makefile's bench target points it at the release build it makes, else
-//! `target/release/meshcanary`). Everything it starts (Envoys, valgrind, the control service, wrk)
+//! `target/release/meshcanary`). `BENCH_LAB=c,e` (configuration letters) is the profiling loop:
+//! it only counts those configurations' instructions per request, prints them and writes no
+//! report. Everything it starts (Envoys, valgrind, the control service, wrk)
 //! is stopped when it ends, fails, or gets Ctrl-C.
 
 mod client;
@@ -108,6 +110,19 @@ fn main() -> anyhow::Result<()> {
         header: build_module(&workspace, &target_dir, "meshcanary-header-filter")?,
     };
     let probe = build_module(&workspace, &target_dir, "meshcanary-probe-filter")?;
+    if let Some(keys) = std::env::var("BENCH_LAB")
+        .ok()
+        .filter(|keys| !keys.is_empty())
+    {
+        let dumps = target_dir.join("bench-lab");
+        return lab(
+            &envoy_bin,
+            &modules,
+            &keys,
+            settings.callgrind_requests,
+            &dumps,
+        );
+    }
 
     eprintln!("bench: criterion on the decision (filter/core/benches/choose.rs)");
     let criterion_home = target_dir.join("criterion");
@@ -139,6 +154,7 @@ fn main() -> anyhow::Result<()> {
             &modules,
             &Scenario::ALL,
             settings.callgrind_requests,
+            None,
         )?)
     } else {
         None
@@ -223,6 +239,39 @@ fn main() -> anyhow::Result<()> {
         markdown_path.display(),
         json_path.display()
     );
+    Ok(())
+}
+
+/// `BENCH_LAB`: Envoy's instructions per request for the configurations named by letter, printed,
+/// their callgrind dumps kept in `dumps` for `callgrind_annotate`. A change is judged by these
+/// counts in minutes instead of a full run's twenty.
+fn lab(
+    envoy_bin: &Path,
+    modules: &Modules,
+    keys: &str,
+    requests: u64,
+    dumps: &Path,
+) -> anyhow::Result<()> {
+    let scenarios = keys
+        .split(',')
+        .map(|key| {
+            let key = key.trim();
+            Scenario::ALL
+                .into_iter()
+                .find(|scenario| scenario.key() == key)
+                .with_context(|| format!("BENCH_LAB: no configuration {key:?} (a … g)"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let counts = instructions::measure(envoy_bin, modules, &scenarios, requests, Some(dumps))?;
+    for config in &counts.configs {
+        println!(
+            "({}) {}: {:.0} instructions per request (dump: {})",
+            config.key,
+            config.title,
+            config.per_request,
+            dumps.join(format!("{}.callgrind", config.key)).display()
+        );
+    }
     Ok(())
 }
 

@@ -1,7 +1,9 @@
 //! Upstream HTTP servers standing in for the variants of a service. Each answers every request with
-//! its own name in the body and the `x-upstream` header, echoes the variant header it received in
-//! `x-seen-variant`, and can be told to fail or slow down.
+//! its own name in the `x-upstream` header and in the body (or, for a request with a body, that body
+//! back), echoes the variant header it received in `x-seen-variant`, and can be told to fail or
+//! slow down.
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -94,7 +96,7 @@ impl Drop for Upstream {
     }
 }
 
-async fn serve(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Response {
+async fn serve(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
     let behaviour = &shared.behaviour;
     let nth = behaviour.served.fetch_add(1, Ordering::SeqCst) + 1;
     let delay = behaviour.delay_ms.load(Ordering::SeqCst);
@@ -111,7 +113,11 @@ async fn serve(State(shared): State<Arc<Shared>>, headers: HeaderMap) -> Respons
         .get("x-meshcanary-variant")
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static("-"));
-    let mut response = (status, shared.name.clone()).into_response();
+    let mut response = if body.is_empty() {
+        (status, shared.name.clone()).into_response()
+    } else {
+        (status, body).into_response()
+    };
     let out = response.headers_mut();
     if let Ok(value) = HeaderValue::from_str(&shared.name) {
         out.insert("x-upstream", value);

@@ -4,6 +4,7 @@
 use meshcanary_core::config::FilterConfig;
 use meshcanary_e2e::envoy::Envoy;
 use meshcanary_e2e::load::{raw_request, tally, Client};
+use meshcanary_e2e::paths;
 use meshcanary_e2e::upstream::Upstream;
 use serde_json::json;
 use std::collections::HashMap;
@@ -683,4 +684,107 @@ async fn hosts_path_prefixes_and_dry_run() {
         rig.envoy.metric("meshcanary_unmatched_total", &[]).await,
         3.0
     );
+}
+
+/// The export names of a wasm module, read from its export section (id 7): a count, then for each
+/// export its name (length-prefixed), a kind byte and an index, all numbers unsigned LEB128.
+fn wasm_exports(module: &[u8]) -> Vec<String> {
+    fn leb128(bytes: &[u8], at: &mut usize) -> usize {
+        let (mut value, mut shift) = (0usize, 0);
+        loop {
+            let byte = bytes[*at];
+            *at += 1;
+            value |= usize::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return value;
+            }
+            shift += 7;
+        }
+    }
+    assert_eq!(&module[..8], b"\0asm\x01\0\0\0", "a wasm module, version 1");
+    let mut at = 8;
+    while at < module.len() {
+        let id = module[at];
+        at += 1;
+        let size = leb128(module, &mut at);
+        if id == 7 {
+            let mut names = Vec::new();
+            let mut cursor = at;
+            for _ in 0..leb128(module, &mut cursor) {
+                let length = leb128(module, &mut cursor);
+                names.push(String::from_utf8(module[cursor..cursor + length].to_vec()).unwrap());
+                cursor += length + 1;
+                leb128(module, &mut cursor);
+            }
+            return names;
+        }
+        at += size;
+    }
+    Vec::new()
+}
+
+/// Envoy calls only the callbacks a module exports; the build keeps exactly those the filter
+/// implements (filter/wasm/exports.txt), so that no request pays a call into V8 for a no-op.
+#[test]
+fn the_module_exports_exactly_the_listed_callbacks() {
+    let listed =
+        std::fs::read_to_string(paths::workspace_root().join("filter/wasm/exports.txt")).unwrap();
+    let mut listed: Vec<&str> = listed
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim())
+        .filter(|name| !name.is_empty())
+        .collect();
+    listed.sort_unstable();
+    let module = std::fs::read(paths::filter_wasm()).unwrap();
+    let mut exported = wasm_exports(&module);
+    exported.sort_unstable();
+    assert_eq!(exported, listed);
+    for dropped in [
+        "proxy_on_request_body",
+        "proxy_on_response_body",
+        "proxy_on_done",
+    ] {
+        assert!(!exported.iter().any(|name| name == dropped), "{dropped}");
+    }
+}
+
+/// Without body callbacks the filter still routes a request with a body, both bodies pass
+/// through whole, and the response echo and stats are there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_and_responses_with_bodies_pass_through_whole() {
+    let rig = Rig::start(reviews(1, &[10000, 0, 0], qa_rules())).await;
+    // Larger than Envoy's 16 KiB read chunks, so the body arrives in many pieces each way.
+    let body: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut request = format!(
+        "POST /upload HTTP/1.1\r\nhost: reviews\r\nx-canary: always\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    let response = raw_request(rig.envoy.listen_port, &request).await;
+    let split = response
+        .windows(4)
+        .position(|window| window == b"\r\n\r\n")
+        .expect("a complete response head");
+    let head = String::from_utf8_lossy(&response[..split]).to_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("\r\nx-upstream: v2"),
+        "routed by the rule: {head}"
+    );
+    assert!(head.contains("\r\nx-meshcanary: v2; reason=rule"), "{head}");
+    assert!(
+        &response[split + 4..] == body.as_slice(),
+        "the upstream got the whole body and it came back whole ({} of {} bytes)",
+        response.len() - split - 4,
+        body.len()
+    );
+    rig.envoy
+        .wait_for_metric(
+            "meshcanary_responses_total",
+            &[("variant", "v2"), ("class", "2xx")],
+            Duration::from_secs(5),
+            |value| value == 1.0,
+        )
+        .await;
 }

@@ -7,7 +7,9 @@
 //! All decisions live in the core crate; this crate only moves bytes between Envoy and it. Nothing
 //! here may fail a request: when anything goes wrong the request passes through to the stable route.
 //! Host calls go through [`host`], which handles every status the host answers; the SDK is used
-//! for its entry points and context dispatch only.
+//! for its entry points and context dispatch only. The built module exports only the entry points
+//! listed in `exports.txt` (Envoy skips a callback a module does not export, and an exported no-op
+//! still costs a call into the VM per request): a callback implemented here must be listed there.
 
 mod host;
 mod random;
