@@ -118,6 +118,7 @@ mod tests {
             meshcanary: "/m/meshcanary.wasm".into(),
             noop: "/m/noop.wasm".into(),
             header: "/m/header.wasm".into(),
+            bare_noop: "/m/bare-noop.wasm".into(),
         };
         let filter = Scenario::Filter.bootstrap(4242, &modules).unwrap();
         for operation in Operation::ALL {

@@ -2,7 +2,7 @@
 //! exact its split is, how fast its decision is, and how fast the control service's changes land
 //! (issue 8).
 //!
-//! One run, on one machine: seven Envoy configurations (see [`scenario`]) under the same wrk load in
+//! One run, on one machine: eight Envoy configurations (see [`scenario`]) under the same wrk load in
 //! alternating rounds, Envoy CPU per request from /proc, Envoy instructions per request counted by
 //! valgrind's callgrind (see [`instructions`]) and what each kind of host call costs in them (see
 //! [`ladder`]), the split of 100 000 requests, the module's size and memory, criterion's numbers
@@ -103,11 +103,12 @@ fn main() -> anyhow::Result<()> {
         instructions::valgrind_version()?;
     }
 
-    eprintln!("bench: building the no-op, the header-only and the probe filters");
+    eprintln!("bench: building the no-op, the bare no-op, the header-only and the probe filters");
     let modules = Modules {
         meshcanary,
         noop: build_module(&workspace, &target_dir, "meshcanary-noop-filter")?,
         header: build_module(&workspace, &target_dir, "meshcanary-header-filter")?,
+        bare_noop: build_module(&workspace, &target_dir, "meshcanary-bare-noop-filter")?,
     };
     let probe = build_module(&workspace, &target_dir, "meshcanary-probe-filter")?;
     if let Some(keys) = std::env::var("BENCH_LAB")
@@ -194,6 +195,7 @@ fn main() -> anyhow::Result<()> {
         sizes: Sizes {
             meshcanary_wasm_bytes: file_size(&modules.meshcanary),
             noop_wasm_bytes: file_size(&modules.noop),
+            bare_noop_wasm_bytes: file_size(&modules.bare_noop),
             header_wasm_bytes: file_size(&modules.header),
         },
         memory: comparison.memory,
@@ -328,8 +330,8 @@ fn command_line() -> String {
         .join(" ")
 }
 
-/// Builds the workspace's cdylib `package` (`bench/noop-filter`, `bench/header-filter`,
-/// `bench/probe-filter`) for wasm32-wasip1 with the filter's `wasm-release` profile; the module's
+/// Builds the workspace's cdylib `package` (`bench/noop-filter`, `bench/bare-noop-filter`,
+/// `bench/header-filter`, `bench/probe-filter`) for wasm32-wasip1 with the filter's `wasm-release` profile; the module's
 /// path.
 fn build_module(workspace: &Path, target_dir: &Path, package: &str) -> anyhow::Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -427,7 +429,7 @@ struct Comparison {
     split: Option<split::SplitReport>,
 }
 
-/// Starts the upstream and the seven Envoys, checks each splits as it should, warms them up, runs the
+/// Starts the upstream and the eight Envoys, checks each splits as it should, warms them up, runs the
 /// rounds, then reads memory and measures split accuracy through (c). Everything started here is
 /// stopped when this returns, successfully or not.
 fn compare(

@@ -189,6 +189,8 @@ pub struct Sizes {
     pub noop_wasm_bytes: u64,
     /// The module that only writes the variant header.
     pub header_wasm_bytes: u64,
+    /// The no-op module without the SDK (h).
+    pub bare_noop_wasm_bytes: u64,
 }
 
 /// What the wasm VMs cost in memory.
@@ -305,6 +307,7 @@ impl Results {
             }
         };
         let floor = instructions("g", "e");
+        let own_work = instructions("c", "h");
         let size = self.sizes.meshcanary_wasm_bytes;
         let mut rows = vec![
             ratio_row(
@@ -327,6 +330,17 @@ impl Results {
                 target: "none: the floor of any header-writing wasm filter".into(),
                 measured: measured_text(floor),
                 verdict: match floor {
+                    Some(_) => Verdict::Informational,
+                    None => Verdict::Unknown,
+                },
+            },
+            TargetRow {
+                what: "(c) vs (h), a no-op module with meshcanary's callbacks only, Envoy \
+                       instructions per request (callgrind)"
+                    .into(),
+                target: "none: what meshcanary's own work costs".into(),
+                measured: measured_text(own_work),
+                verdict: match own_work {
                     Some(_) => Verdict::Informational,
                     None => Verdict::Unknown,
                 },
@@ -543,7 +557,7 @@ pub fn markdown(results: &Results) -> String {
     for config in &results.configs {
         let vs_b = base_b.map(|b| config.ratios_to(b)).unwrap_or_default();
         let vs_e = match (config.key.as_str(), base_e) {
-            ("c" | "d" | "g", Some(e)) => config.ratios_to(e),
+            ("c" | "d" | "g" | "h", Some(e)) => config.ratios_to(e),
             _ => Metrics::default(),
         };
         let _ = writeln!(
@@ -586,13 +600,15 @@ pub fn markdown(results: &Results) -> String {
     let sizes = &results.sizes;
     let _ = writeln!(
         md,
-        "- release module (`target/wasm32-wasip1/wasm-release/meshcanary.wasm`, after wasm-opt): {} ({} B); the no-op module: {} ({} B); the header-only module: {} ({} B).",
+        "- release module (`target/wasm32-wasip1/wasm-release/meshcanary.wasm`, after wasm-metadce and wasm-opt): {} ({} B); the no-op module: {} ({} B); the header-only module: {} ({} B); the bare no-op module: {} ({} B).",
         kb(sizes.meshcanary_wasm_bytes),
         sizes.meshcanary_wasm_bytes,
         kb(sizes.noop_wasm_bytes),
         sizes.noop_wasm_bytes,
         kb(sizes.header_wasm_bytes),
-        sizes.header_wasm_bytes
+        sizes.header_wasm_bytes,
+        kb(sizes.bare_noop_wasm_bytes),
+        sizes.bare_noop_wasm_bytes
     );
     let memory_stats: Vec<&String> = results
         .memory
@@ -723,7 +739,7 @@ pub fn markdown(results: &Results) -> String {
     let _ = writeln!(md, "## Method\n");
     let _ = writeln!(
         md,
-        "- Seven Envoys, each started from its own bootstrap (`bench/envoy/*.yaml`), `--concurrency 1`, \
+        "- Eight Envoys, each started from its own bootstrap (`bench/envoy/*.yaml`), `--concurrency 1`, \
          loopback and ephemeral ports, all kept running through the run; each round loads each \
          configuration in turn, the order rotated every round, so slow drifts of the machine hit every \
          configuration alike.\n\
@@ -739,7 +755,13 @@ pub fn markdown(results: &Results) -> String {
          (c)'s routes; (g) a proxy-wasm filter that only writes `x-meshcanary-variant: v1` \
          (`bench/header-filter`, built like (e)'s) with (c)'s routes: the issue's calibration filter, \
          the floor of any wasm filter that routes by writing the header, so (c) − (g) is the price of \
-         meshcanary's decision itself.\n\
+         meshcanary's decision itself; (h) a module that does nothing, written against the ABI without \
+         the SDK (`bench/bare-noop-filter`) and exporting exactly the meshcanary module's entry points \
+         (`filter/wasm/exports.txt`), in front of (b)'s routes: the least a wasm filter with \
+         meshcanary's per-request callbacks (context create, request headers, response headers, log, \
+         delete) pays. (e) and (g), built with the SDK, export every callback of the ABI, and Envoy \
+         calls each one a module exports (the response body's too); the meshcanary module exports only \
+         the callbacks it implements, so (c) − (h) is meshcanary's own work.\n\
          - Every configuration gets the same requests: `Host: reviews`, a sticky key \
          `x-user-id: user-0042` and a small cookie. The key is the same in every request, so (d) sends \
          all of them to one variant; the cost of hashing does not depend on the key.\n\
@@ -788,17 +810,18 @@ fn instructions_section(md: &mut String, results: &Results) {
     );
     let _ = writeln!(
         md,
-        "| | configuration | instructions/request | vs (b) | vs (e) |\n|---|---|--:|--:|--:|"
+        "| | configuration | instructions/request | vs (b) | vs (e) | vs (h) |\n|---|---|--:|--:|--:|--:|"
     );
     for config in &callgrind.configs {
         let _ = writeln!(
             md,
-            "| ({}) | {} | {} | {} | {} |",
+            "| ({}) | {} | {} | {} | {} | {} |",
             config.key,
             config.title,
             grouped(config.per_request.round() as u64),
             ratio_text(callgrind.ratio(&config.key, "b")),
             ratio_text(callgrind.ratio(&config.key, "e")),
+            ratio_text(callgrind.ratio(&config.key, "h")),
         );
     }
     let _ = writeln!(md);
@@ -1106,6 +1129,7 @@ mod tests {
                 meshcanary_wasm_bytes: wasm_bytes,
                 noop_wasm_bytes: 20_000,
                 header_wasm_bytes: 20_100,
+                bare_noop_wasm_bytes: 900,
             },
             memory: Memory { wasm_stats: vec![] },
             split: SplitReport::from_counts(100_000, 100_000, 90_050, 9_950, 0.1),
@@ -1127,6 +1151,7 @@ mod tests {
             ("e", 188_000.0),
             ("f", 170_000.0),
             ("g", 198_000.0),
+            ("h", 180_000.0),
         ];
         Callgrind {
             valgrind: "valgrind-3.19.0".into(),
@@ -1214,6 +1239,7 @@ mod tests {
                 Verdict::Met,     // c CPU 1.02 ≤ 1.03
                 Verdict::Unknown, // c instructions: callgrind skipped
                 Verdict::Unknown, // g instructions: callgrind skipped
+                Verdict::Unknown, // c vs h instructions: callgrind skipped
                 Verdict::Met,     // c rps 8000/8200 = 0.976 ≥ 0.97
                 Verdict::Met,     // d CPU 1.01 / 1.01 ≤ 1.03
                 Verdict::Unknown, // d instructions: callgrind skipped
@@ -1307,13 +1333,15 @@ mod tests {
             "gets 200 requests of warm-up",
             "it gets 1000 requests",
             "re-runs of 1000 requests agree within 0.3 %",
-            "7 configurations, 2 at a time, took 4 min 10 s.",
-            "| | configuration | instructions/request | vs (b) | vs (e) |\n|---|---|--:|--:|--:|\n\
-             | (a) | config a | 167 000 | 0.994× | 0.888× |\n\
-             | (b) | config b | 168 000 | 1.000× | 0.894× |\n\
-             | (c) | config c | 230 400 | 1.371× | 1.226× |\n",
-            "| (g) | config g | 198 000 | 1.179× | 1.053× |\n\n## What each host call costs\n\n\
+            "8 configurations, 2 at a time, took 4 min 10 s.",
+            "| | configuration | instructions/request | vs (b) | vs (e) | vs (h) |\n|---|---|--:|--:|--:|--:|\n\
+             | (a) | config a | 167 000 | 0.994× | 0.888× | 0.928× |\n\
+             | (b) | config b | 168 000 | 1.000× | 0.894× | 0.933× |\n\
+             | (c) | config c | 230 400 | 1.371× | 1.226× | 1.280× |\n",
+            "| (h) | config h | 180 000 | 1.071× | 0.957× | 1.000× |\n\n## What each host call costs\n\n\
              Not measured in this run (`BENCH_CALLGRIND=0`).\n\n## Size and memory",
+            "| (c) vs (h), a no-op module with meshcanary's callbacks only, Envoy instructions per \
+             request (callgrind) | none: what meshcanary's own work costs | 1.280× |  |",
             "| (c) Envoy instructions per request vs (e) no-op (callgrind) | ≤ 1.03× | 1.226× | ✘ |",
             "| (d) Envoy instructions per request vs (c) (callgrind) | ≤ 1.03× | 1.033× | ✘ |",
             "| (g) a filter that only writes the header vs (e) no-op, Envoy instructions per request \
@@ -1340,7 +1368,7 @@ mod tests {
         ]));
         let md = markdown(&r);
         for expected in [
-            "| (g) | config g | 198 000 | 1.179× | 1.053× |\n\n## What each host call costs\n\n",
+            "| (h) | config h | 180 000 | 1.071× | 0.957× | 1.000× |\n\n## What each host call costs\n\n",
             "(200 requests of warm-up, 1000 counted, 3 operations, 2 at a time, took 2 min 10 s)",
             "The probe does exactly one operation per request on (c)'s routes, nothing else",
             "a call that returns data makes Envoy call back into the VM to allocate the buffer",

@@ -1,4 +1,4 @@
-//! The seven Envoy configurations compared, their bootstrap templates (`bench/envoy/*.yaml`) and the
+//! The eight Envoy configurations compared, their bootstrap templates (`bench/envoy/*.yaml`) and the
 //! filter configs they carry.
 
 use anyhow::{bail, Context};
@@ -22,6 +22,8 @@ pub enum Scenario {
     Lua,
     /// (g) a wasm filter that only writes the variant header (`v1`), on (c)'s routes.
     HeaderOnly,
+    /// (h) a no-op module without the SDK exporting only meshcanary's callbacks, on (b)'s routes.
+    BareNoop,
 }
 
 /// The canary's share each configuration should send to `reviews-v2`.
@@ -44,11 +46,13 @@ pub struct Modules {
     pub noop: PathBuf,
     /// The module that only writes the variant header.
     pub header: PathBuf,
+    /// The no-op module without the SDK, with meshcanary's exports only.
+    pub bare_noop: PathBuf,
 }
 
 impl Scenario {
     /// In report order.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Direct,
         Scenario::Weighted,
         Scenario::Filter,
@@ -56,9 +60,10 @@ impl Scenario {
         Scenario::Noop,
         Scenario::Lua,
         Scenario::HeaderOnly,
+        Scenario::BareNoop,
     ];
 
-    /// The letter of the issue (`a` … `f`), and `g`.
+    /// The letter of the issue (`a` … `f`), and `g`, `h`.
     pub fn key(self) -> &'static str {
         match self {
             Scenario::Direct => "a",
@@ -68,6 +73,7 @@ impl Scenario {
             Scenario::Noop => "e",
             Scenario::Lua => "f",
             Scenario::HeaderOnly => "g",
+            Scenario::BareNoop => "h",
         }
     }
 
@@ -81,6 +87,9 @@ impl Scenario {
             Scenario::Noop => "no-op wasm filter + weighted_clusters",
             Scenario::Lua => "Lua filter sets the header",
             Scenario::HeaderOnly => "wasm filter that only sets the variant header",
+            Scenario::BareNoop => {
+                "no-op module with meshcanary's callbacks only + weighted_clusters"
+            }
         }
     }
 
@@ -92,7 +101,7 @@ impl Scenario {
             Scenario::Filter | Scenario::FilterWorst | Scenario::HeaderOnly => {
                 include_str!("../envoy/filter.yaml")
             }
-            Scenario::Noop => include_str!("../envoy/noop.yaml"),
+            Scenario::Noop | Scenario::BareNoop => include_str!("../envoy/noop.yaml"),
             Scenario::Lua => include_str!("../envoy/lua.yaml"),
         }
     }
@@ -103,7 +112,7 @@ impl Scenario {
             Scenario::Direct => "direct.yaml",
             Scenario::Weighted => "weighted.yaml",
             Scenario::Filter | Scenario::FilterWorst | Scenario::HeaderOnly => "filter.yaml",
-            Scenario::Noop => "noop.yaml",
+            Scenario::Noop | Scenario::BareNoop => "noop.yaml",
             Scenario::Lua => "lua.yaml",
         }
     }
@@ -168,6 +177,7 @@ impl Scenario {
                 values.push(("PLUGIN_CONFIG", serde_json::to_string(&config)?));
             }
             Scenario::Noop => values.push(("WASM_PATH", path_text(&modules.noop)?)),
+            Scenario::BareNoop => values.push(("WASM_PATH", path_text(&modules.bare_noop)?)),
             Scenario::HeaderOnly => {
                 values.push(("WASM_PATH", path_text(&modules.header)?));
                 // The filter reads no configuration (the SDK's default root context accepts any).
@@ -212,6 +222,7 @@ mod tests {
             meshcanary: "/m/meshcanary.wasm".into(),
             noop: "/m/noop.wasm".into(),
             header: "/m/header.wasm".into(),
+            bare_noop: "/m/bare-noop.wasm".into(),
         }
     }
 
@@ -317,6 +328,7 @@ mod tests {
             meshcanary: "/a\"b.wasm".into(),
             noop: "/n.wasm".into(),
             header: "/h\\.wasm".into(),
+            bare_noop: "/b.wasm".into(),
         };
         assert!(Scenario::Filter.bootstrap(1, &odd).is_err());
         assert!(Scenario::HeaderOnly.bootstrap(1, &odd).is_err());
