@@ -218,7 +218,7 @@ fn main() -> anyhow::Result<()> {
     let findings = std::fs::read_to_string(workspace.join("bench/findings.md")).unwrap_or_default();
     let markdown = match findings.trim() {
         "" => report::markdown(&results),
-        text => format!("{}\n{text}\n", report::markdown(&results).trim_end()),
+        text => format!("{}\n\n{text}\n", report::markdown(&results).trim_end()),
     };
     std::fs::write(&markdown_path, markdown)
         .with_context(|| format!("write {}", markdown_path.display()))?;
@@ -261,7 +261,13 @@ fn lab(
             Scenario::ALL
                 .into_iter()
                 .find(|scenario| scenario.key() == key)
-                .with_context(|| format!("BENCH_LAB: no configuration {key:?} (a … g)"))
+                .with_context(|| {
+                    let known: Vec<&str> = Scenario::ALL.iter().map(|s| s.key()).collect();
+                    format!(
+                        "BENCH_LAB: no configuration {key:?} (known: {})",
+                        known.join(", ")
+                    )
+                })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let counts = instructions::measure(envoy_bin, modules, &scenarios, requests, Some(dumps))?;
