@@ -60,6 +60,11 @@ const KNOBS: [&str; 7] = [
 fn main() -> anyhow::Result<()> {
     process::stop_children_on_signal()?;
     let settings = settings_from(|name| std::env::var(name).ok())?;
+    // Parsed before the modules are built, so a typo fails at once rather than minutes later.
+    let lab_scenarios = match std::env::var("BENCH_LAB") {
+        Ok(keys) if !keys.is_empty() => Some(Scenario::parse_keys(&keys).context("BENCH_LAB")?),
+        _ => None,
+    };
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .context("workspace root")?
@@ -103,27 +108,25 @@ fn main() -> anyhow::Result<()> {
         instructions::valgrind_version()?;
     }
 
-    eprintln!("bench: building the no-op, the bare no-op, the header-only and the probe filters");
+    eprintln!("bench: building the no-op, the bare no-op and the header-only filters");
     let modules = Modules {
         meshcanary,
         noop: build_module(&workspace, &target_dir, "meshcanary-noop-filter")?,
         header: build_module(&workspace, &target_dir, "meshcanary-header-filter")?,
         bare_noop: build_module(&workspace, &target_dir, "meshcanary-bare-noop-filter")?,
     };
-    let probe = build_module(&workspace, &target_dir, "meshcanary-probe-filter")?;
-    if let Some(keys) = std::env::var("BENCH_LAB")
-        .ok()
-        .filter(|keys| !keys.is_empty())
-    {
+    if let Some(scenarios) = lab_scenarios {
         let dumps = target_dir.join("bench-lab");
         return lab(
             &envoy_bin,
             &modules,
-            &keys,
+            &scenarios,
             settings.callgrind_requests,
             &dumps,
         );
     }
+    eprintln!("bench: building the probe filter");
+    let probe = build_module(&workspace, &target_dir, "meshcanary-probe-filter")?;
 
     eprintln!("bench: criterion on the decision (filter/core/benches/choose.rs)");
     let criterion_home = target_dir.join("criterion");
@@ -250,27 +253,11 @@ fn main() -> anyhow::Result<()> {
 fn lab(
     envoy_bin: &Path,
     modules: &Modules,
-    keys: &str,
+    scenarios: &[Scenario],
     requests: u64,
     dumps: &Path,
 ) -> anyhow::Result<()> {
-    let scenarios = keys
-        .split(',')
-        .map(|key| {
-            let key = key.trim();
-            Scenario::ALL
-                .into_iter()
-                .find(|scenario| scenario.key() == key)
-                .with_context(|| {
-                    let known: Vec<&str> = Scenario::ALL.iter().map(|s| s.key()).collect();
-                    format!(
-                        "BENCH_LAB: no configuration {key:?} (known: {})",
-                        known.join(", ")
-                    )
-                })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let counts = instructions::measure(envoy_bin, modules, &scenarios, requests, Some(dumps))?;
+    let counts = instructions::measure(envoy_bin, modules, scenarios, requests, Some(dumps))?;
     for config in &counts.configs {
         println!(
             "({}) {}: {:.0} instructions per request (dump: {})",

@@ -77,6 +77,25 @@ impl Scenario {
         }
     }
 
+    /// The scenarios named by a comma-separated list of letters (`BENCH_LAB=c,e`), in the order
+    /// given; an unknown letter is an error that lists the known ones.
+    pub fn parse_keys(keys: &str) -> anyhow::Result<Vec<Scenario>> {
+        keys.split(',')
+            .map(str::trim)
+            .map(|key| {
+                Scenario::ALL
+                    .into_iter()
+                    .find(|scenario| scenario.key() == key)
+                    .with_context(|| {
+                        format!(
+                            "no configuration {key:?} (known: {})",
+                            Scenario::ALL.map(Scenario::key).join(", ")
+                        )
+                    })
+            })
+            .collect()
+    }
+
     /// What it is, in a few words.
     pub fn title(self) -> &'static str {
         match self {
@@ -223,6 +242,28 @@ mod tests {
             noop: "/m/noop.wasm".into(),
             header: "/m/header.wasm".into(),
             bare_noop: "/m/bare-noop.wasm".into(),
+        }
+    }
+
+    #[test]
+    fn parse_keys_names_scenarios_and_refuses_unknown_letters() {
+        let cases: [(&str, Result<Vec<Scenario>, &str>); 4] = [
+            ("c,e", Ok(vec![Scenario::Filter, Scenario::Noop])),
+            (" h , a", Ok(vec![Scenario::BareNoop, Scenario::Direct])),
+            (
+                "c,z",
+                Err("no configuration \"z\" (known: a, b, c, d, e, f, g, h)"),
+            ),
+            ("c,,e", Err("no configuration \"\"")),
+        ];
+        for (keys, expected) in cases {
+            match (Scenario::parse_keys(keys), expected) {
+                (Ok(got), Ok(want)) => assert_eq!(got, want, "{keys}"),
+                (Err(err), Err(want)) => {
+                    assert!(err.to_string().contains(want), "{keys}: {err}")
+                }
+                (got, want) => panic!("{keys}: got {got:?}, want {want:?}"),
+            }
         }
     }
 
