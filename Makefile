@@ -16,12 +16,26 @@ WASM_FEATURES := --enable-bulk-memory --enable-sign-ext --enable-mutable-globals
 	--enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types
 APT_STAMP := target/.apt-updated
 
+# A real Kubernetes API server for the kube tests, by controller-runtime's envtest convention:
+# KUBEBUILDER_ASSETS names a directory with kube-apiserver, etcd and kubectl (and, for this
+# project, Istio's CRDs as istio-crds.yaml). Set it yourself (`setup-envtest use 1.36 -p path`),
+# or let `make test` build target/envtest from ../shared/envtest when that exists.
+ENVTEST_SHARED := $(abspath ../shared/envtest)
+ENVTEST_DIR := target/envtest
+ENVTEST_ASSETS :=
+ifeq ($(strip $(KUBEBUILDER_ASSETS)),)
+ifneq ($(wildcard $(ENVTEST_SHARED)/bin/kube-apiserver.xz),)
+export KUBEBUILDER_ASSETS := $(abspath $(ENVTEST_DIR))
+ENVTEST_ASSETS := $(ENVTEST_DIR)/kube-apiserver $(ENVTEST_DIR)/kubectl $(ENVTEST_DIR)/etcd $(ENVTEST_DIR)/istio-crds.yaml
+endif
+endif
+
 export ENVOY_BIN := $(abspath $(ENVOY_BIN))
 export MESHCANARY_WASM := $(abspath $(WASM))
 # The control service binary the end-to-end tests start.
 export MESHCANARY_BIN := $(abspath target/debug/meshcanary)
 
-.PHONY: help build test lint envoy demo bench clean toolchain
+.PHONY: help build test lint envoy envtest demo bench clean toolchain
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -74,9 +88,42 @@ $(ENVOY_BIN):
 	ln -sf "$$($(VENV)/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" $@
 	$@ --version
 
-test: build envoy | /usr/bin/prometheus /usr/bin/chromium /usr/bin/chromedriver ## run every test: unit, property and end-to-end against real Envoy
+test: build envoy envtest | /usr/bin/prometheus /usr/bin/chromium /usr/bin/chromedriver ## run every test: unit, property, end-to-end against real Envoy and a real kube-apiserver
 	cargo build --locked -p meshcanary-control
 	cargo test --locked --workspace --exclude meshcanary-filter
+
+# The API server's binaries, decompressed and checked against their digests; etcd is Debian's, and
+# openssl makes the ServiceAccount signing key. Without ../shared/envtest and KUBEBUILDER_ASSETS the
+# kube tests are skipped (and fail under CI), which this target says before they run.
+envtest: $(ENVTEST_ASSETS) | /usr/bin/etcd /usr/bin/openssl ## build KUBEBUILDER_ASSETS (kube-apiserver, etcd, kubectl, Istio's CRDs) from ../shared/envtest
+	@if [ -z "$${KUBEBUILDER_ASSETS:-}" ]; then \
+	  echo "*** No real Kubernetes API server: KUBEBUILDER_ASSETS is not set and $(ENVTEST_SHARED) does not exist."; \
+	  echo "*** The Kubernetes tests will be SKIPPED (control/tests/kube*.rs, tests/tests/walkthrough.rs); under CI they fail."; \
+	  echo "*** Get the binaries with: setup-envtest use 1.36 -p path; export KUBEBUILDER_ASSETS=<path>; put Istio's CRDs at \$$KUBEBUILDER_ASSETS/istio-crds.yaml"; \
+	else echo "kube tests use KUBEBUILDER_ASSETS=$${KUBEBUILDER_ASSETS}"; fi
+
+$(ENVTEST_DIR)/kube-apiserver $(ENVTEST_DIR)/kubectl: $(ENVTEST_DIR)/%: $(ENVTEST_SHARED)/bin/%.xz $(ENVTEST_SHARED)/bin/%.sha256
+	mkdir -p $(ENVTEST_DIR)
+	xz -dc $< > $@.tmp
+	echo "$$(cat $(ENVTEST_SHARED)/bin/$*.sha256)  $@.tmp" | sha256sum -c --quiet -
+	chmod +x $@.tmp
+	mv $@.tmp $@
+
+$(ENVTEST_DIR)/etcd: | /usr/bin/etcd
+	mkdir -p $(ENVTEST_DIR)
+	ln -sf /usr/bin/etcd $@
+
+$(ENVTEST_DIR)/istio-crds.yaml: $(wildcard $(ENVTEST_SHARED)/crds/istio-*.yaml)
+	mkdir -p $(ENVTEST_DIR)
+	cp $< $@
+
+/usr/bin/etcd:
+	$(MAKE) $(APT_STAMP)
+	apt-get install -y -qq etcd-server
+
+/usr/bin/openssl:
+	$(MAKE) $(APT_STAMP)
+	apt-get install -y -qq openssl
 
 lint: toolchain ## cargo fmt --check and clippy -D warnings, host and wasm32
 	cargo fmt --all -- --check
