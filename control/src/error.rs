@@ -57,6 +57,35 @@ pub enum Error {
         /// The leader's identity, if known.
         leader: Option<String>,
     },
+    /// This replica leads but cannot serve writes yet: it is taking over, or waiting for what it
+    /// drives to exist (503).
+    #[error("not ready: {0}")]
+    Unavailable(String),
+    /// Someone else changed the saved state since this replica read it: re-read and retry.
+    #[error("state store {path}: {reason}")]
+    StateConflict {
+        /// Where the state lives.
+        path: String,
+        /// What changed.
+        reason: String,
+    },
+    /// The API's address could not be listened on.
+    #[error("cannot listen on {address}")]
+    Bind {
+        /// The address.
+        address: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file the service was pointed at (token, routes, module) could not be read.
+    #[error("cannot read {path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// The IO error.
+        source: std::io::Error,
+    },
     /// Missing or wrong bearer token (401).
     #[error("{0}")]
     Unauthorized(String),
@@ -121,8 +150,12 @@ impl Error {
             Error::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::NotLeader { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Store { .. } | Error::CorruptState { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::NotLeader { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::StateConflict { .. } => StatusCode::CONFLICT,
+            Error::Store { .. }
+            | Error::CorruptState { .. }
+            | Error::Bind { .. }
+            | Error::File { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Push { .. } | Error::Remote { .. } => StatusCode::BAD_GATEWAY,
         }
     }
@@ -138,7 +171,12 @@ impl Error {
             Error::Unauthorized(_) => "unauthorized",
             Error::TooLarge { .. } => "payload_too_large",
             Error::NotLeader { .. } => "not_leader",
-            Error::Store { .. } | Error::CorruptState { .. } => "internal",
+            Error::Unavailable(_) => "not_ready",
+            Error::StateConflict { .. } => "conflict",
+            Error::Store { .. }
+            | Error::CorruptState { .. }
+            | Error::Bind { .. }
+            | Error::File { .. } => "internal",
             Error::Push { .. } => "push_failed",
             Error::Remote { .. } => "upstream_failed",
         }
@@ -174,7 +212,7 @@ pub struct ErrorBody {
 #[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable code: `invalid_field`, `malformed_request`, `not_found`, `conflict`,
-    /// `version_mismatch`, `unauthorized`, `payload_too_large`, `not_leader`, `push_failed`,
+    /// `version_mismatch`, `unauthorized`, `payload_too_large`, `not_leader`, `not_ready`, `push_failed`,
     /// `upstream_failed`, `internal`.
     pub code: String,
     /// For people.

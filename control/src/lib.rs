@@ -11,6 +11,7 @@
 //! IO sits at the edges: [`store`], [`router`], [`observer`], [`api`] and the loops in [`service`].
 //! The same binary is the CLI ([`cli`]) that people use against the HTTP API.
 
+pub mod adopt;
 pub mod analysis;
 pub mod api;
 pub mod cli;

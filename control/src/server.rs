@@ -12,7 +12,7 @@ use crate::observer::envoy_admin::EnvoyAdminObserver;
 use crate::observer::prometheus::PrometheusObserver;
 use crate::observer::MetricsObserver;
 use crate::router::ecds_file::EcdsFileRouter;
-use crate::service::{Controller, DriftPolicy};
+use crate::service::{Controller, DriftPolicy, Drifted};
 use crate::store::file::FileStore;
 use crate::time::HumanDuration;
 use clap::Args;
@@ -112,7 +112,7 @@ pub struct ServeArgs {
 
 fn read_token(args: &ServeArgs) -> Result<String> {
     let token = match (&args.token_file, std::env::var("MESHCANARY_TOKEN")) {
-        (Some(path), _) => std::fs::read_to_string(path).map_err(|source| Error::Store {
+        (Some(path), _) => std::fs::read_to_string(path).map_err(|source| Error::File {
             path: path.display().to_string(),
             source,
         })?,
@@ -131,21 +131,27 @@ fn read_token(args: &ServeArgs) -> Result<String> {
     Ok(token)
 }
 
-fn read_routes(args: &ServeArgs) -> Result<FilterConfig> {
+fn read_routes(args: &ServeArgs) -> Result<Option<FilterConfig>> {
     let Some(path) = &args.routes else {
-        return Ok(FilterConfig::default());
+        return Ok(None);
     };
-    let bytes = std::fs::read(path).map_err(|source| Error::Store {
+    let bytes = std::fs::read(path).map_err(|source| Error::File {
         path: path.display().to_string(),
         source,
     })?;
-    FilterConfig::from_json(&bytes).map_err(|error| Error::Invalid {
-        field: format!("{} {}", path.display(), error.field),
-        reason: error.reason,
-    })
+    FilterConfig::from_json(&bytes)
+        .map(Some)
+        .map_err(|error| Error::Invalid {
+            field: format!("{} {}", path.display(), error.field),
+            reason: error.reason,
+        })
 }
 
 /// Runs the service until SIGTERM or Ctrl-C.
+///
+/// The API's address is bound first: a replica that cannot listen must not take the leader Lease
+/// or push anything. In Kubernetes mode the Lease is released on every way out after that — a
+/// clean stop, a failed start, a failed server — so a successor takes over at once.
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let token = read_token(&args)?;
     let initial = read_routes(&args)?;
@@ -162,13 +168,21 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             None
         }
     };
-    let mut kube_mode = None;
-    let controller = match (&args.wasmplugin, &args.ecds_file) {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            address: args.listen.to_string(),
+            source,
+        })?;
+    let api = Api {
+        listener,
+        token: Arc::from(token),
+        protect_reads: args.protect_reads,
+        wasm: wasm_artifact,
+    };
+    match (&args.wasmplugin, &args.ecds_file) {
         (Some(wasmplugin), _) => {
-            let (controller, kube) =
-                start_in_kubernetes(&args, wasmplugin, observer, initial).await?;
-            kube_mode = Some(kube);
-            controller
+            serve_in_kubernetes(&args, wasmplugin, observer, initial, api).await
         }
         (None, Some(ecds_file)) => {
             let store = FileStore::open(&args.state_dir)?;
@@ -180,65 +194,62 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                     fail_open: !args.fail_closed,
                 },
             );
-            Controller::start(Box::new(store), Box::new(router), observer, initial).await?
+            let controller =
+                Controller::start(Box::new(store), Box::new(router), observer, initial).await?;
+            api.run(controller).await
         }
-        (None, None) => {
-            return Err(Error::invalid(
-                "ecds-file",
-                "give --ecds-file (standalone Envoy) or --wasmplugin (Kubernetes)",
-            ))
-        }
-    };
-    let loops = tokio::spawn(controller.clone().run());
-    let app = api::app(AppState {
-        controller,
-        token: Arc::from(token),
-        protect_reads: args.protect_reads,
-        wasm: wasm_artifact,
-    });
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| Error::Store {
-            path: format!("listen {}", args.listen),
-            source,
-        })?;
-    let address = listener.local_addr().map_or(args.listen, |a| a);
-    tracing::info!(%address, "meshcanary control API listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|source| Error::Store {
-            path: format!("serve {address}"),
-            source,
-        })?;
-    loops.abort();
-    if let Some(kube) = kube_mode {
-        kube.drift_watch.abort();
-        // Hand the Lease over at once instead of letting it expire.
-        if let Err(error) = kube.elector.release().await {
-            tracing::warn!(%error, "cannot release the leader lease");
-        }
-        kube.election.abort();
+        (None, None) => Err(Error::invalid(
+            "ecds-file",
+            "give --ecds-file (standalone Envoy) or --wasmplugin (Kubernetes)",
+        )),
     }
-    tracing::info!("stopped");
-    Ok(())
 }
 
-/// What runs beside the controller in Kubernetes mode.
-struct KubeMode {
-    elector: LeaderElector,
-    election: tokio::task::JoinHandle<()>,
-    drift_watch: tokio::task::JoinHandle<()>,
+/// The HTTP API, bound and waiting for its controller.
+struct Api {
+    listener: tokio::net::TcpListener,
+    token: Arc<str>,
+    protect_reads: bool,
+    wasm: Option<Arc<WasmArtifact>>,
+}
+
+impl Api {
+    /// Runs the controller's loops and serves the API until SIGTERM or Ctrl-C.
+    async fn run(self, controller: Arc<Controller>) -> Result<()> {
+        let loops = tokio::spawn(controller.clone().run());
+        let app = api::app(AppState {
+            controller,
+            token: self.token,
+            protect_reads: self.protect_reads,
+            wasm: self.wasm,
+        });
+        let address = self.listener.local_addr().map_err(|source| Error::Bind {
+            address: "the listener".into(),
+            source,
+        })?;
+        tracing::info!(%address, "meshcanary control API listening");
+        let served = axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .map_err(|source| Error::Bind {
+                address: address.to_string(),
+                source,
+            });
+        loops.abort();
+        tracing::info!("stopped");
+        served
+    }
 }
 
 /// Kubernetes mode: state in a ConfigMap, pushes to a WasmPlugin, one leader among the replicas,
 /// and a watch on the WasmPlugin for edits made outside the service.
-async fn start_in_kubernetes(
+async fn serve_in_kubernetes(
     args: &ServeArgs,
     wasmplugin: &str,
     observer: Box<dyn MetricsObserver>,
-    initial: FilterConfig,
-) -> Result<(Arc<Controller>, KubeMode)> {
+    initial: Option<FilterConfig>,
+    api: Api,
+) -> Result<()> {
     let client = ::kube::Client::try_default()
         .await
         .map_err(|error| Error::Remote {
@@ -251,14 +262,6 @@ async fn start_in_kubernetes(
             Error::invalid("identity", "set POD_NAME (the downward API) or --identity")
         })?,
     };
-    let (expected_tx, expected_rx) = tokio::sync::watch::channel(initial.clone());
-    let router = WasmPluginRouter::new(client.clone(), &args.kube_namespace, wasmplugin)
-        .with_expected(expected_tx);
-    let store = ConfigMapStore::new(
-        client.clone(),
-        &args.state_configmap_namespace,
-        &args.state_configmap,
-    );
     let elector = LeaderElector::new(
         client.clone(),
         &args.state_configmap_namespace,
@@ -272,49 +275,82 @@ async fn start_in_kubernetes(
     )?;
     let (leadership, election) = elector.spawn();
     tracing::info!(%identity, lease = %args.leader_lease, wasmplugin = %format!("{}/{wasmplugin}", args.kube_namespace), "Kubernetes mode");
-    let controller = Controller::start_with_leadership(
-        Box::new(store),
-        Box::new(router),
-        observer,
-        initial,
-        leadership,
-    )
-    .await?;
-    let drift_watch = {
-        let controller = controller.clone();
-        let policy = args.on_drift;
-        let stream = watch_drift(client, &args.kube_namespace, wasmplugin, expected_rx);
-        tokio::spawn(async move {
-            futures::pin_mut!(stream);
-            while let Some(event) = stream.next().await {
-                match event {
-                    DriftEvent::InSync { .. } => controller.drift(None, policy).await,
-                    DriftEvent::Drifted(drift) => {
-                        controller.drift(Some(drift.to_string()), policy).await
-                    }
-                    DriftEvent::Deleted => {
-                        controller
-                            .drift(
-                                Some("the WasmPlugin does not exist (deleted?)".into()),
-                                DriftPolicy::Pause,
-                            )
-                            .await
-                    }
-                    DriftEvent::WatchError(error) => {
-                        tracing::warn!(%error, "watching the WasmPlugin failed; retrying")
-                    }
+    let mut drift_watch = None;
+    let outcome = async {
+        let (expected_tx, expected_rx) =
+            tokio::sync::watch::channel(initial.clone().unwrap_or_default());
+        let router = WasmPluginRouter::new(client.clone(), &args.kube_namespace, wasmplugin)
+            .with_expected(expected_tx);
+        let store = ConfigMapStore::new(
+            client.clone(),
+            &args.state_configmap_namespace,
+            &args.state_configmap,
+        );
+        let controller = Controller::start_with_leadership(
+            Box::new(store),
+            Box::new(router),
+            observer,
+            initial,
+            leadership,
+        )
+        .await?;
+        drift_watch = Some(spawn_drift_watch(
+            controller.clone(),
+            client,
+            &args.kube_namespace,
+            wasmplugin,
+            expected_rx,
+            args.on_drift,
+        ));
+        api.run(controller).await
+    }
+    .await;
+    if let Some(drift_watch) = drift_watch {
+        drift_watch.abort();
+    }
+    // Hand the Lease over at once instead of letting it expire, however we got here.
+    if let Err(error) = elector.release().await {
+        tracing::warn!(%error, "cannot release the leader lease");
+    }
+    election.abort();
+    outcome
+}
+
+/// Watches the WasmPlugin and tells the controller when its pluginConfig drifts.
+fn spawn_drift_watch(
+    controller: Arc<Controller>,
+    client: ::kube::Client,
+    namespace: &str,
+    wasmplugin: &str,
+    expected: tokio::sync::watch::Receiver<FilterConfig>,
+    policy: DriftPolicy,
+) -> tokio::task::JoinHandle<()> {
+    let stream = watch_drift(client, namespace, wasmplugin, expected);
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            match event {
+                DriftEvent::InSync { .. } => controller.drift(None, policy).await,
+                DriftEvent::Drifted(drift) => {
+                    let drifted = Drifted {
+                        description: drift.to_string(),
+                        live_generation: drift.config_generation,
+                    };
+                    controller.drift(Some(drifted), policy).await
+                }
+                DriftEvent::Deleted => {
+                    let drifted = Drifted {
+                        description: "the WasmPlugin does not exist (deleted?)".into(),
+                        live_generation: None,
+                    };
+                    controller.drift(Some(drifted), DriftPolicy::Pause).await
+                }
+                DriftEvent::WatchError(error) => {
+                    tracing::warn!(%error, "watching the WasmPlugin failed; retrying")
                 }
             }
-        })
-    };
-    Ok((
-        controller,
-        KubeMode {
-            elector,
-            election,
-            drift_watch,
-        },
-    ))
+        }
+    })
 }
 
 async fn shutdown_signal() {

@@ -4,6 +4,7 @@
 //! changes, a crash leaves either the old or the new state on disk, and a config is never pushed
 //! before it is saved (after a restart the saved config is simply pushed again).
 
+use crate::adopt;
 use crate::analysis::{delta, judge, merge, Check, Measured, Snapshot, Verdict};
 use crate::error::{Error, Result};
 use crate::kube::leader::LeaderState;
@@ -16,7 +17,7 @@ use crate::state::ServiceState;
 use crate::store::StateStore;
 use crate::time::Timestamp;
 use crate::webhook;
-use meshcanary_core::config::{FilterConfig, RuleConfig};
+use meshcanary_core::config::{CheckedConfig, FilterConfig, RuleConfig};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -33,6 +34,12 @@ const FOLLOWER_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// How often a failed push is retried.
 pub const PUSH_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
+// The concerns readiness reports on.
+const PUSH: &str = "push";
+const SAVE: &str = "save";
+const TAKE_OVER: &str = "take-over";
+const RELOAD: &str = "reload";
+
 /// The control service's core: state, engine, pushes and observations.
 pub struct Controller {
     state: Mutex<ServiceState>,
@@ -41,7 +48,6 @@ pub struct Controller {
     observer: Box<dyn MetricsObserver>,
     proxies: RwLock<Vec<ProxyGeneration>>,
     pushed_generation: AtomicU64,
-    push_error: RwLock<Option<String>>,
     wake: Notify,
     // Ticks run one at a time: the engine loop and API calls both tick, and two ticks deciding
     // at once would both run a due check or gate.
@@ -57,6 +63,18 @@ pub struct Controller {
     // write or push (its in-memory state is a follower's, possibly stale).
     synced: std::sync::atomic::AtomicBool,
     drift: RwLock<Option<String>>,
+    /// The live config differs from the service's and the next write must re-apply it, with a
+    /// generation above this one (the live config's generation, which a hand edit may have set
+    /// anywhere).
+    resync: std::sync::Mutex<Option<u64>>,
+    /// A drift left in place for a person to decide (policy `pause`): their next command
+    /// re-applies the service's config. Holds the live config's generation.
+    held_drift: std::sync::Mutex<Option<u64>>,
+    /// What keeps this replica from being ready, by concern (`push`, `save`, `take-over`,
+    /// `reload`); empty when ready.
+    problems: RwLock<std::collections::BTreeMap<&'static str, String>>,
+    /// The config to start from when there is no saved state and the target holds none (`--routes`).
+    initial: Option<FilterConfig>,
     last_retry: std::sync::Mutex<Option<std::time::Instant>>,
     /// The service's own Prometheus metrics.
     pub metrics: Metrics,
@@ -71,6 +89,19 @@ pub enum DriftPolicy {
     /// decides (resume re-applies the service's config with the next change).
     Pause,
 }
+
+/// A drift as the controller acts on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Drifted {
+    /// What differs, for people.
+    pub description: String,
+    /// The `generation` in the live config, if it has a readable one.
+    pub live_generation: Option<u64>,
+}
+
+/// How many times a write re-reads the saved state and re-applies itself after another writer
+/// changed it, before giving up.
+const STATE_CONFLICT_RETRIES: usize = 3;
 
 /// When an analysis window opened, and every proxy's counters then.
 type Window = (Timestamp, HashMap<String, Snapshot>);
@@ -92,13 +123,14 @@ pub struct Propagation {
 }
 
 impl Controller {
-    /// Loads the saved state (or starts from `initial`), pushes it, and returns the controller
-    /// of the only replica. Call [`Controller::run`] to start its loops.
+    /// Loads the saved state (or, without one, adopts what the router's target holds, else starts
+    /// from `initial`), pushes it, and returns the controller of the only replica. Call
+    /// [`Controller::run`] to start its loops.
     pub async fn start(
         store: Box<dyn StateStore>,
         router: Box<dyn TrafficRouter>,
         observer: Box<dyn MetricsObserver>,
-        initial: FilterConfig,
+        initial: Option<FilterConfig>,
     ) -> Result<Arc<Controller>> {
         let (_, leadership) = tokio::sync::watch::channel(LeaderState {
             is_leader: true,
@@ -109,53 +141,47 @@ impl Controller {
 
     /// Like [`Controller::start`] for one of several replicas: only while `leadership` says this
     /// replica leads does it save, push and advance rollouts; otherwise it serves reads from the
-    /// state the leader saved, reloaded every few seconds, and refuses writes.
+    /// state the leader saved, reloaded every few seconds, and refuses writes. A replica that
+    /// does not lead yet writes nothing here: it takes over (see [`Controller::run`]) once elected.
     pub async fn start_with_leadership(
         store: Box<dyn StateStore>,
         router: Box<dyn TrafficRouter>,
         observer: Box<dyn MetricsObserver>,
-        initial: FilterConfig,
+        initial: Option<FilterConfig>,
         leadership: tokio::sync::watch::Receiver<LeaderState>,
     ) -> Result<Arc<Controller>> {
+        if let Some(initial) = &initial {
+            CheckedConfig::try_from(initial.clone())?;
+        }
         let leads = leadership.borrow().is_leader;
-        let state = match store.load().await? {
-            Some(state) => {
-                tracing::info!(store = %store.describe(), generation = state.filter.generation, rollouts = state.rollouts.len(), "resumed saved state");
-                state
-            }
-            None => {
-                let state = ServiceState::new(initial)?;
-                if leads {
-                    store.save(&state).await?;
-                }
-                tracing::info!(store = %store.describe(), generation = state.filter.generation, "started from the initial filter config");
-                state
-            }
-        };
         let (notify_tx, notify_rx) = tokio::sync::mpsc::unbounded_channel();
         let controller = Arc::new(Controller {
-            state: Mutex::new(state),
+            state: Mutex::new(ServiceState::default()),
             store,
             router,
             observer,
             proxies: RwLock::new(Vec::new()),
             pushed_generation: AtomicU64::new(0),
-            push_error: RwLock::new(None),
             wake: Notify::new(),
             tick_lock: Mutex::new(()),
             windows: std::sync::Mutex::new(HashMap::new()),
             http: reqwest::Client::new(),
             notify_tx,
             notify_rx: std::sync::Mutex::new(Some(notify_rx)),
-            synced: std::sync::atomic::AtomicBool::new(leads),
+            synced: std::sync::atomic::AtomicBool::new(false),
             leadership,
             drift: RwLock::new(None),
+            resync: std::sync::Mutex::new(None),
+            held_drift: std::sync::Mutex::new(None),
+            problems: RwLock::new(std::collections::BTreeMap::new()),
+            initial,
             last_retry: std::sync::Mutex::new(None),
             metrics: Metrics::default(),
         });
         if leads {
-            let state = controller.state.lock().await;
-            controller.push(&state.filter).await;
+            controller.take_over().await?;
+        } else if let Err(error) = controller.reload().await {
+            tracing::warn!(%error, "cannot read the leader's state yet");
         }
         controller.observe().await;
         Ok(controller)
@@ -168,6 +194,13 @@ impl Controller {
 
     fn not_leader(&self) -> Error {
         let state = self.leadership.borrow();
+        if state.is_leader {
+            // Elected, but not serving writes yet: say what it is waiting for.
+            let problems = self.problems.read().unwrap_or_else(|e| e.into_inner());
+            return Error::Unavailable(problems.get(TAKE_OVER).cloned().unwrap_or_else(|| {
+                "this replica is taking over as leader; retry in a moment".into()
+            }));
+        }
         Error::NotLeader {
             // A replica still taking over names no leader: retrying in a moment reaches it.
             leader: if state.is_leader {
@@ -178,40 +211,113 @@ impl Controller {
         }
     }
 
-    /// Replaces the in-memory state with the saved one (a follower keeps up with the leader; a new
-    /// leader starts from what the old one saved). The state lock is held across the read so a
-    /// write cannot slip in between and be overwritten.
+    /// Replaces the in-memory state with the saved one (a follower keeps up with the leader). The
+    /// state lock is held across the read so a write cannot slip in between and be overwritten.
     async fn reload(&self) -> Result<()> {
         let mut state = self.state.lock().await;
-        if let Some(saved) = self.store.load().await? {
+        let loaded = self.store.load().await;
+        self.set_problem(RELOAD, loaded.as_ref().err());
+        if let Some(saved) = loaded? {
             *state = saved;
         }
         Ok(())
     }
 
-    /// Becomes the writer: reload what the previous leader saved, push it (pushes are idempotent),
-    /// and only then accept writes.
+    /// Becomes the writer: reload what the previous leader saved — or, with nothing saved, adopt
+    /// what the target holds ([`adopt::starting_config`]) and save that — push it (pushes are
+    /// idempotent), and only then accept writes. An error leaves this replica not ready and
+    /// refusing writes; the engine loop tries again.
     async fn take_over(&self) -> Result<()> {
-        self.reload().await?;
-        let state = self.state.lock().await;
+        let outcome = self.take_over_once().await;
+        self.set_problem(TAKE_OVER, outcome.as_ref().err());
+        outcome
+    }
+
+    async fn take_over_once(&self) -> Result<()> {
+        let mut state = self.state.lock().await;
+        match self.store.load().await? {
+            Some(saved) => {
+                tracing::info!(store = %self.store.describe(), generation = saved.filter.generation, rollouts = saved.rollouts.len(), "resumed saved state");
+                *state = saved;
+            }
+            None => {
+                let starting =
+                    adopt::starting_config(self.router.live().await?, self.initial.as_ref())?;
+                for note in &starting.notes {
+                    tracing::warn!("{note}");
+                }
+                let fresh = ServiceState::new(starting.config)?;
+                self.store.save(&fresh).await?;
+                tracing::info!(store = %self.store.describe(), generation = fresh.filter.generation, source = %starting.source, "no saved state: started from {}", starting.source);
+                *state = fresh;
+            }
+        }
         self.push(&state.filter).await;
         self.synced.store(true, Ordering::SeqCst);
         Ok(())
     }
 
-    /// Reacts to a change of the pushed config made outside the service.
-    pub async fn drift(&self, description: Option<String>, policy: DriftPolicy) {
+    /// Records (or clears, with `None`) what keeps this replica from being ready.
+    fn set_problem(&self, concern: &'static str, problem: Option<&Error>) {
+        let mut problems = self.problems.write().unwrap_or_else(|e| e.into_inner());
+        match problem {
+            Some(error) => problems.insert(concern, error.to_string()),
+            None => problems.remove(concern),
+        };
+    }
+
+    /// Why this replica is not ready (`None`: ready): the last push, save, take-over or reload
+    /// failed, and has not succeeded since.
+    pub fn not_ready(&self) -> Option<String> {
+        let problems = self.problems.read().unwrap_or_else(|e| e.into_inner());
+        let mut reasons: Vec<String> = problems
+            .iter()
+            .map(|(concern, problem)| format!("{concern}: {problem}"))
+            .collect();
+        if self.leadership.borrow().is_leader
+            && !self.synced.load(Ordering::SeqCst)
+            && !problems.contains_key(TAKE_OVER)
+        {
+            reasons.push(format!("{TAKE_OVER}: in progress"));
+        }
+        (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    /// Reacts to a change of the pushed config made outside the service (`None`: the live config
+    /// is the service's again).
+    ///
+    /// `reapply` pushes the service's config at once, under a new generation above both its own
+    /// and the live one, so that "applied on N/M" is about the re-applied config and not the hand
+    /// edit. `pause` pauses every running rollout and leaves the edit in place until a person
+    /// acts: their next command (resume, say) re-applies the service's config the same way.
+    pub async fn drift(&self, drift: Option<Drifted>, policy: DriftPolicy) {
         // A follower compares the live config with an expectation it never pushed: only the
         // leader can tell a drift.
         if !self.is_leader() {
             *self.drift.write().unwrap_or_else(|e| e.into_inner()) = None;
             return;
         }
-        *self.drift.write().unwrap_or_else(|e| e.into_inner()) = description.clone();
-        let Some(description) = description else {
+        *self.drift.write().unwrap_or_else(|e| e.into_inner()) =
+            drift.as_ref().map(|d| d.description.clone());
+        let Some(Drifted {
+            description,
+            live_generation,
+        }) = drift
+        else {
+            // In sync again (a person reverted their edit, or our push landed): nothing held.
+            *self.held_drift.lock().unwrap_or_else(|e| e.into_inner()) = None;
             return;
         };
+        let live_generation = live_generation.unwrap_or(0);
         tracing::warn!(%description, ?policy, "the pushed filter config was changed outside meshcanary");
+        match policy {
+            DriftPolicy::Reapply => {
+                *self.resync.lock().unwrap_or_else(|e| e.into_inner()) = Some(live_generation)
+            }
+            DriftPolicy::Pause => {
+                *self.held_drift.lock().unwrap_or_else(|e| e.into_inner()) = Some(live_generation)
+            }
+        }
         let result = self
             .mutate(|state, now| {
                 let running: Vec<String> = state
@@ -227,7 +333,7 @@ impl Controller {
                             rollout,
                             &Action::Pause {
                                 hold: crate::rollout::Hold::Request,
-                                reason: format!("the filter config was changed outside meshcanary ({description}); check it, then resume"),
+                                reason: format!("the filter config was changed outside meshcanary ({description}); check it, then resume (which re-applies meshcanary's config)"),
                             },
                             now,
                         ),
@@ -244,10 +350,6 @@ impl Controller {
             .await;
         if let Err(error) = result {
             tracing::error!(%error, "cannot record the drift");
-        }
-        if policy == DriftPolicy::Reapply {
-            let state = self.state.lock().await;
-            self.push(&state.filter).await;
         }
     }
 
@@ -356,57 +458,96 @@ impl Controller {
 
     /// Applies `change` to a copy of the state; if it succeeds and changed anything, saves the
     /// copy, makes it current and pushes its filter config. Changes in the filter config get the
-    /// next generation, and rollouts whose weight changed record that generation.
+    /// next generation, and rollouts whose weight changed record that generation. A pending
+    /// re-apply (drift) makes the write push the config under a new generation even if it did not
+    /// change it.
+    ///
+    /// If another writer changed the saved state since this replica read it, the write re-reads
+    /// it and applies `change` again on top (a few times), so no one's change is lost; metadata
+    /// edits of the state's object do not count (the store absorbs them).
     async fn mutate<T>(
         &self,
-        change: impl FnOnce(&mut ServiceState, Timestamp) -> Result<T>,
+        mut change: impl FnMut(&mut ServiceState, Timestamp) -> Result<T>,
     ) -> Result<T> {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
         let mut current = self.state.lock().await;
-        let mut next = current.clone();
-        let now = Timestamp::now();
-        let out = change(&mut next, now)?;
-        if next == *current {
-            return Ok(out);
-        }
-        let filter_changed = next.filter != current.filter;
-        if filter_changed {
-            next.filter.generation = current.filter.generation + 1;
-            for (name, rollout) in next.rollouts.iter_mut() {
-                let before = current.rollouts.get(name).map(|r| r.status.canary_weight);
-                if before != Some(rollout.status.canary_weight) {
-                    rollout.status.weight_generation = next.filter.generation;
+        let mut reloaded = false;
+        for attempt in 1..=STATE_CONFLICT_RETRIES {
+            let mut next = current.clone();
+            let now = Timestamp::now();
+            let out = change(&mut next, now)?;
+            let resync = *self.resync.lock().unwrap_or_else(|e| e.into_inner());
+            if next == *current && resync.is_none() && !reloaded {
+                return Ok(out);
+            }
+            let push_needed = next.filter != current.filter || resync.is_some() || reloaded;
+            if push_needed {
+                let floor = resync
+                    .unwrap_or(0)
+                    .max(self.pushed_generation.load(Ordering::SeqCst))
+                    .max(current.filter.generation);
+                next.filter.generation = floor + 1;
+                for (name, rollout) in next.rollouts.iter_mut() {
+                    let before = current.rollouts.get(name).map(|r| r.status.canary_weight);
+                    let carried = resync.is_some() && !rollout.status.phase.is_terminal();
+                    if carried || before != Some(rollout.status.canary_weight) {
+                        rollout.status.weight_generation = next.filter.generation;
+                    }
                 }
             }
+            match self.store.save(&next).await {
+                Ok(()) => self.set_problem(SAVE, None),
+                Err(Error::StateConflict { reason, .. }) if attempt < STATE_CONFLICT_RETRIES => {
+                    tracing::warn!(%reason, attempt, "the saved state was changed by another writer; re-reading it and applying this change on top");
+                    match self.store.load().await {
+                        Ok(Some(saved)) => *current = saved,
+                        Ok(None) => {}
+                        Err(error) => {
+                            self.set_problem(SAVE, Some(&error));
+                            return Err(error);
+                        }
+                    }
+                    reloaded = true;
+                    continue;
+                }
+                Err(error) => {
+                    self.set_problem(SAVE, Some(&error));
+                    return Err(error);
+                }
+            }
+            for notification in notifications(&current, &next) {
+                let _ = self.notify_tx.send(notification);
+            }
+            *current = next;
+            if push_needed && self.push(&current.filter).await && resync.is_some() {
+                *self.resync.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
+            self.wake.notify_one();
+            return Ok(out);
         }
-        self.store.save(&next).await?;
-        for notification in notifications(&current, &next) {
-            let _ = self.notify_tx.send(notification);
-        }
-        *current = next;
-        if filter_changed {
-            self.push(&current.filter).await;
-        }
-        self.wake.notify_one();
-        Ok(out)
+        Err(Error::Conflict(
+            "the saved state kept changing under this write; retry".into(),
+        ))
     }
 
-    async fn push(&self, filter: &FilterConfig) {
+    /// Pushes `filter`; whether it went through (a failure is recorded and retried).
+    async fn push(&self, filter: &FilterConfig) -> bool {
         match self.router.apply(filter).await {
             Ok(()) => {
                 self.pushed_generation
                     .store(filter.generation, Ordering::SeqCst);
-                *self.push_error.write().unwrap_or_else(|e| e.into_inner()) = None;
+                self.set_problem(PUSH, None);
                 self.metrics.pushed(true);
                 tracing::info!(generation = filter.generation, target = %self.router.describe(), "pushed filter config");
+                true
             }
             Err(error) => {
-                *self.push_error.write().unwrap_or_else(|e| e.into_inner()) =
-                    Some(error.to_string());
+                self.set_problem(PUSH, Some(&error));
                 self.metrics.pushed(false);
                 tracing::error!(%error, generation = filter.generation, "push failed; retrying");
+                false
             }
         }
     }
@@ -427,8 +568,9 @@ impl Controller {
             }
             due
         };
-        if due {
-            self.push(&state.filter).await;
+        if due && self.push(&state.filter).await {
+            // The generation carrying a pending re-apply went through.
+            *self.resync.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
     }
 
@@ -483,10 +625,11 @@ impl Controller {
 
     /// The last push error, if the current config has not been pushed.
     pub fn push_error(&self) -> Option<String> {
-        self.push_error
+        self.problems
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .get(PUSH)
+            .cloned()
     }
 
     /// Runs the engine over every running rollout once; returns when it next needs to look.
@@ -548,13 +691,13 @@ impl Controller {
                     continue;
                 };
                 let original = rollout.clone();
-                if let Some(check) = checks.remove(&name) {
+                if let Some(check) = checks.get(&name).cloned() {
                     // A check still counts if the rollout kept progressing meanwhile.
                     if rollout.status.phase == Phase::Progressing {
                         rollout = engine::record_check(&rollout, check, now);
                     }
                 }
-                if let Some((kind, outcome)) = gates.remove(&name) {
+                if let Some((kind, outcome)) = gates.get(&name).cloned() {
                     rollout = engine::record_gate(&rollout, kind, outcome, now);
                 }
                 // Bounded: each step is entered at most once per tick.
@@ -671,7 +814,7 @@ impl Controller {
     pub async fn create(&self, spec: RolloutSpec) -> Result<Rollout> {
         let name = spec.name.clone();
         let rollout = self
-            .mutate(|state, now| state.create_rollout(spec, now).cloned())
+            .mutate(|state, now| state.create_rollout(spec.clone(), now).cloned())
             .await?;
         tracing::info!(rollout = %name, route = %rollout.spec.route, "created rollout");
         self.tick().await?;
@@ -708,6 +851,17 @@ impl Controller {
     ) -> Result<Rollout> {
         let span =
             tracing::info_span!("rollout_command", rollout = %name, command = command.as_str());
+        // A person acting on a rollout after a drift was left in place (policy `pause`) has
+        // looked at it: this write re-applies the service's config.
+        let held = self
+            .held_drift
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(live_generation) = held {
+            let mut resync = self.resync.lock().unwrap_or_else(|e| e.into_inner());
+            *resync = Some(resync.unwrap_or(0).max(live_generation));
+        }
         let rollout = self
             .mutate(|state, now| {
                 let current = state
@@ -741,7 +895,8 @@ impl Controller {
 
     /// Adds a QA rule to a live route; returns its index.
     pub async fn add_rule(&self, route: &str, rule: RuleConfig) -> Result<usize> {
-        self.mutate(|state, _| state.add_rule(route, rule)).await
+        self.mutate(|state, _| state.add_rule(route, rule.clone()))
+            .await
     }
 
     /// Removes QA rule `index` of a live route.

@@ -1,33 +1,40 @@
-//! Kubernetes mode against an in-memory API server (`support/fake_apiserver.rs`): the WasmPlugin
-//! router, the drift watcher, the ConfigMap state store and Lease leader election, each through
-//! a real `kube` client over HTTP, with foreign writers injected where real clusters have them.
+//! Kubernetes mode's parts against a real kube-apiserver (`meshcanary_testkit::envtest`, one per
+//! test binary, a pair of namespaces per test): the WasmPlugin router, the drift watch, the
+//! ConfigMap state store and Lease leader election, each acting as the control service's own
+//! ServiceAccount with exactly the RBAC that `envoy-config/istio/` ships, while the test plays the
+//! cluster's other clients as an administrator. The last test proves that RBAC is no more than
+//! needed.
+//!
+//! Where a race needs another client's write to land between our read and our write, the
+//! service's client goes through `meshcanary_testkit::interpose`, which runs that write at the
+//! right moment against the same real server. No fake API server is used.
 
-#[path = "support/fake_apiserver.rs"]
-mod fake_apiserver;
-
-use axum::http::Method;
-use fake_apiserver::{FakeApiServer, FieldError, Kind, Request};
 use futures::{Stream, StreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use meshcanary_control::kube::configmap_store::{ConfigMapStore, STATE_KEY};
 use meshcanary_control::kube::drift::{watch_drift_with, Difference, DriftEvent, DriftWatchConfig};
 use meshcanary_control::kube::leader::{LeaderElector, LeaderState, LeaseConfig};
 use meshcanary_control::kube::wasmplugin::{wasmplugin_resource, WasmPluginRouter};
 use meshcanary_control::rollout::RolloutSpec;
-use meshcanary_control::router::TrafficRouter;
+use meshcanary_control::router::{LiveConfig, TrafficRouter};
 use meshcanary_control::state::ServiceState;
 use meshcanary_control::store::StateStore;
 use meshcanary_control::time::Timestamp as ServiceTime;
 use meshcanary_control::Error;
 use meshcanary_core::config::FilterConfig;
+use meshcanary_testkit::envtest::{Envtest, HOW_TO_GET};
+use meshcanary_testkit::install::{Installed, Namespaces, Options, SERVICE_ACCOUNT, WASMPLUGIN};
+use meshcanary_testkit::interpose::Interposer;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
-const NS: &str = "shop";
-const PLUGIN: &str = "meshcanary";
+/// The state ConfigMap and the Lease, as the Deployment names them (and the Role allows).
+const STATE: &str = "meshcanary-state";
+const LEASE: &str = "meshcanary-control";
 
 fn config(value: Value) -> FilterConfig {
     serde_json::from_value(value).unwrap()
@@ -39,18 +46,67 @@ fn route(name: &str, canary_weight: u32) -> Value {
     ]})
 }
 
-/// A WasmPlugin as someone installs it: every field meshcanary must leave alone is set.
-fn install_plugin(fake: &FakeApiServer, plugin_config: Value) -> Value {
-    fake.create(
-        Kind::WasmPlugin,
-        NS,
-        json!({
+/// One test's share of the API server: the project installed into namespaces of its own, an
+/// administrator's client (the cluster's other clients) and the ServiceAccount's.
+struct Cluster {
+    installed: Installed<'static>,
+    admin: kube::Client,
+    service_account: kube::Client,
+}
+
+impl Cluster {
+    async fn start() -> Option<Cluster> {
+        let envtest = Envtest::shared()?;
+        let installed = Installed::install(
+            envtest,
+            Options {
+                namespaces: Namespaces::Fresh,
+                bookinfo: true,
+            },
+        );
+        let admin = envtest.admin_client().await;
+        let service_account = installed.service_account_client().await;
+        Some(Cluster {
+            installed,
+            admin,
+            service_account,
+        })
+    }
+
+    fn apps(&self) -> &str {
+        &self.installed.apps
+    }
+
+    fn system(&self) -> &str {
+        &self.installed.system
+    }
+
+    fn plugins(&self) -> Api<DynamicObject> {
+        Api::namespaced_with(self.admin.clone(), self.apps(), &wasmplugin_resource())
+    }
+
+    /// The WasmPlugin as stored, as JSON.
+    async fn plugin(&self) -> Value {
+        serde_json::to_value(self.plugins().get(WASMPLUGIN).await.unwrap()).unwrap()
+    }
+
+    /// Replaces the installed WasmPlugin by one with every field meshcanary must leave alone set,
+    /// and `plugin_config`.
+    async fn install_plugin(&self, plugin_config: Value) -> Value {
+        let plugins = self.plugins();
+        if plugins.get_opt(WASMPLUGIN).await.unwrap().is_some() {
+            plugins
+                .delete(WASMPLUGIN, &DeleteParams::default())
+                .await
+                .unwrap();
+        }
+        let object: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "extensions.istio.io/v1alpha1",
             "kind": "WasmPlugin",
             "metadata": {
-                "name": PLUGIN,
+                "name": WASMPLUGIN,
                 "labels": {"app.kubernetes.io/part-of": "shop", "team": "payments"},
-                "annotations": {"argocd.argoproj.io/tracking-id": "shop:extensions.istio.io/WasmPlugin:shop/meshcanary"},
+                "annotations": {"argocd.argoproj.io/tracking-id": "shop:extensions.istio.io/WasmPlugin:shop/reviews-canary"},
             },
             "spec": {
                 "url": "oci://registry.example/meshcanary:1.0.0",
@@ -64,10 +120,30 @@ fn install_plugin(fake: &FakeApiServer, plugin_config: Value) -> Value {
                 "pluginName": "meshcanary",
                 "pluginConfig": plugin_config,
             },
-        }),
-    )
+        }))
+        .unwrap();
+        let created = plugins
+            .create(&PostParams::default(), &object)
+            .await
+            .unwrap();
+        serde_json::to_value(created).unwrap()
+    }
+
+    /// A merge patch by the administrator (a `kubectl edit`).
+    async fn edit_plugin(&self, patch: Value) {
+        self.plugins()
+            .patch(WASMPLUGIN, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .unwrap();
+    }
+
+    /// A client acting as the ServiceAccount through `proxy`.
+    async fn service_account_via(&self, proxy: &Interposer) -> kube::Client {
+        Envtest::client_from(&self.installed.service_account_kubeconfig(Some(&proxy.url))).await
+    }
 }
 
+/// `object` without the fields at `pointers`.
 fn without(object: &Value, pointers: &[&str]) -> Value {
     let mut object = object.clone();
     for pointer in pointers {
@@ -79,79 +155,116 @@ fn without(object: &Value, pointers: &[&str]) -> Value {
     object
 }
 
-fn requests(fake: &FakeApiServer, method: &str, plural: &str) -> Vec<Request> {
-    fake.requests()
-        .into_iter()
-        .filter(|r| r.method == method && r.path.contains(plural) && !r.query.contains("watch="))
+/// What the service may change in its WasmPlugin (and what the server changes with it).
+const OURS: [&str; 4] = [
+    "/spec/pluginConfig",
+    "/metadata/resourceVersion",
+    "/metadata/generation",
+    "/metadata/managedFields",
+];
+
+/// The fields meshcanary owns in `object`, per operation: `{"Apply": {...}, "Update": {...}}`.
+fn owned_by_meshcanary(object: &Value) -> serde_json::Map<String, Value> {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["manager"] == "meshcanary")
+        .map(|entry| {
+            (
+                entry["operation"].as_str().unwrap().to_string(),
+                entry["fieldsV1"].clone(),
+            )
+        })
         .collect()
 }
 
 #[tokio::test]
 async fn the_router_writes_plugin_config_and_nothing_else() {
-    let fake = FakeApiServer::start().await;
-    let before = install_plugin(
-        &fake,
-        json!({"generation": 4, "responseHeader": "x-meshcanary", "routes": [route("reviews", 1000), route("ratings", 0)]}),
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let before = cluster
+        .install_plugin(json!({"generation": 4, "responseHeader": "x-meshcanary", "routes": [route("reviews", 1000), route("ratings", 0)]}))
+        .await;
+    let router = WasmPluginRouter::new(cluster.service_account.clone(), cluster.apps(), WASMPLUGIN);
+    assert_eq!(
+        router.describe(),
+        format!("WasmPlugin {}/{WASMPLUGIN}", cluster.apps())
     );
-    let router = WasmPluginRouter::new(fake.client(), NS, PLUGIN);
-    assert_eq!(router.describe(), "WasmPlugin shop/meshcanary");
     // Generation 5: the ratings route and the response header are gone, reviews moved on.
     let pushed = config(json!({"generation": 5, "routes": [route("reviews", 2500)]}));
     router.apply(&pushed).await.unwrap();
 
-    let after = fake.get(Kind::WasmPlugin, NS, PLUGIN).unwrap();
+    let after = cluster.plugin().await;
     assert_eq!(
         after["spec"]["pluginConfig"],
         serde_json::to_value(&pushed).unwrap(),
         "exactly the pushed config: removed keys and routes are gone"
     );
-    let untouched = [
-        "/spec/pluginConfig",
-        "/metadata/resourceVersion",
-        "/metadata/generation",
-    ];
-    assert_eq!(without(&after, &untouched), without(&before, &untouched));
-    assert_eq!(after["metadata"]["generation"], 2);
-
-    let patches = requests(&fake, "PATCH", "wasmplugins");
-    assert_eq!(patches.len(), 1, "{patches:?}");
-    assert_eq!(patches[0].status, 200);
+    assert_eq!(without(&after, &OURS), without(&before, &OURS));
+    assert_eq!(
+        after["metadata"]["generation"].as_i64(),
+        Some(before["metadata"]["generation"].as_i64().unwrap() + 2),
+        "an apply, then the removal of the key it did not own"
+    );
+    // The API server records meshcanary as the owner of pluginConfig and of nothing else.
+    let owned = owned_by_meshcanary(&after);
+    let applied = &owned["Apply"];
+    let spec_fields: Vec<&String> = applied["f:spec"].as_object().unwrap().keys().collect();
+    assert_eq!(spec_fields, ["f:pluginConfig"], "{applied}");
     assert!(
-        patches[0].query.contains("fieldManager=meshcanary"),
-        "{patches:?}"
+        applied
+            .get("f:metadata")
+            .is_none_or(|m| m.get("f:labels").is_none() && m.get("f:annotations").is_none()),
+        "{applied}"
     );
 
     // The same config again changes nothing and writes nothing.
     let version = after["metadata"]["resourceVersion"].clone();
     router.apply(&pushed).await.unwrap();
-    assert_eq!(requests(&fake, "PATCH", "wasmplugins").len(), 1);
     assert_eq!(
-        fake.get(Kind::WasmPlugin, NS, PLUGIN).unwrap()["metadata"]["resourceVersion"],
+        cluster.plugin().await["metadata"]["resourceVersion"],
         version
     );
+
+    // What the router reads back before it has written anything.
+    let live = router.live().await.unwrap();
+    let LiveConfig::Present { config, seed, .. } = live else {
+        panic!("{live:?}")
+    };
+    assert_eq!(config, Some(serde_json::to_value(&pushed).unwrap()));
+    assert_eq!(seed, None);
 }
 
 #[tokio::test]
 async fn a_foreign_write_between_read_and_patch_is_kept_and_the_patch_recomputed() {
-    let fake = FakeApiServer::start().await;
-    install_plugin(
-        &fake,
-        json!({"generation": 1, "routes": [route("reviews", 0)]}),
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster
+        .install_plugin(json!({"generation": 1, "routes": [route("reviews", 0)]}))
+        .await;
+    let proxy = Interposer::start(cluster.installed.envtest).await;
+    let router = WasmPluginRouter::new(
+        cluster.service_account_via(&proxy).await,
+        cluster.apps(),
+        WASMPLUGIN,
     );
-    // Between our read and our patch, someone raises the priority and slips a key into
-    // pluginConfig: the stale patch must be refused and the retry must keep the priority and
+    // Between our read and our write, someone raises the priority and slips a key into
+    // pluginConfig: the stale write must be refused and the retry must keep the priority and
     // still end at exactly our config.
-    fake.before_next(Method::PATCH, Kind::WasmPlugin, |cluster| {
-        cluster.edit(Kind::WasmPlugin, NS, PLUGIN, |plugin| {
-            plugin["spec"]["priority"] = json!(99);
-            plugin["spec"]["pluginConfig"]["responseHeader"] = json!("x-foreign");
-        });
+    let admin = cluster.plugins();
+    proxy.before_next(axum::http::Method::PATCH, "/wasmplugins/", move || async move {
+        admin
+            .patch(WASMPLUGIN, &PatchParams::default(), &Patch::Merge(json!({"spec": {"priority": 99, "pluginConfig": {"responseHeader": "x-foreign"}}})))
+            .await
+            .unwrap();
     });
-    let router = WasmPluginRouter::new(fake.client(), NS, PLUGIN);
     let pushed = config(json!({"generation": 2, "routes": [route("reviews", 500)]}));
     router.apply(&pushed).await.unwrap();
 
-    let after = fake.get(Kind::WasmPlugin, NS, PLUGIN).unwrap();
+    let after = cluster.plugin().await;
     assert_eq!(
         after["spec"]["priority"], 99,
         "the concurrent edit survived"
@@ -160,25 +273,41 @@ async fn a_foreign_write_between_read_and_patch_is_kept_and_the_patch_recomputed
         after["spec"]["pluginConfig"],
         serde_json::to_value(&pushed).unwrap()
     );
-    let statuses: Vec<u16> = requests(&fake, "PATCH", "wasmplugins")
+    let statuses: Vec<u16> = proxy
+        .requests_to("PATCH", "/wasmplugins/")
         .iter()
         .map(|r| r.status)
         .collect();
-    assert_eq!(statuses, [409, 200], "the conflict path ran");
     assert_eq!(
-        requests(&fake, "GET", "wasmplugins").len(),
+        statuses,
+        [409, 200, 200],
+        "stale apply refused, apply again, drop the foreign key"
+    );
+    assert_eq!(
+        proxy.requests_to("GET", "/wasmplugins/").len(),
         2,
         "re-read after the 409"
     );
 
-    // Someone who writes before every one of our patches wins every race: give up, loudly.
+    // Someone who writes before every one of our writes wins every race: give up, loudly.
     for _ in 0..5 {
-        fake.before_next(Method::PATCH, Kind::WasmPlugin, |cluster| {
-            cluster.edit(Kind::WasmPlugin, NS, PLUGIN, |plugin| {
-                let priority = plugin["spec"]["priority"].as_i64().unwrap();
-                plugin["spec"]["priority"] = json!(priority + 1);
-            });
-        });
+        let admin = cluster.plugins();
+        proxy.before_next(
+            axum::http::Method::PATCH,
+            "/wasmplugins/",
+            move || async move {
+                let plugin = admin.get(WASMPLUGIN).await.unwrap();
+                let priority = plugin.data["spec"]["priority"].as_i64().unwrap();
+                admin
+                    .patch(
+                        WASMPLUGIN,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"spec": {"priority": priority + 1}})),
+                    )
+                    .await
+                    .unwrap();
+            },
+        );
     }
     let error = router
         .apply(&config(
@@ -193,7 +322,7 @@ async fn a_foreign_write_between_read_and_patch_is_kept_and_the_patch_recomputed
             .contains("changed under every one of 5 attempts"),
         "{error}"
     );
-    let after = fake.get(Kind::WasmPlugin, NS, PLUGIN).unwrap();
+    let after = cluster.plugin().await;
     assert_eq!(
         after["spec"]["pluginConfig"]["generation"], 2,
         "nothing forced"
@@ -202,126 +331,122 @@ async fn a_foreign_write_between_read_and_patch_is_kept_and_the_patch_recomputed
 }
 
 #[tokio::test]
-async fn missing_and_rejected_plugins_give_clear_errors() {
-    let fake = FakeApiServer::start().await;
+async fn missing_forbidden_and_rejected_plugins_give_clear_errors() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
     let pushed = config(json!({"generation": 1, "routes": [route("reviews", 0)]}));
-    let error = WasmPluginRouter::new(fake.client(), NS, "nope")
-        .apply(&pushed)
-        .await
-        .unwrap_err();
-    assert!(matches!(error, Error::Push { .. }), "{error:?}");
-    assert!(
-        error
-            .to_string()
-            .contains("WasmPlugin shop/nope does not exist"),
-        "{error}"
-    );
-
-    install_plugin(&fake, json!({}));
-    // A validation rule on the resource, like a CEL rule in the CRD or an admission policy.
-    fake.add_rule(Kind::WasmPlugin, |plugin| {
-        let routes = plugin.pointer("/spec/pluginConfig/routes")?.as_array()?;
-        (routes.len() > 1).then(|| {
-            FieldError::invalid(
-                "spec.pluginConfig.routes",
-                "Invalid value: \"array\": at most one route per plugin in this namespace",
-            )
-        })
-    });
-    let router = WasmPluginRouter::new(fake.client(), NS, PLUGIN);
-    let error = router
-        .apply(&config(json!({"routes": [route("a", 0), route("b", 0)]})))
-        .await
-        .unwrap_err();
+    // A WasmPlugin the RBAC does not name.
+    let error = WasmPluginRouter::new(
+        cluster.service_account.clone(),
+        cluster.apps(),
+        "another-plugin",
+    )
+    .apply(&pushed)
+    .await
+    .unwrap_err();
     let text = error.to_string();
     assert!(
-        text.starts_with(
-            "push to WasmPlugin shop/meshcanary: the API server rejected the pluginConfig: "
-        ),
+        text.contains("not allowed") && text.contains("forbidden"),
         "{text}"
     );
-    assert!(text.contains("spec.pluginConfig.routes: Invalid value: \"array\": at most one route per plugin in this namespace"), "{text}");
-    assert_eq!(
-        fake.get(Kind::WasmPlugin, NS, PLUGIN).unwrap()["spec"]["pluginConfig"],
-        json!({})
-    );
-    router.apply(&pushed).await.unwrap();
-}
 
-/// The fake refuses what a real API server refuses, so the tests above cannot pass by accident.
-#[tokio::test]
-async fn the_fake_api_server_refuses_what_a_real_one_refuses() {
-    let fake = FakeApiServer::start().await;
-    let plugin = install_plugin(&fake, json!({}));
-    let api: Api<DynamicObject> = Api::namespaced_with(fake.client(), NS, &wasmplugin_resource());
-    let code = |result: kube::Result<DynamicObject>| match result {
-        Ok(_) => 200,
-        Err(kube::Error::Api(status)) => status.code,
-        Err(other) => panic!("{other}"),
-    };
-    let merge = |patch: Value| Patch::Merge(patch);
-    let pp = PatchParams::default();
-    let version = plugin["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let cases = [
-        (json!({"spec": {"pluginConfig": "text"}}), 422),
-        (json!({"spec": {"pluginConfig": [1]}}), 422),
-        (json!({"spec": {"url": null}}), 422),
-        (json!({"spec": {"failStrategy": "FAIL_SOMETIMES"}}), 422),
-        (json!({"kind": "EnvoyFilter"}), 400),
-        (
-            json!({"metadata": {"resourceVersion": "1"}, "spec": {"priority": 1}}),
-            409,
-        ),
-        (
-            json!({"metadata": {"resourceVersion": version}, "spec": {"priority": 1}}),
-            200,
-        ),
-    ];
-    for (patch, expected) in cases {
-        assert_eq!(
-            code(api.patch(PLUGIN, &pp, &merge(patch.clone())).await),
-            expected,
-            "{patch}"
-        );
-    }
-    assert_eq!(code(api.patch("nope", &pp, &merge(json!({}))).await), 404);
-    let stale: DynamicObject = serde_json::from_value(plugin.clone()).unwrap();
-    assert_eq!(
-        code(api.replace(PLUGIN, &PostParams::default(), &stale).await),
-        409
-    );
-    assert_eq!(
-        code(api.create(&PostParams::default(), &stale).await),
-        400,
-        "resourceVersion set on create"
-    );
-    let mut fresh = stale.clone();
-    fresh.metadata.resource_version = None;
-    assert_eq!(
-        code(api.create(&PostParams::default(), &fresh).await),
-        409,
-        "already exists"
-    );
-
-    let configmaps: Api<ConfigMap> = Api::namespaced(fake.client(), NS);
-    let big: ConfigMap = serde_json::from_value(json!({
-        "metadata": {"name": "big"}, "data": {"a": "x".repeat(1024 * 1024 + 1)}
-    }))
-    .unwrap();
-    let error = configmaps
-        .create(&PostParams::default(), &big)
+    // Its own WasmPlugin, not installed (yet, or any more).
+    cluster
+        .plugins()
+        .delete(WASMPLUGIN, &DeleteParams::default())
         .await
-        .unwrap_err();
+        .unwrap();
+    let router = WasmPluginRouter::new(cluster.service_account.clone(), cluster.apps(), WASMPLUGIN);
+    let error = router.apply(&pushed).await.unwrap_err();
+    assert!(matches!(error, Error::Push { .. }), "{error:?}");
     assert!(
-        error
-            .to_string()
-            .contains("Too long: may not be more than 1048576 bytes"),
+        error.to_string().contains(&format!(
+            "WasmPlugin {}/{WASMPLUGIN} does not exist",
+            cluster.apps()
+        )),
         "{error}"
     );
-    assert!(fake.get(Kind::ConfigMap, NS, "big").is_none());
+    assert!(matches!(
+        router.live().await.unwrap(),
+        LiveConfig::TargetMissing(_)
+    ));
+
+    // A validation rule on the resource: an admission policy in CEL, enforced by the API server.
+    cluster.install_plugin(json!({})).await;
+    let policy = format!("meshcanary-test-one-route-{}", cluster.apps());
+    let policies = cluster.installed.envtest;
+    let manifest = format!(
+        "apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicy
+metadata:
+  name: {policy}
+spec:
+  failurePolicy: Fail
+  matchConstraints:
+    resourceRules:
+    - apiGroups: [extensions.istio.io]
+      apiVersions: ['*']
+      operations: [CREATE, UPDATE]
+      resources: [wasmplugins]
+  validations:
+  - expression: \"!has(object.spec.pluginConfig) || !has(object.spec.pluginConfig.routes) || size(object.spec.pluginConfig.routes) <= 1\"
+    message: at most one route per plugin in this namespace
+    reason: Invalid
+---
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingAdmissionPolicyBinding
+metadata:
+  name: {policy}
+spec:
+  policyName: {policy}
+  validationActions: [Deny]
+  matchResources:
+    namespaceSelector:
+      matchLabels:
+        kubernetes.io/metadata.name: {}
+",
+        cluster.apps()
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), manifest).unwrap();
+    policies.kubectl_ok(&["apply", "-f", &file.path().display().to_string()]);
+    let two_routes = config(json!({"routes": [route("a", 0), route("b", 0)]}));
+    // The policy takes effect once the API server has loaded it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let error = loop {
+        match router.apply(&two_routes).await {
+            Err(error) => break error,
+            Ok(()) => {
+                assert!(Instant::now() < deadline, "the policy never took effect");
+                cluster
+                    .edit_plugin(json!({"spec": {"pluginConfig": null}}))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    let text = error.to_string();
+    assert!(
+        text.starts_with(&format!(
+            "push to WasmPlugin {}/{WASMPLUGIN}: the API server rejected the pluginConfig: ",
+            cluster.apps()
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("at most one route per plugin in this namespace"),
+        "{text}"
+    );
+    assert!(cluster.plugin().await["spec"]
+        .get("pluginConfig")
+        .is_none_or(|c| c.get("routes").is_none()));
+    router.apply(&pushed).await.unwrap();
+    policies.kubectl_ok(&[
+        "delete",
+        "validatingadmissionpolicybinding,validatingadmissionpolicy",
+        &policy,
+    ]);
 }
 
 fn watched(events: &[DriftEvent]) -> Vec<&'static str> {
@@ -372,42 +497,40 @@ async fn next_within(events: &mut Events, wait: Duration) -> Option<DriftEvent> 
 
 #[tokio::test]
 async fn drift_is_reported_for_plugin_config_edits_only() {
-    let fake = FakeApiServer::start().await;
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
     let pushed = config(json!({"generation": 3, "routes": [route("reviews", 1000)]}));
-    install_plugin(&fake, serde_json::to_value(&pushed).unwrap());
+    let installed = cluster
+        .install_plugin(serde_json::to_value(&pushed).unwrap())
+        .await;
     let (expected, receiver) = watch::channel(pushed.clone());
     let settle = Duration::from_millis(300);
+    // The watch runs as the ServiceAccount: its list and watch by name are what RBAC allows.
     let mut events = Events::drive(watch_drift_with(
-        fake.client(),
-        NS,
-        PLUGIN,
+        cluster.service_account.clone(),
+        cluster.apps(),
+        WASMPLUGIN,
         receiver,
         DriftWatchConfig { settle },
     ));
     let first = next_within(&mut events, Duration::from_secs(5)).await;
+    let generation = installed["metadata"]["generation"].as_i64();
     assert!(
-        matches!(
-            first,
-            Some(DriftEvent::InSync {
-                generation: Some(1)
-            })
-        ),
+        matches!(first, Some(DriftEvent::InSync { generation: g }) if g == generation),
         "{first:?}"
     );
 
     // An edit of another field is not drift.
-    fake.edit(Kind::WasmPlugin, NS, PLUGIN, |plugin| {
-        plugin["spec"]["priority"] = json!(20)
-    });
+    cluster.edit_plugin(json!({"spec": {"priority": 20}})).await;
     let quiet = next_within(&mut events, Duration::from_millis(1200)).await;
     assert_eq!(quiet, None);
 
     // A hand edit of a weight is, within seconds.
     let edited = Instant::now();
-    fake.edit(Kind::WasmPlugin, NS, PLUGIN, |plugin| {
-        plugin["spec"]["pluginConfig"]["routes"][0]["variants"] =
-            json!([{"name": "v1", "weight": 10000}, {"name": "v2", "weight": 0}]);
-    });
+    cluster
+        .edit_plugin(json!({"spec": {"pluginConfig": {"routes": [{"name": "reviews", "hosts": ["reviews"], "variants": [{"name": "v1", "weight": 10000}, {"name": "v2", "weight": 0}]}]}}}))
+        .await;
     let event = next_within(&mut events, Duration::from_secs(5)).await;
     let elapsed = edited.elapsed();
     let Some(DriftEvent::Drifted(drift)) = event else {
@@ -419,9 +542,10 @@ async fn drift_is_reported_for_plugin_config_edits_only() {
     );
     assert_eq!(
         drift.generation,
-        Some(3),
+        generation.map(|g| g + 2),
         "priority edit, then the weight edit"
     );
+    assert_eq!(drift.config_generation, Some(3));
     assert_eq!(
         drift.differences,
         [Difference::RouteChanged {
@@ -431,7 +555,7 @@ async fn drift_is_reported_for_plugin_config_edits_only() {
     );
 
     // Re-applying ends the drift.
-    let router = WasmPluginRouter::new(fake.client(), NS, PLUGIN);
+    let router = WasmPluginRouter::new(cluster.service_account.clone(), cluster.apps(), WASMPLUGIN);
     router.apply(&pushed).await.unwrap();
     let event = next_within(&mut events, Duration::from_secs(5)).await;
     assert!(
@@ -447,7 +571,7 @@ async fn drift_is_reported_for_plugin_config_edits_only() {
     router.apply(&next).await.unwrap();
     let quiet = next_within(&mut events, Duration::from_millis(1000)).await;
     assert_eq!(quiet, None);
-    // A router given the sender publishes each config just before it patches.
+    // A router given the sender publishes each config just before it writes.
     let published = expected.subscribe();
     let router = router.with_expected(expected);
     let next = config(json!({"generation": 5, "routes": [route("reviews", 3000)]}));
@@ -457,9 +581,9 @@ async fn drift_is_reported_for_plugin_config_edits_only() {
     assert_eq!(quiet, None);
 
     // A GitOps revert to the old config is drift against the new one.
-    fake.edit(Kind::WasmPlugin, NS, PLUGIN, |plugin| {
-        plugin["spec"]["pluginConfig"] = serde_json::to_value(&pushed).unwrap();
-    });
+    cluster
+        .edit_plugin(json!({"spec": {"pluginConfig": serde_json::to_value(&pushed).unwrap()}}))
+        .await;
     let event = next_within(&mut events, Duration::from_secs(5)).await;
     let Some(DriftEvent::Drifted(drift)) = event else {
         panic!("expected drift, got {event:?}");
@@ -469,7 +593,11 @@ async fn drift_is_reported_for_plugin_config_edits_only() {
         "{drift}"
     );
 
-    fake.delete(Kind::WasmPlugin, NS, PLUGIN);
+    cluster
+        .plugins()
+        .delete(WASMPLUGIN, &DeleteParams::default())
+        .await
+        .unwrap();
     let event = next_within(&mut events, Duration::from_secs(5)).await;
     assert_eq!(watched(&[event.unwrap()]), ["deleted"]);
 }
@@ -491,11 +619,32 @@ fn state_with_rollouts() -> ServiceState {
     state
 }
 
+impl Cluster {
+    fn configmaps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.admin.clone(), self.system())
+    }
+
+    fn store(&self) -> ConfigMapStore {
+        ConfigMapStore::new(self.service_account.clone(), self.system(), STATE)
+    }
+
+    async fn saved(&self) -> Option<ServiceState> {
+        let object = self.configmaps().get_opt(STATE).await.unwrap()?;
+        let text = object.data.unwrap()[STATE_KEY].clone();
+        Some(serde_json::from_str(&text).unwrap())
+    }
+}
+
 #[tokio::test]
 async fn the_configmap_store_saves_loads_and_survives_a_restart() {
-    let fake = FakeApiServer::start().await;
-    let store = ConfigMapStore::new(fake.client(), NS, "meshcanary-state");
-    assert_eq!(store.describe(), "ConfigMap shop/meshcanary-state");
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let store = cluster.store();
+    assert_eq!(
+        store.describe(),
+        format!("ConfigMap {}/{STATE}", cluster.system())
+    );
     assert_eq!(store.load().await.unwrap(), None);
     let mut state = state_with_rollouts();
     store.save(&state).await.unwrap();
@@ -503,19 +652,16 @@ async fn the_configmap_store_saves_loads_and_survives_a_restart() {
     state.filter.generation = 8;
     store.save(&state).await.unwrap();
 
-    let stored = fake.get(Kind::ConfigMap, NS, "meshcanary-state").unwrap();
+    let stored = cluster.configmaps().get(STATE).await.unwrap();
     assert_eq!(
-        stored["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        stored.metadata.labels.unwrap()["app.kubernetes.io/managed-by"],
         "meshcanary"
     );
-    let data: ServiceState =
-        serde_json::from_str(stored["data"][STATE_KEY].as_str().unwrap()).unwrap();
-    assert_eq!(data, state);
-    assert_eq!(data.rollouts.len(), 2);
+    assert_eq!(cluster.saved().await, Some(state.clone()));
 
     // A restarted instance finds the state the old one saved.
     drop(store);
-    let restarted = ConfigMapStore::new(fake.client(), NS, "meshcanary-state");
+    let restarted = cluster.store();
     assert_eq!(restarted.load().await.unwrap(), Some(state.clone()));
     state.filter.generation = 9;
     restarted.save(&state).await.unwrap();
@@ -523,15 +669,17 @@ async fn the_configmap_store_saves_loads_and_survives_a_restart() {
 }
 
 #[tokio::test]
-async fn the_configmap_store_refuses_oversized_state_and_stale_writes() {
-    let fake = FakeApiServer::start().await;
-    let first = ConfigMapStore::new(fake.client(), NS, "state");
-    let second = ConfigMapStore::new(fake.client(), NS, "state");
+async fn the_configmap_store_absorbs_metadata_edits_and_refuses_stale_state() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let (first, second) = (cluster.store(), cluster.store());
     assert_eq!(first.load().await.unwrap(), None);
     assert_eq!(second.load().await.unwrap(), None);
     let state = state_with_rollouts();
     first.save(&state).await.unwrap();
     let error = second.save(&state).await.unwrap_err();
+    assert!(matches!(error, Error::StateConflict { .. }), "{error:?}");
     assert!(
         error
             .to_string()
@@ -539,23 +687,47 @@ async fn the_configmap_store_refuses_oversized_state_and_stale_writes() {
         "{error}"
     );
 
-    // Both read the same version; the first to write wins, the second is refused, and keeps
-    // being refused until it loads again.
-    assert_eq!(second.load().await.unwrap(), Some(state.clone()));
+    // Someone annotates and labels the ConfigMap (a backup tool, `kubectl annotate`): that is
+    // not a conflict. The next save goes through and keeps their metadata.
     let mut newer = state.clone();
-    newer.filter.generation = 8;
-    first.save(&newer).await.unwrap();
-    let mut stale = state.clone();
+    for edit in [
+        json!({"metadata": {"annotations": {"backup.example/last": "2026-12-07"}}}),
+        json!({"metadata": {"labels": {"team": "platform"}}}),
+    ] {
+        cluster
+            .configmaps()
+            .patch(STATE, &PatchParams::default(), &Patch::Merge(edit))
+            .await
+            .unwrap();
+        newer.filter.generation += 1;
+        first.save(&newer).await.unwrap();
+    }
+    let stored = cluster.configmaps().get(STATE).await.unwrap();
+    assert_eq!(
+        stored.metadata.annotations.unwrap()["backup.example/last"],
+        "2026-12-07"
+    );
+    let labels = stored.metadata.labels.unwrap();
+    assert_eq!(labels["team"], "platform");
+    assert_eq!(labels["app.kubernetes.io/managed-by"], "meshcanary");
+    assert_eq!(cluster.saved().await, Some(newer.clone()));
+
+    // A change of the state itself is a real conflict: refused, and refused until re-read.
+    assert_eq!(second.load().await.unwrap(), Some(newer.clone()));
+    let mut theirs = newer.clone();
+    theirs.filter.generation = 50;
+    second.save(&theirs).await.unwrap();
+    let mut stale = newer.clone();
     stale.filter.generation = 100;
-    let error = second.save(&stale).await.unwrap_err();
-    assert!(matches!(error, Error::Store { .. }), "{error:?}");
+    let error = first.save(&stale).await.unwrap_err();
+    assert!(matches!(error, Error::StateConflict { .. }), "{error:?}");
     assert!(
         error
             .to_string()
-            .contains("another writer changed the ConfigMap"),
+            .contains("another writer changed the state"),
         "{error}"
     );
-    let error = second.save(&stale).await.unwrap_err();
+    let error = first.save(&stale).await.unwrap_err();
     assert!(
         error
             .to_string()
@@ -563,16 +735,16 @@ async fn the_configmap_store_refuses_oversized_state_and_stale_writes() {
         "{error}"
     );
     assert_eq!(
-        first.load().await.unwrap(),
-        Some(newer.clone()),
+        cluster.saved().await,
+        Some(theirs.clone()),
         "not overwritten"
     );
-    assert_eq!(second.load().await.unwrap(), Some(newer.clone()));
-    second.save(&stale).await.unwrap();
+    assert_eq!(first.load().await.unwrap(), Some(theirs.clone()));
+    first.save(&stale).await.unwrap();
 
-    // Too big for a ConfigMap: refused before it reaches the API server.
-    let before = fake.get(Kind::ConfigMap, NS, "state").unwrap();
-    let mut huge = newer.clone();
+    // Too big for a ConfigMap: refused before it reaches the API server, which refuses it too.
+    let before = cluster.configmaps().get(STATE).await.unwrap();
+    let mut huge = stale.clone();
     huge.filter.routes[0].path_prefix = Some("/".repeat(1024 * 1024));
     let error = first.save(&huge).await.unwrap_err();
     assert!(
@@ -581,25 +753,49 @@ async fn the_configmap_store_refuses_oversized_state_and_stale_writes() {
             .contains("more than the 1048576 bytes a ConfigMap holds"),
         "{error}"
     );
-    assert_eq!(fake.get(Kind::ConfigMap, NS, "state").unwrap(), before);
-
-    // A store that never loaded cannot overwrite what is there either.
-    let error = ConfigMapStore::new(fake.client(), NS, "state")
-        .save(&state)
+    assert_eq!(
+        cluster
+            .configmaps()
+            .get(STATE)
+            .await
+            .unwrap()
+            .metadata
+            .resource_version,
+        before.metadata.resource_version
+    );
+    let big: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "big"}, "data": {"a": "x".repeat(1024 * 1024 + 1)}
+    }))
+    .unwrap();
+    let error = cluster
+        .configmaps()
+        .create(&PostParams::default(), &big)
         .await
         .unwrap_err();
+    assert!(
+        error.to_string().contains("Too long"),
+        "the real limit: {error}"
+    );
+
+    // A store that never loaded cannot overwrite what is there either.
+    let error = cluster.store().save(&state).await.unwrap_err();
     assert!(error.to_string().contains("has not loaded it"), "{error}");
 
     // Someone else's ConfigMap of the same name is not taken over.
-    fake.create(
-        Kind::ConfigMap,
-        NS,
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "theirs"}, "data": {"state.json": "{}"}}),
-    );
-    let error = ConfigMapStore::new(fake.client(), NS, "theirs")
-        .load()
+    cluster
+        .configmaps()
+        .delete(STATE, &DeleteParams::default())
         .await
-        .unwrap_err();
+        .unwrap();
+    let theirs: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": STATE}, "data": {"state.json": "{}"}}))
+            .unwrap();
+    cluster
+        .configmaps()
+        .create(&PostParams::default(), &theirs)
+        .await
+        .unwrap();
+    let error = cluster.store().load().await.unwrap_err();
     assert!(
         error
             .to_string()
@@ -608,13 +804,20 @@ async fn the_configmap_store_refuses_oversized_state_and_stale_writes() {
     );
 }
 
-fn elector(fake: &FakeApiServer, identity: &str) -> LeaderElector {
-    let config = LeaseConfig {
-        lease_duration: Duration::from_secs(2),
-        renew_interval: Duration::from_millis(500),
-        retry_interval: Duration::from_millis(200),
-    };
-    LeaderElector::new(fake.client(), NS, "meshcanary-leader", identity, config).unwrap()
+impl Cluster {
+    fn elector(&self, client: kube::Client, identity: &str) -> LeaderElector {
+        let config = LeaseConfig {
+            lease_duration: Duration::from_secs(2),
+            renew_interval: Duration::from_millis(500),
+            retry_interval: Duration::from_millis(200),
+        };
+        LeaderElector::new(client, self.system(), LEASE, identity, config).unwrap()
+    }
+
+    async fn lease(&self) -> Value {
+        let leases: Api<Lease> = Api::namespaced(self.admin.clone(), self.system());
+        serde_json::to_value(leases.get(LEASE).await.unwrap()).unwrap()
+    }
 }
 
 async fn wait_for(
@@ -631,14 +834,17 @@ async fn wait_for(
     }
 }
 
-fn lease(fake: &FakeApiServer) -> Value {
-    fake.get(Kind::Lease, NS, "meshcanary-leader").unwrap()
-}
-
 #[tokio::test]
 async fn exactly_one_leader_and_quick_takeovers() {
-    let fake = FakeApiServer::start().await;
-    let (a, b) = (elector(&fake, "pod-a"), elector(&fake, "pod-b"));
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let proxy = Interposer::start(cluster.installed.envtest).await;
+    let client = cluster.service_account_via(&proxy).await;
+    let (a, b) = (
+        cluster.elector(client.clone(), "pod-a"),
+        cluster.elector(client.clone(), "pod-b"),
+    );
     let (mut state_a, task_a) = a.spawn();
     let (mut state_b, task_b) = b.spawn();
     // Watch both for the whole time they run: never two leaders at once.
@@ -673,9 +879,10 @@ async fn exactly_one_leader_and_quick_takeovers() {
             leader: Some(first.clone())
         }
     );
-    assert_eq!(lease(&fake)["spec"]["holderIdentity"], first.as_str());
-    assert_eq!(lease(&fake)["spec"]["leaseTransitions"], 0);
-    assert_eq!(lease(&fake)["spec"]["leaseDurationSeconds"], 2);
+    let lease = cluster.lease().await;
+    assert_eq!(lease["spec"]["holderIdentity"], first.as_str());
+    assert_eq!(lease["spec"]["leaseTransitions"], 0);
+    assert_eq!(lease["spec"]["leaseDurationSeconds"], 2);
     // Renewals keep it; the follower does not take a live lease.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(leader_state.borrow().is_leader && !follower_state.borrow().is_leader);
@@ -691,15 +898,16 @@ async fn exactly_one_leader_and_quick_takeovers() {
         released.elapsed()
     );
     let second = follower.identity().to_string();
-    assert_eq!(lease(&fake)["spec"]["holderIdentity"], second.as_str());
-    assert_eq!(lease(&fake)["spec"]["leaseTransitions"], 1);
+    let lease = cluster.lease().await;
+    assert_eq!(lease["spec"]["holderIdentity"], second.as_str());
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
     leader_task.await.unwrap();
     assert!(!overlap.is_finished(), "two leaders at once");
     overlap.abort();
 
     // A third replica follows; the second one crashes (stops renewing without releasing): the
     // third takes over once the lease has expired, not before.
-    let c = elector(&fake, "pod-c");
+    let c = cluster.elector(client.clone(), "pod-c");
     let (mut state_c, task_c) = c.spawn();
     wait_for(&mut state_c, wait, |s| {
         s.leader.as_deref() == Some(second.as_str())
@@ -710,22 +918,26 @@ async fn exactly_one_leader_and_quick_takeovers() {
     wait_for(&mut state_c, Duration::from_secs(4), |s| s.is_leader).await;
     let took = crashed.elapsed();
     assert!(
-        took > Duration::from_millis(1000) && took < Duration::from_millis(3000),
+        took > Duration::from_millis(1000) && took < Duration::from_millis(3500),
         "{took:?}"
     );
-    assert_eq!(lease(&fake)["spec"]["holderIdentity"], "pod-c");
-    assert_eq!(lease(&fake)["spec"]["leaseTransitions"], 2);
+    let lease = cluster.lease().await;
+    assert_eq!(lease["spec"]["holderIdentity"], "pod-c");
+    assert_eq!(lease["spec"]["leaseTransitions"], 2);
 
     // Deposed by someone who wrote the lease between our read and our renewal: the 409 makes
     // the leader step down at once, and a read right after it names who leads.
-    fake.before_next(Method::PUT, Kind::Lease, |cluster| {
-        cluster.edit(Kind::Lease, NS, "meshcanary-leader", |lease| {
-            lease["spec"]["holderIdentity"] = json!("pod-intruder");
-            lease["spec"]["leaseDurationSeconds"] = json!(30);
-            lease["spec"]["renewTime"] = json!(Timestamp::now()
-                .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
-                .to_string());
-        });
+    let leases: Api<Lease> = Api::namespaced(cluster.admin.clone(), cluster.system());
+    proxy.before_next(axum::http::Method::PUT, "/leases/", move || async move {
+        let renewed = Timestamp::now().strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
+        leases
+            .patch(
+                LEASE,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"holderIdentity": "pod-intruder", "leaseDurationSeconds": 30, "renewTime": renewed}})),
+            )
+            .await
+            .unwrap();
     });
     let deposed = wait_for(&mut state_c, Duration::from_secs(2), |s| !s.is_leader).await;
     assert_eq!(
@@ -737,13 +949,149 @@ async fn exactly_one_leader_and_quick_takeovers() {
         "the first state after the 409 names the new holder"
     );
     assert!(
-        requests(&fake, "PUT", "leases")
+        proxy
+            .requests_to("PUT", "/leases/")
             .iter()
             .any(|r| r.status == 409),
         "the conflict path ran"
     );
     // Our release does not touch a lease we no longer hold.
     c.release().await.unwrap();
-    assert_eq!(lease(&fake)["spec"]["holderIdentity"], "pod-intruder");
+    assert_eq!(
+        cluster.lease().await["spec"]["holderIdentity"],
+        "pod-intruder"
+    );
     task_c.await.unwrap();
+}
+
+/// Whether `kubectl` acting as the ServiceAccount may do something: its exit status and why.
+fn as_service_account(
+    cluster: &Cluster,
+    kubeconfig: &std::path::Path,
+    args: &[String],
+) -> (bool, String) {
+    let output = cluster
+        .installed
+        .envtest
+        .kubectl_with(kubeconfig)
+        .args(args)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    (output.status.success(), stderr)
+}
+
+/// The RBAC that `envoy-config/istio/` ships lets the ServiceAccount do exactly what the service
+/// does (the other tests do it as that ServiceAccount) and nothing else: no other WasmPlugin, no
+/// other ConfigMap or Lease, no listing, no Secrets, nothing in other namespaces.
+#[tokio::test]
+async fn the_service_account_may_do_what_the_service_needs_and_nothing_more() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    // The state ConfigMap and Lease exist (the service creates them; here the test does).
+    cluster.store().save(&state_with_rollouts()).await.unwrap();
+    let elector = cluster.elector(cluster.service_account.clone(), "pod-a");
+    let (mut leading, election) = elector.spawn();
+    wait_for(&mut leading, Duration::from_secs(3), |s| s.is_leader).await;
+    election.abort();
+    // Another WasmPlugin, ConfigMap and Lease beside ours, and the same WasmPlugin name in a
+    // namespace that did not enrol.
+    let (sys, apps) = (cluster.system().to_string(), cluster.apps().to_string());
+    let other_ns = cluster.installed.envtest.create_namespace("mc-other");
+    let admin = cluster.installed.envtest;
+    for (namespace, name) in [(&apps, "another-plugin"), (&other_ns, WASMPLUGIN)] {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            file.path(),
+            format!("apiVersion: extensions.istio.io/v1alpha1\nkind: WasmPlugin\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {{url: oci://x/y, pluginName: p}}\n"),
+        )
+        .unwrap();
+        admin.kubectl_ok(&["apply", "-f", &file.path().display().to_string()]);
+    }
+    admin.kubectl_ok(&[
+        "create",
+        "configmap",
+        "other-config",
+        "-n",
+        &sys,
+        "--from-literal=a=b",
+    ]);
+    admin.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "other-secret",
+        "-n",
+        &sys,
+        "--from-literal=a=b",
+    ]);
+    let kubeconfig = cluster.installed.service_account_kubeconfig(None);
+    let patch = r#"{"spec":{"pluginConfig":{"generation":9}}}"#;
+    let words = |line: &str| -> Vec<String> {
+        line.split_whitespace()
+            .map(|w| w.replace("PATCH", patch))
+            .collect()
+    };
+    // (kubectl arguments, allowed?)
+    let cases = [
+        // What the service does.
+        (format!("get wasmplugin {WASMPLUGIN} -n {apps}"), true),
+        (
+            format!("get wasmplugins -n {apps} --field-selector metadata.name={WASMPLUGIN}"),
+            true,
+        ),
+        (
+            format!("patch wasmplugin {WASMPLUGIN} -n {apps} --type merge -p PATCH"),
+            true,
+        ),
+        (format!("get configmap {STATE} -n {sys}"), true),
+        (format!("get lease {LEASE} -n {sys}"), true),
+        // What it must not.
+        (format!("get wasmplugins -n {apps}"), false),
+        (format!("get wasmplugin another-plugin -n {apps}"), false),
+        (
+            format!("patch wasmplugin another-plugin -n {apps} --type merge -p PATCH"),
+            false,
+        ),
+        (
+            format!("patch wasmplugin {WASMPLUGIN} -n {other_ns} --type merge -p PATCH"),
+            false,
+        ),
+        (format!("delete wasmplugin {WASMPLUGIN} -n {apps}"), false),
+        (format!("get configmaps -n {sys}"), false),
+        (format!("get configmap other-config -n {sys}"), false),
+        (format!("delete configmap {STATE} -n {sys}"), false),
+        (format!("get configmap {STATE} -n {apps}"), false),
+        (format!("get secret other-secret -n {sys}"), false),
+        (format!("get secrets -n {sys}"), false),
+        (format!("get leases -n {sys}"), false),
+        (format!("delete lease {LEASE} -n {sys}"), false),
+        (format!("get deployments -n {sys}"), false),
+        (format!("get pods -n {apps}"), false),
+        (format!("get virtualservices -n {apps}"), false),
+        (
+            format!("get serviceaccount {SERVICE_ACCOUNT} -n {sys}"),
+            false,
+        ),
+        ("get namespaces".to_string(), false),
+    ];
+    let mut wrong = Vec::new();
+    for (line, allowed) in &cases {
+        let (succeeded, stderr) = as_service_account(&cluster, &kubeconfig, &words(line));
+        let forbidden = stderr.contains("forbidden") || stderr.contains("Forbidden");
+        match allowed {
+            true if !succeeded => {
+                wrong.push(format!("should be allowed: kubectl {line}: {stderr}"))
+            }
+            false if succeeded => {
+                wrong.push(format!("should be forbidden, but worked: kubectl {line}"))
+            }
+            false if !forbidden => wrong.push(format!(
+                "failed, but not for RBAC: kubectl {line}: {stderr}"
+            )),
+            _ => {}
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}\n{HOW_TO_GET}");
 }

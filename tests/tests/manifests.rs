@@ -3,7 +3,8 @@
 //! file list is checked against the directory, and the names that have to match across objects are
 //! compared — the Deployment's flags, ports and probes with the Service, the RBAC objects with the
 //! ServiceAccount and with exactly the verbs the service needs, the WasmPlugin's module URL with the
-//! Service, its `pluginConfig` with the filter's own validation, the VirtualService with the
+//! Service, its initial config (the `meshcanary.io/initial-plugin-config` annotation; `pluginConfig`
+//! itself is the service's) with the filter's own validation, the VirtualService with the
 //! DestinationRule and the filter's variants, the stats annotations with the filter's stat tags.
 //!
 //! The checks return a list of problems instead of asserting one by one, so one run shows all of
@@ -18,6 +19,11 @@ use std::path::Path;
 
 /// Where the manifests live, relative to the workspace root.
 const MANIFESTS: &str = "envoy-config/istio";
+/// The walkthrough that applies them, relative to the workspace root.
+const WALKTHROUGH: &str = "examples/istio-bookinfo/README.md";
+/// The WasmPlugin annotation carrying the filter's starting config (the service owns
+/// `spec.pluginConfig`; Git does not carry it).
+const INITIAL_CONFIG: &str = "meshcanary.io/initial-plugin-config";
 /// Where the control service serves the filter module.
 const MODULE_PATH: &str = "/filter/meshcanary.wasm";
 /// What the WasmPlugin's `sha256` says until a user sets the module's digest; Istio's CRD rejects
@@ -81,6 +87,9 @@ struct Tree {
     files: BTreeMap<String, String>,
     /// Paths that a `.gitignore` in their directory names: local inputs such as `token.env`.
     ignored: BTreeSet<String>,
+    /// Files the walkthrough applies with `kubectl patch --patch-file envoy-config/istio/<file>`
+    /// (patches of objects these manifests do not contain, such as bookinfo's Deployments).
+    kubectl_patches: BTreeSet<String>,
 }
 
 fn load() -> Tree {
@@ -110,11 +119,29 @@ fn load() -> Tree {
             }
         }
     }
+    let walkthrough = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("..")
+            .join(WALKTHROUGH),
+    )
+    .unwrap_or_else(|error| panic!("cannot read {WALKTHROUGH}: {error}"));
     Tree {
         docs,
         files,
         ignored,
+        kubectl_patches: patch_files(&walkthrough),
     }
+}
+
+/// The files (relative to `envoy-config/istio/`) that `text` applies with `--patch-file`.
+fn patch_files(text: &str) -> BTreeSet<String> {
+    let prefix = format!("{MANIFESTS}/");
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|pair| pair[0] == "--patch-file")
+        .filter_map(|pair| pair[1].strip_prefix(&prefix).map(str::to_string))
+        .collect()
 }
 
 fn read_tree(dir: &Path, prefix: &str, files: &mut BTreeMap<String, String>) {
@@ -294,11 +321,12 @@ fn resources(tree: &Tree) -> Vec<&Doc> {
         .collect()
 }
 
-/// The documents used as patches.
+/// The documents used as patches, by a kustomization or by the walkthrough's `kubectl patch`.
 fn patches(tree: &Tree) -> Vec<&Doc> {
     let listed: BTreeSet<String> = kustomizations(tree)
         .iter()
         .flat_map(|k| k.patches.iter().map(|entry| join(k.dir(), entry)))
+        .chain(tree.kubectl_patches.iter().cloned())
         .collect();
     tree.docs
         .iter()
@@ -455,14 +483,21 @@ fn check_kustomizations(tree: &Tree, problems: &mut Vec<String>) {
             }
         }
     }
-    // Only manifests must be listed; other files (a README, an env file's example) may sit beside
-    // them.
+    for file in &tree.kubectl_patches {
+        if !tree.files.contains_key(file) {
+            problems.push(format!(
+                "{WALKTHROUGH} patches with {MANIFESTS}/{file}, which does not exist"
+            ));
+        }
+    }
+    // Only manifests must be listed (or applied as patches by the walkthrough); other files (a
+    // README, an env file's example) may sit beside them.
     for file in tree.files.keys().filter(|file| is_yaml(file)) {
         let Some(k) = all.iter().find(|k| k.dir() == parent(file)) else {
             problems.push(format!("{file}: no kustomization.yaml in its directory"));
             continue;
         };
-        if file_name(file) == "kustomization.yaml" {
+        if file_name(file) == "kustomization.yaml" || tree.kubectl_patches.contains(file) {
             continue;
         }
         let listed = k.entries().any(|entry| *file == join(k.dir(), entry));
@@ -506,6 +541,8 @@ struct ControlService {
     plugin_name: String,
     /// `--leader-lease`.
     lease: String,
+    /// `--state-configmap`.
+    state_configmap: String,
 }
 
 /// `--flag=value` and `--flag value` arguments.
@@ -612,6 +649,7 @@ fn check_control_service(tree: &Tree, problems: &mut Vec<String>) -> Option<Cont
         "listen",
         "kube-namespace",
         "wasmplugin",
+        "state-configmap",
         "state-configmap-namespace",
         "leader-lease",
         "prometheus-url",
@@ -841,6 +879,7 @@ fn check_control_service(tree: &Tree, problems: &mut Vec<String>) -> Option<Cont
         plugin_namespace: flag_value("kube-namespace"),
         plugin_name: flag_value("wasmplugin"),
         lease: flag_value("leader-lease"),
+        state_configmap: flag_value("state-configmap"),
     })
 }
 
@@ -993,18 +1032,32 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
                         .extend(texts(rule, "/verbs").into_iter().map(str::to_string));
                 }
             }
-            // Where a rule names objects, the names must be the ones the service uses.
+            // Least privilege by name: everything but `create` (which RBAC cannot restrict by
+            // name) is granted on the one object the service uses, and only on it.
             let names = texts(rule, "/resourceNames");
-            for (resource, name) in [
-                ("leases", &service.lease),
-                ("wasmplugins", &service.plugin_name),
-            ] {
-                if texts(rule, "/resources").contains(&resource)
-                    && !names.is_empty()
-                    && !names.contains(&name.as_str())
-                {
+            let verbs = texts(rule, "/verbs");
+            for resource in texts(rule, "/resources") {
+                let used = match resource {
+                    "configmaps" => &service.state_configmap,
+                    "leases" => &service.lease,
+                    "wasmplugins" => &service.plugin_name,
+                    _ => continue,
+                };
+                if !names.is_empty() && names != [used.as_str()] {
                     problems.push(format!(
-                        "{}: {resource} restricted to {names:?}, but the service uses {name:?}",
+                        "{}: {resource} restricted to {names:?}, but the service uses {used:?}",
+                        role.at()
+                    ));
+                }
+                if !names.is_empty() && verbs.contains(&"create") {
+                    problems.push(format!(
+                        "{}: create on {resource} restricted by resourceNames, which RBAC cannot do (it grants nothing)",
+                        role.at()
+                    ));
+                }
+                if names.is_empty() && verbs.iter().any(|verb| *verb != "create") {
+                    problems.push(format!(
+                        "{}: {verbs:?} on {resource} not restricted by name to {used:?}",
                         role.at()
                     ));
                 }
@@ -1017,7 +1070,7 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
     let expected: BTreeMap<Scope, BTreeSet<String>> = [
         (
             scope(own, "", "configmaps"),
-            strings(&["get", "list", "watch", "create", "update", "patch"]),
+            strings(&["get", "create", "update"]),
         ),
         (
             scope(own, "coordination.k8s.io", "leases"),
@@ -1146,15 +1199,30 @@ fn check_wasmplugin(
         ));
     }
 
-    let raw = v
-        .pointer("/spec/pluginConfig")
-        .cloned()
-        .unwrap_or(Value::Null);
-    let config = match serde_json::from_value::<FilterConfig>(raw) {
+    if v.pointer("/spec/pluginConfig").is_some() {
+        problems.push(format!(
+            "{at}: spec.pluginConfig is set: the service owns it (server-side apply), so the manifest \
+             must leave it out or every re-apply resets a rollout (put the starting config in the \
+             {INITIAL_CONFIG} annotation)"
+        ));
+    }
+    let Some(seed) = text(
+        v,
+        &format!(
+            "/metadata/annotations/{}",
+            INITIAL_CONFIG.replace('/', "~1")
+        ),
+    ) else {
+        problems.push(format!(
+            "{at}: no {INITIAL_CONFIG} annotation: the service would start from an empty config"
+        ));
+        return None;
+    };
+    let config = match FilterConfig::from_json(seed.as_bytes()) {
         Ok(config) => config,
         Err(error) => {
             problems.push(format!(
-                "{at}: pluginConfig does not parse as the filter's config: {error}"
+                "{at}: {INITIAL_CONFIG} does not parse as the filter's config: {error}"
             ));
             return None;
         }
@@ -1163,7 +1231,7 @@ fn check_wasmplugin(
         Ok(config) => config,
         Err(error) => {
             problems.push(format!(
-                "{at}: the filter would reject pluginConfig: {error}"
+                "{at}: the filter would reject {INITIAL_CONFIG}: {error}"
             ));
             return None;
         }
@@ -1437,6 +1505,8 @@ enum Edit {
     Remove(&'static str, &'static str, &'static str),
     /// Replace the control Deployment's `--name=…` argument of the same name.
     Flag(&'static str),
+    /// Set what is at a JSON pointer of the WasmPlugin's initial config (the annotation's JSON).
+    Seed(&'static str, &'static str),
     /// Anything else.
     Other(fn(&mut Tree)),
 }
@@ -1480,6 +1550,30 @@ impl Edit {
                     });
                 *arg.unwrap_or_else(|| panic!("no {prefix}= argument")) = json!(new);
             }
+            Edit::Seed(pointer, json) => {
+                let key = format!(
+                    "/metadata/annotations/{}",
+                    INITIAL_CONFIG.replace('/', "~1")
+                );
+                let annotation = doc_mut(tree, "WasmPlugin", PLUGIN)
+                    .pointer_mut(&key)
+                    .expect("the WasmPlugin has the initial config");
+                let mut config: Value =
+                    serde_json::from_str(annotation.as_str().expect("a string")).expect("JSON");
+                let value: Value = serde_json::from_str(json).expect("the new value is JSON");
+                let (parent, key) = split_pointer(pointer);
+                match config.pointer_mut(parent) {
+                    Some(Value::Object(map)) => {
+                        map.insert(key, value);
+                    }
+                    Some(Value::Array(list)) => {
+                        let index: usize = key.parse().expect("an array index");
+                        list[index] = value;
+                    }
+                    _ => panic!("the initial config has no map or list at {parent}"),
+                }
+                *annotation = Value::String(config.to_string());
+            }
             Edit::Other(edit) => edit(tree),
         }
     }
@@ -1514,7 +1608,7 @@ fn http_routes(tree: &mut Tree) -> &mut Vec<Value> {
 const CONTROL: &str = "meshcanary-control";
 const PLUGIN: &str = "reviews-canary";
 
-use Edit::{Flag, Other, Remove, Set};
+use Edit::{Flag, Other, Remove, Seed, Set};
 
 /// Each mistake, and words of the problem it must produce.
 #[rustfmt::skip]
@@ -1528,6 +1622,8 @@ const BREAKAGES: &[(&str, Edit, &str)] = &[
     ("a file nobody lists", Other(|t| { t.files.insert("extra.yaml".into(), String::new()); }), "extra.yaml is not listed"),
     ("the token input without its example", Other(|t| { t.files.remove("token.env.example"); t.files.remove("token.env"); }), "\"token.env\", which does not exist"),
     ("a remote resource on master", Set("Kustomization", "meshcanary-bookinfo", "/resources/0", r#""https://raw.githubusercontent.com/istio/istio/master/samples/bookinfo/platform/kube/bookinfo.yaml""#), "not pinned"),
+    ("a patch file the walkthrough does not apply", Other(|t| { t.kubectl_patches.clear(); }), "productpage-stats.yaml is not listed"),
+    ("the walkthrough patching with a missing file", Other(|t| { t.kubectl_patches.insert("bookinfo/gone.yaml".into()); }), "bookinfo/gone.yaml, which does not exist"),
     // The control service.
     ("one replica", Set("Deployment", CONTROL, "/spec/replicas", "1"), "replicas must be 2"),
     ("a Service selecting other pods", Set("Service", CONTROL, "/spec/selector", r#"{"app.kubernetes.io/name": "other"}"#), "one Service selecting its pods"),
@@ -1548,15 +1644,20 @@ const BREAKAGES: &[(&str, Edit, &str)] = &[
     // RBAC.
     ("a binding for another account", Set("RoleBinding", CONTROL, "/subjects/0/name", r#""default""#), "is not the Deployment's ServiceAccount"),
     ("a binding to a missing Role", Set("RoleBinding", CONTROL, "/roleRef/name", r#""missing""#), "no such Role"),
-    ("a ClusterRoleBinding", Set("RoleBinding", "meshcanary-wasmplugins", "/kind", r#""ClusterRoleBinding""#), "grants cluster-wide"),
-    ("delete on ConfigMaps", Set("Role", CONTROL, "/rules/0/verbs", r#"["get", "list", "watch", "create", "update", "patch", "delete"]"#), "grants [\"delete\"] on /configmaps"),
-    ("no watch on ConfigMaps", Set("Role", CONTROL, "/rules/0/verbs", r#"["get", "list", "create", "update", "patch"]"#), "does not grant [\"watch\"] on /configmaps"),
-    ("no create on leases", Set("Role", CONTROL, "/rules/1/verbs", r#"["get"]"#), "does not grant [\"create\"] on coordination.k8s.io/leases"),
-    ("update on WasmPlugins", Set("ClusterRole", "meshcanary-wasmplugins", "/rules/0/verbs", r#"["get", "list", "watch", "patch", "update"]"#), "grants [\"update\"] on extensions.istio.io/wasmplugins"),
-    ("a wildcard resource", Set("ClusterRole", "meshcanary-wasmplugins", "/rules/0/resources", r#"["*"]"#), "wildcard resources"),
-    ("Secrets readable", Set("Role", CONTROL, "/rules/0/resources", r#"["configmaps", "secrets"]"#), "on /secrets"),
-    ("WasmPlugins granted in another namespace", Set("RoleBinding", "meshcanary-wasmplugins", "/metadata/namespace", r#""bookinfo""#), "in namespace \"bookinfo\""),
+    ("a ClusterRoleBinding", Set("RoleBinding", "meshcanary-wasmplugin", "/kind", r#""ClusterRoleBinding""#), "grants cluster-wide"),
+    ("delete on the state ConfigMap", Set("Role", CONTROL, "/rules/1/verbs", r#"["get", "update", "delete"]"#), "grants [\"delete\"] on /configmaps"),
+    ("list on ConfigMaps", Set("Role", CONTROL, "/rules/0/verbs", r#"["create", "list"]"#), "grants [\"list\"] on /configmaps"),
+    ("every ConfigMap readable", Remove("Role", CONTROL, "/rules/1/resourceNames"), "on configmaps not restricted by name"),
+    ("create restricted by name", Set("Role", CONTROL, "/rules/0/resourceNames", r#"["meshcanary-state"]"#), "which RBAC cannot do"),
+    ("no update on the state", Set("Role", CONTROL, "/rules/1/verbs", r#"["get"]"#), "does not grant [\"update\"] on /configmaps"),
+    ("no create on leases", Set("Role", CONTROL, "/rules/2/verbs", r#"["get"]"#), "does not grant [\"create\"] on coordination.k8s.io/leases"),
+    ("update on WasmPlugins", Set("Role", "meshcanary-wasmplugin", "/rules/0/verbs", r#"["get", "list", "watch", "patch", "update"]"#), "grants [\"update\"] on extensions.istio.io/wasmplugins"),
+    ("every WasmPlugin patchable", Remove("Role", "meshcanary-wasmplugin", "/rules/0/resourceNames"), "on wasmplugins not restricted by name"),
+    ("a wildcard resource", Set("Role", "meshcanary-wasmplugin", "/rules/0/resources", r#"["*"]"#), "wildcard resources"),
+    ("Secrets readable", Set("Role", CONTROL, "/rules/1/resources", r#"["configmaps", "secrets"]"#), "on /secrets"),
+    ("WasmPlugins granted in another namespace", Other(|t| { for kind in ["Role", "RoleBinding"] { doc_mut(t, kind, "meshcanary-wasmplugin")["metadata"]["namespace"] = json!("bookinfo"); } }), "in namespace \"bookinfo\""),
     ("another lease name", Flag("--leader-lease=other"), "the service uses \"other\""),
+    ("another state ConfigMap name", Flag("--state-configmap=other"), "the service uses \"other\""),
     // The WasmPlugin.
     ("the service patching another WasmPlugin", Flag("--wasmplugin=other"), "not this one"),
     ("the module on another port", Set("WasmPlugin", PLUGIN, "/spec/url", r#""http://meshcanary-control.meshcanary-system.svc:7071/filter/meshcanary.wasm""#), "not the control Service's module"),
@@ -1565,12 +1666,14 @@ const BREAKAGES: &[(&str, Edit, &str)] = &[
     ("the STATS phase", Set("WasmPlugin", PLUGIN, "/spec/phase", r#""STATS""#), "/spec/phase must be AUTHN"),
     ("the server side", Set("WasmPlugin", PLUGIN, "/spec/match/0/mode", r#""SERVER""#), "match must be"),
     ("fail closed", Set("WasmPlugin", PLUGIN, "/spec/failStrategy", r#""FAIL_CLOSE""#), "FAIL_OPEN"),
-    ("a typo in pluginConfig", Set("WasmPlugin", PLUGIN, "/spec/pluginConfig/routes/0/variants/0/wieght", "1"), "unknown field `wieght`"),
-    ("weights not summing to 10000", Set("WasmPlugin", PLUGIN, "/spec/pluginConfig/routes/0/variants/1/weight", "10"), "weights sum to 10010"),
+    ("pluginConfig in the manifest", Set("WasmPlugin", PLUGIN, "/spec/pluginConfig", "{}"), "the service owns it"),
+    ("no initial config", Remove("WasmPlugin", PLUGIN, "/metadata/annotations/meshcanary.io~1initial-plugin-config"), "no meshcanary.io/initial-plugin-config"),
+    ("a typo in the initial config", Seed("/routes/0/variants/0/wieght", "1"), "unknown field `wieght`"),
+    ("weights not summing to 10000", Seed("/routes/0/variants/1/weight", "10"), "weights sum to 10010"),
     // Routing.
-    ("a route for another host", Set("WasmPlugin", PLUGIN, "/spec/pluginConfig/routes/0/hosts", r#"["ratings"]"#), "no pluginConfig route matches host"),
-    ("only the short host name", Set("WasmPlugin", PLUGIN, "/spec/pluginConfig/routes/0/hosts", r#"["reviews"]"#), "no pluginConfig route matches host"),
-    ("another variant header", Set("WasmPlugin", PLUGIN, "/spec/pluginConfig/variantHeader", r#""x-variant""#), "is not the default \"x-meshcanary-variant\""),
+    ("a route for another host", Seed("/routes/0/hosts", r#"["ratings"]"#), "no pluginConfig route matches host"),
+    ("only the short host name", Seed("/routes/0/hosts", r#"["reviews"]"#), "no pluginConfig route matches host"),
+    ("another variant header", Seed("/variantHeader", r#""x-variant""#), "is not the default \"x-meshcanary-variant\""),
     ("the VirtualService on another header", Set("VirtualService", "reviews", "/spec/http/0/match/0/headers", r#"{"x-variant": {"exact": "v2"}}"#), "must match exactly the header"),
     ("a prefix match", Set("VirtualService", "reviews", "/spec/http/0/match/0/headers/x-meshcanary-variant", r#"{"prefix": "v2"}"#), "must match exactly the header"),
     ("a header value that is no variant", Set("VirtualService", "reviews", "/spec/http/0/match/0/headers/x-meshcanary-variant/exact", r#""v4""#), "which is not a variant"),

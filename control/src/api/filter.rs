@@ -22,7 +22,7 @@ pub struct WasmArtifact {
 impl WasmArtifact {
     /// Reads the module at `path`.
     pub fn read(path: &Path) -> Result<WasmArtifact> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Store {
+        let bytes = std::fs::read(path).map_err(|source| Error::File {
             path: path.display().to_string(),
             source,
         })?;

@@ -11,11 +11,12 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Readiness: the current filter config is pushed.
+/// Readiness: the current filter config is pushed and saved; a leader has taken over (adopted or
+/// resumed its config); a follower can read the leader's state.
 #[utoipa::path(get, path = "/readyz", tag = "system",
-    responses((status = 200, description = "Ready", body = String), (status = 503, description = "The last push failed", body = String)))]
+    responses((status = 200, description = "Ready", body = String), (status = 503, description = "Not ready, and why: the last push, save, take-over or reload failed", body = String)))]
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.controller.push_error() {
+    match state.controller.not_ready() {
         None => (StatusCode::OK, "ready".to_string()),
         Some(error) => (
             StatusCode::SERVICE_UNAVAILABLE,

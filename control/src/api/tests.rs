@@ -86,7 +86,7 @@ async fn harness(protect_reads: bool) -> Harness {
         Box::new(MemoryStore::default()),
         Box::new(pushed.clone()),
         Box::new(NoProxies),
-        initial,
+        Some(initial),
     )
     .await
     .unwrap();

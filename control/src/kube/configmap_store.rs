@@ -7,11 +7,14 @@
 //! checks the size first and asks for finished rollouts to be deleted rather than failing at the
 //! API server or dropping history on its own.
 //!
-//! The store must be the only writer. Every write is conditional on the `resourceVersion` the
-//! store last read or wrote, so if another replica wrote in between (two leaders for a moment, a
-//! person editing the ConfigMap) the API server answers 409 Conflict and `save` fails instead of
-//! overwriting it. The store then refuses every write until [`StateStore::load`] is called again,
-//! which is what a replica does when it (re)gains leadership.
+//! Every write is conditional on the `resourceVersion` the store last read or wrote, so nothing
+//! anyone else wrote in between is overwritten blindly. On 409 Conflict the store reads the
+//! ConfigMap again and looks at what changed:
+//! - only its metadata (a label or annotation added by a backup tool or `kubectl annotate`):
+//!   the state is still what this store wrote, so it writes again on top, keeping their metadata;
+//! - the state itself (another replica that believed it led, a person restoring a backup): that
+//!   is a real conflict, answered with [`Error::StateConflict`]; the store refuses further writes
+//!   until it is loaded again, and the service re-reads the state and applies its change on top.
 
 use super::{describe_error, is_conflict, is_not_found, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::error::{Error, Result};
@@ -28,6 +31,13 @@ use tokio::sync::Mutex;
 pub const STATE_KEY: &str = "state.json";
 /// The most data a ConfigMap may hold: the API server rejects larger ones.
 pub const MAX_CONFIGMAP_DATA: usize = 1024 * 1024;
+/// How many times a save writes again after someone else edited only the ConfigMap's metadata.
+const METADATA_RETRIES: usize = 5;
+
+/// The state text a ConfigMap holds, if any.
+fn state_text(object: &ConfigMap) -> Option<&str> {
+    object.data.as_ref()?.get(STATE_KEY).map(String::as_str)
+}
 
 /// [`ServiceState`] in the ConfigMap `namespace/name`, labelled
 /// `app.kubernetes.io/managed-by: meshcanary`.
@@ -76,12 +86,10 @@ impl ConfigMapStore {
         }
     }
 
-    /// The current resourceVersion on the server, for error messages.
-    async fn current_version(&self) -> String {
-        match self.api.get_opt(&self.name).await {
-            Ok(Some(object)) => object.metadata.resource_version.unwrap_or_default(),
-            Ok(None) => "deleted".to_string(),
-            Err(error) => format!("unknown: {}", describe_error(&error)),
+    fn conflict(&self, reason: impl Into<String>) -> Error {
+        Error::StateConflict {
+            path: self.describe(),
+            reason: reason.into(),
         }
     }
 }
@@ -127,75 +135,102 @@ impl StateStore for ConfigMapStore {
             .map_err(|error| self.corrupt(format!("cannot serialise the state: {error}")))?;
         check_size(&text).map_err(|message| self.error(message))?;
         let mut seen = self.seen.lock().await;
-        let written = match &*seen {
-            Seen::Conflicted => {
-                return Err(self.error(
-                    "another writer changed the ConfigMap since this replica last read it; \
-                     refusing to overwrite it until the state is loaded again",
-                ))
-            }
-            Seen::Unread | Seen::Absent => {
-                let object = ConfigMap {
-                    metadata: ObjectMeta {
-                        name: Some(self.name.clone()),
-                        namespace: Some(self.namespace.clone()),
-                        labels: Some(managed_labels(None)),
-                        ..ObjectMeta::default()
-                    },
-                    data: Some(BTreeMap::from([(STATE_KEY.to_string(), text)])),
-                    ..ConfigMap::default()
-                };
-                match self.api.create(&PostParams::default(), &object).await {
-                    Ok(written) => written,
-                    Err(error) if is_conflict(&error) => {
-                        let message = match *seen {
-                            Seen::Unread => {
-                                "the ConfigMap already exists and this store has not \
-                                loaded it; refusing to overwrite it (load before saving)"
-                            }
-                            _ => {
-                                "another writer created the ConfigMap first; refusing to \
-                                overwrite it (is a second meshcanary replica running without \
-                                leader election?)"
-                            }
-                        };
-                        *seen = Seen::Conflicted;
-                        return Err(self.error(message));
-                    }
-                    Err(error) => return Err(self.error(describe_error(&error))),
+        for _ in 0..METADATA_RETRIES {
+            let written = match &*seen {
+                Seen::Conflicted => {
+                    return Err(self.conflict(
+                        "another writer changed the ConfigMap since this replica last read it; \
+                         refusing to overwrite it until the state is loaded again",
+                    ))
                 }
-            }
-            Seen::Object(current) => {
-                let mut object = (**current).clone();
-                // Our data and label, their everything else (annotations, other labels);
-                // resourceVersion stays what we read: the precondition.
-                object.metadata.labels = Some(managed_labels(object.metadata.labels.take()));
-                object.metadata.managed_fields = None;
-                object.data = Some(BTreeMap::from([(STATE_KEY.to_string(), text)]));
-                object.binary_data = None;
-                match self
-                    .api
-                    .replace(&self.name, &PostParams::default(), &object)
-                    .await
-                {
-                    Ok(written) => written,
-                    Err(error) if is_conflict(&error) || is_not_found(&error) => {
-                        let expected = current.metadata.resource_version.clone();
-                        *seen = Seen::Conflicted;
-                        drop(seen);
-                        return Err(self.error(format!(
-                            "another writer changed the ConfigMap (resourceVersion now {}, this replica wrote {}); \
-                             refusing to overwrite it: is a second meshcanary replica active?",
-                            self.current_version().await,
-                            expected.unwrap_or_default()
-                        )));
+                Seen::Unread | Seen::Absent => {
+                    let object = ConfigMap {
+                        metadata: ObjectMeta {
+                            name: Some(self.name.clone()),
+                            namespace: Some(self.namespace.clone()),
+                            labels: Some(managed_labels(None)),
+                            ..ObjectMeta::default()
+                        },
+                        data: Some(BTreeMap::from([(STATE_KEY.to_string(), text.clone())])),
+                        ..ConfigMap::default()
+                    };
+                    match self.api.create(&PostParams::default(), &object).await {
+                        Ok(written) => written,
+                        Err(error) if is_conflict(&error) => {
+                            let message = match *seen {
+                                Seen::Unread => {
+                                    "the ConfigMap already exists and this store has not \
+                                    loaded it; refusing to overwrite it (load before saving)"
+                                }
+                                _ => {
+                                    "another writer created the ConfigMap first; refusing to \
+                                    overwrite it (is a second meshcanary replica running without \
+                                    leader election?)"
+                                }
+                            };
+                            *seen = Seen::Conflicted;
+                            return Err(self.conflict(message));
+                        }
+                        Err(error) => return Err(self.error(describe_error(&error))),
                     }
-                    Err(error) => return Err(self.error(describe_error(&error))),
                 }
-            }
-        };
-        *seen = Seen::Object(Box::new(written));
-        Ok(())
+                Seen::Object(current) => {
+                    let mut object = (**current).clone();
+                    // Our data and label, their everything else (annotations, other labels);
+                    // resourceVersion stays what we read: the precondition.
+                    object.metadata.labels = Some(managed_labels(object.metadata.labels.take()));
+                    object.metadata.managed_fields = None;
+                    object.data = Some(BTreeMap::from([(STATE_KEY.to_string(), text.clone())]));
+                    object.binary_data = None;
+                    match self
+                        .api
+                        .replace(&self.name, &PostParams::default(), &object)
+                        .await
+                    {
+                        Ok(written) => written,
+                        Err(error) if is_conflict(&error) || is_not_found(&error) => {
+                            let ours = state_text(current).map(str::to_string);
+                            let now = self
+                                .api
+                                .get_opt(&self.name)
+                                .await
+                                .map_err(|error| self.error(describe_error(&error)))?;
+                            match now {
+                                // Only its metadata changed: write again on top of it.
+                                Some(now)
+                                    if ours.is_some() && state_text(&now) == ours.as_deref() =>
+                                {
+                                    tracing::info!(configmap = %self.describe(), "the ConfigMap's metadata was edited by someone else; writing the state on top");
+                                    *seen = Seen::Object(Box::new(now));
+                                    continue;
+                                }
+                                now => {
+                                    let expected = current.metadata.resource_version.clone();
+                                    *seen = Seen::Conflicted;
+                                    let version = match now {
+                                        Some(now) => {
+                                            now.metadata.resource_version.unwrap_or_default()
+                                        }
+                                        None => "deleted".to_string(),
+                                    };
+                                    return Err(self.conflict(format!(
+                                        "another writer changed the state in the ConfigMap (resourceVersion now {version}, \
+                                         this replica wrote {}); re-read it before writing",
+                                        expected.unwrap_or_default()
+                                    )));
+                                }
+                            }
+                        }
+                        Err(error) => return Err(self.error(describe_error(&error))),
+                    }
+                }
+            };
+            *seen = Seen::Object(Box::new(written));
+            return Ok(());
+        }
+        Err(self.error(format!(
+            "the ConfigMap's metadata changed under every one of {METADATA_RETRIES} writes; will retry"
+        )))
     }
 
     fn describe(&self) -> String {

@@ -39,6 +39,9 @@ pub struct Drift {
     pub generation: Option<i64>,
     /// The live object's `metadata.resourceVersion`.
     pub resource_version: Option<String>,
+    /// The `generation` field of the live `pluginConfig`, if it has one: a re-apply must go above
+    /// it, or proxies running the edit would count as running the re-applied config.
+    pub config_generation: Option<u64>,
     /// What differs; never empty.
     pub differences: Vec<Difference>,
 }
@@ -180,6 +183,11 @@ pub fn drift_of(object: &DynamicObject, expected: &FilterConfig) -> Option<Drift
     (!differences.is_empty()).then(|| Drift {
         generation: object.metadata.generation,
         resource_version: object.metadata.resource_version.clone(),
+        config_generation: object
+            .data
+            .pointer("/spec/pluginConfig/generation")
+            .map(integral_numbers)
+            .and_then(|generation| generation.as_u64()),
         differences,
     })
 }
@@ -290,8 +298,46 @@ pub enum DriftEvent {
     Drifted(Drift),
     /// The `WasmPlugin` does not exist: it was deleted, or was not there when the watch started.
     Deleted,
-    /// The watch failed; it retries with backoff by itself.
+    /// The watch failed; it retries by itself, within [`WATCH_RETRY_MAX`].
     WatchError(String),
+}
+
+/// The longest pause between attempts to re-establish the watch. kube's default backoff grows to
+/// 30 s, kind to a struggling API server but blind to drift for that long after an outage; one
+/// watch of one object can afford to look again every two seconds.
+pub const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Exponential backoff for re-establishing the watch: 100 ms doubling up to [`WATCH_RETRY_MAX`],
+/// back to 100 ms after any event.
+#[derive(Debug, Clone)]
+pub struct WatchBackoff {
+    next: Duration,
+}
+
+impl WatchBackoff {
+    const FIRST: Duration = Duration::from_millis(100);
+}
+
+impl Default for WatchBackoff {
+    fn default() -> WatchBackoff {
+        WatchBackoff { next: Self::FIRST }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (now * 2).min(WATCH_RETRY_MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
 }
 
 /// Settings for [`watch_drift_with`].
@@ -346,7 +392,7 @@ pub fn watch_drift_with(
         api,
         watcher::Config::default().fields(&format!("metadata.name={name}")),
     )
-    .default_backoff()
+    .backoff(WatchBackoff::default())
     .boxed();
     let state = DriftWatch {
         events,
@@ -358,6 +404,7 @@ pub fn watch_drift_with(
         listing: None,
         reported: None,
         drifting_since: None,
+        settling_until: None,
     };
     futures::stream::unfold(state, |mut state| async move {
         state.next_event().await.map(|event| (event, state))
@@ -391,6 +438,8 @@ struct DriftWatch {
     listing: Option<Option<DynamicObject>>,
     reported: Option<Reported>,
     drifting_since: Option<Instant>,
+    /// When a difference now settling will have lasted the settle time.
+    settling_until: Option<Instant>,
 }
 
 impl DriftWatch {
@@ -400,7 +449,9 @@ impl DriftWatch {
             if let Some(event) = self.evaluate(Instant::now()) {
                 return Some(event);
             }
-            let deadline = self.drifting_since.map(|since| since + self.settle);
+            // Only a difference still settling has a deadline: once reported (or gone), there is
+            // nothing to wake up for until the object or the expected config changes.
+            let deadline = self.settling_until;
             tokio::select! {
                 event = self.events.next() => match event? {
                     Ok(event) => self.observe(event),
@@ -409,8 +460,8 @@ impl DriftWatch {
                 changed = self.expected.changed(), if self.expected_open => {
                     // The sender is gone: keep comparing against the last config it sent.
                     self.expected_open = changed.is_ok();
-                    // A new push starts the settle time afresh: a difference seen before it (a
-                    // follower's stale expectation, say) must not make the push itself a drift.
+                    // A push: `changed` marked it seen, so `evaluate` cannot tell; restart the
+                    // settle time here (see there).
                     self.drifting_since = None;
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {}
@@ -438,10 +489,20 @@ impl DriftWatch {
 
     /// The event to send now, if the status changed; starts or clears the settle timer.
     fn evaluate(&mut self, now: Instant) -> Option<DriftEvent> {
+        self.settling_until = None;
+        // One look at the expected config, which also says whether it is new: comparing against
+        // a config read separately from that check would race with a push landing in between.
+        let expected = self.expected.borrow_and_update();
+        if expected.has_changed() {
+            // A new push starts the settle time afresh: a difference seen before it (the drift
+            // the push re-applies, a follower's stale expectation) must not make the push itself
+            // look like a drift that has lasted.
+            self.drifting_since = None;
+        }
         let (status, event) = match &self.live {
             Live::Unknown => return None,
             Live::Absent => (Reported::Deleted, DriftEvent::Deleted),
-            Live::Present(object) => match drift_of(object, &self.expected.borrow()) {
+            Live::Present(object) => match drift_of(object, &expected) {
                 None => (
                     Reported::InSync,
                     DriftEvent::InSync {
@@ -454,6 +515,7 @@ impl DriftWatch {
                 ),
             },
         };
+        drop(expected);
         if !matches!(status, Reported::Drifted(_)) {
             self.drifting_since = None;
         }
@@ -463,6 +525,7 @@ impl DriftWatch {
         if matches!(status, Reported::Drifted(_)) {
             let since = *self.drifting_since.get_or_insert(now);
             if now < since + self.settle {
+                self.settling_until = Some(since + self.settle);
                 return None;
             }
         }
@@ -587,12 +650,23 @@ mod tests {
     }
 
     #[test]
+    fn the_watch_retries_soon_after_an_outage() {
+        use kube::runtime::utils::Backoff;
+        let mut backoff = WatchBackoff::default();
+        let delays: Vec<u128> = backoff.by_ref().take(8).map(|d| d.as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+        backoff.reset();
+        assert_eq!(backoff.next(), Some(Duration::from_millis(100)));
+    }
+
+    #[test]
     fn drift_names_the_generation_and_reads_well() {
         let mut object = DynamicObject::new("plugin", &wasmplugin_resource())
             .data(json!({"spec": {"url": "oci://x", "pluginConfig": {"generation": 1}}}));
         object.metadata.generation = Some(7);
         let drift = drift_of(&object, &expected()).unwrap();
         assert_eq!(drift.generation, Some(7));
+        assert_eq!(drift.config_generation, Some(1));
         assert_eq!(
             drift.to_string(),
             "pluginConfig drifted (WasmPlugin generation 7): generation is 1, pushed 4; \
@@ -611,7 +685,7 @@ mod tests {
 
     #[tokio::test]
     async fn reports_changes_once_and_drift_only_after_it_settles() {
-        let (_tx, rx) = watch::channel(expected());
+        let (tx, rx) = watch::channel(expected());
         let mut watch = DriftWatch {
             events: futures::stream::pending().boxed(),
             name: "plugin".into(),
@@ -622,30 +696,62 @@ mod tests {
             listing: None,
             reported: None,
             drifting_since: None,
+            settling_until: None,
         };
         let t0 = Instant::now();
         let secs = |s: u64| t0 + Duration::from_secs(s);
         let in_sync = serde_json::to_value(expected()).unwrap();
+        let mut next = expected();
+        next.generation = 5;
+        let in_sync_next = serde_json::to_value(&next).unwrap();
         let drifted = json!({"generation": 1});
-        let steps: Vec<(Instant, Option<Live>, Option<&str>)> = vec![
-            (secs(0), None, None),
-            (secs(0), Some(present(in_sync.clone())), Some("in sync")),
-            (secs(1), None, None),
-            (secs(2), Some(present(drifted.clone())), None),
-            (secs(3), None, None),
-            (secs(4), None, Some("drifted")),
-            (secs(5), None, None),
-            (secs(6), Some(present(in_sync.clone())), Some("in sync")),
+        // When, what the object becomes, a config the service pushes, the event expected.
+        type Step<'a> = (Instant, Option<Live>, Option<FilterConfig>, Option<&'a str>);
+        let steps: Vec<Step> = vec![
+            (secs(0), None, None, None),
+            (
+                secs(0),
+                Some(present(in_sync.clone())),
+                None,
+                Some("in sync"),
+            ),
+            (secs(1), None, None, None),
+            (secs(2), Some(present(drifted.clone())), None, None),
+            (secs(3), None, None, None),
+            (secs(4), None, None, Some("drifted")),
+            (secs(5), None, None, None),
+            (
+                secs(6),
+                Some(present(in_sync.clone())),
+                None,
+                Some("in sync"),
+            ),
             // A blip shorter than the settle time is not drift.
-            (secs(7), Some(present(drifted.clone())), None),
-            (secs(8), Some(present(in_sync.clone())), None),
-            (secs(20), None, None),
-            (secs(21), Some(Live::Absent), Some("deleted")),
-            (secs(22), None, None),
+            (secs(7), Some(present(drifted.clone())), None, None),
+            (secs(8), Some(present(in_sync.clone())), None, None),
+            // A drift that lasts, then the service re-applies (pushes a new config) while the
+            // object still shows the edit: the push starts the settle time afresh, so the
+            // moment between the push and the object catching up is not a new drift.
+            (secs(10), Some(present(drifted.clone())), None, None),
+            (secs(12), None, None, Some("drifted")),
+            (secs(13), None, Some(next.clone()), None),
+            (secs(14), None, None, None),
+            (
+                secs(15),
+                Some(present(in_sync_next.clone())),
+                None,
+                Some("in sync"),
+            ),
+            (secs(20), None, None, None),
+            (secs(21), Some(Live::Absent), None, Some("deleted")),
+            (secs(22), None, None, None),
         ];
-        for (at, live, want) in steps {
+        for (at, live, push, want) in steps {
             if let Some(live) = live {
                 watch.live = live;
+            }
+            if let Some(push) = push {
+                tx.send(push).unwrap();
             }
             let event = watch.evaluate(at).map(|event| match event {
                 DriftEvent::InSync { .. } => "in sync",
@@ -654,6 +760,14 @@ mod tests {
                 DriftEvent::WatchError(_) => "error",
             });
             assert_eq!(event, want, "at {:?}", at - t0);
+            // The watch wakes up by itself only for a difference still settling: a reported
+            // drift that lasts must not keep it spinning.
+            let settling = [secs(2), secs(3), secs(7), secs(10), secs(13), secs(14)];
+            match settling.contains(&at) {
+                true => assert!(watch.settling_until.is_some(), "at {:?}", at - t0),
+                false => assert_eq!(watch.settling_until, None, "at {:?}", at - t0),
+            }
         }
+        assert_eq!(watch.settling_until, None);
     }
 }

@@ -1,7 +1,9 @@
 //! Kubernetes and Istio mode: the pieces that talk to the API server through `kube`.
 //!
 //! - [`wasmplugin::WasmPluginRouter`] pushes the filter config into an Istio `WasmPlugin`'s
-//!   `spec.pluginConfig`, and nothing else, with optimistic concurrency.
+//!   `spec.pluginConfig`, and nothing else, by server-side apply under its own field manager with
+//!   optimistic concurrency; it reads back what a `WasmPlugin` holds so that a service without
+//!   state adopts it ([`crate::adopt`]).
 //! - [`drift`] notices when someone (a person with `kubectl edit`, a GitOps tool reverting) changes
 //!   that `pluginConfig` behind the service's back, or deletes the `WasmPlugin`.
 //! - [`configmap_store::ConfigMapStore`] keeps the service state in one ConfigMap, so a restarted
@@ -12,9 +14,11 @@
 //! Every write carries the `metadata.resourceVersion` it was computed from: the API server refuses
 //! it with 409 Conflict if anyone wrote in between, so no write is ever lost silently.
 //!
-//! RBAC the service account needs, in its namespace and the WasmPlugin's: `get`, `list`, `watch`,
-//! `patch` on `wasmplugins.extensions.istio.io`; `get`, `create`, `update` on `configmaps` and
-//! `coordination.k8s.io` `leases`.
+//! RBAC the service account needs (`envoy-config/istio/` grants exactly this, by name): `get`,
+//! `list`, `watch` (with the field selector `metadata.name=<plugin>`) and `patch` on its one
+//! `wasmplugins.extensions.istio.io`; `get` and `update` on its state ConfigMap and its Lease, and
+//! `create` on `configmaps` and `coordination.k8s.io` `leases` of its own namespace (RBAC cannot
+//! restrict `create` by name).
 
 pub mod configmap_store;
 pub mod drift;

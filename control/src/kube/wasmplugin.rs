@@ -6,26 +6,27 @@
 //! belongs to whoever installed it — Helm, a GitOps tool, a person — and this router never changes
 //! any of it: it owns `spec.pluginConfig` and nothing else.
 //!
-//! # Why a JSON merge patch with a `resourceVersion` precondition
+//! # Server-side apply of one field, with a `resourceVersion` precondition
 //!
-//! Each push reads the object, computes the RFC 7386 merge patch that turns the live
-//! `pluginConfig` into the desired one (`null` for every key that must disappear, since a merge
-//! patch merges objects key by key and would otherwise keep removed keys) and sends it with the
-//! `metadata.resourceVersion` it read. The API server applies it only if nobody wrote in between;
-//! on 409 Conflict the router reads again and recomputes, a bounded number of times. The patch
-//! names `spec.pluginConfig` alone, so every other field stays whatever it is at write time,
-//! including concurrent edits.
+//! Each push reads the object and sends a server-side apply (field manager `meshcanary`,
+//! `force`) naming `spec.pluginConfig` alone, with the `metadata.resourceVersion` it read. So:
+//! - the API server records meshcanary as the owner of every field of `pluginConfig`, and of
+//!   nothing else. A GitOps tool applying the rest of the manifest (without `pluginConfig`, as the
+//!   shipped one is) never conflicts with it and never resets it; if Git still carries a
+//!   `pluginConfig`, that tool's own apply now fails with a conflict naming meshcanary, which is
+//!   the honest answer (see README, "GitOps");
+//! - fields meshcanary owned and no longer sends (a removed `responseHeader`) are removed by the
+//!   apply itself; keys someone else slipped into `pluginConfig` by hand are not ours to drop by
+//!   apply, so a follow-up merge patch removes them: the live config ends exactly as pushed;
+//! - every write is conditional on what was read: on 409 Conflict the router reads again and
+//!   retries, a bounded number of times, so a concurrent edit of another field is never lost.
 //!
-//! Server-side apply was the alternative. It would record ownership per field, but
-//! `pluginConfig` is a schemaless object (`x-kubernetes-preserve-unknown-fields`), so ownership
-//! would be tracked per leaf inside our own config: a `kubectl edit` of one weight would make the
-//! next apply fail with a field-manager conflict unless we force it, and forcing is exactly the
-//! "blindly overwrite" we want to avoid being silent about. Drift is handled explicitly instead
-//! ([`super::drift`]). The merge patch keeps the semantics simple — the pushed config replaces the
-//! live one exactly — and every write is still conditional on what was read.
+//! Drift (someone changing `pluginConfig` behind the service's back) is noticed by a watch and
+//! handled by the service's policy ([`super::drift`]), not silently by the next push.
 
 use super::{describe_error, is_conflict, FIELD_MANAGER};
 use crate::error::{Error, Result};
+use crate::router::LiveConfig;
 use crate::router::TrafficRouter;
 use async_trait::async_trait;
 use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
@@ -38,6 +39,11 @@ use tokio::sync::watch;
 /// someone else wrote the `WasmPlugin` during our read-patch round trip; a handful in a row means
 /// something is fighting over it, and the service's retry loop will try again later anyway.
 pub const MAX_CONFLICT_RETRIES: usize = 5;
+
+/// The annotation on a `WasmPlugin` holding the filter config the service starts from when the
+/// `WasmPlugin` has no `pluginConfig` yet (JSON, the `pluginConfig` schema). Whoever installs the
+/// `WasmPlugin` owns it; the service only reads it.
+pub const INITIAL_CONFIG_ANNOTATION: &str = "meshcanary.io/initial-plugin-config";
 
 /// The `WasmPlugin` custom resource: `extensions.istio.io/v1alpha1`, plural `wasmplugins`.
 pub fn wasmplugin_resource() -> ApiResource {
@@ -116,7 +122,8 @@ impl TrafficRouter for WasmPluginRouter {
         }
         let desired = serde_json::to_value(config)
             .map_err(|error| self.push_error(format!("cannot serialise the config: {error}")))?;
-        let params = PatchParams {
+        let apply = PatchParams::apply(FIELD_MANAGER).force();
+        let merge = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
             ..PatchParams::default()
         };
@@ -129,17 +136,37 @@ impl TrafficRouter for WasmPluginRouter {
             let Some(version) = live.metadata.resource_version.clone() else {
                 return Err(self.push_error("the API server returned no resourceVersion"));
             };
-            let current = live
+            let written = match self
+                .api
+                .patch(
+                    &self.name,
+                    &apply,
+                    &Patch::Apply(self.apply_body(&desired, &version)),
+                )
+                .await
+            {
+                Ok(written) => written,
+                Err(error) if is_conflict(&error) => {
+                    tracing::info!(target = %self.describe(), attempt, "WasmPlugin changed while pushing; re-reading");
+                    continue;
+                }
+                Err(error) => return Err(self.map_error(&error)),
+            };
+            // Keys someone else added to pluginConfig survive an apply (they are not ours):
+            // remove them, still conditional on the version just written.
+            let current = written
                 .data
                 .pointer("/spec/pluginConfig")
                 .unwrap_or(&Value::Null);
-            let Some(patch) = plugin_config_patch(current, &desired, &version) else {
-                tracing::debug!(target = %self.describe(), generation = config.generation, "pluginConfig already up to date");
+            let Some(written_version) = written.metadata.resource_version.as_deref() else {
+                return Err(self.push_error("the API server returned no resourceVersion"));
+            };
+            let Some(patch) = plugin_config_patch(current, &desired, written_version) else {
                 return Ok(());
             };
             match self
                 .api
-                .patch(&self.name, &params, &Patch::Merge(&patch))
+                .patch(&self.name, &merge, &Patch::Merge(&patch))
                 .await
             {
                 Ok(_) => return Ok(()),
@@ -154,8 +181,55 @@ impl TrafficRouter for WasmPluginRouter {
         )))
     }
 
+    async fn live(&self) -> Result<LiveConfig> {
+        let object = self
+            .api
+            .get_opt(&self.name)
+            .await
+            .map_err(|error| Error::Remote {
+                target: self.describe(),
+                reason: describe_error(&error),
+            })?;
+        let Some(object) = object else {
+            return Ok(LiveConfig::TargetMissing(format!(
+                "{} does not exist",
+                self.describe()
+            )));
+        };
+        let seed = object
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|annotations| annotations.get(INITIAL_CONFIG_ANNOTATION))
+            .cloned();
+        Ok(LiveConfig::Present {
+            config: object.data.pointer("/spec/pluginConfig").cloned(),
+            config_at: format!("{} spec.pluginConfig", self.describe()),
+            seed,
+            seed_at: format!("{} annotation {INITIAL_CONFIG_ANNOTATION}", self.describe()),
+        })
+    }
+
     fn describe(&self) -> String {
         format!("WasmPlugin {}/{}", self.namespace, self.name)
+    }
+}
+
+impl WasmPluginRouter {
+    /// The server-side apply body: the object's identity, the precondition, and
+    /// `spec.pluginConfig` — the one field the service owns.
+    fn apply_body(&self, desired: &Value, resource_version: &str) -> Value {
+        let resource = wasmplugin_resource();
+        json!({
+            "apiVersion": resource.api_version,
+            "kind": resource.kind,
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "resourceVersion": resource_version,
+            },
+            "spec": {"pluginConfig": desired},
+        })
     }
 }
 

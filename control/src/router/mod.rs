@@ -6,12 +6,37 @@ use crate::error::Result;
 use async_trait::async_trait;
 use meshcanary_core::config::FilterConfig;
 
+/// What the router's target holds before the service has written anything, so that a service
+/// without saved state adopts a live config instead of overwriting it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LiveConfig {
+    /// The router cannot read its target back (the ECDS file: the service is its only writer).
+    Unknown,
+    /// The target does not exist (yet); the service never creates it.
+    TargetMissing(String),
+    /// The target exists.
+    Present {
+        /// Its filter config as JSON, if it carries one.
+        config: Option<serde_json::Value>,
+        /// Where that config lives, for messages (`WasmPlugin ns/name spec.pluginConfig`).
+        config_at: String,
+        /// The starting config its owner left for the service (JSON text), if any.
+        seed: Option<String>,
+        /// Where the seed lives, for messages.
+        seed_at: String,
+    },
+}
+
 /// Delivers a complete filter config to the proxies. Applying the same config twice is harmless,
 /// so the service simply re-applies after a restart or a failed push.
 #[async_trait]
 pub trait TrafficRouter: Send + Sync {
     /// Pushes `config` (every route, with its generation).
     async fn apply(&self, config: &FilterConfig) -> Result<()>;
+    /// What the target holds now.
+    async fn live(&self) -> Result<LiveConfig> {
+        Ok(LiveConfig::Unknown)
+    }
     /// Where it pushes, for logs and status.
     fn describe(&self) -> String;
 }
