@@ -1788,3 +1788,100 @@ async fn gitops_appliers_never_reset_or_conflict_with_the_service() {
         "nothing reset"
     );
 }
+
+/// The upgrade path the walkthrough documents for WasmPlugins applied from older manifests that
+/// carried `pluginConfig`: client-side, `kubectl apply set-last-applied` with the new file first;
+/// server-side, nothing (the service co-owns every field it adopted, so the applier letting go of
+/// `pluginConfig` removes nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrading_from_a_manifest_with_plugin_config_keeps_the_live_config() {
+    for server_side in [false, true] {
+        let Some(cluster) = Cluster::start().await else {
+            return;
+        };
+        let envtest = cluster.installed.envtest;
+        // The WasmPlugin as the old manifest had it (pluginConfig in Git), and as the new one has it.
+        let mut new = cluster.installed_plugin.clone();
+        for pointer in [
+            "/metadata/managedFields",
+            "/metadata/resourceVersion",
+            "/metadata/uid",
+            "/metadata/creationTimestamp",
+            "/metadata/generation",
+            "/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration",
+        ] {
+            let (parent, key) = pointer.rsplit_once('/').unwrap();
+            if let Some(Value::Object(map)) = new.pointer_mut(parent) {
+                map.remove(&key.replace("~1", "/"));
+            }
+        }
+        let mut old = new.clone();
+        old["spec"]["pluginConfig"] = shipped_seed(&cluster);
+        let dir = tempfile::tempdir().unwrap();
+        let (old_file, new_file) = (dir.path().join("old.json"), dir.path().join("new.json"));
+        std::fs::write(&old_file, old.to_string()).unwrap();
+        std::fs::write(&new_file, new.to_string()).unwrap();
+        let (old_file, new_file) = (
+            old_file.display().to_string(),
+            new_file.display().to_string(),
+        );
+        cluster
+            .plugins()
+            .delete(WASMPLUGIN, &DeleteParams::default())
+            .await
+            .unwrap();
+        let apply = |file: &str| -> Vec<String> {
+            let mut args: Vec<String> = vec!["apply".into()];
+            if server_side {
+                args.extend([
+                    "--server-side".into(),
+                    "--field-manager=argocd-controller".into(),
+                ]);
+            }
+            args.extend(["-f".into(), file.to_string()]);
+            args
+        };
+        let run = |args: &[String]| {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            envtest.kubectl_ok(&args)
+        };
+        run(&apply(&old_file));
+
+        // The service adopts what the old manifest installed and moves it on.
+        let service = cluster.serve("a", "reapply").await;
+        cluster.wait_leader(&service).await;
+        let steps = json!([{"setWeight": {"percent": 25}}, {"pause": {}}]);
+        service
+            .write(
+                Method::POST,
+                "/v1/rollouts",
+                Some(rollout_spec("reviews-v2", steps)),
+            )
+            .await;
+        let live = wait_in_sync(&cluster, &service).await;
+        assert_eq!(canary_weight(&live), 2500);
+
+        // The upgrade, as documented.
+        if !server_side {
+            run(&[
+                "apply".into(),
+                "set-last-applied".into(),
+                "-f".into(),
+                new_file.clone(),
+            ]);
+        }
+        run(&apply(&new_file));
+        assert_eq!(
+            cluster.plugin_config().await,
+            live,
+            "server-side: {server_side}"
+        );
+        // And the next re-apply of the new file keeps it too.
+        run(&apply(&new_file));
+        assert_eq!(
+            cluster.plugin_config().await,
+            live,
+            "server-side: {server_side}"
+        );
+    }
+}

@@ -100,6 +100,28 @@ impl<'a> Installed<'a> {
         installed
     }
 
+    /// The user's checkout only (a copy of `envoy-config/`, no `token.env`, the digest not set),
+    /// with nothing installed, for a test that runs the install commands itself; the namespaces
+    /// are the shipped ones.
+    pub fn prepare(envtest: &'a Envtest) -> Installed<'a> {
+        let checkout = tempfile::Builder::new()
+            .prefix("meshcanary-checkout-")
+            .tempdir()
+            .expect("a temporary directory");
+        copy_tree(
+            &crate::workspace_root().join("envoy-config"),
+            &checkout.path().join("envoy-config"),
+        );
+        let _ = std::fs::remove_file(checkout.path().join("envoy-config/istio/token.env"));
+        Installed {
+            envtest,
+            system: SHIPPED_SYSTEM_NAMESPACE.to_string(),
+            apps: SHIPPED_APPS_NAMESPACE.to_string(),
+            api_token: String::new(),
+            checkout,
+        }
+    }
+
     /// `<checkout>/envoy-config/istio`.
     pub fn istio_dir(&self) -> PathBuf {
         self.checkout.path().join("envoy-config/istio")

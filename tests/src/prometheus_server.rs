@@ -51,16 +51,30 @@ impl PrometheusServer {
     /// Starts Prometheus scraping `envoy`'s admin `/stats/prometheus` every second, and waits
     /// until it is ready and has scraped the filter's stats once.
     pub async fn start(envoy: &Envoy) -> PrometheusServer {
+        PrometheusServer::start_labelled(envoy, &[]).await
+    }
+
+    /// Like [`PrometheusServer::start`], adding `labels` to every series scraped from `envoy` —
+    /// what Istio's scrape of a sidecar adds (`app`, `namespace`, `pod`…).
+    pub async fn start_labelled(envoy: &Envoy, labels: &[(&str, &str)]) -> PrometheusServer {
         let binary = prometheus_bin();
         let dir = tempfile::tempdir().expect("temp dir");
         let target = envoy
             .admin_url
             .trim_start_matches("http://")
             .trim_end_matches('/');
+        let labels: String = labels
+            .iter()
+            .map(|(name, value)| format!("      {name}: '{value}'\n"))
+            .collect();
+        let labels = match labels.is_empty() {
+            true => String::new(),
+            false => format!("    labels:\n{labels}"),
+        };
         let config = format!(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
              scrape_configs:\n- job_name: {JOB}\n  metrics_path: /stats/prometheus\n  \
-             static_configs:\n  - targets: ['{target}']\n"
+             static_configs:\n  - targets: ['{target}']\n{labels}"
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).expect("write prometheus.yml");
         let http = reqwest::Client::builder()

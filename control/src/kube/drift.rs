@@ -20,6 +20,7 @@
 use super::wasmplugin::wasmplugin_resource;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use kube::api::DynamicObject;
+use kube::runtime::utils::ResetTimerBackoff;
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Api;
@@ -307,8 +308,11 @@ pub enum DriftEvent {
 /// watch of one object can afford to look again every two seconds.
 pub const WATCH_RETRY_MAX: Duration = Duration::from_secs(2);
 
+/// After this long without an error, a new error starts the backoff from 100 ms again.
+pub const WATCH_BACKOFF_RESET: Duration = Duration::from_secs(10);
+
 /// Exponential backoff for re-establishing the watch: 100 ms doubling up to [`WATCH_RETRY_MAX`],
-/// back to 100 ms after any event.
+/// back to 100 ms once the watch has been quiet for [`WATCH_BACKOFF_RESET`].
 #[derive(Debug, Clone)]
 pub struct WatchBackoff {
     next: Duration,
@@ -392,7 +396,12 @@ pub fn watch_drift_with(
         api,
         watcher::Config::default().fields(&format!("metadata.name={name}")),
     )
-    .backoff(WatchBackoff::default())
+    // kube's watcher says "Init" (a success) before each list, which would reset a plain
+    // backoff on every attempt: only a quiet spell resets it.
+    .backoff(ResetTimerBackoff::new(
+        WatchBackoff::default(),
+        WATCH_BACKOFF_RESET,
+    ))
     .boxed();
     let state = DriftWatch {
         events,

@@ -188,7 +188,14 @@ impl TrafficRouter for WasmPluginRouter {
             .await
             .map_err(|error| Error::Remote {
                 target: self.describe(),
-                reason: describe_error(&error),
+                reason: match super::api_status(&error) {
+                    Some((403, _, message)) => format!(
+                        "not allowed to read it: {message} (a Role in its namespace must grant the \
+                         service account get, list, watch and patch on it, as \
+                         envoy-config/istio/bookinfo/rbac.yaml does)"
+                    ),
+                    _ => describe_error(&error),
+                },
             })?;
         let Some(object) = object else {
             return Ok(LiveConfig::TargetMissing(format!(
