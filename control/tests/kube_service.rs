@@ -25,12 +25,17 @@ use meshcanary_testkit::install::{Installed, Namespaces, Options, WASMPLUGIN};
 use meshcanary_testkit::interpose::Interposer;
 use meshcanary_testkit::pod::{PodCommand, ServiceProcess};
 use serde_json::{json, Value};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_meshcanary");
+/// The service under test: this build, or another one named by `MESHCANARY_BIN_UNDER_TEST` (to
+/// show what an older build does with the same tests).
+fn bin() -> std::path::PathBuf {
+    std::env::var_os("MESHCANARY_BIN_UNDER_TEST")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_meshcanary").into())
+}
 /// The service's state ConfigMap and Lease, as the Deployment names them.
 const STATE: &str = "meshcanary-state";
 const LEASE: &str = "meshcanary-control";
@@ -135,9 +140,7 @@ impl Cluster {
     }
 
     async fn serve_command(&self, name: &str, command: &PodCommand, via: Option<&str>) -> Service {
-        let mut process = self
-            .installed
-            .run_pod_via(Path::new(BIN), command, name, via);
+        let mut process = self.installed.run_pod_via(&bin(), command, name, via);
         process.wait_healthy(Duration::from_secs(20));
         Service::new(process, &self.installed.api_token)
     }
@@ -1570,7 +1573,7 @@ async fn a_replica_that_cannot_listen_takes_no_lease_and_pushes_nothing() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut command = cluster.command("a", "reapply");
     command.set_flag("--listen", &taken.local_addr().unwrap().to_string());
-    let mut process = cluster.installed.run_pod(Path::new(BIN), &command, "a");
+    let mut process = cluster.installed.run_pod(&bin(), &command, "a");
     let status = process.wait_exit(Duration::from_secs(10));
     assert!(!status.success());
     let log = process.log();
