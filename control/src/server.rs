@@ -12,7 +12,7 @@ use crate::observer::envoy_admin::EnvoyAdminObserver;
 use crate::observer::prometheus::PrometheusObserver;
 use crate::observer::MetricsObserver;
 use crate::router::ecds_file::EcdsFileRouter;
-use crate::service::{Controller, DriftPolicy, Drifted};
+use crate::service::{Controller, DriftPolicy, Drifted, Settings};
 use crate::store::file::FileStore;
 use crate::time::HumanDuration;
 use clap::Args;
@@ -79,6 +79,10 @@ pub struct ServeArgs {
     /// Kubernetes mode: this replica's identity in the Lease (the pod name).
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// How long proxies may take to run a pushed config before `/readyz` reports the ones that
+    /// still run an older one (they rejected it, or do not receive it).
+    #[arg(long, env = "MESHCANARY_PROXY_GRACE", default_value = "10s")]
+    pub proxy_grace: HumanDuration,
     /// Kubernetes mode: what to do when someone edits the WasmPlugin's pluginConfig by hand or a
     /// GitOps tool reverts it: re-apply the service's config, or pause every running rollout.
     #[arg(long, value_enum, default_value = "reapply")]
@@ -154,7 +158,10 @@ fn read_routes(args: &ServeArgs) -> Result<Option<FilterConfig>> {
 /// clean stop, a failed start, a failed server — so a successor takes over at once.
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let token = read_token(&args)?;
-    let initial = read_routes(&args)?;
+    let settings = Settings {
+        initial: read_routes(&args)?,
+        proxy_grace: args.proxy_grace.0,
+    };
     let wasm = std::path::absolute(&args.wasm).unwrap_or_else(|_| args.wasm.clone());
     let observer: Box<dyn MetricsObserver> = match &args.prometheus_url {
         Some(url) => Box::new(PrometheusObserver::new(url)),
@@ -182,7 +189,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     };
     match (&args.wasmplugin, &args.ecds_file) {
         (Some(wasmplugin), _) => {
-            serve_in_kubernetes(&args, wasmplugin, observer, initial, api).await
+            serve_in_kubernetes(&args, wasmplugin, observer, settings, api).await
         }
         (None, Some(ecds_file)) => {
             let store = FileStore::open(&args.state_dir)?;
@@ -195,7 +202,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 },
             );
             let controller =
-                Controller::start(Box::new(store), Box::new(router), observer, initial).await?;
+                Controller::start(Box::new(store), Box::new(router), observer, settings).await?;
             api.run(controller).await
         }
         (None, None) => Err(Error::invalid(
@@ -247,7 +254,7 @@ async fn serve_in_kubernetes(
     args: &ServeArgs,
     wasmplugin: &str,
     observer: Box<dyn MetricsObserver>,
-    initial: Option<FilterConfig>,
+    settings: Settings,
     api: Api,
 ) -> Result<()> {
     let client = ::kube::Client::try_default()
@@ -278,7 +285,7 @@ async fn serve_in_kubernetes(
     let mut drift_watch = None;
     let outcome = async {
         let (expected_tx, expected_rx) =
-            tokio::sync::watch::channel(initial.clone().unwrap_or_default());
+            tokio::sync::watch::channel(settings.initial.clone().unwrap_or_default());
         let router = WasmPluginRouter::new(client.clone(), &args.kube_namespace, wasmplugin)
             .with_expected(expected_tx);
         let store = ConfigMapStore::new(
@@ -290,7 +297,7 @@ async fn serve_in_kubernetes(
             Box::new(store),
             Box::new(router),
             observer,
-            initial,
+            settings,
             leadership,
         )
         .await?;

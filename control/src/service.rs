@@ -39,6 +39,7 @@ const PUSH: &str = "push";
 const SAVE: &str = "save";
 const TAKE_OVER: &str = "take-over";
 const RELOAD: &str = "reload";
+const PROXIES: &str = "proxies";
 
 /// The control service's core: state, engine, pushes and observations.
 pub struct Controller {
@@ -49,9 +50,14 @@ pub struct Controller {
     proxies: RwLock<Vec<ProxyGeneration>>,
     pushed_generation: AtomicU64,
     wake: Notify,
-    // Ticks run one at a time: the engine loop and API calls both tick, and two ticks deciding
-    // at once would both run a due check or gate.
+    // Ticks run one at a time (the engine loop ticks; a tick of its own must not overlap a
+    // wake-up's): two ticks deciding at once would both start a due check or gate.
     tick_lock: Mutex<()>,
+    /// Answers of the IO the engine asked for (checks, gate hooks), waiting for the next tick to
+    /// record them. The IO runs in tasks of its own, never inside a tick or a request.
+    observed: std::sync::Mutex<Vec<Observed>>,
+    /// Rollouts whose analysis check is running now.
+    checks_in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Per rollout: when the current analysis window opened and every proxy's counters then.
     windows: std::sync::Mutex<HashMap<String, Window>>,
     http: reqwest::Client,
@@ -73,8 +79,9 @@ pub struct Controller {
     /// What keeps this replica from being ready, by concern (`push`, `save`, `take-over`,
     /// `reload`); empty when ready.
     problems: RwLock<std::collections::BTreeMap<&'static str, String>>,
-    /// The config to start from when there is no saved state and the target holds none (`--routes`).
-    initial: Option<FilterConfig>,
+    settings: Settings,
+    /// When the last successful push happened.
+    pushed_at: std::sync::Mutex<Option<std::time::Instant>>,
     last_retry: std::sync::Mutex<Option<std::time::Instant>>,
     /// The service's own Prometheus metrics.
     pub metrics: Metrics,
@@ -90,6 +97,29 @@ pub enum DriftPolicy {
     Pause,
 }
 
+/// How a controller behaves, beyond its seams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The config to start from when there is no saved state and the router's target holds
+    /// none (`--routes`).
+    pub initial: Option<FilterConfig>,
+    /// How long proxies may take to run a pushed config before readiness reports the ones that
+    /// do not (they rejected it, or do not receive it).
+    pub proxy_grace: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            initial: None,
+            proxy_grace: DEFAULT_PROXY_GRACE,
+        }
+    }
+}
+
+/// The default [`Settings::proxy_grace`].
+pub const DEFAULT_PROXY_GRACE: Duration = Duration::from_secs(10);
+
 /// A drift as the controller acts on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drifted {
@@ -98,6 +128,27 @@ pub struct Drifted {
     /// The `generation` in the live config, if it has a readable one.
     pub live_generation: Option<u64>,
 }
+
+/// The answer of IO the engine asked for.
+#[derive(Debug)]
+enum Observed {
+    /// An analysis check's reading (`None`: it only opened a window).
+    Check {
+        rollout: String,
+        record: Option<CheckRecord>,
+    },
+    /// Gate hooks answered.
+    Gate {
+        rollout: String,
+        kind: WebhookKind,
+        /// When they were called: the answer counts only if the rollout still waits for that call.
+        called_at: Timestamp,
+        outcome: std::result::Result<(), String>,
+    },
+}
+
+/// IO to start once the write that asked for it is saved.
+type Io = Vec<(Rollout, Action)>;
 
 /// How many times a write re-reads the saved state and re-applies itself after another writer
 /// changed it, before giving up.
@@ -130,13 +181,13 @@ impl Controller {
         store: Box<dyn StateStore>,
         router: Box<dyn TrafficRouter>,
         observer: Box<dyn MetricsObserver>,
-        initial: Option<FilterConfig>,
+        settings: Settings,
     ) -> Result<Arc<Controller>> {
         let (_, leadership) = tokio::sync::watch::channel(LeaderState {
             is_leader: true,
             leader: None,
         });
-        Controller::start_with_leadership(store, router, observer, initial, leadership).await
+        Controller::start_with_leadership(store, router, observer, settings, leadership).await
     }
 
     /// Like [`Controller::start`] for one of several replicas: only while `leadership` says this
@@ -147,10 +198,10 @@ impl Controller {
         store: Box<dyn StateStore>,
         router: Box<dyn TrafficRouter>,
         observer: Box<dyn MetricsObserver>,
-        initial: Option<FilterConfig>,
+        settings: Settings,
         leadership: tokio::sync::watch::Receiver<LeaderState>,
     ) -> Result<Arc<Controller>> {
-        if let Some(initial) = &initial {
+        if let Some(initial) = &settings.initial {
             CheckedConfig::try_from(initial.clone())?;
         }
         let leads = leadership.borrow().is_leader;
@@ -164,6 +215,8 @@ impl Controller {
             pushed_generation: AtomicU64::new(0),
             wake: Notify::new(),
             tick_lock: Mutex::new(()),
+            observed: std::sync::Mutex::new(Vec::new()),
+            checks_in_flight: std::sync::Mutex::new(std::collections::HashSet::new()),
             windows: std::sync::Mutex::new(HashMap::new()),
             http: reqwest::Client::new(),
             notify_tx,
@@ -174,7 +227,8 @@ impl Controller {
             resync: std::sync::Mutex::new(None),
             held_drift: std::sync::Mutex::new(None),
             problems: RwLock::new(std::collections::BTreeMap::new()),
-            initial,
+            settings,
+            pushed_at: std::sync::Mutex::new(None),
             last_retry: std::sync::Mutex::new(None),
             metrics: Metrics::default(),
         });
@@ -215,7 +269,7 @@ impl Controller {
     /// state lock is held across the read so a write cannot slip in between and be overwritten.
     async fn reload(&self) -> Result<()> {
         let mut state = self.state.lock().await;
-        let loaded = self.store.load().await;
+        let loaded = self.load_checked().await;
         self.set_problem(RELOAD, loaded.as_ref().err());
         if let Some(saved) = loaded? {
             *state = saved;
@@ -235,14 +289,22 @@ impl Controller {
 
     async fn take_over_once(&self) -> Result<()> {
         let mut state = self.state.lock().await;
-        match self.store.load().await? {
+        // Answers to IO started before (as leader earlier, or by nobody) are stale now; gates
+        // still in flight are called again once their deadline passes.
+        self.observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        match self.load_checked().await? {
             Some(saved) => {
                 tracing::info!(store = %self.store.describe(), generation = saved.filter.generation, rollouts = saved.rollouts.len(), "resumed saved state");
                 *state = saved;
             }
             None => {
-                let starting =
-                    adopt::starting_config(self.router.live().await?, self.initial.as_ref())?;
+                let starting = adopt::starting_config(
+                    self.router.live().await?,
+                    self.settings.initial.as_ref(),
+                )?;
                 for note in &starting.notes {
                     tracing::warn!("{note}");
                 }
@@ -257,6 +319,19 @@ impl Controller {
         Ok(())
     }
 
+    /// The saved state, checked with the API's rules ([`ServiceState::check`]): state that parses
+    /// but is wrong is refused, with the field, rather than pushed or acted on.
+    async fn load_checked(&self) -> Result<Option<ServiceState>> {
+        let Some(state) = self.store.load().await? else {
+            return Ok(None);
+        };
+        state.check().map_err(|error| Error::CorruptState {
+            path: self.store.describe(),
+            reason: format!("{error}; fix or remove it (meshcanary will not push or act on it)"),
+        })?;
+        Ok(Some(state))
+    }
+
     /// Records (or clears, with `None`) what keeps this replica from being ready.
     fn set_problem(&self, concern: &'static str, problem: Option<&Error>) {
         let mut problems = self.problems.write().unwrap_or_else(|e| e.into_inner());
@@ -266,21 +341,66 @@ impl Controller {
         };
     }
 
-    /// Why this replica is not ready (`None`: ready): the last push, save, take-over or reload
-    /// failed, and has not succeeded since.
-    pub fn not_ready(&self) -> Option<String> {
-        let problems = self.problems.read().unwrap_or_else(|e| e.into_inner());
-        let mut reasons: Vec<String> = problems
-            .iter()
-            .map(|(concern, problem)| format!("{concern}: {problem}"))
-            .collect();
-        if self.leadership.borrow().is_leader
-            && !self.synced.load(Ordering::SeqCst)
-            && !problems.contains_key(TAKE_OVER)
+    /// Why this replica is not ready (`None`: ready), leaving out the checks named in `exclude`:
+    /// `push`, `save`, `take-over` (adoption), `reload` (a follower reading the leader's state)
+    /// failed and have not succeeded since; `proxies`: on the leader, watched proxies still run
+    /// an older generation than the one pushed, [`Settings::proxy_grace`] after the push (they
+    /// rejected it, or do not receive it).
+    pub fn not_ready(&self, exclude: &[&str]) -> Option<String> {
+        let mut reasons: Vec<String> = {
+            let problems = self.problems.read().unwrap_or_else(|e| e.into_inner());
+            problems
+                .iter()
+                .filter(|(concern, _)| !exclude.contains(concern))
+                .map(|(concern, problem)| format!("{concern}: {problem}"))
+                .collect()
+        };
+        let leading = self.leadership.borrow().is_leader;
+        let taking_over = leading && !self.synced.load(Ordering::SeqCst);
+        if taking_over
+            && !exclude.contains(&TAKE_OVER)
+            && !reasons.iter().any(|r| r.starts_with(TAKE_OVER))
         {
             reasons.push(format!("{TAKE_OVER}: in progress"));
         }
+        if leading && !exclude.contains(&PROXIES) {
+            if let Some(problem) = self.proxies_behind() {
+                reasons.push(format!("{PROXIES}: {problem}"));
+            }
+        }
         (!reasons.is_empty()).then(|| reasons.join("; "))
+    }
+
+    /// The watched proxies that still answer with an older generation than the one pushed, once
+    /// they have had the grace period to catch up. A proxy that cannot be read says nothing
+    /// either way (before the first scrape, say); no proxies watched, nothing to say.
+    fn proxies_behind(&self) -> Option<String> {
+        let pushed_at = (*self.pushed_at.lock().unwrap_or_else(|e| e.into_inner()))?;
+        let waited = pushed_at.elapsed();
+        if waited < self.settings.proxy_grace {
+            return None;
+        }
+        let pushed = self.pushed_generation.load(Ordering::SeqCst);
+        let proxies = self.proxies.read().unwrap_or_else(|e| e.into_inner());
+        let behind: Vec<String> = proxies
+            .iter()
+            .filter_map(|p| {
+                let generation = p.generation?;
+                (generation < pushed).then(|| format!("{} runs {generation}", p.proxy))
+            })
+            .collect();
+        if behind.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "{} of {} proxies do not run generation {pushed}, pushed {}s ago ({}): they rejected \
+             it (see meshcanary_config_rejected_total and Envoy's log) or do not receive it \
+             (for a standalone Envoy, a broken watch of the ECDS file's directory)",
+            behind.len(),
+            proxies.len(),
+            waited.as_secs(),
+            behind.join(", ")
+        ))
     }
 
     /// Reacts to a change of the pushed config made outside the service (`None`: the live config
@@ -467,8 +587,18 @@ impl Controller {
     /// edits of the state's object do not count (the store absorbs them).
     async fn mutate<T>(
         &self,
-        mut change: impl FnMut(&mut ServiceState, Timestamp) -> Result<T>,
+        change: impl FnMut(&mut ServiceState, Timestamp) -> Result<T>,
     ) -> Result<T> {
+        self.mutate_then(change, |_, out| out).await
+    }
+
+    /// [`Controller::mutate`], then `then` reads the state as this write left it (before any other
+    /// write), with what `change` returned: an API write answers with exactly its own result.
+    async fn mutate_then<T, R>(
+        &self,
+        mut change: impl FnMut(&mut ServiceState, Timestamp) -> Result<T>,
+        then: impl FnOnce(&ServiceState, T) -> R,
+    ) -> Result<R> {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
@@ -480,7 +610,7 @@ impl Controller {
             let out = change(&mut next, now)?;
             let resync = *self.resync.lock().unwrap_or_else(|e| e.into_inner());
             if next == *current && resync.is_none() && !reloaded {
-                return Ok(out);
+                return Ok(then(&current, out));
             }
             let push_needed = next.filter != current.filter || resync.is_some() || reloaded;
             if push_needed {
@@ -501,7 +631,7 @@ impl Controller {
                 Ok(()) => self.set_problem(SAVE, None),
                 Err(Error::StateConflict { reason, .. }) if attempt < STATE_CONFLICT_RETRIES => {
                     tracing::warn!(%reason, attempt, "the saved state was changed by another writer; re-reading it and applying this change on top");
-                    match self.store.load().await {
+                    match self.load_checked().await {
                         Ok(Some(saved)) => *current = saved,
                         Ok(None) => {}
                         Err(error) => {
@@ -525,7 +655,7 @@ impl Controller {
                 *self.resync.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
             self.wake.notify_one();
-            return Ok(out);
+            return Ok(then(&current, out));
         }
         Err(Error::Conflict(
             "the saved state kept changing under this write; retry".into(),
@@ -538,6 +668,8 @@ impl Controller {
             Ok(()) => {
                 self.pushed_generation
                     .store(filter.generation, Ordering::SeqCst);
+                *self.pushed_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(std::time::Instant::now());
                 self.set_problem(PUSH, None);
                 self.metrics.pushed(true);
                 tracing::info!(generation = filter.generation, target = %self.router.describe(), "pushed filter config");
@@ -632,117 +764,185 @@ impl Controller {
             .cloned()
     }
 
-    /// Runs the engine over every running rollout once; returns when it next needs to look.
+    /// Runs the engine over every running rollout once: records the answers of checks and gate
+    /// hooks that came in, advances each rollout as far as it can go now, and starts the IO the
+    /// engine asks for next in tasks of its own. Returns when it next needs to look.
     ///
-    /// Two phases: first the IO the engine asks for (analysis checks, gate hooks) runs without the
-    /// state lock, then one `mutate` records the results and advances every rollout as far as it
-    /// can go now.
-    pub async fn tick(&self) -> Result<Option<Timestamp>> {
+    /// A tick never waits for a hook, a metrics query or a proxy: those answer later, as
+    /// observations, so a hook that hangs holds only its own rollout, and never an API call.
+    pub async fn tick(self: &Arc<Self>) -> Result<Option<Timestamp>> {
         let _serial = self.tick_lock.lock().await;
         let observation = self.observation();
-        let now = Timestamp::now();
-        let running: Vec<Rollout> = {
-            let state = self.state.lock().await;
-            state
-                .rollouts
-                .values()
-                .filter(|r| !r.status.phase.is_terminal())
-                .cloned()
-                .collect()
-        };
-        let mut checks: HashMap<String, Option<CheckRecord>> = HashMap::new();
-        let mut gates: HashMap<String, (WebhookKind, std::result::Result<(), String>)> =
-            HashMap::new();
-        for rollout in &running {
-            match engine::next(rollout, &observation, now) {
+        let answers = std::mem::take(&mut *self.observed.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut io = Io::new();
+        let wake_at = self
+            .mutate(|state, now| {
+                io.clear();
+                for answer in &answers {
+                    record_answer(state, answer, now);
+                }
+                let names: Vec<String> = state
+                    .rollouts
+                    .values()
+                    .filter(|r| !r.status.phase.is_terminal())
+                    .map(|r| r.spec.name.clone())
+                    .collect();
+                let mut wake_at: Option<Timestamp> = None;
+                for name in names {
+                    let at = self.advance(state, &name, &observation, now, &mut io);
+                    wake_at = earliest(wake_at, at);
+                }
+                Ok(wake_at)
+            })
+            .await;
+        if wake_at.is_err() && !answers.is_empty() {
+            // Not recorded: keep the answers for the next tick.
+            self.observed
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(answers);
+        }
+        let wake_at = wake_at?;
+        self.start_io(io);
+        Ok(wake_at)
+    }
+
+    /// Advances rollout `name` in `state` as far as it can go at `now` without IO; the IO the
+    /// engine then asks for goes into `io` (a gate is marked as called here, in the same write).
+    /// Returns when the rollout next needs a look.
+    fn advance(
+        &self,
+        state: &mut ServiceState,
+        name: &str,
+        observation: &Observation,
+        now: Timestamp,
+        io: &mut Io,
+    ) -> Option<Timestamp> {
+        let mut rollout = state.rollouts.get(name)?.clone();
+        if rollout.status.phase.is_terminal() {
+            return None;
+        }
+        let original = rollout.clone();
+        let mut wake_at = None;
+        // Bounded: each step is entered at most once per call.
+        for _ in 0..=rollout.plan.len() + 3 {
+            let action = engine::next(&rollout, observation, now);
+            match action {
+                Action::Wait { until } => {
+                    wake_at = until;
+                    break;
+                }
                 Action::RunCheck => {
-                    let check = self
-                        .run_check(rollout, now)
-                        .instrument(
-                            tracing::info_span!("analysis_check", rollout = %rollout.spec.name),
-                        )
-                        .await;
-                    checks.insert(rollout.spec.name.clone(), check);
+                    let running = self
+                        .checks_in_flight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .contains(name);
+                    // Its answer wakes the engine; nothing to do until then.
+                    if !running {
+                        io.push((rollout.clone(), action));
+                    }
+                    break;
                 }
                 Action::RunGate { kind } => {
-                    let outcome = webhook::call_all(&self.http, rollout, kind).await;
-                    gates.insert(rollout.spec.name.clone(), (kind, outcome));
+                    rollout = engine::gate_called(&rollout, kind, now);
+                    io.push((rollout.clone(), action));
+                    wake_at = rollout
+                        .status
+                        .analysis
+                        .gate_called_at
+                        .map(|at| at.plus(engine::gate_deadline(&rollout, kind)));
+                    break;
+                }
+                _ => {}
+            }
+            let span =
+                tracing::info_span!("rollout_step", rollout = %name, step = rollout.status.step);
+            let _entered = span.enter();
+            rollout = engine::apply(&rollout, &action, now);
+            tracing::info!(
+                phase = rollout.status.phase.as_str(),
+                weight = rollout.status.canary_weight,
+                "{}",
+                rollout.status.message
+            );
+        }
+        if rollout != original {
+            if let Err(error) = state.put_rollout(rollout.clone()) {
+                tracing::error!(rollout = %name, %error, "cannot apply the rollout's weight; pausing it");
+                let paused = engine::apply(
+                    &original,
+                    &Action::Pause {
+                        hold: crate::rollout::Hold::Request,
+                        reason: format!("cannot apply the weight: {error}"),
+                    },
+                    now,
+                );
+                state.rollouts.insert(name.to_string(), paused);
+                io.retain(|(r, _)| r.spec.name != name);
+            }
+        }
+        wake_at
+    }
+
+    /// Starts the checks and gate hooks the engine asked for, each in a task of its own; their
+    /// answers come back through [`Controller::observed`] and wake the engine.
+    fn start_io(self: &Arc<Self>, io: Io) {
+        for (rollout, action) in io {
+            let this = self.clone();
+            let name = rollout.spec.name.clone();
+            match action {
+                Action::RunCheck => {
+                    let fresh = self
+                        .checks_in_flight
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(name.clone());
+                    if !fresh {
+                        continue;
+                    }
+                    let span = tracing::info_span!("analysis_check", rollout = %name);
+                    tokio::spawn(
+                        async move {
+                            let record = this.run_check(&rollout, Timestamp::now()).await;
+                            this.checks_in_flight
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .remove(&name);
+                            this.observe_answer(Observed::Check {
+                                rollout: name,
+                                record,
+                            });
+                        }
+                        .instrument(span),
+                    );
+                }
+                Action::RunGate { kind } => {
+                    let Some(called_at) = rollout.status.analysis.gate_called_at else {
+                        continue;
+                    };
+                    tokio::spawn(async move {
+                        let outcome = webhook::call_all(&this.http, &rollout, kind).await;
+                        this.observe_answer(Observed::Gate {
+                            rollout: name,
+                            kind,
+                            called_at,
+                            outcome,
+                        });
+                    });
                 }
                 _ => {}
             }
         }
-        let now = Timestamp::now();
-        self.mutate(|state, _| {
-            let mut wake_at: Option<Timestamp> = None;
-            let mut wake = |at: Option<Timestamp>| {
-                wake_at = match (wake_at, at) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
-            };
-            let names: Vec<String> = state
-                .rollouts
-                .values()
-                .filter(|r| !r.status.phase.is_terminal())
-                .map(|r| r.spec.name.clone())
-                .collect();
-            for name in names {
-                let Some(mut rollout) = state.rollouts.get(&name).cloned() else {
-                    continue;
-                };
-                let original = rollout.clone();
-                if let Some(check) = checks.get(&name).cloned() {
-                    // A check still counts if the rollout kept progressing meanwhile.
-                    if rollout.status.phase == Phase::Progressing {
-                        rollout = engine::record_check(&rollout, check, now);
-                    }
-                }
-                if let Some((kind, outcome)) = gates.get(&name).cloned() {
-                    rollout = engine::record_gate(&rollout, kind, outcome, now);
-                }
-                // Bounded: each step is entered at most once per tick.
-                for _ in 0..=rollout.plan.len() + 3 {
-                    let action = engine::next(&rollout, &observation, now);
-                    match action {
-                        Action::Wait { until } => {
-                            wake(until);
-                            break;
-                        }
-                        // IO the engine wants next: the next tick runs it at once.
-                        Action::RunCheck | Action::RunGate { .. } => {
-                            wake(Some(now));
-                            break;
-                        }
-                        _ => {}
-                    }
-                    let span = tracing::info_span!("rollout_step", rollout = %name, step = rollout.status.step);
-                    let _entered = span.enter();
-                    let weight_before = rollout.status.canary_weight;
-                    rollout = engine::apply(&rollout, &action, now);
-                    if rollout.status.canary_weight != weight_before {
-                        // The next generation carries the new weight; waiting for it starts now.
-                        rollout.status.weight_generation = state.filter.generation + 1;
-                    }
-                    tracing::info!(phase = rollout.status.phase.as_str(), weight = rollout.status.canary_weight, "{}", rollout.status.message);
-                }
-                if rollout != original {
-                    if let Err(error) = state.put_rollout(rollout.clone()) {
-                        tracing::error!(rollout = %name, %error, "cannot apply the rollout's weight; pausing it");
-                        let paused = engine::apply(
-                            &original,
-                            &Action::Pause {
-                                hold: crate::rollout::Hold::Request,
-                                reason: format!("cannot apply the weight: {error}"),
-                            },
-                            now,
-                        );
-                        state.rollouts.insert(name.clone(), paused);
-                    }
-                }
-            }
-            Ok(wake_at)
-        })
-        .await
+    }
+
+    /// Queues an answer for the next tick and wakes the engine.
+    fn observe_answer(&self, answer: Observed) {
+        self.observed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(answer);
+        self.wake.notify_one();
     }
 
     /// Reads every proxy's counters for the rollout's route and judges the window since the last
@@ -811,14 +1011,25 @@ impl Controller {
     }
 
     /// Creates a rollout; the engine starts it at once.
-    pub async fn create(&self, spec: RolloutSpec) -> Result<Rollout> {
+    pub async fn create(self: &Arc<Self>, spec: RolloutSpec) -> Result<Rollout> {
         let name = spec.name.clone();
+        let observation = self.observation();
+        let mut io = Io::new();
         let rollout = self
-            .mutate(|state, now| state.create_rollout(spec.clone(), now).cloned())
-            .await?;
+            .mutate_then(
+                |state, now| {
+                    io.clear();
+                    state.create_rollout(spec.clone(), now)?;
+                    self.advance(state, &name, &observation, now, &mut io);
+                    Ok(())
+                },
+                |state, ()| state.rollouts.get(&name).cloned(),
+            )
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))?;
         tracing::info!(rollout = %name, route = %rollout.spec.route, "created rollout");
-        self.tick().await?;
-        self.get(&name).await
+        self.start_io(io);
+        Ok(rollout)
     }
 
     /// One rollout.
@@ -844,7 +1055,7 @@ impl Controller {
 
     /// Carries out a person's command; `expected_version` is the client's `If-Match`, if any.
     pub async fn command(
-        &self,
+        self: &Arc<Self>,
         name: &str,
         command: Command,
         expected_version: Option<String>,
@@ -862,22 +1073,30 @@ impl Controller {
             let mut resync = self.resync.lock().unwrap_or_else(|e| e.into_inner());
             *resync = Some(resync.unwrap_or(0).max(live_generation));
         }
+        let observation = self.observation();
+        let mut io = Io::new();
         let rollout = self
-            .mutate(|state, now| {
-                let current = state
-                    .rollouts
-                    .get(name)
-                    .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))?;
-                check_version(name, current.version, expected_version.as_deref())?;
-                let changed = engine::command(current, command, now)?;
-                state.put_rollout(changed.clone())?;
-                Ok(changed)
-            })
+            .mutate_then(
+                |state, now| {
+                    io.clear();
+                    let current = state
+                        .rollouts
+                        .get(name)
+                        .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))?;
+                    check_version(name, current.version, expected_version.as_deref())?;
+                    let changed = engine::command(current, command, now)?;
+                    state.put_rollout(changed)?;
+                    self.advance(state, name, &observation, now, &mut io);
+                    Ok(())
+                },
+                |state, ()| state.rollouts.get(name).cloned(),
+            )
             .instrument(span)
-            .await?;
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))?;
         tracing::info!(rollout = %name, command = command.as_str(), phase = rollout.status.phase.as_str(), "{}", rollout.status.message);
-        self.tick().await?;
-        self.get(name).await
+        self.start_io(io);
+        Ok(rollout)
     }
 
     /// Deletes a finished rollout.
@@ -903,6 +1122,45 @@ impl Controller {
     pub async fn remove_rule(&self, route: &str, index: usize) -> Result<RuleConfig> {
         self.mutate(|state, _| state.remove_rule(route, index))
             .await
+    }
+}
+
+/// The earlier of two optional times.
+fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// Records an answer of IO the engine asked for, if it still applies: a check while the rollout
+/// still progresses, a gate's answer while the rollout still waits for that call.
+fn record_answer(state: &mut ServiceState, answer: &Observed, now: Timestamp) {
+    match answer {
+        Observed::Check { rollout, record } => {
+            let Some(current) = state.rollouts.get(rollout) else {
+                return;
+            };
+            // A check still counts if the rollout kept progressing meanwhile.
+            if current.status.phase == Phase::Progressing {
+                let next = engine::record_check(current, record.clone(), now);
+                state.rollouts.insert(rollout.clone(), next);
+            }
+        }
+        Observed::Gate {
+            rollout,
+            kind,
+            called_at,
+            outcome,
+        } => {
+            let Some(current) = state.rollouts.get(rollout) else {
+                return;
+            };
+            if current.status.analysis.gate_called_at == Some(*called_at) {
+                let next = engine::record_gate(current, *kind, outcome.clone(), now);
+                state.rollouts.insert(rollout.clone(), next);
+            }
+        }
     }
 }
 

@@ -32,6 +32,20 @@ impl ServiceState {
         })
     }
 
+    /// Checks loaded state with the rules the API applies to what it accepts, so that state that
+    /// parses but is wrong (a hand-edited file, a ConfigMap restored from elsewhere, a bug) is
+    /// refused instead of pushed or acted on. The error names the field.
+    pub fn check(&self) -> Result<()> {
+        CheckedConfig::try_from(self.filter.clone())
+            .map_err(|error| Error::invalid(join_field("filter", &error.field), error.reason))?;
+        for (key, rollout) in &self.rollouts {
+            let at = format!("rollouts.{key}");
+            check_rollout(self, key, rollout)
+                .map_err(|(field, reason)| Error::invalid(join_field(&at, &field), reason))?;
+        }
+        Ok(())
+    }
+
     /// The route called `name`.
     pub fn route(&self, name: &str) -> Result<&RouteConfig> {
         self.filter
@@ -248,6 +262,97 @@ fn make_stable(route: &mut RouteConfig, canary: &str) {
     }
 }
 
+/// `prefix.field`, or `prefix` alone.
+fn join_field(prefix: &str, field: &str) -> String {
+    match field.is_empty() {
+        true => prefix.to_string(),
+        false => format!("{prefix}.{field}"),
+    }
+}
+
+/// One loaded rollout against the rules: its spec as the API checks it, a status that fits its
+/// plan, and, while it runs, a route that exists and carries its weight.
+fn check_rollout(
+    state: &ServiceState,
+    key: &str,
+    rollout: &Rollout,
+) -> std::result::Result<(), (String, String)> {
+    let invalid = |field: &str, reason: String| Err((field.to_string(), reason));
+    if rollout.spec.name != key {
+        return invalid(
+            "spec.name",
+            format!("{:?} is not its key {key:?}", rollout.spec.name),
+        );
+    }
+    let plan = rollout.spec.plan().map_err(|error| match error {
+        Error::Invalid { field, reason } => (join_field("spec", &field), reason),
+        other => ("spec".to_string(), other.to_string()),
+    })?;
+    if plan != rollout.plan {
+        return invalid("plan", "is not what spec.steps expands to".to_string());
+    }
+    let status = &rollout.status;
+    let last = rollout.plan.len().saturating_sub(1);
+    if status.step > last {
+        return invalid(
+            "status.step",
+            format!(
+                "{} is past the plan's last step (index {last})",
+                status.step
+            ),
+        );
+    }
+    if status.canary_weight > TOTAL_WEIGHT {
+        return invalid(
+            "status.canaryWeight",
+            format!("{} exceeds {TOTAL_WEIGHT}", status.canary_weight),
+        );
+    }
+    if status.phase.is_terminal() {
+        return Ok(());
+    }
+    let Some(route) = state
+        .filter
+        .routes
+        .iter()
+        .find(|r| r.name == rollout.spec.route)
+    else {
+        return invalid(
+            "spec.route",
+            format!(
+                "{:?} is not a route of the filter config",
+                rollout.spec.route
+            ),
+        );
+    };
+    for (field, variant) in [
+        ("spec.stable", &rollout.spec.stable),
+        ("spec.canary", &rollout.spec.canary),
+    ] {
+        if !route.variants.iter().any(|v| &v.name == variant) {
+            return invalid(
+                field,
+                format!("{variant:?} is not a variant of route {}", route.name),
+            );
+        }
+    }
+    let live = route
+        .variants
+        .iter()
+        .find(|v| v.name == rollout.spec.canary)
+        .map_or(0, |v| v.weight);
+    if live != status.canary_weight {
+        return invalid(
+            "status.canaryWeight",
+            format!(
+                "{} is not the canary's weight in route {} ({live})",
+                status.canary_weight, route.name
+            ),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,5 +517,121 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("has 0 rules"));
+    }
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// A state with a running rollout at 10 %, as JSON (what a store holds).
+    fn saved() -> Value {
+        let filter = FilterConfig::from_json(
+            json!({"generation": 3, "routes": [{"name": "reviews", "hosts": ["reviews"],
+                "variants": [{"name": "v1", "weight": 10000}, {"name": "v2", "weight": 0}]}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let mut state = ServiceState::new(filter).unwrap();
+        let spec: RolloutSpec = serde_json::from_value(json!({"name": "r", "route": "reviews",
+            "stable": "v1", "canary": "v2", "steps": [{"setWeight": {"percent": 10}}, {"pause": {}}]}))
+        .unwrap();
+        state
+            .create_rollout(spec, Timestamp(1_700_000_000_000))
+            .unwrap();
+        let mut rollout = state.rollouts["r"].clone();
+        rollout.status.phase = Phase::Paused;
+        rollout.status.step = 1;
+        rollout.status.canary_weight = 1000;
+        state.put_rollout(rollout).unwrap();
+        serde_json::to_value(&state).unwrap()
+    }
+
+    #[test]
+    fn loaded_state_is_checked_with_the_api_rules() {
+        let ok: ServiceState = serde_json::from_value(saved()).unwrap();
+        assert_eq!(ok.check().ok(), Some(()));
+        // (what is changed, to what, the field named, words of the reason)
+        let cases = [
+            (
+                "/filter/routes/0/variants/0/weight",
+                json!(99999),
+                "filter.routes[0].variants[0].weight",
+                "exceeds 10000",
+            ),
+            (
+                "/rollouts/r/status/step",
+                json!(999),
+                "rollouts.r.status.step",
+                "past the plan's last step (index 1)",
+            ),
+            (
+                "/rollouts/r/status/canaryWeight",
+                json!(20000),
+                "rollouts.r.status.canaryWeight",
+                "exceeds 10000",
+            ),
+            (
+                "/rollouts/r/status/canaryWeight",
+                json!(500),
+                "rollouts.r.status.canaryWeight",
+                "not the canary's weight in route reviews (1000)",
+            ),
+            (
+                "/rollouts/r/spec/name",
+                json!("other"),
+                "rollouts.r.spec.name",
+                "is not its key",
+            ),
+            (
+                "/rollouts/r/spec/route",
+                json!("ratings"),
+                "rollouts.r.spec.route",
+                "not a route of the filter config",
+            ),
+            (
+                "/rollouts/r/spec/canary",
+                json!("v9"),
+                "rollouts.r.spec.canary",
+                "not a variant of route reviews",
+            ),
+            (
+                "/rollouts/r/spec/steps/0/setWeight/percent",
+                json!(150),
+                "rollouts.r.spec.steps[0].setWeight.percent",
+                "",
+            ),
+            (
+                "/rollouts/r/plan/0/setWeight",
+                json!(5000),
+                "rollouts.r.plan",
+                "not what spec.steps expands to",
+            ),
+        ];
+        for (pointer, value, field, reason) in cases {
+            let mut broken = saved();
+            *broken
+                .pointer_mut(pointer)
+                .unwrap_or_else(|| panic!("{pointer}")) = value;
+            let state: ServiceState = serde_json::from_value(broken).unwrap();
+            match state.check() {
+                Err(Error::Invalid {
+                    field: got,
+                    reason: why,
+                }) => {
+                    assert_eq!(got, field, "{pointer}");
+                    assert!(why.contains(reason), "{pointer}: {why}");
+                }
+                other => panic!("{pointer}: {other:?}"),
+            }
+        }
+        // A finished rollout keeps no claim on the route.
+        let mut done = saved();
+        done["rollouts"]["r"]["status"]["phase"] = json!("aborted");
+        done["rollouts"]["r"]["spec"]["route"] = json!("gone");
+        let state: ServiceState = serde_json::from_value(done).unwrap();
+        assert_eq!(state.check().ok(), Some(()));
     }
 }

@@ -1,11 +1,11 @@
 //! Calling a rollout's HTTP hooks: a JSON POST with the rollout's state, a timeout per attempt and a
 //! few retries; any 2xx answer is success.
 
+use crate::rollout::analysis_spec::WEBHOOK_RETRY_PAUSE;
 use crate::rollout::engine::percent;
 use crate::rollout::{Rollout, Webhook, WebhookKind};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::time::Duration;
 
 /// What a hook receives.
 #[derive(Debug, Clone, Serialize)]
@@ -77,7 +77,7 @@ pub async fn call(
     let mut last_error = String::new();
     for attempt in 0..=hook.retries {
         if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            tokio::time::sleep(WEBHOOK_RETRY_PAUSE).await;
         }
         let result = client
             .post(&hook.url)

@@ -679,7 +679,12 @@ fn check_control_service(tree: &Tree, problems: &mut Vec<String>) -> Option<Cont
             "{at}: --listen={listen} does not listen on all addresses at the container port {container_port}"
         ));
     }
-    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+    // Readiness leaves out the proxies' check: a proxy rejecting a config must not take away the
+    // Service the module is downloaded from.
+    for (probe, path) in [
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz?exclude=proxies"),
+    ] {
         let get = container.pointer(&format!("/{probe}/httpGet"));
         let probe_path = get.and_then(|get| text(get, "/path"));
         if probe_path != Some(path) {

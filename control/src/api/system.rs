@@ -11,12 +11,31 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Which readiness checks to leave out.
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+pub struct ReadyQuery {
+    /// A check to leave out (repeatable, or comma-separated): `push`, `save`, `take-over`,
+    /// `reload`, `proxies`. The shipped Deployment's readiness probe leaves out `proxies`, so
+    /// that proxies rejecting a config never take the API and the module download away.
+    #[serde(default)]
+    pub exclude: Option<String>,
+}
+
 /// Readiness: the current filter config is pushed and saved; a leader has taken over (adopted or
-/// resumed its config); a follower can read the leader's state.
-#[utoipa::path(get, path = "/readyz", tag = "system",
-    responses((status = 200, description = "Ready", body = String), (status = 503, description = "Not ready, and why: the last push, save, take-over or reload failed", body = String)))]
-pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.controller.not_ready() {
+/// resumed its config) and the watched proxies run the generation it pushed; a follower can read
+/// the leader's state.
+#[utoipa::path(get, path = "/readyz", tag = "system", params(ReadyQuery),
+    responses((status = 200, description = "Ready", body = String), (status = 503, description = "Not ready, and why: the last push, save, take-over or reload failed, or proxies do not run the pushed generation", body = String)))]
+pub async fn readyz(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<ReadyQuery>,
+) -> impl IntoResponse {
+    let exclude: Vec<&str> = query
+        .exclude
+        .as_deref()
+        .map(|list| list.split(',').map(str::trim).collect())
+        .unwrap_or_default();
+    match state.controller.not_ready(&exclude) {
         None => (StatusCode::OK, "ready".to_string()),
         Some(error) => (
             StatusCode::SERVICE_UNAVAILABLE,

@@ -86,7 +86,10 @@ async fn harness(protect_reads: bool) -> Harness {
         Box::new(MemoryStore::default()),
         Box::new(pushed.clone()),
         Box::new(NoProxies),
-        Some(initial),
+        crate::service::Settings {
+            initial: Some(initial),
+            ..Default::default()
+        },
     )
     .await
     .unwrap();

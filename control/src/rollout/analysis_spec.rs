@@ -205,6 +205,15 @@ impl WebhookKind {
     }
 }
 
+/// A hook's per-attempt timeout when it sets none.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The shortest per-attempt timeout a hook may set.
+pub const MIN_WEBHOOK_TIMEOUT: Duration = Duration::from_millis(100);
+/// The longest per-attempt timeout a hook may set.
+pub const MAX_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(60);
+/// The pause between a hook's attempts.
+pub const WEBHOOK_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
 /// An HTTP hook. It receives a JSON POST (rollout, route, phase, weights, last verdict, metadata);
 /// any 2xx answer is success.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -217,7 +226,7 @@ pub struct Webhook {
     pub kind: WebhookKind,
     /// `http://` URL to POST to.
     pub url: String,
-    /// Per attempt (default `5s`).
+    /// Per attempt (default `5s`, from `100ms` to `1m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
     /// Extra attempts after a failure (default `2`), 500 ms apart.
@@ -247,12 +256,33 @@ impl Webhook {
         if self.retries > 10 {
             return Err(Error::invalid(format!("{field}.retries"), "at most 10"));
         }
+        if let Some(timeout) = self.timeout {
+            if !(MIN_WEBHOOK_TIMEOUT..=MAX_WEBHOOK_TIMEOUT).contains(&timeout.0) {
+                return Err(Error::invalid(
+                    format!("{field}.timeout"),
+                    format!(
+                        "{timeout} is not between {} and {} (a hook that takes longer holds its rollout for that long at every attempt)",
+                        HumanDuration(MIN_WEBHOOK_TIMEOUT),
+                        HumanDuration(MAX_WEBHOOK_TIMEOUT)
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 
     /// The per-attempt timeout.
     pub fn timeout(&self) -> Duration {
-        self.timeout.map_or(Duration::from_secs(5), |t| t.0)
+        self.timeout.map_or(DEFAULT_WEBHOOK_TIMEOUT, |t| t.0)
+    }
+
+    /// The longest a call of this hook can take: every attempt timing out, with the pauses
+    /// between them.
+    pub fn longest(&self) -> Duration {
+        let attempts = self.retries.saturating_add(1);
+        self.timeout()
+            .saturating_mul(attempts)
+            .saturating_add(WEBHOOK_RETRY_PAUSE.saturating_mul(self.retries))
     }
 }
 
@@ -304,6 +334,10 @@ pub struct AnalysisStatus {
     /// When a gate last failed (its retry waits an interval from then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_gate_at: Option<Timestamp>,
+    /// When the gate hooks now being waited for were called (their answer is recorded when it
+    /// comes; after their longest possible time the engine calls them again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_called_at: Option<Timestamp>,
 }
 
 #[cfg(test)]

@@ -7,8 +7,12 @@ use super::analysis_spec::{CheckRecord, DEFAULT_GATE_INTERVAL, MAX_CHECKS};
 use super::{Event, Hold, Phase, PlanStep, Rollout, WebhookKind, MAX_HISTORY};
 use crate::analysis::judge::Verdict;
 use crate::error::{Error, Result};
-use crate::time::Timestamp;
+use crate::time::{HumanDuration, Timestamp};
 use meshcanary_core::config::TOTAL_WEIGHT;
+use std::time::Duration;
+
+/// Added to the longest time gate hooks can take before their call counts as lost.
+const GATE_DEADLINE_MARGIN: Duration = Duration::from_secs(5);
 
 /// What the service knows about the proxies when it asks the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -206,8 +210,17 @@ pub fn next_check_at(rollout: &Rollout) -> Option<Timestamp> {
     })
 }
 
-/// Calls gate hooks when due, otherwise waits for the next attempt.
+/// Calls gate hooks when due, otherwise waits for the next attempt (or for hooks already called
+/// to answer, until they cannot take any longer).
 fn gate(rollout: &Rollout, kind: WebhookKind, now: Timestamp) -> Action {
+    if let Some(called) = rollout.status.analysis.gate_called_at {
+        let deadline = called.plus(gate_deadline(rollout, kind));
+        if now < deadline {
+            return Action::Wait {
+                until: Some(deadline),
+            };
+        }
+    }
     let interval = rollout
         .spec
         .analysis
@@ -343,6 +356,37 @@ pub fn record_check(rollout: &Rollout, check: Option<CheckRecord>, now: Timestam
     next
 }
 
+/// How long the gate hooks of `kind` may take before their call counts as lost (the service
+/// stopped meanwhile, say): every hook's every attempt timing out, and a margin.
+pub fn gate_deadline(rollout: &Rollout, kind: WebhookKind) -> Duration {
+    rollout
+        .webhooks(kind)
+        .map(|hook| hook.longest())
+        .fold(GATE_DEADLINE_MARGIN, Duration::saturating_add)
+}
+
+/// `rollout` once its gate hooks of `kind` have been called at `now`: it waits for their answer
+/// (which [`record_gate`] records) and says so.
+pub fn gate_called(rollout: &Rollout, kind: WebhookKind, now: Timestamp) -> Rollout {
+    let mut next = rollout.clone();
+    next.status.analysis.gate_called_at = Some(now);
+    let names: Vec<&str> = rollout
+        .webhooks(kind)
+        .map(|hook| hook.name.as_str())
+        .collect();
+    record(
+        &mut next,
+        format!(
+            "waiting for the {} hooks ({}), at most {}",
+            kind.as_str(),
+            names.join(", "),
+            HumanDuration(gate_deadline(rollout, kind))
+        ),
+        now,
+    );
+    next
+}
+
 /// `rollout` after its gate hooks of `kind` answered (`Ok`) or not (`Err` with why).
 pub fn record_gate(
     rollout: &Rollout,
@@ -352,6 +396,7 @@ pub fn record_gate(
 ) -> Rollout {
     let mut next = rollout.clone();
     let analysis = &mut next.status.analysis;
+    analysis.gate_called_at = None;
     // The timer only spaces out retries of a failing gate; a passed gate leaves none running.
     analysis.last_gate_at = match outcome {
         Ok(()) => None,
