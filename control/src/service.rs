@@ -859,6 +859,7 @@ impl Controller {
             let span =
                 tracing::info_span!("rollout_step", rollout = %name, step = rollout.status.step);
             let _entered = span.enter();
+            let weight_before = rollout.status.canary_weight;
             rollout = engine::apply(&rollout, &action, now);
             tracing::info!(
                 phase = rollout.status.phase.as_str(),
@@ -866,6 +867,12 @@ impl Controller {
                 "{}",
                 rollout.status.message
             );
+            if rollout.status.canary_weight != weight_before {
+                // A weight is pushed by the write that sets it, and counts as applied only once
+                // it is: going on in the same write could skip it unpushed. The next tick goes on.
+                wake_at = Some(now);
+                break;
+            }
         }
         if rollout != original {
             if let Err(error) = state.put_rollout(rollout.clone()) {
@@ -1084,9 +1091,15 @@ impl Controller {
                         .get(name)
                         .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))?;
                     check_version(name, current.version, expected_version.as_deref())?;
+                    let weight_before = current.status.canary_weight;
                     let changed = engine::command(current, command, now)?;
+                    let weight_changed = changed.status.canary_weight != weight_before;
                     state.put_rollout(changed)?;
-                    self.advance(state, name, &observation, now, &mut io);
+                    // A weight the command set is pushed by this write; the engine goes on from
+                    // it in the next tick (see `advance`).
+                    if !weight_changed {
+                        self.advance(state, name, &observation, now, &mut io);
+                    }
                     Ok(())
                 },
                 |state, ()| state.rollouts.get(name).cloned(),

@@ -931,10 +931,12 @@ async fn two_replicas_elect_one_leader_and_hand_over() {
 
     // The leader moves on (20 %, then the pause at step index 3) and is stopped right away, as
     // in a rolling update: the follower has not reloaded since.
-    let moved = leader
+    let resumed = leader
         .write(Method::POST, "/v1/rollouts/reviews-v2/resume", None)
         .await;
-    assert_eq!(moved["status"]["step"], 3, "{moved}");
+    // The answer is the resume's own result (20 % entered); the engine goes on to the pause.
+    assert_eq!(resumed["status"]["step"], 2, "{resumed}");
+    let moved = wait_rollout(leader, "reviews-v2", "paused", 3).await;
     let terminated_at = Instant::now();
     let status = services[first].process.terminate(Duration::from_secs(10));
     assert!(status.success(), "graceful stop: {status}");
@@ -969,12 +971,12 @@ async fn two_replicas_elect_one_leader_and_hand_over() {
              (it held the Lease after {lease_moved:?})"
         ));
     }
-    // Resumed from step index 3 (the old leader's last state), not from 1: now at index 5,
-    // holding 30 % for a second.
-    if resumed["status"]["step"] != 5 || resumed["status"]["canaryWeight"] != 3000 {
+    // Resumed from step index 3 (the old leader's last state), not from 1: the resume entered
+    // index 4, 30 % (the engine then holds it for a second at index 5).
+    if resumed["status"]["step"] != 4 || resumed["status"]["canaryWeight"] != 3000 {
         problems.push(format!(
             "the resume the new leader took did not continue from the old leader's last state \
-             (step index 3, 2000 bp) to step index 5, 3000 bp: {}",
+             (step index 3, 2000 bp) to step index 4, 3000 bp: {}",
             describe(&resumed)
         ));
         panic!("{problems:#?}\n{resumed:#}");
@@ -1141,21 +1143,22 @@ async fn a_write_taken_during_the_takeover_reload_is_not_undone() {
     // The held reload has been delivered and acted on.
     tokio::time::sleep(Duration::from_millis(1200)).await;
 
-    // What the resume must have done, and must still be visible: step 4/5 (index 3), 30 %.
-    let resumed_ok = |rollout: &Value| {
-        rollout["status"]["step"] == 3 && rollout["status"]["canaryWeight"] == 3000
+    // What the resume must have done, and must still be visible: its answer is step 3/5 (index 2,
+    // 30 %) entered; a moment later the engine holds at the pause, step 4/5 (index 3), still 30 %.
+    let resumed_ok = |rollout: &Value, step: u64| {
+        rollout["status"]["step"] == step && rollout["status"]["canaryWeight"] == 3000
     };
     let mut problems = Vec::new();
-    if !resumed_ok(&resumed) {
+    if !resumed_ok(&resumed, 2) {
         problems.push(format!(
-            "the resume was answered 200 with the rollout as it was before it: {}",
+            "the resume was answered 200 without having entered step 3/5 (index 2, 3000 bp): {}",
             describe(&resumed)
         ));
     }
     let now = b.rollout("reviews-v2").await;
-    if !resumed_ok(&now) {
+    if !resumed_ok(&now, 3) {
         problems.push(format!(
-            "1.2 s after the resume, b shows the rollout without it: {}",
+            "1.2 s after the resume, b does not hold at step 4/5 (index 3, 3000 bp): {}",
             describe(&now)
         ));
     }

@@ -112,6 +112,10 @@ async fn a_gate_that_never_answers_holds_only_its_own_rollout() {
         created.rollout.status.canary_weight, 2000,
         "it ran on while the gate hangs"
     );
+    api.wait_for_rollout("other", "paused at its pause step", |view| {
+        view.rollout.status.phase.as_str() == "paused" && view.rollout.status.step == 1
+    })
+    .await;
     let mut slowest = Duration::ZERO;
     for percent in [25, 30, 35] {
         let (took, view) = timed(api.set_weight("other", percent * 100)).await;
@@ -128,9 +132,12 @@ async fn a_gate_that_never_answers_holds_only_its_own_rollout() {
         slowest < Duration::from_secs(1),
         "a write took {slowest:?} while a hook hangs"
     );
-    let (took, resumed) = timed(api.action("other", "resume")).await;
+    let (took, _) = timed(api.action("other", "resume")).await;
     assert!(took < Duration::from_secs(1), "{took:?}");
-    assert_eq!(resumed.rollout.status.canary_weight, 4000);
+    api.wait_for_rollout("other", "at its last step's 40 %", |view| {
+        view.rollout.status.canary_weight == 4000
+    })
+    .await;
 
     // The gated rollout still waits, and says so.
     let gated = api.rollout("gated").await;

@@ -155,7 +155,10 @@ async fn create_starts_the_rollout_and_pushes_its_weight() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(headers[header::LOCATION], "/v1/rollouts/r1");
     assert_eq!(headers[header::ETAG], format!("\"{}\"", body["version"]));
-    assert_eq!(body["status"]["phase"], "paused");
+    // The answer is the rollout as the create left it: in its first step, its weight pushed by
+    // that same write (the engine loop, not running here, would take the next steps).
+    assert_eq!(body["status"]["phase"], "progressing");
+    assert_eq!(body["status"]["step"], 0);
     assert_eq!(body["status"]["canaryWeight"], 1000);
     assert_eq!(body["propagation"]["summary"], "applied on 0/0 proxies");
     let last = h.pushed.0.lock().unwrap().last().cloned().unwrap();
@@ -575,7 +578,7 @@ async fn the_openapi_document_and_metrics_describe_the_service() {
     let (_, _, metrics) = call(&h.app, "GET", "/metrics", None, None).await;
     let text = metrics.as_str().unwrap();
     assert!(
-        text.contains("meshcanary_control_rollouts{phase=\"paused\"} 1"),
+        text.contains("meshcanary_control_rollouts{phase=\"progressing\"} 1"),
         "{text}"
     );
     assert!(
