@@ -17,7 +17,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams
 use meshcanary_control::kube::configmap_store::{ConfigMapStore, STATE_KEY};
 use meshcanary_control::kube::drift::{watch_drift_with, Difference, DriftEvent, DriftWatchConfig};
 use meshcanary_control::kube::leader::{LeaderElector, LeaderState, LeaseConfig};
-use meshcanary_control::kube::wasmplugin::{wasmplugin_resource, WasmPluginRouter};
+use meshcanary_control::kube::wasmplugin::WasmPluginRouter;
 use meshcanary_control::rollout::RolloutSpec;
 use meshcanary_control::router::{LiveConfig, TrafficRouter};
 use meshcanary_control::state::ServiceState;
@@ -26,7 +26,7 @@ use meshcanary_control::time::Timestamp as ServiceTime;
 use meshcanary_control::Error;
 use meshcanary_core::config::FilterConfig;
 use meshcanary_testkit::envtest::{Envtest, HOW_TO_GET};
-use meshcanary_testkit::install::{Installed, Namespaces, Options, SERVICE_ACCOUNT, WASMPLUGIN};
+use meshcanary_testkit::install::{SERVICE_ACCOUNT, WASMPLUGIN};
 use meshcanary_testkit::interpose::Interposer;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -46,50 +46,12 @@ fn route(name: &str, canary_weight: u32) -> Value {
     ]})
 }
 
-/// One test's share of the API server: the project installed into namespaces of its own, an
-/// administrator's client (the cluster's other clients) and the ServiceAccount's.
-struct Cluster {
-    installed: Installed<'static>,
-    admin: kube::Client,
-    service_account: kube::Client,
-}
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use cluster::Cluster;
 
 impl Cluster {
-    async fn start() -> Option<Cluster> {
-        let envtest = Envtest::shared()?;
-        let installed = Installed::install(
-            envtest,
-            Options {
-                namespaces: Namespaces::Fresh,
-                bookinfo: true,
-            },
-        );
-        let admin = envtest.admin_client().await;
-        let service_account = installed.service_account_client().await;
-        Some(Cluster {
-            installed,
-            admin,
-            service_account,
-        })
-    }
-
-    fn apps(&self) -> &str {
-        &self.installed.apps
-    }
-
-    fn system(&self) -> &str {
-        &self.installed.system
-    }
-
-    fn plugins(&self) -> Api<DynamicObject> {
-        Api::namespaced_with(self.admin.clone(), self.apps(), &wasmplugin_resource())
-    }
-
-    /// The WasmPlugin as stored, as JSON.
-    async fn plugin(&self) -> Value {
-        serde_json::to_value(self.plugins().get(WASMPLUGIN).await.unwrap()).unwrap()
-    }
-
     /// Replaces the installed WasmPlugin by one with every field meshcanary must leave alone set,
     /// and `plugin_config`.
     async fn install_plugin(&self, plugin_config: Value) -> Value {
@@ -127,14 +89,6 @@ impl Cluster {
             .await
             .unwrap();
         serde_json::to_value(created).unwrap()
-    }
-
-    /// A merge patch by the administrator (a `kubectl edit`).
-    async fn edit_plugin(&self, patch: Value) {
-        self.plugins()
-            .patch(WASMPLUGIN, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .unwrap();
     }
 
     /// A client acting as the ServiceAccount through `proxy`.
@@ -620,10 +574,6 @@ fn state_with_rollouts() -> ServiceState {
 }
 
 impl Cluster {
-    fn configmaps(&self) -> Api<ConfigMap> {
-        Api::namespaced(self.admin.clone(), self.system())
-    }
-
     fn store(&self) -> ConfigMapStore {
         ConfigMapStore::new(self.service_account.clone(), self.system(), STATE)
     }

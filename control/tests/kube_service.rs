@@ -17,13 +17,13 @@
 use axum::http::Method;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, WatchEvent, WatchParams};
 use meshcanary_control::kube::wasmplugin::wasmplugin_resource;
 use meshcanary_testkit::envtest::Envtest;
-use meshcanary_testkit::install::{Installed, Namespaces, Options, WASMPLUGIN};
+use meshcanary_testkit::install::WASMPLUGIN;
 use meshcanary_testkit::interpose::Interposer;
 use meshcanary_testkit::pod::{PodCommand, ServiceProcess};
+use meshcanary_testkit::wait::eventually;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -41,69 +41,12 @@ const STATE: &str = "meshcanary-state";
 const LEASE: &str = "meshcanary-control";
 const LEASE_DURATION: Duration = Duration::from_secs(3);
 
-/// The project installed into namespaces of this test's own, and an administrator's client.
-struct Cluster {
-    installed: Installed<'static>,
-    admin: kube::Client,
-    /// The WasmPlugin as installed, before any service ran.
-    installed_plugin: Value,
-}
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use cluster::Cluster;
 
 impl Cluster {
-    async fn start() -> Option<Cluster> {
-        Cluster::start_on(Envtest::shared()?).await
-    }
-
-    async fn start_on(envtest: &'static Envtest) -> Option<Cluster> {
-        let installed = Installed::install(
-            envtest,
-            Options {
-                namespaces: Namespaces::Fresh,
-                bookinfo: true,
-            },
-        );
-        let admin = envtest.admin_client().await;
-        let mut cluster = Cluster {
-            installed,
-            admin,
-            installed_plugin: Value::Null,
-        };
-        cluster.installed_plugin = cluster.plugin().await;
-        Some(cluster)
-    }
-
-    fn apps(&self) -> &str {
-        &self.installed.apps
-    }
-
-    fn system(&self) -> &str {
-        &self.installed.system
-    }
-
-    fn plugins(&self) -> Api<DynamicObject> {
-        Api::namespaced_with(self.admin.clone(), self.apps(), &wasmplugin_resource())
-    }
-
-    async fn plugin(&self) -> Value {
-        serde_json::to_value(self.plugins().get(WASMPLUGIN).await.unwrap()).unwrap()
-    }
-
-    async fn plugin_config(&self) -> Value {
-        self.plugin().await["spec"]["pluginConfig"].clone()
-    }
-
-    /// A merge patch by the administrator (a `kubectl edit`).
-    async fn edit_plugin(&self, patch: Value) {
-        self.plugins()
-            .patch(WASMPLUGIN, &PatchParams::default(), &Patch::Merge(patch))
-            .await
-            .unwrap();
-    }
-
-    fn configmaps(&self) -> Api<ConfigMap> {
-        Api::namespaced(self.admin.clone(), self.system())
-    }
-
     /// The state the service saved, as JSON.
     async fn saved_state(&self) -> Value {
         let saved = self.configmaps().get(STATE).await.unwrap();
@@ -143,6 +86,13 @@ impl Cluster {
         let mut process = self.installed.run_pod_via(&bin(), command, name, via);
         process.wait_healthy(Duration::from_secs(20));
         Service::new(process, &self.installed.api_token)
+    }
+
+    /// Starts pod `name` and waits until it leads.
+    async fn serve_leader(&self, name: &str, on_drift: &str) -> Service {
+        let service = self.serve(name, on_drift).await;
+        self.wait_leader(&service).await;
+        service
     }
 
     /// Waits until `service` holds the Lease and takes writes.
@@ -290,6 +240,16 @@ impl Service {
         }
     }
 
+    /// Creates rollout `reviews-v2` (v1 → v2 on route reviews) with `steps`.
+    async fn create_rollout(&self, steps: Value) -> Value {
+        self.write(
+            Method::POST,
+            "/v1/rollouts",
+            Some(rollout_spec("reviews-v2", steps)),
+        )
+        .await
+    }
+
     async fn rollout(&self, name: &str) -> Value {
         let answer = self.get(&format!("/v1/rollouts/{name}")).await;
         assert_eq!(answer.status, 200, "{}: {answer:?}", self.name());
@@ -301,24 +261,6 @@ impl Service {
         let answer = self.get("/v1/routes").await;
         assert_eq!(answer.status, 200, "{}: {answer:?}", self.name());
         answer.body
-    }
-}
-
-/// Polls `probe` until it answers `Ok`, for at most `limit`; panics with the last `Err`.
-async fn eventually<T>(
-    what: &str,
-    limit: Duration,
-    mut probe: impl AsyncFnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        match probe().await {
-            Ok(value) => return value,
-            Err(last) if Instant::now() > deadline => {
-                panic!("{what}: not within {limit:?}; last seen: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(25)).await,
-        }
     }
 }
 
@@ -451,8 +393,7 @@ async fn a_rollout_writes_exactly_the_plugin_config_and_nothing_else() {
             .is_none(),
         "the shipped WasmPlugin leaves pluginConfig to the service"
     );
-    let service = cluster.serve("a", "reapply").await;
-    cluster.wait_leader(&service).await;
+    let service = cluster.serve_leader("a", "reapply").await;
     // No saved state and no pluginConfig: the service starts from the seed and writes it.
     let seed = shipped_seed(&cluster);
     let first = wait_in_sync(&cluster, &service).await;
@@ -463,13 +404,7 @@ async fn a_rollout_writes_exactly_the_plugin_config_and_nothing_else() {
     );
 
     let steps = json!([{"setWeight": {"percent": 10}}, {"pause": {}}]);
-    service
-        .write(
-            Method::POST,
-            "/v1/rollouts",
-            Some(rollout_spec("reviews-v2", steps)),
-        )
-        .await;
+    service.create_rollout(steps).await;
     let rollout = wait_rollout(&service, "reviews-v2", "paused", 1).await;
     assert_eq!(rollout["status"]["canaryWeight"], 1000);
 
@@ -542,13 +477,7 @@ async fn a_concurrent_foreign_edit_is_not_lost() {
     let service = cluster.serve_command("a", &command, Some(&proxy.url)).await;
     cluster.wait_leader(&service).await;
     let steps = json!([{"setWeight": {"percent": 5}}, {"pause": {}}]);
-    service
-        .write(
-            Method::POST,
-            "/v1/rollouts",
-            Some(rollout_spec("reviews-v2", steps)),
-        )
-        .await;
+    service.create_rollout(steps).await;
     wait_rollout(&service, "reviews-v2", "paused", 1).await;
     wait_in_sync(&cluster, &service).await;
 
@@ -641,16 +570,9 @@ async fn drift_is_re_applied_under_a_new_generation_and_recorded() {
     let Some(cluster) = Cluster::start().await else {
         return;
     };
-    let service = cluster.serve("a", "reapply").await;
-    cluster.wait_leader(&service).await;
+    let service = cluster.serve_leader("a", "reapply").await;
     let steps = json!([{"setWeight": {"percent": 20}}, {"pause": {}}]);
-    service
-        .write(
-            Method::POST,
-            "/v1/rollouts",
-            Some(rollout_spec("reviews-v2", steps)),
-        )
-        .await;
+    service.create_rollout(steps).await;
     wait_rollout(&service, "reviews-v2", "paused", 1).await;
     let pushed = wait_in_sync(&cluster, &service).await;
 
@@ -710,20 +632,13 @@ async fn drift_pauses_the_rollout_and_resume_re_applies_the_config() {
     let Some(cluster) = Cluster::start().await else {
         return;
     };
-    let service = cluster.serve("a", "pause").await;
-    cluster.wait_leader(&service).await;
+    let service = cluster.serve_leader("a", "pause").await;
     let steps = json!([
         {"setWeight": {"percent": 20}},
         {"pause": {"duration": "60s"}},
         {"setWeight": {"percent": 50}},
     ]);
-    service
-        .write(
-            Method::POST,
-            "/v1/rollouts",
-            Some(rollout_spec("reviews-v2", steps)),
-        )
-        .await;
+    service.create_rollout(steps).await;
     wait_rollout(&service, "reviews-v2", "progressing", 1).await;
     let pushed = wait_in_sync(&cluster, &service).await;
 
@@ -1213,13 +1128,7 @@ async fn followers_report_the_leaders_config_without_false_drift() {
     let first = the_one_leader(&cluster, [&services[0], &services[1]]).await;
     let (leader, follower) = (&services[first], &services[1 - first]);
     let steps = json!([{"setWeight": {"percent": 10}}, {"pause": {}}]);
-    leader
-        .write(
-            Method::POST,
-            "/v1/rollouts",
-            Some(rollout_spec("reviews-v2", steps)),
-        )
-        .await;
+    leader.create_rollout(steps).await;
     wait_rollout(leader, "reviews-v2", "paused", 1).await;
     let live = wait_in_sync(&cluster, leader).await;
     // Past the follower's reload and the drift watch's settle time.
@@ -1248,13 +1157,7 @@ async fn a_restarted_instance_resumes_from_the_cluster() {
         {"pause": {}},
         {"setWeight": {"percent": 30}},
     ]);
-    first
-        .write(
-            Method::POST,
-            "/v1/rollouts",
-            Some(rollout_spec("reviews-v2", steps)),
-        )
-        .await;
+    first.create_rollout(steps).await;
     let before = wait_rollout(&first, "reviews-v2", "paused", 1).await;
     let status = first.process.terminate(Duration::from_secs(10));
     assert!(status.success(), "graceful stop: {status}");
@@ -1344,13 +1247,7 @@ async fn without_saved_state_the_service_adopts_the_live_config_and_never_overwr
     assert_eq!(cluster.plugin_config().await, theirs, "not overwritten");
     // And it is now the service's: a rollout moves on from the adopted weights.
     let steps = json!([{"setWeight": {"percent": 10}}, {"pause": {}}]);
-    let created = service
-        .write(
-            Method::POST,
-            "/v1/rollouts",
-            Some(rollout_spec("reviews-v2", steps)),
-        )
-        .await;
+    let created = service.create_rollout(steps).await;
     assert_eq!(created["spec"]["route"], "reviews");
     let live = wait_in_sync(&cluster, &service).await;
     assert_eq!(canary_weight(&live), 1000);
@@ -1429,16 +1326,9 @@ async fn foreign_edits_of_the_state_configmap_do_not_wedge_the_leader() {
     let Some(cluster) = Cluster::start().await else {
         return;
     };
-    let service = cluster.serve("a", "reapply").await;
-    cluster.wait_leader(&service).await;
+    let service = cluster.serve_leader("a", "reapply").await;
     let steps = json!([{"setWeight": {"percent": 10}}, {"pause": {}}, {"setWeight": {"percent": 20}}, {"pause": {}}]);
-    service
-        .write(
-            Method::POST,
-            "/v1/rollouts",
-            Some(rollout_spec("reviews-v2", steps)),
-        )
-        .await;
+    service.create_rollout(steps).await;
     wait_rollout(&service, "reviews-v2", "paused", 1).await;
     let admin = cluster.installed.envtest;
     admin.kubectl_ok(&[
@@ -1603,9 +1493,8 @@ async fn drift_is_seen_within_seconds_after_an_api_server_restart() {
         return;
     };
     let envtest: &'static Envtest = Box::leak(Box::new(envtest));
-    let cluster = Cluster::start_on(envtest).await.unwrap();
-    let service = cluster.serve("a", "reapply").await;
-    cluster.wait_leader(&service).await;
+    let cluster = Cluster::start_on(envtest).await;
+    let service = cluster.serve_leader("a", "reapply").await;
     let pushed = wait_in_sync(&cluster, &service).await;
 
     for (round, compact) in [(1, false), (2, true)] {
@@ -1659,16 +1548,9 @@ async fn gitops_appliers_never_reset_or_conflict_with_the_service() {
     let Some(cluster) = Cluster::start().await else {
         return;
     };
-    let service = cluster.serve("a", "reapply").await;
-    cluster.wait_leader(&service).await;
+    let service = cluster.serve_leader("a", "reapply").await;
     let steps = json!([{"setWeight": {"percent": 25}}, {"pause": {}}]);
-    service
-        .write(
-            Method::POST,
-            "/v1/rollouts",
-            Some(rollout_spec("reviews-v2", steps)),
-        )
-        .await;
+    service.create_rollout(steps).await;
     wait_rollout(&service, "reviews-v2", "paused", 1).await;
     let live = wait_in_sync(&cluster, &service).await;
     assert_eq!(canary_weight(&live), 2500);
@@ -1854,16 +1736,9 @@ async fn upgrading_from_a_manifest_with_plugin_config_keeps_the_live_config() {
         run(&apply(&old_file));
 
         // The service adopts what the old manifest installed and moves it on.
-        let service = cluster.serve("a", "reapply").await;
-        cluster.wait_leader(&service).await;
+        let service = cluster.serve_leader("a", "reapply").await;
         let steps = json!([{"setWeight": {"percent": 25}}, {"pause": {}}]);
-        service
-            .write(
-                Method::POST,
-                "/v1/rollouts",
-                Some(rollout_spec("reviews-v2", steps)),
-            )
-            .await;
+        service.create_rollout(steps).await;
         let live = wait_in_sync(&cluster, &service).await;
         assert_eq!(canary_weight(&live), 2500);
 

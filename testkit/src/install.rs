@@ -63,14 +63,7 @@ pub struct Installed<'a> {
 impl<'a> Installed<'a> {
     /// Installs the manifests into `envtest`.
     pub fn install(envtest: &'a Envtest, options: Options) -> Installed<'a> {
-        let checkout = tempfile::Builder::new()
-            .prefix("meshcanary-checkout-")
-            .tempdir()
-            .expect("a temporary directory");
-        copy_tree(
-            &crate::workspace_root().join("envoy-config"),
-            &checkout.path().join("envoy-config"),
-        );
+        let checkout = new_checkout();
         let api_token = random_hex();
         let istio = checkout.path().join("envoy-config/istio");
         std::fs::write(istio.join("token.env"), format!("token={api_token}\n"))
@@ -104,15 +97,7 @@ impl<'a> Installed<'a> {
     /// with nothing installed, for a test that runs the install commands itself; the namespaces
     /// are the shipped ones.
     pub fn prepare(envtest: &'a Envtest) -> Installed<'a> {
-        let checkout = tempfile::Builder::new()
-            .prefix("meshcanary-checkout-")
-            .tempdir()
-            .expect("a temporary directory");
-        copy_tree(
-            &crate::workspace_root().join("envoy-config"),
-            &checkout.path().join("envoy-config"),
-        );
-        let _ = std::fs::remove_file(checkout.path().join("envoy-config/istio/token.env"));
+        let checkout = new_checkout();
         Installed {
             envtest,
             system: SHIPPED_SYSTEM_NAMESPACE.to_string(),
@@ -246,6 +231,21 @@ impl<'a> Installed<'a> {
                 .args(args),
         )
     }
+}
+
+/// A fresh copy of `envoy-config/` in a temporary directory, without a developer's local
+/// `token.env`.
+fn new_checkout() -> tempfile::TempDir {
+    let checkout = tempfile::Builder::new()
+        .prefix("meshcanary-checkout-")
+        .tempdir()
+        .expect("a temporary directory");
+    copy_tree(
+        &crate::workspace_root().join("envoy-config"),
+        &checkout.path().join("envoy-config"),
+    );
+    let _ = std::fs::remove_file(checkout.path().join("envoy-config/istio/token.env"));
+    checkout
 }
 
 /// Replaces the WasmPlugin's `sha256:` line, as the walkthrough's `sed` does.

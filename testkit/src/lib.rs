@@ -13,6 +13,7 @@ pub mod install;
 pub mod interpose;
 pub mod pod;
 pub mod supervise;
+pub mod wait;
 
 /// The workspace root (this crate's parent directory).
 pub fn workspace_root() -> std::path::PathBuf {

@@ -101,14 +101,18 @@ impl PodCommand {
         })
     }
 
-    /// Sets the value of a flag the command already has; panics if it has not.
-    pub fn set_flag(&mut self, name: &str, value: &str) -> &mut PodCommand {
+    /// Where flag `name` is (`--name=value` or `--name value`); panics if it is not there.
+    fn flag_at(&self, name: &str) -> usize {
         let prefix = format!("{name}=");
-        let at = self
-            .argv
+        self.argv
             .iter()
             .position(|word| word.starts_with(&prefix) || word == name)
-            .unwrap_or_else(|| panic!("the Deployment passes no {name}: {:?}", self.argv));
+            .unwrap_or_else(|| panic!("the Deployment passes no {name}: {:?}", self.argv))
+    }
+
+    /// Sets the value of a flag the command already has; panics if it has not.
+    pub fn set_flag(&mut self, name: &str, value: &str) -> &mut PodCommand {
+        let at = self.flag_at(name);
         if self.argv[at] == name {
             self.argv[at + 1] = value.to_string();
         } else {
@@ -119,12 +123,7 @@ impl PodCommand {
 
     /// Drops a flag (and its value) the command has; panics if it has not.
     pub fn remove_flag(&mut self, name: &str) -> &mut PodCommand {
-        let prefix = format!("{name}=");
-        let at = self
-            .argv
-            .iter()
-            .position(|word| word.starts_with(&prefix) || word == name)
-            .unwrap_or_else(|| panic!("the Deployment passes no {name}: {:?}", self.argv));
+        let at = self.flag_at(name);
         let words = if self.argv[at] == name { 2 } else { 1 };
         self.argv.drain(at..at + words);
         self

@@ -31,12 +31,13 @@ use meshcanary_e2e::upstream::Upstream;
 use meshcanary_testkit::envtest::Envtest;
 use meshcanary_testkit::install::Installed;
 use meshcanary_testkit::pod::ServiceProcess;
+use meshcanary_testkit::wait::eventually;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const WALKTHROUGH: &str = "examples/istio-bookinfo/README.md";
 
@@ -348,24 +349,6 @@ impl Traffic {
 impl Drop for Traffic {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
-/// Polls `probe` until it answers `Ok`, for at most `limit`; panics with the last `Err`.
-async fn eventually<T>(
-    what: &str,
-    limit: Duration,
-    mut probe: impl AsyncFnMut() -> Result<T, String>,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        match probe().await {
-            Ok(value) => return value,
-            Err(last) if Instant::now() > deadline => {
-                panic!("{what}: not within {limit:?}; last seen: {last}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
     }
 }
 
