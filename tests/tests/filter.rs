@@ -320,6 +320,10 @@ async fn a_bad_config_is_rejected_and_the_old_one_keeps_routing() {
         r#"{"generation": 2, "routes": [{"name": "reviews", "hosts": ["*"], "variants": [{"name": "v1", "weight": 5000}, {"name": "v2", "weight": 5001}]}]}"#,
         r#"{"generation": 3, "routez": []}"#,
         r#"{"generation": 4, "routes": [ "#,
+        // serde reads a struct from a sequence of its fields; only JSON objects are configs.
+        "[]",
+        "[42]",
+        r#"{"generation":45,"routes":[["reviews",["reviews"],null,[["v1",0],["v2",10000]]]]}"#,
     ];
     for (i, config) in bad.iter().enumerate() {
         rig.envoy.push_raw(2 + i as u64, config);
@@ -356,6 +360,37 @@ async fn a_bad_config_is_rejected_and_the_old_one_keeps_routing() {
     assert!(
         log.contains("routez: unknown field `routez`"),
         "log names the field"
+    );
+    assert!(
+        log.contains("rejected config: routes[0]: invalid type: sequence, expected a JSON object"),
+        "log names the field"
+    );
+    // What Envoy itself logs for every rejected config (README, "A rejected config"): an alert
+    // keyed on these lines fires on every push the filter refuses, though nothing stopped serving.
+    let envoy_lines = |level: &str, text: &str| {
+        log.lines()
+            .filter(|line| line.contains(&format!("[{level}][wasm]")) && line.contains(text))
+            .count()
+    };
+    assert_eq!(
+        envoy_lines(
+            "error",
+            "Wasm VM failed Failed to configure base Wasm plugin"
+        ),
+        bad.len(),
+        "{log}"
+    );
+    assert_eq!(
+        envoy_lines("critical", "Plugin meshcanary failed to load"),
+        bad.len(),
+        "{log}"
+    );
+    assert!(
+        envoy_lines(
+            "critical",
+            "Plugin configured to fail closed failed to load"
+        ) >= bad.len(),
+        "printed with FAIL_OPEN too: {log}"
     );
     // A valid config after the rejected ones still applies.
     rig.envoy

@@ -27,6 +27,48 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Makes a schema struct deserializable from a JSON object only.
+///
+/// serde's derived `Deserialize` for a struct also accepts a sequence of its fields in order, so
+/// `[42]` would read as `{"generation": 42}` and `[]` as an empty config — nothing a user means,
+/// and nothing `deny_unknown_fields` catches. Each schema struct therefore derives with
+/// `#[serde(remote = "Self")]`, which turns the derived code into inherent functions, and this
+/// implements the traits: `Serialize` as derived, `Deserialize` by asking the deserializer for a
+/// map (`deserialize_map` refuses a sequence) and handing the map to the derived code.
+macro_rules! objects_only {
+    ($($ty:ident),+ $(,)?) => {$(
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                $ty::serialize(self, serializer)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Object;
+                impl<'de> serde::de::Visitor<'de> for Object {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a JSON object")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<$ty, A::Error> {
+                        $ty::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    }
+                }
+                deserializer.deserialize_map(Object)
+            }
+        }
+    )+};
+}
+
+objects_only!(
+    FilterConfig,
+    RouteConfig,
+    VariantConfig,
+    RuleConfig,
+    StickyConfig
+);
+
 /// Weights are in basis points: 10000 is all of a route's traffic, 1 is 0.01 %.
 pub const TOTAL_WEIGHT: u32 = 10_000;
 /// The request header the filter writes when the config does not name one.
@@ -51,7 +93,7 @@ pub const MAX_HOST_LEN: usize = 253;
 /// The whole filter configuration, as written in a WasmPlugin's `pluginConfig`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 pub struct FilterConfig {
     /// Which push this is. The control service increments it on every change; the filter exports it
     /// as the `meshcanary_config_generation` gauge so a pusher can see when a proxy runs its config.
@@ -75,7 +117,7 @@ pub struct FilterConfig {
 /// One destination whose traffic is split between variants.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteConfig {
     /// The route's name: the `route` label of its stats, and how the control service refers to it.
     /// Letters, digits, `_` and `-`, at most 64 characters, unique in the config.
@@ -109,7 +151,7 @@ pub struct RouteConfig {
 /// A variant of a route and its share of traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 pub struct VariantConfig {
     /// The value written to the variant header (what routes match on) and the `variant` stat label.
     /// Letters, digits, `_` and `-`, at most 64 characters, unique in the route.
@@ -123,7 +165,7 @@ pub struct VariantConfig {
 /// `prefix`, `present` are set.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 pub struct RuleConfig {
     /// The variant a matching request is sent to.
     pub variant: String,
@@ -150,7 +192,7 @@ pub struct RuleConfig {
 /// Where the sticky user key comes from. Exactly one of `header` and `cookie` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 pub struct StickyConfig {
     /// Take the key from this request header, e.g. `x-user-id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -1088,6 +1130,57 @@ mod tests {
                 "{name}: {got_reason:?} lacks {reason:?}"
             );
         }
+    }
+
+    #[test]
+    fn only_json_objects_are_structs() {
+        // serde's derived struct code reads a sequence of fields in order: each of these applied
+        // as a config before (the first as an empty one, the second as generation 42, the third
+        // sending all of reviews to v2). Every struct of the schema is covered, at its path.
+        let cases: &[(&str, &str, &str)] = &[
+            ("[]", "", "expected a JSON object"),
+            ("[42]", "", "expected a JSON object"),
+            (
+                r#"{"generation":45,"routes":[["reviews",["reviews"],null,[["v1",0],["v2",10000]]]]}"#,
+                "routes[0]",
+                "invalid type: sequence, expected a JSON object",
+            ),
+            (
+                r#"{"routes":[{"name":"r","hosts":["*"],"variants":[["v1",0],{"name":"v2","weight":10000}]}]}"#,
+                "routes[0].variants[0]",
+                "expected a JSON object",
+            ),
+            (
+                r#"{"routes":[{"name":"r","hosts":["*"],"variants":[{"name":"v1","weight":0},{"name":"v2","weight":10000}],"rules":[["v2","x-canary"]]}]}"#,
+                "routes[0].rules[0]",
+                "expected a JSON object",
+            ),
+            (
+                r#"{"routes":[{"name":"r","hosts":["*"],"variants":[{"name":"v1","weight":0},{"name":"v2","weight":10000}],"sticky":["x-user-id"]}]}"#,
+                "routes[0].sticky",
+                "expected a JSON object",
+            ),
+        ];
+        for (input, field, reason) in cases {
+            let error = CheckedConfig::from_json(input.as_bytes())
+                .expect_err(&format!("{input} must be rejected"));
+            assert_eq!(error.field, *field, "{input}: {error}");
+            assert!(error.reason.contains(reason), "{input}: {error}");
+        }
+        // The same types as the control service's API reads them (serde_json::from_value).
+        for value in [json!([]), json!([42])] {
+            assert!(serde_json::from_value::<FilterConfig>(value).is_err());
+        }
+        assert!(serde_json::from_value::<RuleConfig>(json!(["v2", "x-canary"])).is_err());
+        assert!(serde_json::from_value::<VariantConfig>(json!(["v2", 1])).is_err());
+        // Objects still read, and serialise as before.
+        let rule: RuleConfig =
+            serde_json::from_value(json!({"variant": "v2", "header": "x", "present": true}))
+                .unwrap();
+        assert_eq!(
+            serde_json::to_value(&rule).unwrap(),
+            json!({"variant": "v2", "header": "x", "present": true})
+        );
     }
 
     #[test]
