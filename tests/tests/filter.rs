@@ -591,6 +591,72 @@ async fn local_replies_and_client_resets_are_counted() {
     );
 }
 
+/// The status line and the `x-upstream` header of a raw HTTP/1.1 exchange.
+async fn raw_upstream(port: u16, request: &str) -> (String, Option<String>) {
+    let response = raw_request(port, request.as_bytes()).await;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status_line = text.lines().next().unwrap_or("").to_string();
+    let upstream = text.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("x-upstream")
+            .then(|| value.trim().to_string())
+    });
+    (status_line, upstream)
+}
+
+/// HTTP/1.1 clients may send several `Cookie` lines, which Envoy keeps apart (it joins cookie
+/// headers only for HTTP/2); RFC 6265 makes them one list, and so does the filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_in_any_cookie_line_count() {
+    let rig = Rig::start(reviews(
+        1,
+        &[5000, 5000],
+        json!({
+            "rules": [{"cookie": "meshcanary", "exact": "v3", "variant": "v2"}],
+            "sticky": {"cookie": "session", "salt": "s"}
+        }),
+    ))
+    .await;
+    let port = rig.envoy.listen_port;
+    let request = |cookies: &[&str]| {
+        let lines: String = cookies.iter().map(|c| format!("cookie: {c}\r\n")).collect();
+        format!("GET / HTTP/1.1\r\nhost: reviews\r\n{lines}connection: close\r\n\r\n")
+    };
+    // The QA cookie in the second line forces its variant.
+    for _ in 0..10 {
+        let (status, upstream) =
+            raw_upstream(port, &request(&["theme=dark", "meshcanary=v3"])).await;
+        assert!(status.contains(" 200 "), "{status}");
+        assert_eq!(upstream.as_deref(), Some("v2"), "QA cookie in a later line");
+    }
+    // A session cookie in the second line is sticky: each session gets the variant it gets in a
+    // single line, every time, and sessions land on both variants.
+    let mut seen = HashMap::new();
+    for i in 0..40 {
+        let session = format!("session=visitor-{i}");
+        let one_line = raw_upstream(port, &request(&[&format!("theme=dark; {session}")]))
+            .await
+            .1
+            .unwrap();
+        for _ in 0..3 {
+            let two_lines = raw_upstream(port, &request(&["theme=dark", &session]))
+                .await
+                .1
+                .unwrap();
+            assert_eq!(two_lines, one_line, "{session}");
+        }
+        *seen.entry(one_line).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "sessions on both variants: {seen:?}");
+    assert_eq!(
+        rig.envoy
+            .metric("meshcanary_decisions_total", &[("reason", "sticky")])
+            .await,
+        160.0,
+        "every session request was placed by its cookie"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_input_passes_through_untouched() {
     let rig = Rig::start(reviews(1, &[10000, 0], json!({

@@ -8,7 +8,7 @@
 
 use crate::config::{CheckedConfig, CheckedRoute, ValueSource};
 use crate::hash;
-use crate::request::{find_cookie, find_query, host_of, path_of, RequestView};
+use crate::request::{cookie, find_query, host_of, path_of, RequestView};
 
 /// The request id header Envoy sets (or keeps) on every request.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -81,7 +81,6 @@ pub fn choose(
     }
     let host = host_of(request.header(":authority").unwrap_or_default());
     let path = || request.header(":path");
-    let cookies = || request.header("cookie");
 
     let (route_index, route) = config.routes.iter().enumerate().find(|(_, route)| {
         route.hosts.iter().any(|pattern| pattern.matches(host))
@@ -102,9 +101,9 @@ pub fn choose(
             ValueSource::Header(name) => request
                 .header(name)
                 .is_some_and(|value| rule.matcher.matches(value)),
-            ValueSource::Cookie(name) => cookies()
-                .and_then(|header| find_cookie(header, name))
-                .is_some_and(|value| rule.matcher.matches(value)),
+            ValueSource::Cookie(name) => {
+                cookie(request, name).is_some_and(|value| rule.matcher.matches(value))
+            }
             ValueSource::Query(name) => path()
                 .and_then(|p| find_query(p, name))
                 .is_some_and(|value| rule.matcher.matches(value)),
@@ -121,8 +120,7 @@ pub fn choose(
                 .header(name)
                 .filter(|key| !key.is_empty())
                 .map(|key| hash::bucket(salt, key)),
-            ValueSource::Cookie(name) => cookies()
-                .and_then(|header| find_cookie(header, name))
+            ValueSource::Cookie(name) => cookie(request, name)
                 .filter(|key| !key.is_empty())
                 .map(|key| hash::bucket(salt, key)),
             // Validation only allows headers and cookies as sticky keys.
@@ -166,12 +164,12 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
     use std::cell::Cell;
-    use std::collections::HashMap;
 
-    /// A request as a header map that counts reads, so tests can check which headers are read.
+    /// A request as a list of headers (names may repeat) that counts lookups, so tests can check
+    /// which headers are read.
     #[derive(Default)]
     struct FakeRequest {
-        headers: HashMap<String, Vec<u8>>,
+        headers: Vec<(String, Vec<u8>)>,
         reads: Cell<usize>,
     }
 
@@ -190,7 +188,16 @@ mod tests {
     impl RequestView for FakeRequest {
         fn header(&self, name: &str) -> Option<&[u8]> {
             self.reads.set(self.reads.get() + 1);
-            self.headers.get(name).map(Vec::as_slice)
+            let (_, value) = self.headers.iter().find(|(key, _)| key == name)?;
+            Some(value)
+        }
+
+        fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+            self.reads.set(self.reads.get() + 1);
+            self.headers
+                .iter()
+                .filter(move |(key, _)| key == name)
+                .map(|(_, value)| value.as_slice())
         }
     }
 
@@ -265,6 +272,26 @@ mod tests {
                 ],
                 Some(0),
                 r("v2", Reason::Rule),
+            ),
+            (
+                "cookie rule in a later cookie line (HTTP/1.1 may send several)",
+                vec![
+                    (":authority", "reviews"),
+                    ("cookie", "a=1; b=2"),
+                    ("cookie", "canary=v2-beta"),
+                ],
+                Some(0),
+                r("v2", Reason::Rule),
+            ),
+            (
+                "the first cookie of that name wins across lines",
+                vec![
+                    (":authority", "reviews"),
+                    ("cookie", "canary=v1"),
+                    ("cookie", "canary=v2"),
+                ],
+                Some(0),
+                r("v1", Reason::Random),
             ),
             (
                 "cookie other value",
@@ -393,6 +420,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(reason, Reason::Random);
+        // The session cookie in a second `cookie` line is the sticky key all the same, and gives
+        // the variant it gives in a single line.
+        let one_line = pick(
+            &config,
+            &[
+                (":authority", "x.ratings.example"),
+                (":path", "/api"),
+                ("cookie", "theme=dark; session=abc"),
+            ],
+            Some(0),
+        );
+        let two_lines = pick(
+            &config,
+            &[
+                (":authority", "x.ratings.example"),
+                (":path", "/api"),
+                ("cookie", "theme=dark"),
+                ("cookie", "session=abc"),
+            ],
+            Some(0),
+        );
+        assert_eq!(two_lines, one_line);
+        assert_eq!(two_lines.unwrap().2, Reason::Sticky);
     }
 
     #[test]

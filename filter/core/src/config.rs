@@ -172,7 +172,8 @@ pub struct RuleConfig {
     /// Match on this request header (case-insensitive name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
-    /// Match on this cookie (case-sensitive name) from the `cookie` header.
+    /// Match on this cookie (case-sensitive name), found in any of the request's `cookie` headers
+    /// (HTTP/1.1 clients may send several lines; they form one list, as RFC 6265 says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
     /// Match on this query parameter (case-sensitive name, compared as sent, without percent-decoding).
@@ -308,7 +309,7 @@ pub struct CheckedRule {
 pub enum ValueSource {
     /// A request header (lowercase name).
     Header(String),
-    /// A cookie from the `cookie` header.
+    /// A cookie from any of the request's `cookie` headers.
     Cookie(String),
     /// A query parameter of `:path`.
     Query(String),
