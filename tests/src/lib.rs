@@ -13,6 +13,7 @@
 pub mod control;
 pub mod demo;
 pub mod envoy;
+pub mod grpc;
 pub mod hook_server;
 pub mod load;
 pub mod paths;
