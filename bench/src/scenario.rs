@@ -395,11 +395,11 @@ mod tests {
         }
         let config = Scenario::FilterWorst.plugin_config().unwrap();
         let checked = CheckedConfig::from_json(config.as_bytes()).unwrap();
-        let decision = meshcanary_core::choose(&checked, &Wrk, || None).unwrap();
+        let decision = meshcanary_core::choose(&checked, &Wrk, &mut || None).unwrap();
         assert_eq!(decision.reason, meshcanary_core::Reason::Sticky);
         let config = Scenario::Filter.plugin_config().unwrap();
         let checked = CheckedConfig::from_json(config.as_bytes()).unwrap();
-        let decision = meshcanary_core::choose(&checked, &Wrk, || None).unwrap();
+        let decision = meshcanary_core::choose(&checked, &Wrk, &mut || None).unwrap();
         assert_eq!(decision.reason, meshcanary_core::Reason::RequestId);
     }
 }

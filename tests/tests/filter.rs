@@ -657,6 +657,121 @@ async fn cookies_in_any_cookie_line_count() {
     );
 }
 
+/// One request of a visitor that keeps cookies: sends `cookie` (if it has one), returns the
+/// upstream that answered and the `Set-Cookie` it got, if any.
+async fn visit(
+    http: &reqwest::Client,
+    url: &str,
+    cookie: Option<&str>,
+) -> (String, Option<String>) {
+    let mut request = http.get(url);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| {
+        let mut values = response.headers().get_all(name).iter();
+        let value = values.next().map(|v| v.to_str().unwrap().to_string());
+        assert!(values.next().is_none(), "one {name} at most");
+        value
+    };
+    let answer = (header("x-upstream").unwrap(), header("set-cookie"));
+    response.bytes().await.unwrap();
+    answer
+}
+
+/// Anonymous visitors stay put: without the sticky cookie the filter draws an id, places the
+/// request by it and sets the cookie; a client that keeps cookies then sees one variant only —
+/// 0 flips over 1 000 visitors × 20 requests — and as the canary's weight rises visitors move
+/// only towards it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_visitors_get_a_cookie_and_stay_on_their_variant() {
+    let config = |generation: u64, canary: u32| {
+        reviews(
+            generation,
+            &[10000 - canary, canary],
+            json!({"sticky": {"cookie": "mc-visitor", "salt": "s",
+                              "assign": {"maxAge": 2592000, "secure": true, "sameSite": "Strict"}}}),
+        )
+    };
+    let rig = Rig::start(config(1, 3000)).await;
+    let url = rig.envoy.url("/");
+    let http = reqwest::Client::new();
+    let visitors = 1000;
+    let mut tasks = tokio::task::JoinSet::new();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..16 {
+        let (http, url, next) = (http.clone(), url.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < visitors {
+                let (first, set_cookie) = visit(&http, &url, None).await;
+                let set_cookie = set_cookie.expect("a new visitor gets the cookie");
+                let (pair, attributes) = set_cookie.split_once(';').unwrap();
+                assert_eq!(
+                    attributes,
+                    " Max-Age=2592000; Path=/; Secure; HttpOnly; SameSite=Strict"
+                );
+                let mut seen = vec![first];
+                for _ in 1..20 {
+                    let (upstream, again) = visit(&http, &url, Some(pair)).await;
+                    assert_eq!(again, None, "a visitor with the cookie gets no new one");
+                    seen.push(upstream);
+                }
+                out.push((pair.to_string(), seen));
+            }
+            out
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.unwrap());
+    }
+    assert_eq!(all.len(), visitors);
+    let flips = all
+        .iter()
+        .filter(|(_, seen)| seen.iter().any(|u| *u != seen[0]))
+        .count();
+    let ids: std::collections::HashSet<&String> = all.iter().map(|(pair, _)| pair).collect();
+    let canary = all.iter().filter(|(_, seen)| seen[0] == "v2").count();
+    println!("{visitors} visitors x 20 requests at 30 %: {flips} flips, {canary} on v2");
+    assert_eq!(flips, 0);
+    assert_eq!(ids.len(), visitors, "every visitor got its own id");
+    assert!(
+        (240..=360).contains(&canary),
+        "{canary} of 1000 on the canary"
+    );
+    let reasons = |reason: &'static str| {
+        let envoy = &rig.envoy;
+        async move {
+            envoy
+                .metric("meshcanary_decisions_total", &[("reason", reason)])
+                .await
+        }
+    };
+    assert_eq!(reasons("assigned").await, visitors as f64);
+    assert_eq!(reasons("sticky").await, (visitors * 19) as f64);
+
+    // The canary goes to 70 %: visitors keep their cookie, so they move only from v1 to v2.
+    rig.envoy.push(&filter_config(config(2, 7000)));
+    rig.envoy.wait_for_generation(2).await;
+    let mut moved_forward = 0;
+    for (pair, seen) in &all {
+        let (now, set_cookie) = visit(&http, &url, Some(pair)).await;
+        assert_eq!(set_cookie, None);
+        assert!(
+            !(seen[0] == "v2" && now == "v1"),
+            "{pair} moved back from the canary"
+        );
+        moved_forward += usize::from(seen[0] == "v1" && now == "v2");
+    }
+    assert!(
+        (300..=500).contains(&moved_forward),
+        "{moved_forward} visitors moved to the canary"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_input_passes_through_untouched() {
     let rig = Rig::start(reviews(1, &[10000, 0], json!({

@@ -135,13 +135,13 @@ fn bench_choose(c: &mut Criterion) {
     let mut group = c.benchmark_group("choose");
     for (name, config, request, reason) in &cases {
         // A fixture that decides differently from what the case claims would measure the wrong path.
-        let decision =
-            choose(config, &HeaderPairs::new(&request.0), || Some(0)).expect("the route matches");
+        let decision = choose(config, &HeaderPairs::new(&request.0), &mut || Some(0))
+            .expect("the route matches");
         assert_eq!(decision.reason, *reason, "case {name}");
         group.bench_function(*name, |b| {
             b.iter(|| {
                 let headers = HeaderPairs::new(black_box(&request.0));
-                choose(black_box(config), &headers, || Some(4242))
+                choose(black_box(config), &headers, &mut || Some(4242))
             })
         });
     }

@@ -7,8 +7,8 @@
 //! never back, while weights rise.
 
 use crate::config::{CheckedConfig, CheckedRoute, ValueSource};
-use crate::hash;
 use crate::request::{cookie, find_query, host_of, path_of, RequestView};
+use crate::{base64url, hash};
 
 /// The request id header Envoy sets (or keeps) on every request.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -26,16 +26,20 @@ pub enum Reason {
     Random,
     /// Something failed (no randomness available); the stable variant was used.
     Fallback,
+    /// No sticky cookie, and the route assigns one: a new visitor id was drawn and hashed, and the
+    /// cookie is set on the response.
+    Assigned,
 }
 
 impl Reason {
     /// Every reason, in stat order.
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 6] = [
         Reason::Rule,
         Reason::Sticky,
         Reason::RequestId,
         Reason::Random,
         Reason::Fallback,
+        Reason::Assigned,
     ];
 
     /// The label value.
@@ -46,6 +50,7 @@ impl Reason {
             Reason::RequestId => "request_id",
             Reason::Random => "random",
             Reason::Fallback => "fallback",
+            Reason::Assigned => "assigned",
         }
     }
 
@@ -64,17 +69,72 @@ pub struct Decision {
     pub variant: usize,
     /// Why.
     pub reason: Reason,
+    /// With [`Reason::Assigned`]: the id drawn for the new visitor, to set in the route's sticky
+    /// cookie on the response ([`crate::config::CheckedAssign::set_cookie`]).
+    pub visitor: Option<VisitorId>,
+}
+
+/// A new visitor's id: 128 random bits in base64url, 22 characters that are valid in a cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VisitorId([u8; 22]);
+
+impl VisitorId {
+    /// The id written out from 128 random bits.
+    pub fn from_bits(bits: u128) -> VisitorId {
+        let mut id = [b'A'; 22];
+        for (slot, byte) in id
+            .iter_mut()
+            .zip(base64url::encode(&bits.to_be_bytes()).bytes())
+        {
+            *slot = byte;
+        }
+        VisitorId(id)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Always base64url characters, so always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// What a decision may draw on besides the config and the request: randomness, and for signed QA
+/// tokens the clock. The filter implements it with a per-worker generator seeded from WASI and
+/// the host's clock; a plain closure returning a bucket is enough where neither ids nor tokens
+/// are in play.
+pub trait Inputs {
+    /// A uniform bucket in `0..10000` for a request without any key, or `None` without randomness
+    /// (then the stable variant is chosen with [`Reason::Fallback`]).
+    fn random_bucket(&mut self) -> Option<u32>;
+
+    /// 128 uniform random bits for a new visitor's id, or `None` without randomness (then the
+    /// request is placed as if the route assigned no cookie).
+    fn visitor_bits(&mut self) -> Option<u128> {
+        None
+    }
+
+    /// Seconds since the Unix epoch, or `None` if the clock cannot be read (then every signed
+    /// token counts as expired).
+    fn now_unix(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl<F: FnMut() -> Option<u32>> Inputs for F {
+    fn random_bucket(&mut self) -> Option<u32> {
+        self()
+    }
 }
 
 /// Picks the route and variant for a request, or `None` if no route matches it.
 ///
-/// `random_bucket` is called only when neither a sticky key nor a request id is present; it returns
-/// a uniform bucket in `0..10000`, or `None` if no randomness is available (then the stable variant
-/// is chosen with [`Reason::Fallback`]).
+/// `inputs` is asked for randomness only when the request carries neither a sticky key nor a
+/// request id (a bucket), or when a route that assigns its sticky cookie meets a visitor without
+/// it (an id); see [`Inputs`].
 pub fn choose(
     config: &CheckedConfig,
     request: &impl RequestView,
-    random_bucket: impl FnOnce() -> Option<u32>,
+    inputs: &mut impl Inputs,
 ) -> Option<Decision> {
     if config.routes.is_empty() {
         return None;
@@ -94,6 +154,7 @@ pub fn choose(
         route: route_index,
         variant,
         reason,
+        visitor: None,
     };
 
     for rule in &route.rules {
@@ -129,6 +190,20 @@ pub fn choose(
         if let Some(bucket) = bucket {
             return Some(decision(variant_for_bucket(route, bucket), Reason::Sticky));
         }
+        // A visitor without the cookie: draw an id and place the request by it exactly as the
+        // cookie will place the visitor's next requests.
+        if let Some(visitor) = sticky
+            .assign
+            .as_ref()
+            .and_then(|_| inputs.visitor_bits())
+            .map(VisitorId::from_bits)
+        {
+            let bucket = hash::bucket(salt, visitor.as_str().as_bytes());
+            return Some(Decision {
+                visitor: Some(visitor),
+                ..decision(variant_for_bucket(route, bucket), Reason::Assigned)
+            });
+        }
     }
 
     if let Some(id) = request
@@ -142,7 +217,7 @@ pub fn choose(
         ));
     }
 
-    Some(match random_bucket() {
+    Some(match inputs.random_bucket() {
         Some(bucket) => decision(variant_for_bucket(route, bucket), Reason::Random),
         None => decision(0, Reason::Fallback),
     })
@@ -232,7 +307,7 @@ mod tests {
         random: Option<u32>,
     ) -> Option<(usize, String, Reason)> {
         let request = FakeRequest::new(headers);
-        choose(config, &request, || random).map(|d| {
+        choose(config, &request, &mut || random).map(|d| {
             (
                 d.route,
                 config.routes[d.route].variants[d.variant].clone(),
@@ -445,16 +520,127 @@ mod tests {
         assert_eq!(two_lines.unwrap().2, Reason::Sticky);
     }
 
+    /// Inputs with a counter for visitor ids, so each new visitor gets a distinct one.
+    struct Draws {
+        next_visitor: u128,
+        bucket: Option<u32>,
+    }
+
+    impl Inputs for Draws {
+        fn random_bucket(&mut self) -> Option<u32> {
+            self.bucket
+        }
+        fn visitor_bits(&mut self) -> Option<u128> {
+            self.next_visitor = self
+                .next_visitor
+                .wrapping_mul(0x2360_ed05_1fc6_5da4_4385_df64_9fcc_f645)
+                .wrapping_add(0x5851_f42d_4c95_7f2d_1405_7b7e_f767_814f);
+            Some(self.next_visitor)
+        }
+    }
+
+    fn assigning(canary_weight: u32) -> CheckedConfig {
+        config(json!({"routes": [{
+            "name": "shop", "hosts": ["*"],
+            "variants": [{"name": "v1", "weight": 10000 - canary_weight}, {"name": "v2", "weight": canary_weight}],
+            "rules": [{"header": "x-canary", "exact": "always", "variant": "v2"}],
+            "sticky": {"cookie": "mc", "salt": "s", "assign": {"maxAge": 3600}}
+        }]}))
+    }
+
+    #[test]
+    fn a_visitor_without_the_cookie_is_assigned_one() {
+        let config = assigning(5000);
+        let mut draws = Draws {
+            next_visitor: 7,
+            bucket: Some(0),
+        };
+        let request = FakeRequest::new(&[(":authority", "shop"), ("x-request-id", "r1")]);
+        let first = choose(&config, &request, &mut draws).unwrap();
+        assert_eq!(first.reason, Reason::Assigned);
+        let id = first.visitor.unwrap();
+        assert_eq!(id.as_str().len(), 22);
+        assert!(id
+            .as_str()
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        // Coming back with the cookie, the visitor is placed by it: same variant, no new id.
+        let cookie = format!("theme=dark; mc={}", id.as_str());
+        let back = FakeRequest::new(&[(":authority", "shop"), ("cookie", &cookie)]);
+        let again = choose(&config, &back, &mut draws).unwrap();
+        assert_eq!(
+            (again.variant, again.reason, again.visitor),
+            (first.variant, Reason::Sticky, None)
+        );
+        // An empty cookie is no cookie; a rule still comes first and assigns nothing.
+        let empty = FakeRequest::new(&[(":authority", "shop"), ("cookie", "mc=")]);
+        assert_eq!(
+            choose(&config, &empty, &mut draws).unwrap().reason,
+            Reason::Assigned
+        );
+        let qa = FakeRequest::new(&[(":authority", "shop"), ("x-canary", "always")]);
+        let ruled = choose(&config, &qa, &mut draws).unwrap();
+        assert_eq!((ruled.reason, ruled.visitor), (Reason::Rule, None));
+        // Without randomness for an id, the request is placed as before: by its request id.
+        let no_ids = choose(&config, &request, &mut || Some(0)).unwrap();
+        assert_eq!((no_ids.reason, no_ids.visitor), (Reason::RequestId, None));
+    }
+
+    #[test]
+    fn assigned_visitors_split_by_weight_and_only_move_to_the_canary() {
+        let mut draws = Draws {
+            next_visitor: 1,
+            bucket: None,
+        };
+        let request = FakeRequest::new(&[(":authority", "shop")]);
+        let visitors: Vec<(String, usize)> = (0..20_000)
+            .map(|_| {
+                let d = choose(&assigning(2000), &request, &mut draws).unwrap();
+                (d.visitor.unwrap().as_str().to_string(), d.variant)
+            })
+            .collect();
+        let canary = visitors.iter().filter(|(_, v)| *v == 1).count();
+        assert!((3_700..=4_300).contains(&canary), "{canary} of 20000");
+        let ids: std::collections::HashSet<&String> = visitors.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids.len(), visitors.len(), "every visitor has its own id");
+        // Weights rise: each visitor, coming back with its cookie, stays or moves to the canary.
+        for weight in [2000, 5000, 9000] {
+            let config = assigning(weight);
+            for (id, assigned) in visitors.iter().take(2000) {
+                let cookie = format!("mc={id}");
+                let back = FakeRequest::new(&[(":authority", "shop"), ("cookie", &cookie)]);
+                let now = choose(&config, &back, &mut draws).unwrap();
+                assert_eq!(now.reason, Reason::Sticky);
+                assert!(now.variant >= *assigned, "{id} moved back at {weight}");
+                if weight == 2000 {
+                    assert_eq!(now.variant, *assigned, "{id} flipped at the same weight");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn visitor_ids_are_the_base64url_of_their_bits() {
+        let cases: &[(u128, &str)] = &[
+            (0, "AAAAAAAAAAAAAAAAAAAAAA"),
+            (u128::MAX, "_____________________w"),
+            (1, "AAAAAAAAAAAAAAAAAAAAAQ"),
+        ];
+        for (bits, id) in cases {
+            assert_eq!(VisitorId::from_bits(*bits).as_str(), *id);
+        }
+    }
+
     #[test]
     fn reads_only_the_headers_it_needs() {
         let config = reviews([9000, 1000], "");
         // Host mismatch: only :authority is read.
         let request = FakeRequest::new(&[(":authority", "details")]);
-        assert_eq!(choose(&config, &request, || Some(0)), None);
+        assert_eq!(choose(&config, &request, &mut || Some(0)), None);
         assert_eq!(request.reads.get(), 1);
         // Sticky hit on the first route: authority, 4 rule sources (cookie and path once each), sticky key.
         let request = FakeRequest::new(&[(":authority", "reviews"), ("x-user-id", "u")]);
-        assert!(choose(&config, &request, || Some(0)).is_some());
+        assert!(choose(&config, &request, &mut || Some(0)).is_some());
         assert_eq!(request.reads.get(), 6);
     }
 
@@ -463,7 +649,7 @@ mod tests {
         let config = reviews([9000, 1000], "");
         let request = FakeRequest::new(&[(":authority", "reviews"), ("x-request-id", "id")]);
         let drawn = Cell::new(false);
-        choose(&config, &request, || {
+        choose(&config, &request, &mut || {
             drawn.set(true);
             Some(0)
         });
@@ -578,7 +764,7 @@ mod tests {
                     .into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
                 reads: Cell::new(0),
             };
-            if let Some(d) = choose(&config, &request, || Some(1)) {
+            if let Some(d) = choose(&config, &request, &mut || Some(1)) {
                 prop_assert!(d.variant < config.routes[d.route].variants.len());
             }
         }

@@ -66,7 +66,8 @@ objects_only!(
     RouteConfig,
     VariantConfig,
     RuleConfig,
-    StickyConfig
+    StickyConfig,
+    AssignConfig,
 );
 
 /// Weights are in basis points: 10000 is all of a route's traffic, 1 is 0.01 %.
@@ -205,11 +206,50 @@ pub struct StickyConfig {
     /// (for example per release).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub salt: String,
+    /// Only with `cookie`: a visitor who comes without the cookie gets one. The filter draws a
+    /// random id, places this request by it like any sticky key, and sets the cookie on the
+    /// response (`Set-Cookie`), so the visitor's next requests stick to the same variant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assign: Option<AssignConfig>,
+}
+
+/// The cookie the filter sets for a new visitor: its attributes (the name is `sticky.cookie`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
+pub struct AssignConfig {
+    /// `Max-Age` in seconds, 1 to 34560000 (400 days, the most browsers keep a cookie). Unset: a
+    /// session cookie, gone when the browser closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u32>,
+    /// `Path`; default `/`, so the cookie comes with every request to the site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `Secure`: sent over HTTPS only. Default false (set it where clients reach you over HTTPS).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub secure: bool,
+    /// `HttpOnly`: not readable by scripts. Default true.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub http_only: bool,
+    /// `SameSite`: `Strict`, `Lax` (default) or `None` (which browsers accept only with `secure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_site: Option<String>,
 }
 
 fn is_false(value: &bool) -> bool {
     !*value
 }
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Longest `Max-Age` of an assigned cookie: 400 days, the limit browsers apply anyway.
+pub const MAX_COOKIE_AGE: u32 = 400 * 24 * 3600;
 
 /// A config that failed to parse or validate: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -342,6 +382,24 @@ impl ValueMatch {
 pub struct CheckedSticky {
     /// A header or a cookie (never a query parameter).
     pub source: ValueSource,
+    /// For a cookie: the cookie to set for a visitor without one.
+    pub assign: Option<CheckedAssign>,
+}
+
+/// A validated [`AssignConfig`], ready to be written into `Set-Cookie`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedAssign {
+    /// The cookie's name (`sticky.cookie`).
+    pub cookie: String,
+    /// Its attributes as they follow the value: `; Max-Age=…; Path=/; HttpOnly; SameSite=Lax`.
+    pub attributes: String,
+}
+
+impl CheckedAssign {
+    /// The `Set-Cookie` value giving a visitor `id`.
+    pub fn set_cookie(&self, id: &str) -> String {
+        format!("{}={id}{}", self.cookie, self.attributes)
+    }
 }
 
 impl CheckedConfig {
@@ -568,7 +626,21 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
                 }
             };
             check_len(&format!("{sticky_field}.salt"), &sticky.salt, MAX_KEY_LEN)?;
-            (Some(CheckedSticky { source }), sticky.salt.clone())
+            let assign = match (&sticky.assign, &source) {
+                (None, _) => None,
+                (Some(assign), ValueSource::Cookie(cookie)) => Some(checked_assign(
+                    &format!("{sticky_field}.assign"),
+                    cookie,
+                    assign,
+                )?),
+                (Some(_), _) => {
+                    return Err(ConfigError::new(
+                        format!("{sticky_field}.assign"),
+                        "only a cookie can be assigned; use \"cookie\" as the sticky key",
+                    ))
+                }
+            };
+            (Some(CheckedSticky { source, assign }), sticky.salt.clone())
         }
         None => (None, String::new()),
     };
@@ -583,6 +655,64 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
         sticky,
         salt,
         dry_run: route.dry_run,
+    })
+}
+
+fn checked_assign(
+    field: &str,
+    cookie: &str,
+    assign: &AssignConfig,
+) -> Result<CheckedAssign, ConfigError> {
+    let mut attributes = String::new();
+    if let Some(age) = assign.max_age {
+        if !(1..=MAX_COOKIE_AGE).contains(&age) {
+            return Err(ConfigError::new(
+                format!("{field}.maxAge"),
+                format!(
+                    "{age} is outside 1..={MAX_COOKIE_AGE} seconds (400 days); leave it out for a session cookie"
+                ),
+            ));
+        }
+        attributes.push_str(&format!("; Max-Age={age}"));
+    }
+    let path = assign.path.as_deref().unwrap_or("/");
+    let path_field = format!("{field}.path");
+    if !path.starts_with('/') {
+        return Err(ConfigError::new(path_field, "must start with '/'"));
+    }
+    check_len(&path_field, path, MAX_KEY_LEN)?;
+    if let Some(bad) = path.chars().find(|c| !c.is_ascii_graphic() || *c == ';') {
+        return Err(ConfigError::new(
+            path_field,
+            format!("{bad:?} cannot be in a cookie's Path"),
+        ));
+    }
+    attributes.push_str("; Path=");
+    attributes.push_str(path);
+    if assign.secure {
+        attributes.push_str("; Secure");
+    }
+    if assign.http_only {
+        attributes.push_str("; HttpOnly");
+    }
+    let same_site = assign.same_site.as_deref().unwrap_or("Lax");
+    if !["Strict", "Lax", "None"].contains(&same_site) {
+        return Err(ConfigError::new(
+            format!("{field}.sameSite"),
+            format!("{same_site:?} is not one of \"Strict\", \"Lax\" and \"None\""),
+        ));
+    }
+    if same_site == "None" && !assign.secure {
+        return Err(ConfigError::new(
+            format!("{field}.sameSite"),
+            "\"None\" needs \"secure\": true (browsers drop the cookie otherwise)",
+        ));
+    }
+    attributes.push_str("; SameSite=");
+    attributes.push_str(same_site);
+    Ok(CheckedAssign {
+        cookie: cookie.to_string(),
+        attributes,
     })
 }
 
@@ -1064,6 +1194,81 @@ mod tests {
                 "exactly one of",
             ),
             (
+                "assign with a header key",
+                |v| v["routes"][0]["sticky"]["assign"] = json!({}),
+                "routes[0].sticky.assign",
+                "only a cookie can be assigned",
+            ),
+            (
+                "assign max age 0",
+                |v| v["routes"][0]["sticky"] = json!({"cookie": "mc", "assign": {"maxAge": 0}}),
+                "routes[0].sticky.assign.maxAge",
+                "0 is outside 1..=34560000 seconds",
+            ),
+            (
+                "assign max age above 400 days",
+                |v| {
+                    v["routes"][0]["sticky"] =
+                        json!({"cookie": "mc", "assign": {"maxAge": 34_560_001}})
+                },
+                "routes[0].sticky.assign.maxAge",
+                "outside 1..=34560000",
+            ),
+            (
+                "assign negative max age",
+                |v| v["routes"][0]["sticky"] = json!({"cookie": "mc", "assign": {"maxAge": -1}}),
+                "routes[0].sticky.assign.maxAge",
+                "invalid value",
+            ),
+            (
+                "assign relative path",
+                |v| v["routes"][0]["sticky"] = json!({"cookie": "mc", "assign": {"path": "shop"}}),
+                "routes[0].sticky.assign.path",
+                "must start with '/'",
+            ),
+            (
+                "assign path with semicolon",
+                |v| {
+                    v["routes"][0]["sticky"] =
+                        json!({"cookie": "mc", "assign": {"path": "/a;Domain=evil"}})
+                },
+                "routes[0].sticky.assign.path",
+                "';' cannot be in a cookie's Path",
+            ),
+            (
+                "assign unknown same site",
+                |v| {
+                    v["routes"][0]["sticky"] =
+                        json!({"cookie": "mc", "assign": {"sameSite": "lax"}})
+                },
+                "routes[0].sticky.assign.sameSite",
+                "\"lax\" is not one of \"Strict\", \"Lax\" and \"None\"",
+            ),
+            (
+                "assign same site none without secure",
+                |v| {
+                    v["routes"][0]["sticky"] =
+                        json!({"cookie": "mc", "assign": {"sameSite": "None"}})
+                },
+                "routes[0].sticky.assign.sameSite",
+                "needs \"secure\": true",
+            ),
+            (
+                "assign unknown field",
+                |v| {
+                    v["routes"][0]["sticky"] =
+                        json!({"cookie": "mc", "assign": {"domain": "example.com"}})
+                },
+                "routes[0].sticky.assign.domain",
+                "unknown field `domain`",
+            ),
+            (
+                "assign as an array",
+                |v| v["routes"][0]["sticky"] = json!({"cookie": "mc", "assign": [3600]}),
+                "routes[0].sticky.assign",
+                "expected a JSON object",
+            ),
+            (
                 "variant header reserved",
                 |v| v["variantHeader"] = json!("Host"),
                 "variantHeader",
@@ -1182,6 +1387,36 @@ mod tests {
             serde_json::to_value(&rule).unwrap(),
             json!({"variant": "v2", "header": "x", "present": true})
         );
+    }
+
+    #[test]
+    fn assigned_cookies_carry_their_attributes() {
+        let cases: &[(serde_json::Value, &str)] = &[
+            (json!({}), "mc=ID; Path=/; HttpOnly; SameSite=Lax"),
+            (
+                json!({"maxAge": 2_592_000, "path": "/shop", "secure": true, "httpOnly": false, "sameSite": "Strict"}),
+                "mc=ID; Max-Age=2592000; Path=/shop; Secure; SameSite=Strict",
+            ),
+            (
+                json!({"secure": true, "sameSite": "None"}),
+                "mc=ID; Path=/; Secure; HttpOnly; SameSite=None",
+            ),
+        ];
+        for (assign, set_cookie) in cases {
+            let mut value = base();
+            value["routes"][0]["sticky"] = json!({"cookie": "mc", "salt": "s", "assign": assign});
+            let checked = check(value.clone()).unwrap();
+            let sticky = checked.routes[0].sticky.as_ref().unwrap();
+            assert_eq!(
+                sticky.assign.as_ref().unwrap().set_cookie("ID"),
+                *set_cookie,
+                "{assign}"
+            );
+            // Defaults are left out when the config is written back.
+            let raw = FilterConfig::from_json(value.to_string().as_bytes()).unwrap();
+            let again: serde_json::Value = serde_json::from_str(&raw.to_json()).unwrap();
+            assert_eq!(again["routes"][0]["sticky"]["assign"], *assign);
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
+pub mod base64url;
 pub mod choose;
 pub mod config;
 pub mod ecds;

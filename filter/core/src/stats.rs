@@ -10,7 +10,7 @@
 //! |---|---|---|
 //! | `meshcanary_requests_total` | counter | route, variant |
 //! | `meshcanary_responses_total` | counter | route, variant, class (`1xx`…`5xx`, `reset`, `grpc_ok`, `grpc_client_error`, `grpc_server_error`) |
-//! | `meshcanary_decisions_total` | counter | route, variant, reason (`rule`, `sticky`, `request_id`, `random`, `fallback`) |
+//! | `meshcanary_decisions_total` | counter | route, variant, reason (`rule`, `sticky`, `request_id`, `random`, `fallback`, `assigned`) |
 //! | `meshcanary_request_duration_ms` | histogram | route, variant |
 //! | `meshcanary_config_generation` | gauge | — |
 //! | `meshcanary_config_rejected_total` | counter | — |
@@ -231,7 +231,7 @@ pub struct VariantMetrics<Id> {
     /// `meshcanary_responses_total`, indexed by [`ResponseClass::index`].
     pub responses: [Id; 9],
     /// `meshcanary_decisions_total`, indexed by [`Reason::index`].
-    pub decisions: [Id; 5],
+    pub decisions: [Id; 6],
     /// `meshcanary_request_duration_ms`.
     pub duration_ms: Id,
 }
@@ -337,7 +337,7 @@ impl<Id: Copy> RouteMetrics<Id> {
                         RESPONSES,
                     )?;
                 }
-                let mut decisions = [requests; 5];
+                let mut decisions = [requests; Reason::ALL.len()];
                 for (slot, reason) in decisions.iter_mut().zip(Reason::ALL) {
                     *slot = define(
                         MetricKind::Counter,
@@ -691,8 +691,8 @@ mod tests {
     fn defines_every_series_up_front() {
         let mut sink = RecordingSink::default();
         RouteMetrics::define(&mut sink, &config()).unwrap();
-        // 2 variants × (requests + histogram + 9 classes + 5 reasons).
-        assert_eq!(sink.names.len(), 32);
+        // 2 variants × (requests + histogram + 9 classes + 6 reasons).
+        assert_eq!(sink.names.len(), 34);
         assert!(sink.names.contains(&(
             MetricKind::Counter,
             "route=.=reviews;.;variant=.=v2;.;class=.=reset;.;meshcanary_responses_total".into()
@@ -711,6 +711,7 @@ mod tests {
             route: 0,
             variant: 1,
             reason: Reason::Rule,
+            visitor: None,
         };
         metrics.record(
             &mut sink,
@@ -749,6 +750,7 @@ mod tests {
                 route: 5,
                 variant: 0,
                 reason: Reason::Rule,
+                visitor: None,
             },
             &Outcome {
                 status: Some(200),

@@ -14,7 +14,7 @@
 mod host;
 mod random;
 
-use meshcanary_core::choose::{choose, Decision};
+use meshcanary_core::choose::{choose, Decision, Inputs};
 use meshcanary_core::config::{CheckedConfig, DEFAULT_VARIANT_HEADER};
 use meshcanary_core::header_map::HeaderPairs;
 use meshcanary_core::request::RequestView;
@@ -157,6 +157,25 @@ fn read_grpc_status(grpc: &mut Option<GrpcOutcome>, map: MapType) {
     }
 }
 
+/// The decision's randomness (a per-worker generator seeded from WASI) and the host's clock.
+struct HostInputs {
+    now_ns: Option<u64>,
+}
+
+impl Inputs for HostInputs {
+    fn random_bucket(&mut self) -> Option<u32> {
+        random::bucket()
+    }
+
+    fn visitor_bits(&mut self) -> Option<u128> {
+        random::visitor_bits()
+    }
+
+    fn now_unix(&self) -> Option<u64> {
+        self.now_ns.map(|ns| ns / 1_000_000_000)
+    }
+}
+
 /// Writes to Envoy's log (`wasm log <root_id>: meshcanary: …`).
 fn log(level: LogLevel, message: &str) {
     host::log(level, &format!("meshcanary: {message}"));
@@ -180,7 +199,13 @@ impl HttpContext for FilterStream {
         // All headers in one host call: each call that returns data costs a round trip into the VM.
         let headers = host::request_header_pairs().unwrap_or_default();
         let request = HeaderPairs::new(&headers);
-        let decision = choose(config, &request, random::bucket);
+        // The clock is read once, before the decision: it starts the request's duration and
+        // tells the decision the time (signed QA tokens expire).
+        self.started_ns = host::now_ns();
+        let mut inputs = HostInputs {
+            now_ns: self.started_ns,
+        };
+        let decision = choose(config, &request, &mut inputs);
         if decision.is_some() && request.header("content-type").is_some_and(is_grpc) {
             self.grpc = Some(GrpcOutcome::default());
         }
@@ -200,7 +225,6 @@ impl HttpContext for FilterStream {
             HostMetrics.increment(active.unmatched);
         }
         self.decision = decision;
-        self.started_ns = host::now_ns();
         Action::Continue
     }
 
@@ -213,6 +237,21 @@ impl HttpContext for FilterStream {
                 .and_then(|value| status_code(&value));
             // A trailers-only gRPC response (an error, or Envoy's own reply) has its status here.
             read_grpc_status(&mut self.grpc, MapType::HttpResponseHeaders);
+            // A new visitor gets the cookie that keeps it on its variant. Added, not replaced:
+            // the upstream may set cookies of its own.
+            let assign = active
+                .config
+                .routes
+                .get(decision.route)
+                .and_then(|route| route.sticky.as_ref()?.assign.as_ref());
+            if let (Some(visitor), Some(assign)) = (&decision.visitor, assign) {
+                let set_cookie = assign.set_cookie(visitor.as_str());
+                host::add_header(
+                    MapType::HttpResponseHeaders,
+                    "set-cookie",
+                    set_cookie.as_bytes(),
+                );
+            }
             if let Some(header) = &active.config.response_header {
                 let variant = active
                     .config
