@@ -922,6 +922,54 @@ async fn hosts_path_prefixes_and_dry_run() {
     );
 }
 
+/// A mesh-wide config, one route per service: 1 000 routes apply, and a request for any of them —
+/// first, middle or last, by exact name or by suffix pattern — lands on its route's variant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_routes_route_like_one() {
+    let routes: Vec<serde_json::Value> = (0..1000)
+        .map(|i| {
+            // Every third service is all on v2, the others all on v1.
+            let canary = if i % 3 == 0 { 10000 } else { 0 };
+            json!({"name": format!("svc-{i}"),
+                   "hosts": [format!("svc-{i}"), format!("svc-{i}.mesh.svc.cluster.local"), format!("*.svc-{i}.example.com")],
+                   "variants": [{"name": "v1", "weight": 10000 - canary}, {"name": "v2", "weight": canary}]})
+        })
+        .collect();
+    let started = Instant::now();
+    let rig = Rig::start(json!({"generation": 1, "routes": routes})).await;
+    println!(
+        "1 000 routes applied {:?} after starting Envoy",
+        started.elapsed()
+    );
+    for i in [0usize, 1, 499, 500, 998, 999] {
+        let expected = if i % 3 == 0 { "v2" } else { "v1" };
+        for host in [
+            format!("svc-{i}"),
+            format!("SVC-{i}.mesh.svc.cluster.local:8080"),
+            format!("api.eu.svc-{i}.example.com"),
+        ] {
+            let reply = rig.client.get("/", &[("host", &host)]).await.unwrap();
+            assert_eq!(reply.upstream.as_deref(), Some(expected), "{host}");
+        }
+        assert_eq!(
+            rig.envoy
+                .metric(
+                    "meshcanary_requests_total",
+                    &[("route", &format!("svc-{i}"))]
+                )
+                .await,
+            3.0,
+            "svc-{i}"
+        );
+    }
+    let reply = rig.client.get("/", &[("host", "svc-1000")]).await.unwrap();
+    assert_eq!(reply.upstream.as_deref(), Some("v1"));
+    assert_eq!(
+        rig.envoy.metric("meshcanary_unmatched_total", &[]).await,
+        1.0
+    );
+}
+
 /// The export names of a wasm module, read from its export section (id 7): a count, then for each
 /// export its name (length-prefixed), a kind byte and an index, all numbers unsigned LEB128.
 fn wasm_exports(module: &[u8]) -> Vec<String> {

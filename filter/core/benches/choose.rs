@@ -4,7 +4,8 @@
 //! decision from criterion's `target/criterion/choose/<case>/new/estimates.json`. The cases follow
 //! the Envoy configurations of the benchmark: a plain weighted decision (what every request without a
 //! sticky key costs), a sticky header, the realistic worst case of 10 QA rules that do not match
-//! before the sticky key, and a cookie rule scanning a 4 KB `cookie` header.
+//! before the sticky key, a cookie rule scanning a 4 KB `cookie` header, and a config of 1, 100
+//! or 1 000 routes (one per service) with the request for the last one.
 //!
 //! The request is the header map serialized as Envoy hands it to the filter (one buffer per
 //! request), and every iteration reads it as the filter does, so finding the headers in it is part
@@ -91,9 +92,29 @@ fn big_cookie() -> Vec<u8> {
     cookie.into_bytes()
 }
 
+/// The host of the `index`-th service of [`many_routes`].
+fn service_host(index: usize) -> String {
+    format!("svc-{index}.mesh.svc.cluster.local")
+}
+
+/// `count` routes, one per service, each with its short and its full name and a suffix pattern.
+fn many_routes(count: usize) -> CheckedConfig {
+    let routes: Vec<serde_json::Value> = (0..count)
+        .map(|index| {
+            serde_json::json!({
+                "name": format!("svc-{index}"),
+                "hosts": [format!("svc-{index}"), service_host(index), format!("*.svc-{index}.example.com")],
+                "variants": [{"name": "v1", "weight": 9000}, {"name": "v2", "weight": 1000}],
+            })
+        })
+        .collect();
+    let document = serde_json::json!({ "generation": 1, "routes": routes });
+    CheckedConfig::from_json(document.to_string().as_bytes()).expect("a valid config")
+}
+
 fn bench_choose(c: &mut Criterion) {
     let sticky = serde_json::json!({"header": "x-user-id", "salt": "release-42"});
-    let cases: Vec<(&str, CheckedConfig, Headers, Reason)> = vec![
+    let mut cases: Vec<(&str, CheckedConfig, Headers, Reason)> = vec![
         (
             "weighted",
             config(route(serde_json::json!({}))),
@@ -131,6 +152,29 @@ fn bench_choose(c: &mut Criterion) {
             Reason::Rule,
         ),
     ];
+
+    // A mesh-wide config: one route per service, the request for the last one (every route
+    // before it is looked at when routes are tried in order).
+    for routes in [1, 100, 1000] {
+        cases.push((
+            match routes {
+                1 => "routes_1",
+                100 => "routes_100",
+                _ => "routes_1000",
+            },
+            many_routes(routes),
+            Headers::new(
+                base_headers()
+                    .into_iter()
+                    .map(|(name, value)| match name {
+                        ":authority" => (name, service_host(routes - 1).into_bytes()),
+                        _ => (name, value),
+                    })
+                    .collect(),
+            ),
+            Reason::RequestId,
+        ));
+    }
 
     let mut group = c.benchmark_group("choose");
     for (name, config, request, reason) in &cases {

@@ -25,6 +25,7 @@
 //! }
 //! ```
 
+use crate::host_index::HostIndex;
 use serde::{Deserialize, Serialize};
 
 /// Makes a schema struct deserializable from a JSON object only.
@@ -74,8 +75,10 @@ objects_only!(
 pub const TOTAL_WEIGHT: u32 = 10_000;
 /// The request header the filter writes when the config does not name one.
 pub const DEFAULT_VARIANT_HEADER: &str = "x-meshcanary-variant";
-/// At most this many routes in one config.
-pub const MAX_ROUTES: usize = 256;
+/// At most this many routes in one config: enough for a route per service of a large mesh. The
+/// decision finds a request's routes through an index built at configure time, so the number of
+/// routes does not change what a request costs.
+pub const MAX_ROUTES: usize = 4096;
 /// At most this many host patterns per route.
 pub const MAX_HOSTS: usize = 64;
 /// At most this many variants per route.
@@ -281,6 +284,8 @@ pub struct CheckedConfig {
     pub response_header: Option<String>,
     /// The routes, in the order they are tried.
     pub routes: Vec<CheckedRoute>,
+    /// The routes by host, so that finding a request's route does not grow with their number.
+    pub host_index: HostIndex,
 }
 
 /// A validated route.
@@ -479,6 +484,7 @@ impl TryFrom<FilterConfig> for CheckedConfig {
             generation: raw.generation,
             variant_header,
             response_header,
+            host_index: HostIndex::build(&routes),
             routes,
         })
     }

@@ -16,6 +16,7 @@ pub mod config;
 pub mod ecds;
 pub mod hash;
 pub mod header_map;
+pub mod host_index;
 pub mod json_path;
 pub mod request;
 pub mod stats;
