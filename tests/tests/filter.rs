@@ -772,6 +772,183 @@ async fn anonymous_visitors_get_a_cookie_and_stay_on_their_variant() {
     );
 }
 
+/// Signed QA access: a token minted by `meshcanary qa-token` opens its variant (weight 0 here)
+/// through a header or a query parameter; forged, altered, expired, malformed or foreign tokens
+/// are ignored — the request goes where it would without them — and counted by reason; keys
+/// rotate by listing the new one first and dropping the old one later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_signed_tokens_open_the_canary() {
+    use meshcanary_core::token::{mint, TokenKey};
+    let k1 = "k1:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA";
+    let k2 = "k2:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8";
+    let config = |generation: u64, keys: &[&str]| {
+        reviews(
+            generation,
+            &[10000, 0, 0],
+            json!({"rules": [{"header": "x-meshcanary-qa", "tokenKeys": keys},
+                             {"query": "mc-qa", "tokenKeys": keys}]}),
+        )
+    };
+    let rig = Rig::start(config(1, &[k1])).await;
+    // The real CLI mints the token, with the key from the environment.
+    let minted = std::process::Command::new(paths::control_bin())
+        .args(["qa-token", "--variant", "v2", "--ttl", "2h"])
+        .env("MESHCANARY_QA_KEY", k1)
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{minted:?}");
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("k1.v2."), "{token}");
+
+    let key1 = TokenKey::parse(k1).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expired = mint(&key1, "v2", now - 1);
+    let for_v9 = mint(&key1, "v9", now + 3600);
+    let by_k2 = mint(&TokenKey::parse(k2).unwrap(), "v3", now + 3600);
+    let altered = token.replacen("k1.v2.", "k1.v3.", 1);
+    let forged = format!("k1.v2.{}.{}", now + 3600, "A".repeat(43));
+    let query = format!("/?mc-qa={token}");
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        ("no token", "/", vec![], "v1", None),
+        (
+            "minted token",
+            "/",
+            vec![("x-meshcanary-qa", &token)],
+            "v2",
+            None,
+        ),
+        ("minted token in the query", &query, vec![], "v2", None),
+        (
+            "plain value",
+            "/",
+            vec![("x-meshcanary-qa", "always")],
+            "v1",
+            Some("malformed"),
+        ),
+        (
+            "altered variant",
+            "/",
+            vec![("x-meshcanary-qa", &altered)],
+            "v1",
+            Some("bad_signature"),
+        ),
+        (
+            "forged MAC",
+            "/",
+            vec![("x-meshcanary-qa", &forged)],
+            "v1",
+            Some("bad_signature"),
+        ),
+        (
+            "expired",
+            "/",
+            vec![("x-meshcanary-qa", &expired)],
+            "v1",
+            Some("expired"),
+        ),
+        (
+            "unknown key",
+            "/",
+            vec![("x-meshcanary-qa", &by_k2)],
+            "v1",
+            Some("unknown_key"),
+        ),
+        (
+            "unknown variant",
+            "/",
+            vec![("x-meshcanary-qa", &for_v9)],
+            "v1",
+            Some("unknown_variant"),
+        ),
+    ];
+    for (name, path, headers, expected, rejected) in cases {
+        let before = match rejected {
+            Some(reason) => {
+                rig.envoy
+                    .metric("meshcanary_qa_tokens_rejected_total", &[("reason", reason)])
+                    .await
+            }
+            None => 0.0,
+        };
+        let total_before = rig
+            .envoy
+            .metric("meshcanary_qa_tokens_rejected_total", &[])
+            .await;
+        let reply = rig.client.get(path, &headers).await.unwrap();
+        assert_eq!(reply.upstream.as_deref(), Some(expected), "{name}");
+        match rejected {
+            Some(reason) => {
+                let after = rig
+                    .envoy
+                    .metric("meshcanary_qa_tokens_rejected_total", &[("reason", reason)])
+                    .await;
+                assert_eq!(after, before + 1.0, "{name}: counted as {reason}");
+            }
+            None => {
+                let total = rig
+                    .envoy
+                    .metric("meshcanary_qa_tokens_rejected_total", &[])
+                    .await;
+                assert_eq!(total, total_before, "{name}: nothing refused");
+            }
+        }
+    }
+    assert_eq!(
+        rig.client
+            .get("/", &[("x-meshcanary-qa", &token)])
+            .await
+            .unwrap()
+            .decision
+            .as_deref(),
+        Some("v2; reason=rule")
+    );
+
+    // Rotation: k2 joins (tokens of both keys work), then k1 retires (its tokens stop working).
+    rig.envoy.push(&filter_config(config(2, &[k2, k1])));
+    rig.envoy.wait_for_generation(2).await;
+    for (token, expected) in [(&token, "v2"), (&by_k2, "v3")] {
+        let reply = rig
+            .client
+            .get("/", &[("x-meshcanary-qa", token)])
+            .await
+            .unwrap();
+        assert_eq!(reply.upstream.as_deref(), Some(expected), "{token}");
+    }
+    rig.envoy.push(&filter_config(config(3, &[k2])));
+    rig.envoy.wait_for_generation(3).await;
+    let retired = rig
+        .client
+        .get("/", &[("x-meshcanary-qa", &token)])
+        .await
+        .unwrap();
+    assert_eq!(retired.upstream.as_deref(), Some("v1"));
+    let by_new = rig
+        .client
+        .get("/", &[("x-meshcanary-qa", &by_k2)])
+        .await
+        .unwrap();
+    assert_eq!(by_new.upstream.as_deref(), Some("v3"));
+    assert_eq!(
+        rig.envoy
+            .metric(
+                "meshcanary_qa_tokens_rejected_total",
+                &[("reason", "unknown_key"), ("route", "reviews")]
+            )
+            .await,
+        2.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_input_passes_through_untouched() {
     let rig = Rig::start(reviews(1, &[10000, 0], json!({

@@ -15,6 +15,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use meshcanary_core::choose::Inputs;
 use meshcanary_core::config::CheckedConfig;
 use meshcanary_core::header_map::{encode, HeaderPairs};
 use meshcanary_core::{choose, Reason};
@@ -112,6 +113,23 @@ fn many_routes(count: usize) -> CheckedConfig {
     CheckedConfig::from_json(document.to_string().as_bytes()).expect("a valid config")
 }
 
+/// A signed rule's key (id `qa`, 32 bytes of secret).
+const QA_KEY: &str = "qa:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA";
+/// The time the benchmark's decisions are made at (tokens expire).
+const NOW: u64 = 1_800_000_000;
+
+/// The decision's inputs in the benchmark: a fixed random bucket and a fixed clock.
+struct Clock;
+
+impl Inputs for Clock {
+    fn random_bucket(&mut self) -> Option<u32> {
+        Some(4242)
+    }
+    fn now_unix(&self) -> Option<u64> {
+        Some(NOW)
+    }
+}
+
 fn bench_choose(c: &mut Criterion) {
     let sticky = serde_json::json!({"header": "x-user-id", "salt": "release-42"});
     let mut cases: Vec<(&str, CheckedConfig, Headers, Reason)> = vec![
@@ -176,16 +194,39 @@ fn bench_choose(c: &mut Criterion) {
         ));
     }
 
+    // A signed QA rule: without its header it costs a header lookup like any rule; with a valid
+    // token, the token is parsed and its HMAC-SHA256 checked.
+    let signed = route(serde_json::json!({
+        "rules": [{"header": "x-meshcanary-qa", "tokenKeys": [QA_KEY]}],
+        "sticky": sticky,
+    }));
+    cases.push((
+        "signed_rule_no_token",
+        config(signed.clone()),
+        Headers::new(base_headers()),
+        Reason::Sticky,
+    ));
+    let key = meshcanary_core::token::TokenKey::parse(QA_KEY).expect("a valid key");
+    let token = meshcanary_core::token::mint(&key, "v2", NOW + 7200);
+    let mut with_token = base_headers();
+    with_token.push(("x-meshcanary-qa", token.into_bytes()));
+    cases.push((
+        "signed_rule_valid_token",
+        config(signed),
+        Headers::new(with_token),
+        Reason::Rule,
+    ));
+
     let mut group = c.benchmark_group("choose");
     for (name, config, request, reason) in &cases {
         // A fixture that decides differently from what the case claims would measure the wrong path.
-        let decision = choose(config, &HeaderPairs::new(&request.0), &mut || Some(0))
-            .expect("the route matches");
+        let decision =
+            choose(config, &HeaderPairs::new(&request.0), &mut Clock).expect("the route matches");
         assert_eq!(decision.reason, *reason, "case {name}");
         group.bench_function(*name, |b| {
             b.iter(|| {
                 let headers = HeaderPairs::new(black_box(&request.0));
-                choose(black_box(config), &headers, &mut || Some(4242))
+                choose(black_box(config), &headers, &mut Clock)
             })
         });
     }

@@ -40,7 +40,10 @@ fn value(c: u8) -> Option<u32> {
 /// Decodes base64 in either alphabet, with or without `=` padding; `None` for anything else
 /// (other characters, a length no encoding has, bits left over in the last character).
 pub fn decode(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=').as_bytes();
+    let mut text = text.as_bytes();
+    while let Some(rest) = text.strip_suffix(b"=") {
+        text = rest;
+    }
     if text.len() % 4 == 1 {
         return None;
     }

@@ -6,8 +6,9 @@
 //! grows it only takes buckets from the earlier ones: a sticky user moves from stable to canary,
 //! never back, while weights rise.
 
-use crate::config::{CheckedConfig, CheckedRoute, ValueSource};
+use crate::config::{CheckedConfig, CheckedRoute, ValueMatch, ValueSource};
 use crate::request::{cookie, find_query, host_of, path_of, RequestView};
+use crate::token::{self, Rejection, TokenKey};
 use crate::{base64url, hash};
 
 /// The request id header Envoy sets (or keeps) on every request.
@@ -72,6 +73,8 @@ pub struct Decision {
     /// With [`Reason::Assigned`]: the id drawn for the new visitor, to set in the route's sticky
     /// cookie on the response ([`crate::config::CheckedAssign::set_cookie`]).
     pub visitor: Option<VisitorId>,
+    /// A signed rule's token that was refused (the request was placed as if it were absent).
+    pub token_rejection: Option<Rejection>,
 }
 
 /// A new visitor's id: 128 random bits in base64url, 22 characters that are valid in a cookie.
@@ -158,24 +161,71 @@ pub fn choose(
         variant,
         reason,
         visitor: None,
+        token_rejection: None,
     };
 
+    // QA rules, in order; a signed rule whose token does not check out is passed over, and the
+    // first such refusal is kept to be counted.
+    let mut token_rejection = None;
     for rule in &route.rules {
-        let matched = match &rule.source {
-            ValueSource::Header(name) => request
-                .header(name)
-                .is_some_and(|value| rule.matcher.matches(value)),
-            ValueSource::Cookie(name) => {
-                cookie(request, name).is_some_and(|value| rule.matcher.matches(value))
-            }
-            ValueSource::Query(name) => path()
-                .and_then(|p| find_query(p, name))
-                .is_some_and(|value| rule.matcher.matches(value)),
+        let value = match &rule.source {
+            ValueSource::Header(name) => request.header(name),
+            ValueSource::Cookie(name) => cookie(request, name),
+            ValueSource::Query(name) => path().and_then(|p| find_query(p, name)),
         };
-        if matched {
-            return Some(decision(rule.variant, Reason::Rule));
+        let Some(value) = value else {
+            continue;
+        };
+        match &rule.matcher {
+            ValueMatch::Token(keys) => {
+                match opened_variant(route, keys, value, inputs.now_unix()) {
+                    Ok(variant) => return Some(decision(variant, Reason::Rule)),
+                    Err(rejection) => token_rejection = token_rejection.or(Some(rejection)),
+                }
+            }
+            matcher if matcher.matches(value) => {
+                return Some(Decision {
+                    token_rejection,
+                    ..decision(rule.variant, Reason::Rule)
+                });
+            }
+            _ => {}
         }
     }
+
+    let placed = place(route, request, inputs);
+    Some(Decision {
+        route: route_index,
+        token_rejection,
+        ..placed
+    })
+}
+
+/// The variant a signed QA token opens on `route`, or why it opens none.
+fn opened_variant(
+    route: &CheckedRoute,
+    keys: &[TokenKey],
+    token: &[u8],
+    now: Option<u64>,
+) -> Result<usize, Rejection> {
+    let variant = token::verify(keys, token, now)?;
+    route
+        .variants
+        .iter()
+        .position(|name| name.as_bytes() == variant)
+        .ok_or(Rejection::UnknownVariant)
+}
+
+/// Places a request on `route` when no rule decided: by the sticky key, a new visitor's id, the
+/// request id, or a random draw. (The decision's `route` is left at 0 for the caller to set.)
+fn place(route: &CheckedRoute, request: &impl RequestView, inputs: &mut impl Inputs) -> Decision {
+    let decision = |variant, reason| Decision {
+        route: 0,
+        variant,
+        reason,
+        visitor: None,
+        token_rejection: None,
+    };
 
     if let Some(sticky) = &route.sticky {
         let salt = route.salt.as_bytes();
@@ -191,7 +241,7 @@ pub fn choose(
             ValueSource::Query(_) => None,
         };
         if let Some(bucket) = bucket {
-            return Some(decision(variant_for_bucket(route, bucket), Reason::Sticky));
+            return decision(variant_for_bucket(route, bucket), Reason::Sticky);
         }
         // A visitor without the cookie: draw an id and place the request by it exactly as the
         // cookie will place the visitor's next requests.
@@ -202,10 +252,10 @@ pub fn choose(
             .map(VisitorId::from_bits)
         {
             let bucket = hash::bucket(salt, visitor.as_str().as_bytes());
-            return Some(Decision {
+            return Decision {
                 visitor: Some(visitor),
                 ..decision(variant_for_bucket(route, bucket), Reason::Assigned)
-            });
+            };
         }
     }
 
@@ -214,16 +264,13 @@ pub fn choose(
         .filter(|id| !id.is_empty())
     {
         let bucket = hash::bucket(route.salt.as_bytes(), id);
-        return Some(decision(
-            variant_for_bucket(route, bucket),
-            Reason::RequestId,
-        ));
+        return decision(variant_for_bucket(route, bucket), Reason::RequestId);
     }
 
-    Some(match inputs.random_bucket() {
+    match inputs.random_bucket() {
         Some(bucket) => decision(variant_for_bucket(route, bucket), Reason::Random),
         None => decision(0, Reason::Fallback),
-    })
+    }
 }
 
 /// The variant owning `bucket`; the stable variant if the bucket is out of range.
@@ -620,6 +667,98 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Inputs at a fixed time, for signed tokens.
+    struct At(u64);
+
+    impl Inputs for At {
+        fn random_bucket(&mut self) -> Option<u32> {
+            Some(0)
+        }
+        fn now_unix(&self) -> Option<u64> {
+            Some(self.0)
+        }
+    }
+
+    #[test]
+    fn signed_tokens_open_their_variant_and_refusals_are_noted() {
+        let secret = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA";
+        let config = config(json!({"routes": [{
+            "name": "shop", "hosts": ["*"],
+            "variants": [{"name": "v1", "weight": 10000}, {"name": "v2", "weight": 0}, {"name": "v3", "weight": 0}],
+            "rules": [
+                {"header": "x-qa", "tokenKeys": [format!("k1:{secret}")]},
+                {"query": "qa", "tokenKeys": [format!("k1:{secret}")]},
+                {"header": "x-canary", "exact": "always", "variant": "v3"}
+            ],
+            "sticky": {"header": "x-user-id"}
+        }]}));
+        let key = token::TokenKey::parse(&format!("k1:{secret}")).unwrap();
+        let v2 = token::mint(&key, "v2", 2_000);
+        let v9 = token::mint(&key, "v9", 2_000);
+        let path = format!("/p?qa={v2}");
+        let on = |headers: &[(&str, &str)]| {
+            let mut all = vec![(":authority", "shop"), ("x-user-id", "u1")];
+            all.extend_from_slice(headers);
+            let d = choose(&config, &FakeRequest::new(&all), &mut At(1_000)).unwrap();
+            (
+                config.routes[0].variants[d.variant].as_str(),
+                d.reason,
+                d.token_rejection,
+            )
+        };
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, &'a str)>,
+            (&'a str, Reason, Option<Rejection>),
+        );
+        let cases: Vec<Case> = vec![
+            ("no token", vec![], ("v1", Reason::Sticky, None)),
+            (
+                "valid token",
+                vec![("x-qa", &v2)],
+                ("v2", Reason::Rule, None),
+            ),
+            (
+                "valid token in the query",
+                vec![(":path", &path)],
+                ("v2", Reason::Rule, None),
+            ),
+            (
+                "forged token: placed as without it",
+                vec![(
+                    "x-qa",
+                    "k1.v2.2000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                )],
+                ("v1", Reason::Sticky, Some(Rejection::BadSignature)),
+            ),
+            (
+                "a plain value is no token",
+                vec![("x-qa", "always")],
+                ("v1", Reason::Sticky, Some(Rejection::Malformed)),
+            ),
+            (
+                "a variant the route lacks",
+                vec![("x-qa", &v9)],
+                ("v1", Reason::Sticky, Some(Rejection::UnknownVariant)),
+            ),
+            (
+                "a refused token does not stop later rules",
+                vec![("x-qa", "nonsense"), ("x-canary", "always")],
+                ("v3", Reason::Rule, Some(Rejection::Malformed)),
+            ),
+        ];
+        for (name, headers, expected) in cases {
+            assert_eq!(on(&headers), expected, "{name}");
+        }
+        // Expired: the same token after its time.
+        let request = FakeRequest::new(&[(":authority", "shop"), ("x-qa", &v2)]);
+        let late = choose(&config, &request, &mut At(2_000)).unwrap();
+        assert_eq!(
+            (late.reason, late.token_rejection),
+            (Reason::Random, Some(Rejection::Expired))
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@
 //! ```
 
 use crate::host_index::HostIndex;
+use crate::token::TokenKey;
 use serde::{Deserialize, Serialize};
 
 /// Makes a schema struct deserializable from a JSON object only.
@@ -165,13 +166,15 @@ pub struct VariantConfig {
 }
 
 /// A QA rule: when a request carries this header, cookie or query parameter with a matching value,
-/// it goes to `variant`. Exactly one of `header`, `cookie`, `query` and exactly one of `exact`,
-/// `prefix`, `present` are set.
+/// it goes to `variant`. Exactly one of `header`, `cookie`, `query` is set, and exactly one of
+/// `exact`, `prefix`, `present` — or, for a signed rule, `tokenKeys` (and no `variant`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 pub struct RuleConfig {
-    /// The variant a matching request is sent to.
+    /// The variant a matching request is sent to. Required, except in a signed rule, whose
+    /// tokens name their variant.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub variant: String,
     /// Match on this request header (case-insensitive name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +195,13 @@ pub struct RuleConfig {
     /// `true`: the header, cookie or parameter only has to be there, with any value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub present: Option<bool>,
+    /// Makes this a signed rule: the value is a QA token `<key id>.<variant>.<expiry>.<mac>`
+    /// (see `meshcanary qa-token`), and a request whose token is signed by one of these keys and
+    /// not expired goes to the token's variant. Each key is `"<key id>:<secret>"`, the secret 32
+    /// to 64 random bytes in base64; list several to rotate. A token that does not check out is
+    /// ignored (and counted), as if the rule were not there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_keys: Vec<String>,
 }
 
 /// Where the sticky user key comes from. Exactly one of `header` and `cookie` is set.
@@ -345,7 +355,8 @@ pub struct CheckedRule {
     pub source: ValueSource,
     /// How it is compared.
     pub matcher: ValueMatch,
-    /// Index of the forced variant in [`CheckedRoute::variants`].
+    /// Index of the forced variant in [`CheckedRoute::variants`] (unused for a signed rule: the
+    /// token names it).
     pub variant: usize,
 }
 
@@ -369,18 +380,26 @@ pub enum ValueMatch {
     Prefix(String),
     /// Any value.
     Present,
+    /// A signed QA token, checked against these keys ([`crate::token::verify`]); the variant is
+    /// the token's.
+    Token(Vec<TokenKey>),
 }
 
 impl ValueMatch {
-    /// Whether `value` satisfies this matcher.
+    /// Whether `value` satisfies this matcher (a token never does here: it is verified, not
+    /// compared).
     pub fn matches(&self, value: &[u8]) -> bool {
         match self {
             ValueMatch::Exact(expected) => value == expected.as_bytes(),
             ValueMatch::Prefix(prefix) => value.starts_with(prefix.as_bytes()),
             ValueMatch::Present => true,
+            ValueMatch::Token(_) => false,
         }
     }
 }
+
+/// At most this many keys in a signed rule.
+pub const MAX_TOKEN_KEYS: usize = 8;
 
 /// A validated sticky key source.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -470,7 +489,7 @@ impl TryFrom<FilterConfig> for CheckedConfig {
             let checked = checked_route(&field, route)?;
             if let Some(earlier) = routes.iter().position(|r| r.name == checked.name) {
                 return Err(ConfigError::new(
-                    format!("{field}.name"),
+                    child(&field, "name"),
                     format!(
                         "{:?} is already the name of routes[{earlier}]",
                         checked.name
@@ -504,17 +523,17 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, ConfigError> {
-    check_label(&format!("{field}.name"), &route.name)?;
+    check_label(&child(field, "name"), &route.name)?;
 
     if route.hosts.is_empty() {
         return Err(ConfigError::new(
-            format!("{field}.hosts"),
+            child(field, "hosts"),
             "at least one host is required (use \"*\" for any host)",
         ));
     }
     if route.hosts.len() > MAX_HOSTS {
         return Err(ConfigError::new(
-            format!("{field}.hosts"),
+            child(field, "hosts"),
             format!(
                 "{} hosts exceed the limit of {MAX_HOSTS}",
                 route.hosts.len()
@@ -529,11 +548,11 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
         .collect::<Result<Vec<_>, _>>()?;
 
     if let Some(prefix) = &route.path_prefix {
-        let prefix_field = format!("{field}.pathPrefix");
+        let prefix_field = child(field, "pathPrefix");
         if !prefix.starts_with('/') {
             return Err(ConfigError::new(prefix_field, "must start with '/'"));
         }
-        if prefix.contains(['?', '#']) {
+        if prefix.bytes().any(|byte| matches!(byte, b'?' | b'#')) {
             return Err(ConfigError::new(
                 prefix_field,
                 "must not contain '?' or '#': it is compared with the path only",
@@ -542,7 +561,7 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
         check_len(&prefix_field, prefix, MAX_VALUE_LEN)?;
     }
 
-    let variants_field = format!("{field}.variants");
+    let variants_field = child(field, "variants");
     if route.variants.len() < 2 {
         return Err(ConfigError::new(
             variants_field,
@@ -565,11 +584,11 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
     let mut bucket_upper_bounds = Vec::with_capacity(route.variants.len());
     let mut total: u32 = 0;
     for (i, variant) in route.variants.iter().enumerate() {
-        let variant_field = format!("{variants_field}[{i}]");
-        check_label(&format!("{variant_field}.name"), &variant.name)?;
+        let variant_field = item(&variants_field, i);
+        check_label(&child(&variant_field, "name"), &variant.name)?;
         if let Some(earlier) = names.iter().position(|n| *n == variant.name) {
             return Err(ConfigError::new(
-                format!("{variant_field}.name"),
+                child(&variant_field, "name"),
                 format!(
                     "{:?} is already the name of variants[{earlier}]",
                     variant.name
@@ -578,7 +597,7 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
         }
         if variant.weight > TOTAL_WEIGHT {
             return Err(ConfigError::new(
-                format!("{variant_field}.weight"),
+                child(&variant_field, "weight"),
                 format!(
                     "{} exceeds {TOTAL_WEIGHT} (weights are basis points: 10000 = 100 %)",
                     variant.weight
@@ -598,7 +617,7 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
 
     if route.rules.len() > MAX_RULES {
         return Err(ConfigError::new(
-            format!("{field}.rules"),
+            child(field, "rules"),
             format!(
                 "{} rules exceed the limit of {MAX_RULES}",
                 route.rules.len()
@@ -614,14 +633,14 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
 
     let (sticky, salt) = match &route.sticky {
         Some(sticky) => {
-            let sticky_field = format!("{field}.sticky");
+            let sticky_field = child(field, "sticky");
             let source = match (&sticky.header, &sticky.cookie) {
                 (Some(header), None) => ValueSource::Header(checked_header_name(
-                    &format!("{sticky_field}.header"),
+                    &child(&sticky_field, "header"),
                     header,
                 )?),
                 (None, Some(cookie)) => {
-                    check_cookie_name(&format!("{sticky_field}.cookie"), cookie)?;
+                    check_cookie_name(&child(&sticky_field, "cookie"), cookie)?;
                     ValueSource::Cookie(cookie.clone())
                 }
                 _ => {
@@ -631,17 +650,17 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
                     ))
                 }
             };
-            check_len(&format!("{sticky_field}.salt"), &sticky.salt, MAX_KEY_LEN)?;
+            check_len(&child(&sticky_field, "salt"), &sticky.salt, MAX_KEY_LEN)?;
             let assign = match (&sticky.assign, &source) {
                 (None, _) => None,
                 (Some(assign), ValueSource::Cookie(cookie)) => Some(checked_assign(
-                    &format!("{sticky_field}.assign"),
+                    &child(&sticky_field, "assign"),
                     cookie,
                     assign,
                 )?),
                 (Some(_), _) => {
                     return Err(ConfigError::new(
-                        format!("{sticky_field}.assign"),
+                        child(&sticky_field, "assign"),
                         "only a cookie can be assigned; use \"cookie\" as the sticky key",
                     ))
                 }
@@ -673,7 +692,7 @@ fn checked_assign(
     if let Some(age) = assign.max_age {
         if !(1..=MAX_COOKIE_AGE).contains(&age) {
             return Err(ConfigError::new(
-                format!("{field}.maxAge"),
+                child(field, "maxAge"),
                 format!(
                     "{age} is outside 1..={MAX_COOKIE_AGE} seconds (400 days); leave it out for a session cookie"
                 ),
@@ -682,7 +701,7 @@ fn checked_assign(
         attributes.push_str(&format!("; Max-Age={age}"));
     }
     let path = assign.path.as_deref().unwrap_or("/");
-    let path_field = format!("{field}.path");
+    let path_field = child(field, "path");
     if !path.starts_with('/') {
         return Err(ConfigError::new(path_field, "must start with '/'"));
     }
@@ -704,13 +723,13 @@ fn checked_assign(
     let same_site = assign.same_site.as_deref().unwrap_or("Lax");
     if !["Strict", "Lax", "None"].contains(&same_site) {
         return Err(ConfigError::new(
-            format!("{field}.sameSite"),
+            child(field, "sameSite"),
             format!("{same_site:?} is not one of \"Strict\", \"Lax\" and \"None\""),
         ));
     }
     if same_site == "None" && !assign.secure {
         return Err(ConfigError::new(
-            format!("{field}.sameSite"),
+            child(field, "sameSite"),
             "\"None\" needs \"secure\": true (browsers drop the cookie otherwise)",
         ));
     }
@@ -729,18 +748,21 @@ fn checked_rule(
 ) -> Result<CheckedRule, ConfigError> {
     let source = match (&rule.header, &rule.cookie, &rule.query) {
         (Some(header), None, None) => {
-            ValueSource::Header(checked_header_name(&format!("{field}.header"), header)?)
+            ValueSource::Header(checked_header_name(&child(field, "header"), header)?)
         }
         (None, Some(cookie), None) => {
-            check_cookie_name(&format!("{field}.cookie"), cookie)?;
+            check_cookie_name(&child(field, "cookie"), cookie)?;
             ValueSource::Cookie(cookie.clone())
         }
         (None, None, Some(query)) => {
-            let query_field = format!("{field}.query");
+            let query_field = child(field, "query");
             if query.is_empty() {
                 return Err(ConfigError::new(query_field, "must not be empty"));
             }
-            if query.contains(['&', '=', '#', '?']) {
+            if query
+                .bytes()
+                .any(|byte| matches!(byte, b'&' | b'=' | b'#' | b'?'))
+            {
                 return Err(ConfigError::new(
                     query_field,
                     "must not contain '&', '=', '#' or '?'",
@@ -756,13 +778,16 @@ fn checked_rule(
             ))
         }
     };
+    if !rule.token_keys.is_empty() {
+        return checked_signed_rule(field, rule, source);
+    }
     let matcher = match (&rule.exact, &rule.prefix, rule.present) {
         (Some(exact), None, None) => {
-            check_len(&format!("{field}.exact"), exact, MAX_VALUE_LEN)?;
+            check_len(&child(field, "exact"), exact, MAX_VALUE_LEN)?;
             ValueMatch::Exact(exact.clone())
         }
         (None, Some(prefix), None) => {
-            let prefix_field = format!("{field}.prefix");
+            let prefix_field = child(field, "prefix");
             if prefix.is_empty() {
                 return Err(ConfigError::new(
                     prefix_field,
@@ -775,7 +800,7 @@ fn checked_rule(
         (None, None, Some(true)) => ValueMatch::Present,
         (None, None, Some(false)) => {
             return Err(ConfigError::new(
-                format!("{field}.present"),
+                child(field, "present"),
                 "only true is supported: a rule matches something the request carries",
             ))
         }
@@ -786,12 +811,18 @@ fn checked_rule(
             ))
         }
     };
+    if rule.variant.is_empty() {
+        return Err(ConfigError::new(
+            child(field, "variant"),
+            "is required: the variant a matching request goes to",
+        ));
+    }
     let variant = variants
         .iter()
         .position(|name| *name == rule.variant)
         .ok_or_else(|| {
             ConfigError::new(
-                format!("{field}.variant"),
+                child(field, "variant"),
                 format!(
                     "{:?} is not a variant of this route (variants: {})",
                     rule.variant,
@@ -803,6 +834,55 @@ fn checked_rule(
         source,
         matcher,
         variant,
+    })
+}
+
+fn checked_signed_rule(
+    field: &str,
+    rule: &RuleConfig,
+    source: ValueSource,
+) -> Result<CheckedRule, ConfigError> {
+    if rule.exact.is_some() || rule.prefix.is_some() || rule.present.is_some() {
+        return Err(ConfigError::new(
+            field,
+            "a signed rule (\"tokenKeys\") compares no value: remove \"exact\", \"prefix\" and \"present\"",
+        ));
+    }
+    if !rule.variant.is_empty() {
+        return Err(ConfigError::new(
+            child(field, "variant"),
+            "a signed rule sends a request to its token's variant: remove \"variant\"",
+        ));
+    }
+    let keys_field = child(field, "tokenKeys");
+    if rule.token_keys.len() > MAX_TOKEN_KEYS {
+        return Err(ConfigError::new(
+            keys_field,
+            format!(
+                "{} keys exceed the limit of {MAX_TOKEN_KEYS}",
+                rule.token_keys.len()
+            ),
+        ));
+    }
+    let mut keys: Vec<TokenKey> = Vec::with_capacity(rule.token_keys.len());
+    for (i, text) in rule.token_keys.iter().enumerate() {
+        let key_field = item(&keys_field, i);
+        let key = TokenKey::parse(text).map_err(|reason| ConfigError::new(&key_field, reason))?;
+        if let Some(earlier) = keys.iter().position(|k| k.id == key.id) {
+            return Err(ConfigError::new(
+                key_field,
+                format!(
+                    "key id {:?} is already the id of tokenKeys[{earlier}]",
+                    key.id
+                ),
+            ));
+        }
+        keys.push(key);
+    }
+    Ok(CheckedRule {
+        source,
+        matcher: ValueMatch::Token(keys),
+        variant: 0,
     })
 }
 
@@ -827,7 +907,7 @@ fn check_reachable(
         });
         if prefix_covers && hosts_covered {
             return Err(ConfigError::new(
-                format!("{field}.hosts"),
+                child(field, "hosts"),
                 format!(
                     "route {:?} is unreachable: routes[{index}] ({:?}) comes first and matches all its requests",
                     route.name, other.name
@@ -836,6 +916,21 @@ fn check_reachable(
         }
     }
     Ok(())
+}
+
+/// `field.name`: the path of a field inside `field`. One small function instead of a `format!`
+/// at each of the many places that name a field keeps the filter's module smaller.
+fn child(field: &str, name: &str) -> String {
+    let mut path = String::with_capacity(field.len() + 1 + name.len());
+    path.push_str(field);
+    path.push('.');
+    path.push_str(name);
+    path
+}
+
+/// `field[index]`: the path of an element of the list `field`.
+fn item(field: &str, index: usize) -> String {
+    format!("{field}[{index}]")
 }
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<(), ConfigError> {
@@ -868,7 +963,24 @@ fn check_label(field: &str, name: &str) -> Result<(), ConfigError> {
 
 /// RFC 9110 token characters, which header and cookie names are made of.
 fn is_token_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            '!' | '#'
+                | '$'
+                | '%'
+                | '&'
+                | '\''
+                | '*'
+                | '+'
+                | '-'
+                | '.'
+                | '^'
+                | '_'
+                | '`'
+                | '|'
+                | '~'
+        )
 }
 
 fn checked_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
@@ -918,7 +1030,8 @@ fn checked_host(field: &str, host: &str) -> Result<HostPattern, ConfigError> {
     if name.is_empty() {
         return Err(ConfigError::new(field, "must not be empty"));
     }
-    if let Some((_, port)) = name.rsplit_once(':') {
+    let colon = name.bytes().rposition(|byte| byte == b':');
+    if let Some(port) = colon.and_then(|colon| name.get(colon + 1..)) {
         if port.chars().all(|c| c.is_ascii_digit()) {
             return Err(ConfigError::new(
                 field,
@@ -951,6 +1064,30 @@ fn checked_host(field: &str, host: &str) -> Result<HostPattern, ConfigError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A signed rule's key: id `k1`, 32 bytes of secret.
+    const KEY: &str = "k1:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA";
+
+    #[test]
+    fn signed_rules_keep_their_keys_ready() {
+        let mut value = base();
+        value["routes"][0]["rules"] = json!([{"header": "X-QA", "tokenKeys": [KEY]}]);
+        let checked = check(value.clone()).unwrap();
+        let rule = &checked.routes[0].rules[0];
+        assert_eq!(rule.source, ValueSource::Header("x-qa".into()));
+        let ValueMatch::Token(keys) = &rule.matcher else {
+            panic!("{rule:?}");
+        };
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].id, "k1");
+        // Written back without a variant.
+        let raw = FilterConfig::from_json(value.to_string().as_bytes()).unwrap();
+        let again: serde_json::Value = serde_json::from_str(&raw.to_json()).unwrap();
+        assert_eq!(
+            again["routes"][0]["rules"][0],
+            json!({"header": "X-QA", "tokenKeys": [KEY]})
+        );
+    }
 
     fn base() -> serde_json::Value {
         json!({
@@ -1273,6 +1410,56 @@ mod tests {
                 |v| v["routes"][0]["sticky"] = json!({"cookie": "mc", "assign": [3600]}),
                 "routes[0].sticky.assign",
                 "expected a JSON object",
+            ),
+            (
+                "rule without variant",
+                |v| v["routes"][0]["rules"][0] = json!({"header": "x", "present": true}),
+                "routes[0].rules[0].variant",
+                "is required",
+            ),
+            (
+                "signed rule with a variant",
+                |v| {
+                    v["routes"][0]["rules"][0] =
+                        json!({"header": "x-qa", "tokenKeys": [KEY], "variant": "v2"})
+                },
+                "routes[0].rules[0].variant",
+                "its token's variant: remove \"variant\"",
+            ),
+            (
+                "signed rule with a matcher",
+                |v| {
+                    v["routes"][0]["rules"][0] =
+                        json!({"header": "x-qa", "tokenKeys": [KEY], "present": true})
+                },
+                "routes[0].rules[0]",
+                "compares no value",
+            ),
+            (
+                "signed rule with a bad key",
+                |v| {
+                    v["routes"][0]["rules"][0] =
+                        json!({"query": "qa", "tokenKeys": [KEY, "k2:c2hvcnQ"]})
+                },
+                "routes[0].rules[0].tokenKeys[1]",
+                "is 5 bytes; use 32 to 64 random bytes",
+            ),
+            (
+                "signed rule with a repeated key id",
+                |v| v["routes"][0]["rules"][0] = json!({"cookie": "qa", "tokenKeys": [KEY, KEY]}),
+                "routes[0].rules[0].tokenKeys[1]",
+                "key id \"k1\" is already the id of tokenKeys[0]",
+            ),
+            (
+                "signed rule with too many keys",
+                |v| {
+                    let keys: Vec<String> = (0..9)
+                        .map(|i| KEY.replace("k1", &format!("k{i}")))
+                        .collect();
+                    v["routes"][0]["rules"][0] = json!({"header": "x-qa", "tokenKeys": keys})
+                },
+                "routes[0].rules[0].tokenKeys",
+                "9 keys exceed the limit of 8",
             ),
             (
                 "variant header reserved",

@@ -19,7 +19,9 @@ pub mod header_map;
 pub mod host_index;
 pub mod json_path;
 pub mod request;
+pub mod sha256;
 pub mod stats;
+pub mod token;
 
 pub use choose::{choose, Decision, Reason};
 pub use config::{CheckedConfig, ConfigError, FilterConfig};

@@ -15,9 +15,11 @@
 //! | `meshcanary_config_generation` | gauge | — |
 //! | `meshcanary_config_rejected_total` | counter | — |
 //! | `meshcanary_unmatched_total` | counter | — |
+//! | `meshcanary_qa_tokens_rejected_total` | counter | route, reason (`malformed`, `unknown_key`, `bad_signature`, `expired`, `unknown_variant`) |
 
 use crate::choose::{Decision, Reason};
-use crate::config::CheckedConfig;
+use crate::config::{CheckedConfig, ValueMatch};
+use crate::token::Rejection;
 
 /// Every tag the filter puts into stat names, for the proxy's tag extraction config.
 pub const TAGS: [&str; 4] = ["route", "variant", "class", "reason"];
@@ -36,6 +38,9 @@ pub const GENERATION: &str = "meshcanary_config_generation";
 pub const REJECTED: &str = "meshcanary_config_rejected_total";
 /// Requests that matched no route and passed through.
 pub const UNMATCHED: &str = "meshcanary_unmatched_total";
+/// Signed QA tokens refused, per route and reason ([`Rejection`]); defined for routes with a
+/// signed rule.
+pub const TOKENS_REJECTED: &str = "meshcanary_qa_tokens_rejected_total";
 
 /// How a request ended, the `class` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,6 +267,9 @@ impl<Id: Copy> FilterMetrics<Id> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteMetrics<Id> {
     variants: Vec<Vec<VariantMetrics<Id>>>,
+    /// Per route with a signed rule: `meshcanary_qa_tokens_rejected_total` by
+    /// [`Rejection::index`].
+    token_rejections: Vec<Option<[Id; 5]>>,
 }
 
 /// The status code in a `:status` header value: three ASCII digits, else `None` (no status the
@@ -315,7 +323,27 @@ impl<Id: Copy> RouteMetrics<Id> {
     /// from the moment the config is applied.
     pub fn define(sink: &mut impl MetricSink<Id = Id>, config: &CheckedConfig) -> Option<Self> {
         let mut variants = Vec::with_capacity(config.routes.len());
+        let mut token_rejections = Vec::with_capacity(config.routes.len());
         for route in &config.routes {
+            let signed = route
+                .rules
+                .iter()
+                .any(|rule| matches!(rule.matcher, ValueMatch::Token(_)));
+            token_rejections.push(if signed {
+                let mut ids = Vec::with_capacity(Rejection::ALL.len());
+                for rejection in Rejection::ALL {
+                    let labels = [
+                        ("route", route.name.as_str()),
+                        ("reason", rejection.as_str()),
+                    ];
+                    ids.push(
+                        sink.define(MetricKind::Counter, &tagged_name(&labels, TOKENS_REJECTED))?,
+                    );
+                }
+                ids.try_into().ok()
+            } else {
+                None
+            });
             let mut per_route = Vec::with_capacity(route.variants.len());
             for variant in &route.variants {
                 let labels = [
@@ -354,7 +382,10 @@ impl<Id: Copy> RouteMetrics<Id> {
             }
             variants.push(per_route);
         }
-        Some(Self { variants })
+        Some(Self {
+            variants,
+            token_rejections,
+        })
     }
 
     /// Records one completed request. Unknown indices (which a decision from the same config never
@@ -373,6 +404,15 @@ impl<Id: Copy> RouteMetrics<Id> {
             return;
         };
         sink.increment(metrics.requests);
+        let rejections = self
+            .token_rejections
+            .get(decision.route)
+            .and_then(Option::as_ref);
+        if let (Some(ids), Some(rejection)) = (rejections, decision.token_rejection) {
+            if let Some(id) = ids.get(rejection.index()) {
+                sink.increment(*id);
+            }
+        }
         if let Some(id) = metrics.decisions.get(decision.reason.index()) {
             sink.increment(*id);
         }
@@ -712,6 +752,7 @@ mod tests {
             variant: 1,
             reason: Reason::Rule,
             visitor: None,
+            token_rejection: None,
         };
         metrics.record(
             &mut sink,
@@ -751,6 +792,7 @@ mod tests {
                 variant: 0,
                 reason: Reason::Rule,
                 visitor: None,
+                token_rejection: None,
             },
             &Outcome {
                 status: Some(200),
