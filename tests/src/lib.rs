@@ -21,3 +21,4 @@ pub mod prometheus;
 pub mod prometheus_server;
 pub mod steady_load;
 pub mod upstream;
+pub mod zipkin;

@@ -1147,6 +1147,88 @@ async fn a_thousand_routes_route_like_one() {
     );
 }
 
+/// The variant in every trace: Envoy traces each request to a Zipkin collector the test runs,
+/// and every span carries the variant that served it (`meshcanary.variant`, a custom tag read from
+/// the request header the filter writes), whether a rule, a sticky key or the weights chose it;
+/// a request the filter placed nowhere has no such tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_span_carries_the_variant_that_served_it() {
+    let collector = meshcanary_e2e::zipkin::Collector::start().await;
+    let mut upstreams = Vec::new();
+    for name in ["v1", "v2", "v3"] {
+        upstreams.push(Upstream::start(name).await);
+    }
+    let config = json!({"generation": 1, "routes": [{
+        "name": "reviews", "hosts": ["reviews"],
+        "variants": [{"name": "v1", "weight": 5000}, {"name": "v2", "weight": 3000}, {"name": "v3", "weight": 2000}],
+        "rules": [{"header": "x-canary", "exact": "always", "variant": "v3"}],
+        "sticky": {"header": "x-user-id", "salt": "traces"}
+    }]});
+    let envoy = Envoy::start_traced(
+        [upstreams[0].port, upstreams[1].port, upstreams[2].port],
+        &filter_config(config),
+        collector.port,
+    )
+    .await;
+    let client = Client::new(&envoy.base_url);
+    // Each request brings its own x-request-id, which the span carries as `guid:x-request-id`, so
+    // each span can be matched with the upstream that answered that request. It must be a UUID
+    // (Envoy traces only those, and marks the trace decision in its version digit), so requests
+    // are told apart by its last group.
+    let uuid = |i: usize| format!("1d7e5a00-0000-4000-8000-{i:012}");
+    let last_group = |id: &str| id.rsplit('-').next().unwrap_or_default().to_string();
+    let mut served = HashMap::new();
+    for i in 0..60 {
+        let id = uuid(i);
+        let user = format!("user-{i}");
+        let mut headers = vec![("x-request-id", id.as_str()), ("host", "reviews")];
+        if i % 5 == 0 {
+            headers.push(("x-canary", "always"));
+        } else if i % 2 == 0 {
+            headers.push(("x-user-id", &user));
+        }
+        if i % 3 == 1 {
+            // What a client sends in the variant header is replaced, in the span too.
+            headers.push(("x-meshcanary-variant", "v3"));
+        }
+        let reply = client.get("/", &headers).await.unwrap();
+        served.insert(last_group(&id), reply.upstream.unwrap());
+    }
+    let unrouted_id = uuid(999);
+    let unrouted = client
+        .get("/", &[("x-request-id", &unrouted_id), ("host", "details")])
+        .await
+        .unwrap();
+    assert_eq!(unrouted.upstream.as_deref(), Some("v1"));
+    let spans = collector.wait_for(61, Duration::from_secs(20)).await;
+    let mut checked = 0;
+    let mut variants = HashMap::new();
+    for span in &spans {
+        let tags = &span["tags"];
+        let Some(id) = tags["guid:x-request-id"].as_str() else {
+            continue;
+        };
+        let id = last_group(id);
+        if id == last_group(&unrouted_id) {
+            assert!(tags.get("meshcanary.variant").is_none(), "{span}");
+            continue;
+        }
+        let Some(upstream) = served.get(&id) else {
+            continue;
+        };
+        assert_eq!(
+            tags["meshcanary.variant"].as_str(),
+            Some(upstream.as_str()),
+            "span of {id}: {span}"
+        );
+        *variants.entry(upstream.clone()).or_insert(0) += 1;
+        checked += 1;
+    }
+    println!("{checked} spans checked, by variant: {variants:?}");
+    assert_eq!(checked, 60, "one span per request: {spans:#?}");
+    assert_eq!(variants.len(), 3, "all variants traced: {variants:?}");
+}
+
 /// The export names of a wasm module, read from its export section (id 7): a count, then for each
 /// export its name (length-prefixed), a kind byte and an index, all numbers unsigned LEB128.
 fn wasm_exports(module: &[u8]) -> Vec<String> {
