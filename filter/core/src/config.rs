@@ -451,6 +451,33 @@ impl FilterConfig {
         // Serialising plain structs of strings and integers cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+
+    /// This config as it may be shown to people who only read it (the control service's
+    /// `GET /v1/routes`): every signed rule's secrets replaced by [`REDACTED`], key ids kept.
+    pub fn redacted(&self) -> FilterConfig {
+        let mut config = self.clone();
+        for route in &mut config.routes {
+            for rule in &mut route.rules {
+                *rule = rule.redacted();
+            }
+        }
+        config
+    }
+}
+
+/// What a signed rule's secret shows as where the config is shown rather than pushed.
+pub const REDACTED: &str = "<redacted>";
+
+impl RuleConfig {
+    /// This rule with the secrets of its `tokenKeys` replaced by [`REDACTED`] (`k1:<redacted>`).
+    pub fn redacted(&self) -> RuleConfig {
+        let mut rule = self.clone();
+        for key in &mut rule.token_keys {
+            let id = key.split(':').next().unwrap_or_default();
+            *key = format!("{id}:{REDACTED}");
+        }
+        rule
+    }
 }
 
 impl TryFrom<FilterConfig> for CheckedConfig {
@@ -1067,6 +1094,30 @@ mod tests {
 
     /// A signed rule's key: id `k1`, 32 bytes of secret.
     const KEY: &str = "k1:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA";
+
+    #[test]
+    fn shown_configs_hide_the_secrets() {
+        let mut value = base();
+        value["routes"][0]["rules"] = json!([
+            {"header": "x-canary", "exact": "always", "variant": "v2"},
+            {"header": "x-qa", "tokenKeys": [KEY, KEY.replace("k1", "k0")]}
+        ]);
+        let raw = FilterConfig::from_json(value.to_string().as_bytes()).unwrap();
+        let shown: serde_json::Value = serde_json::from_str(&raw.redacted().to_json()).unwrap();
+        assert_eq!(
+            shown["routes"][0]["rules"][1]["tokenKeys"],
+            json!(["k1:<redacted>", "k0:<redacted>"])
+        );
+        assert_eq!(
+            shown["routes"][0]["rules"][0],
+            value["routes"][0]["rules"][0]
+        );
+        assert!(!raw.redacted().to_json().contains(&KEY[3..]));
+        assert!(
+            raw.to_json().contains(&KEY[3..]),
+            "what is pushed keeps them"
+        );
+    }
 
     #[test]
     fn signed_rules_keep_their_keys_ready() {
