@@ -1273,6 +1273,10 @@ mod tests {
                 Verdict::Met,     // d CPU 1.01 / 1.01 ≤ 1.03
                 Verdict::Unknown, // d instructions: callgrind skipped
                 Verdict::Met,     // d rps 0.9875 ≥ 0.97
+                Verdict::Unknown, // i instructions: callgrind skipped
+                Verdict::Unknown, // j instructions: callgrind skipped
+                Verdict::Unknown, // k instructions: callgrind skipped
+                Verdict::Unknown, // k CPU: (k) not in these results
                 Verdict::Met,     // 100 KB ≤ 150 KB
                 Verdict::Unknown, // propagation: not measured
             ],
