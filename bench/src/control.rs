@@ -89,6 +89,9 @@ pub fn standalone_bootstrap(ecds_path: &Path, upstream_port: u16) -> anyhow::Res
             ("V1_PORT", port.clone()),
             ("V2_PORT", port.clone()),
             ("V3_PORT", port),
+            // No tracing: the bench measures the control service, not Envoy's tracer.
+            ("TRACE_PERCENT", "0".to_string()),
+            ("ZIPKIN_PORT", "9".to_string()),
         ],
     )
 }

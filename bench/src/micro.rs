@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// The cases of `filter/core/benches/choose.rs`, in report order, with what each one measures.
-pub const CASES: [(&str, &str); 4] = [
+pub const CASES: [(&str, &str); 9] = [
     ("weighted", "plain weighted decision (hashes x-request-id)"),
     ("sticky_header", "sticky header decision"),
     (
@@ -16,6 +16,17 @@ pub const CASES: [(&str, &str); 4] = [
     (
         "cookie_rule_4kb_cookie",
         "cookie rule on a 4 KB cookie header (match at the end)",
+    ),
+    ("routes_1", "1 route (3 host patterns), the request's"),
+    ("routes_100", "100 routes, the request for the last"),
+    ("routes_1000", "1 000 routes, the request for the last"),
+    (
+        "signed_rule_no_token",
+        "a signed QA rule, the request without its header, then the sticky header",
+    ),
+    (
+        "signed_rule_valid_token",
+        "a signed QA rule, the request with a valid token (HMAC-SHA256 checked)",
     ),
 ];
 

@@ -306,6 +306,15 @@ impl Results {
                 verdict: Verdict::at_most(measured, COST_LIMIT),
             }
         };
+        let informational = |what: &str, target: &str, measured: Option<f64>| TargetRow {
+            what: what.to_string(),
+            target: target.to_string(),
+            measured: measured_text(measured),
+            verdict: match measured {
+                Some(_) => Verdict::Informational,
+                None => Verdict::Unknown,
+            },
+        };
         let floor = instructions("g", "e");
         let own_work = instructions("c", "h");
         let size = self.sizes.meshcanary_wasm_bytes;
@@ -360,6 +369,26 @@ impl Results {
                 "c",
             ),
             ratio_row("(d) throughput vs (c)", "d", "c", rps, false, 0.97),
+            informational(
+                "(i) 100 routes vs (c) 1 route, Envoy instructions per request (callgrind)",
+                "none: a route per service costs what one route costs",
+                instructions("i", "c"),
+            ),
+            informational(
+                "(j) 1 000 routes vs (c) 1 route, Envoy instructions per request (callgrind)",
+                "none: a route per service costs what one route costs",
+                instructions("j", "c"),
+            ),
+            informational(
+                "(k) every feature on, at its dearest, vs (c), Envoy instructions per request (callgrind)",
+                "none: the worst case next to (c)",
+                instructions("k", "c"),
+            ),
+            informational(
+                "(k) every feature on vs (c), Envoy CPU per request",
+                "none: the worst case next to (c)",
+                self.ratio("k", "c", cpu),
+            ),
             TargetRow {
                 what: "release .wasm size".into(),
                 target: format!("≤ {}", kb(WASM_LIMIT_BYTES)),
@@ -557,7 +586,7 @@ pub fn markdown(results: &Results) -> String {
     for config in &results.configs {
         let vs_b = base_b.map(|b| config.ratios_to(b)).unwrap_or_default();
         let vs_e = match (config.key.as_str(), base_e) {
-            ("c" | "d" | "g" | "h", Some(e)) => config.ratios_to(e),
+            ("c" | "d" | "g" | "h" | "i" | "j" | "k", Some(e)) => config.ratios_to(e),
             _ => Metrics::default(),
         };
         let _ = writeln!(
@@ -1244,6 +1273,10 @@ mod tests {
                 Verdict::Met,     // d CPU 1.01 / 1.01 ≤ 1.03
                 Verdict::Unknown, // d instructions: callgrind skipped
                 Verdict::Met,     // d rps 0.9875 ≥ 0.97
+                Verdict::Unknown, // i instructions: callgrind skipped
+                Verdict::Unknown, // j instructions: callgrind skipped
+                Verdict::Unknown, // k instructions: callgrind skipped
+                Verdict::Unknown, // k CPU: (k) not in these results
                 Verdict::Met,     // 100 KB ≤ 150 KB
                 Verdict::Unknown, // propagation: not measured
             ],

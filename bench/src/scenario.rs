@@ -1,4 +1,4 @@
-//! The eight Envoy configurations compared, their bootstrap templates (`bench/envoy/*.yaml`) and the
+//! The eleven Envoy configurations compared, their bootstrap templates (`bench/envoy/*.yaml`) and the
 //! filter configs they carry.
 
 use anyhow::{bail, Context};
@@ -24,6 +24,15 @@ pub enum Scenario {
     HeaderOnly,
     /// (h) a no-op module without the SDK exporting only meshcanary's callbacks, on (b)'s routes.
     BareNoop,
+    /// (i) (c) in a config of 100 routes, one per service, the request for the last one.
+    Routes100,
+    /// (j) the same with 1 000 routes.
+    Routes1000,
+    /// (k) every feature on, each at its dearest: 1 000 routes (the request for the last), (d)'s
+    /// 10 QA rules that do not match, a signed rule whose token's MAC is computed and refused, a
+    /// sticky cookie the request lacks (a new visitor id and `Set-Cookie` on every response), and
+    /// the decision echoed in a response header.
+    Everything,
 }
 
 /// The canary's share each configuration should send to `reviews-v2`.
@@ -52,7 +61,7 @@ pub struct Modules {
 
 impl Scenario {
     /// In report order.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 11] = [
         Scenario::Direct,
         Scenario::Weighted,
         Scenario::Filter,
@@ -61,6 +70,9 @@ impl Scenario {
         Scenario::Lua,
         Scenario::HeaderOnly,
         Scenario::BareNoop,
+        Scenario::Routes100,
+        Scenario::Routes1000,
+        Scenario::Everything,
     ];
 
     /// The letter of the issue (`a` … `f`), and `g`, `h`.
@@ -74,6 +86,9 @@ impl Scenario {
             Scenario::Lua => "f",
             Scenario::HeaderOnly => "g",
             Scenario::BareNoop => "h",
+            Scenario::Routes100 => "i",
+            Scenario::Routes1000 => "j",
+            Scenario::Everything => "k",
         }
     }
 
@@ -109,6 +124,11 @@ impl Scenario {
             Scenario::BareNoop => {
                 "no-op module with meshcanary's callbacks only + weighted_clusters"
             }
+            Scenario::Routes100 => "meshcanary 90/10, 100 routes (request for the last)",
+            Scenario::Routes1000 => "meshcanary 90/10, 1 000 routes (request for the last)",
+            Scenario::Everything => {
+                "meshcanary, every feature on: 1 000 routes, 10 QA rules, refused token, new visitor"
+            }
         }
     }
 
@@ -117,9 +137,12 @@ impl Scenario {
         match self {
             Scenario::Direct => include_str!("../envoy/direct.yaml"),
             Scenario::Weighted => include_str!("../envoy/weighted.yaml"),
-            Scenario::Filter | Scenario::FilterWorst | Scenario::HeaderOnly => {
-                include_str!("../envoy/filter.yaml")
-            }
+            Scenario::Filter
+            | Scenario::FilterWorst
+            | Scenario::HeaderOnly
+            | Scenario::Routes100
+            | Scenario::Routes1000
+            | Scenario::Everything => include_str!("../envoy/filter.yaml"),
             Scenario::Noop | Scenario::BareNoop => include_str!("../envoy/noop.yaml"),
             Scenario::Lua => include_str!("../envoy/lua.yaml"),
         }
@@ -130,7 +153,12 @@ impl Scenario {
         match self {
             Scenario::Direct => "direct.yaml",
             Scenario::Weighted => "weighted.yaml",
-            Scenario::Filter | Scenario::FilterWorst | Scenario::HeaderOnly => "filter.yaml",
+            Scenario::Filter
+            | Scenario::FilterWorst
+            | Scenario::HeaderOnly
+            | Scenario::Routes100
+            | Scenario::Routes1000
+            | Scenario::Everything => "filter.yaml",
             Scenario::Noop | Scenario::BareNoop => "noop.yaml",
             Scenario::Lua => "lua.yaml",
         }
@@ -167,15 +195,47 @@ impl Scenario {
             "hosts": ["reviews", "reviews.default.svc.cluster.local"],
             "variants": [{"name": "v1", "weight": 9000}, {"name": "v2", "weight": 1000}],
         });
-        match self {
-            Scenario::Filter => {}
+        // Routes for other services before the request's, each with its names and a pattern.
+        let others = |count: usize| -> Vec<serde_json::Value> {
+            (0..count)
+                .map(|i| {
+                    serde_json::json!({
+                        "name": format!("svc-{i}"),
+                        "hosts": [format!("svc-{i}"), format!("svc-{i}.default.svc.cluster.local"), format!("*.svc-{i}.example.com")],
+                        "variants": [{"name": "v1", "weight": 9000}, {"name": "v2", "weight": 1000}],
+                    })
+                })
+                .collect()
+        };
+        let mut document = serde_json::json!({"generation": 1});
+        let routes = match self {
+            Scenario::Filter => vec![route],
             Scenario::FilterWorst => {
                 route["rules"] = rules;
                 route["sticky"] = serde_json::json!({"header": "x-user-id", "salt": "release-42"});
+                vec![route]
+            }
+            Scenario::Routes100 | Scenario::Routes1000 => {
+                let count = if self == Scenario::Routes100 { 99 } else { 999 };
+                let mut routes = others(count);
+                routes.push(route);
+                routes
+            }
+            Scenario::Everything => {
+                let mut rules = rules.as_array().cloned().unwrap_or_default();
+                rules.push(serde_json::json!({"header": "x-meshcanary-qa", "tokenKeys": [QA_KEY]}));
+                route["rules"] = serde_json::Value::Array(rules);
+                route["sticky"] = serde_json::json!({"cookie": "mc-visitor", "salt": "release-42",
+                    "assign": {"maxAge": 2592000}});
+                document["responseHeader"] = serde_json::json!("x-meshcanary");
+                let mut routes = others(999);
+                routes.push(route);
+                routes
             }
             _ => return None,
-        }
-        Some(serde_json::json!({"generation": 1, "routes": [route]}).to_string())
+        };
+        document["routes"] = serde_json::Value::Array(routes);
+        Some(document.to_string())
     }
 
     /// The bootstrap for this scenario, ports ephemeral, upstream on `upstream_port`.
@@ -186,7 +246,11 @@ impl Scenario {
             ("UPSTREAM_PORT", upstream_port.to_string()),
         ];
         match self {
-            Scenario::Filter | Scenario::FilterWorst => {
+            Scenario::Filter
+            | Scenario::FilterWorst
+            | Scenario::Routes100
+            | Scenario::Routes1000
+            | Scenario::Everything => {
                 let config = self.plugin_config().unwrap_or_default();
                 // The filter would refuse an invalid config and Envoy would answer 500: fail here.
                 CheckedConfig::from_json(config.as_bytes())
@@ -207,6 +271,9 @@ impl Scenario {
         render(self.template(), &values)
     }
 }
+
+/// The signed rule's key in (k): the token wrk sends names it, but its MAC is not this key's.
+pub const QA_KEY: &str = "qa:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA";
 
 /// A module path as it goes into a bootstrap's YAML string; an error for one that cannot.
 pub fn path_text(path: &Path) -> anyhow::Result<String> {
@@ -252,7 +319,7 @@ mod tests {
             (" h , a", Ok(vec![Scenario::BareNoop, Scenario::Direct])),
             (
                 "c,z",
-                Err("no configuration \"z\" (known: a, b, c, d, e, f, g, h)"),
+                Err("no configuration \"z\" (known: a, b, c, d, e, f, g, h, i, j, k)"),
             ),
             ("c,,e", Err("no configuration \"\"")),
         ];
@@ -395,11 +462,45 @@ mod tests {
         }
         let config = Scenario::FilterWorst.plugin_config().unwrap();
         let checked = CheckedConfig::from_json(config.as_bytes()).unwrap();
-        let decision = meshcanary_core::choose(&checked, &Wrk, || None).unwrap();
+        let decision = meshcanary_core::choose(&checked, &Wrk, &mut || None).unwrap();
         assert_eq!(decision.reason, meshcanary_core::Reason::Sticky);
         let config = Scenario::Filter.plugin_config().unwrap();
         let checked = CheckedConfig::from_json(config.as_bytes()).unwrap();
-        let decision = meshcanary_core::choose(&checked, &Wrk, || None).unwrap();
+        let decision = meshcanary_core::choose(&checked, &Wrk, &mut || None).unwrap();
         assert_eq!(decision.reason, meshcanary_core::Reason::RequestId);
+        // (i) and (j): the request's route is the last of 100 and 1 000.
+        for (scenario, routes) in [(Scenario::Routes100, 100), (Scenario::Routes1000, 1000)] {
+            let config = scenario.plugin_config().unwrap();
+            let checked = CheckedConfig::from_json(config.as_bytes()).unwrap();
+            assert_eq!(checked.routes.len(), routes);
+            let decision = meshcanary_core::choose(&checked, &Wrk, &mut || None).unwrap();
+            assert_eq!(
+                (decision.route, decision.reason),
+                (routes - 1, meshcanary_core::Reason::RequestId)
+            );
+        }
+        // (k): every rule is tried, the token's MAC refused, and the request is a new visitor.
+        struct Draws;
+        impl meshcanary_core::choose::Inputs for Draws {
+            fn random_bucket(&mut self) -> Option<u32> {
+                Some(0)
+            }
+            fn visitor_bits(&mut self) -> Option<u128> {
+                Some(42)
+            }
+            fn now_unix(&self) -> Option<u64> {
+                Some(1_800_000_000)
+            }
+        }
+        let config = Scenario::Everything.plugin_config().unwrap();
+        let checked = CheckedConfig::from_json(config.as_bytes()).unwrap();
+        let decision = meshcanary_core::choose(&checked, &Wrk, &mut Draws).unwrap();
+        assert_eq!(decision.route, 999);
+        assert_eq!(decision.reason, meshcanary_core::Reason::Assigned);
+        assert_eq!(
+            decision.token_rejection,
+            Some(meshcanary_core::token::Rejection::BadSignature)
+        );
+        assert_eq!(checked.routes[999].rules.len(), 11);
     }
 }

@@ -13,12 +13,15 @@ pub const CONNECTIONS: u32 = 16;
 pub const THREADS: u32 = 2;
 
 /// The headers every benchmark request carries, for every configuration alike: the host the filter's
-/// route matches, the sticky key of configuration (d) and an ordinary cookie header (read by (d)'s
-/// cookie rules). The same bytes go to every Envoy so they all parse the same request.
-pub const HEADERS: [&str; 3] = [
+/// route matches, the sticky key of configuration (d), an ordinary cookie header (read by (d)'s
+/// cookie rules) and a signed-rule token whose MAC does not check out (configuration (k) computes
+/// the whole HMAC before refusing it: the dearest way a token can go). The same bytes go to every
+/// Envoy so they all parse the same request.
+pub const HEADERS: [&str; 4] = [
     "Host: reviews",
     "x-user-id: user-0042",
     "cookie: session=3f2a9c; theme=dark",
+    "x-meshcanary-qa: qa.v2.4102444800.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
 ];
 
 /// The request path.

@@ -61,6 +61,21 @@ impl Envoy {
         listen_port: u16,
         admin_port: u16,
     ) -> Envoy {
+        Envoy::start_with(ports, config, listen_port, admin_port, None).await
+    }
+
+    /// Like [`Envoy::start`], tracing every request to the Zipkin collector on `zipkin_port`.
+    pub async fn start_traced(ports: [u16; 3], config: &FilterConfig, zipkin_port: u16) -> Envoy {
+        Envoy::start_with(ports, config, 0, 0, Some(zipkin_port)).await
+    }
+
+    async fn start_with(
+        ports: [u16; 3],
+        config: &FilterConfig,
+        listen_port: u16,
+        admin_port: u16,
+        zipkin_port: Option<u16>,
+    ) -> Envoy {
         let dir = tempfile::tempdir().expect("temp dir");
         let ecds_path = dir.path().join("meshcanary.ecds.json");
         let delivery = WasmDelivery {
@@ -80,6 +95,13 @@ impl Envoy {
                 ("V1_PORT", ports[0].to_string()),
                 ("V2_PORT", ports[1].to_string()),
                 ("V3_PORT", ports[2].to_string()),
+                // Untraced: no span is sampled, so nothing is ever sent to the collector port
+                // (9, discard, where nothing listens on loopback).
+                (
+                    "TRACE_PERCENT",
+                    if zipkin_port.is_some() { "100" } else { "0" }.to_string(),
+                ),
+                ("ZIPKIN_PORT", zipkin_port.unwrap_or(9).to_string()),
             ],
         );
         let bootstrap_path = dir.path().join("envoy.yaml");

@@ -13,6 +13,7 @@
 pub mod control;
 pub mod demo;
 pub mod envoy;
+pub mod grpc;
 pub mod hook_server;
 pub mod load;
 pub mod paths;
@@ -20,3 +21,4 @@ pub mod prometheus;
 pub mod prometheus_server;
 pub mod steady_load;
 pub mod upstream;
+pub mod zipkin;

@@ -320,6 +320,10 @@ async fn a_bad_config_is_rejected_and_the_old_one_keeps_routing() {
         r#"{"generation": 2, "routes": [{"name": "reviews", "hosts": ["*"], "variants": [{"name": "v1", "weight": 5000}, {"name": "v2", "weight": 5001}]}]}"#,
         r#"{"generation": 3, "routez": []}"#,
         r#"{"generation": 4, "routes": [ "#,
+        // serde reads a struct from a sequence of its fields; only JSON objects are configs.
+        "[]",
+        "[42]",
+        r#"{"generation":45,"routes":[["reviews",["reviews"],null,[["v1",0],["v2",10000]]]]}"#,
     ];
     for (i, config) in bad.iter().enumerate() {
         rig.envoy.push_raw(2 + i as u64, config);
@@ -356,6 +360,37 @@ async fn a_bad_config_is_rejected_and_the_old_one_keeps_routing() {
     assert!(
         log.contains("routez: unknown field `routez`"),
         "log names the field"
+    );
+    assert!(
+        log.contains("rejected config: routes[0]: invalid type: sequence, expected a JSON object"),
+        "log names the field"
+    );
+    // What Envoy itself logs for every rejected config (README, "A rejected config"): an alert
+    // keyed on these lines fires on every push the filter refuses, though nothing stopped serving.
+    let envoy_lines = |level: &str, text: &str| {
+        log.lines()
+            .filter(|line| line.contains(&format!("[{level}][wasm]")) && line.contains(text))
+            .count()
+    };
+    assert_eq!(
+        envoy_lines(
+            "error",
+            "Wasm VM failed Failed to configure base Wasm plugin"
+        ),
+        bad.len(),
+        "{log}"
+    );
+    assert_eq!(
+        envoy_lines("critical", "Plugin meshcanary failed to load"),
+        bad.len(),
+        "{log}"
+    );
+    assert!(
+        envoy_lines(
+            "critical",
+            "Plugin configured to fail closed failed to load"
+        ) >= bad.len(),
+        "printed with FAIL_OPEN too: {log}"
     );
     // A valid config after the rejected ones still applies.
     rig.envoy
@@ -556,6 +591,364 @@ async fn local_replies_and_client_resets_are_counted() {
     );
 }
 
+/// The status line and the `x-upstream` header of a raw HTTP/1.1 exchange.
+async fn raw_upstream(port: u16, request: &str) -> (String, Option<String>) {
+    let response = raw_request(port, request.as_bytes()).await;
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status_line = text.lines().next().unwrap_or("").to_string();
+    let upstream = text.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("x-upstream")
+            .then(|| value.trim().to_string())
+    });
+    (status_line, upstream)
+}
+
+/// HTTP/1.1 clients may send several `Cookie` lines, which Envoy keeps apart (it joins cookie
+/// headers only for HTTP/2); RFC 6265 makes them one list, and so does the filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cookies_in_any_cookie_line_count() {
+    let rig = Rig::start(reviews(
+        1,
+        &[5000, 5000],
+        json!({
+            "rules": [{"cookie": "meshcanary", "exact": "v3", "variant": "v2"}],
+            "sticky": {"cookie": "session", "salt": "s"}
+        }),
+    ))
+    .await;
+    let port = rig.envoy.listen_port;
+    let request = |cookies: &[&str]| {
+        let lines: String = cookies.iter().map(|c| format!("cookie: {c}\r\n")).collect();
+        format!("GET / HTTP/1.1\r\nhost: reviews\r\n{lines}connection: close\r\n\r\n")
+    };
+    // The QA cookie in the second line forces its variant.
+    for _ in 0..10 {
+        let (status, upstream) =
+            raw_upstream(port, &request(&["theme=dark", "meshcanary=v3"])).await;
+        assert!(status.contains(" 200 "), "{status}");
+        assert_eq!(upstream.as_deref(), Some("v2"), "QA cookie in a later line");
+    }
+    // A session cookie in the second line is sticky: each session gets the variant it gets in a
+    // single line, every time, and sessions land on both variants.
+    let mut seen = HashMap::new();
+    for i in 0..40 {
+        let session = format!("session=visitor-{i}");
+        let one_line = raw_upstream(port, &request(&[&format!("theme=dark; {session}")]))
+            .await
+            .1
+            .unwrap();
+        for _ in 0..3 {
+            let two_lines = raw_upstream(port, &request(&["theme=dark", &session]))
+                .await
+                .1
+                .unwrap();
+            assert_eq!(two_lines, one_line, "{session}");
+        }
+        *seen.entry(one_line).or_insert(0) += 1;
+    }
+    assert_eq!(seen.len(), 2, "sessions on both variants: {seen:?}");
+    assert_eq!(
+        rig.envoy
+            .metric("meshcanary_decisions_total", &[("reason", "sticky")])
+            .await,
+        160.0,
+        "every session request was placed by its cookie"
+    );
+}
+
+/// One request of a visitor that keeps cookies: sends `cookie` (if it has one), returns the
+/// upstream that answered and the `Set-Cookie` it got, if any.
+async fn visit(
+    http: &reqwest::Client,
+    url: &str,
+    cookie: Option<&str>,
+) -> (String, Option<String>) {
+    let mut request = http.get(url);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| {
+        let mut values = response.headers().get_all(name).iter();
+        let value = values.next().map(|v| v.to_str().unwrap().to_string());
+        assert!(values.next().is_none(), "one {name} at most");
+        value
+    };
+    let answer = (header("x-upstream").unwrap(), header("set-cookie"));
+    response.bytes().await.unwrap();
+    answer
+}
+
+/// Anonymous visitors stay put: without the sticky cookie the filter draws an id, places the
+/// request by it and sets the cookie; a client that keeps cookies then sees one variant only —
+/// 0 flips over 1 000 visitors × 20 requests — and as the canary's weight rises visitors move
+/// only towards it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_visitors_get_a_cookie_and_stay_on_their_variant() {
+    let config = |generation: u64, canary: u32| {
+        reviews(
+            generation,
+            &[10000 - canary, canary],
+            json!({"sticky": {"cookie": "mc-visitor", "salt": "s",
+                              "assign": {"maxAge": 2592000, "secure": true, "sameSite": "Strict"}}}),
+        )
+    };
+    let rig = Rig::start(config(1, 3000)).await;
+    let url = rig.envoy.url("/");
+    let http = reqwest::Client::new();
+    let visitors = 1000;
+    let mut tasks = tokio::task::JoinSet::new();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..16 {
+        let (http, url, next) = (http.clone(), url.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut out = Vec::new();
+            while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < visitors {
+                let (first, set_cookie) = visit(&http, &url, None).await;
+                let set_cookie = set_cookie.expect("a new visitor gets the cookie");
+                let (pair, attributes) = set_cookie.split_once(';').unwrap();
+                assert_eq!(
+                    attributes,
+                    " Max-Age=2592000; Path=/; Secure; HttpOnly; SameSite=Strict"
+                );
+                let mut seen = vec![first];
+                for _ in 1..20 {
+                    let (upstream, again) = visit(&http, &url, Some(pair)).await;
+                    assert_eq!(again, None, "a visitor with the cookie gets no new one");
+                    seen.push(upstream);
+                }
+                out.push((pair.to_string(), seen));
+            }
+            out
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        all.extend(done.unwrap());
+    }
+    assert_eq!(all.len(), visitors);
+    let flips = all
+        .iter()
+        .filter(|(_, seen)| seen.iter().any(|u| *u != seen[0]))
+        .count();
+    let ids: std::collections::HashSet<&String> = all.iter().map(|(pair, _)| pair).collect();
+    let canary = all.iter().filter(|(_, seen)| seen[0] == "v2").count();
+    println!("{visitors} visitors x 20 requests at 30 %: {flips} flips, {canary} on v2");
+    assert_eq!(flips, 0);
+    assert_eq!(ids.len(), visitors, "every visitor got its own id");
+    assert!(
+        (240..=360).contains(&canary),
+        "{canary} of 1000 on the canary"
+    );
+    let reasons = |reason: &'static str| {
+        let envoy = &rig.envoy;
+        async move {
+            envoy
+                .metric("meshcanary_decisions_total", &[("reason", reason)])
+                .await
+        }
+    };
+    assert_eq!(reasons("assigned").await, visitors as f64);
+    assert_eq!(reasons("sticky").await, (visitors * 19) as f64);
+
+    // The canary goes to 70 %: visitors keep their cookie, so they move only from v1 to v2.
+    rig.envoy.push(&filter_config(config(2, 7000)));
+    rig.envoy.wait_for_generation(2).await;
+    let mut moved_forward = 0;
+    for (pair, seen) in &all {
+        let (now, set_cookie) = visit(&http, &url, Some(pair)).await;
+        assert_eq!(set_cookie, None);
+        assert!(
+            !(seen[0] == "v2" && now == "v1"),
+            "{pair} moved back from the canary"
+        );
+        moved_forward += usize::from(seen[0] == "v1" && now == "v2");
+    }
+    assert!(
+        (300..=500).contains(&moved_forward),
+        "{moved_forward} visitors moved to the canary"
+    );
+}
+
+/// Signed QA access: a token minted by `meshcanary qa-token` opens its variant (weight 0 here)
+/// through a header or a query parameter; forged, altered, expired, malformed or foreign tokens
+/// are ignored — the request goes where it would without them — and counted by reason; keys
+/// rotate by listing the new one first and dropping the old one later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_signed_tokens_open_the_canary() {
+    use meshcanary_core::token::{mint, TokenKey};
+    let k1 = "k1:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA";
+    let k2 = "k2:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8";
+    let config = |generation: u64, keys: &[&str]| {
+        reviews(
+            generation,
+            &[10000, 0, 0],
+            json!({"rules": [{"header": "x-meshcanary-qa", "tokenKeys": keys},
+                             {"query": "mc-qa", "tokenKeys": keys}]}),
+        )
+    };
+    let rig = Rig::start(config(1, &[k1])).await;
+    // The real CLI mints the token, with the key from the environment.
+    let minted = std::process::Command::new(paths::control_bin())
+        .args(["qa-token", "--variant", "v2", "--ttl", "2h"])
+        .env("MESHCANARY_QA_KEY", k1)
+        .output()
+        .unwrap();
+    assert!(minted.status.success(), "{minted:?}");
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("k1.v2."), "{token}");
+
+    let key1 = TokenKey::parse(k1).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expired = mint(&key1, "v2", now - 1);
+    let for_v9 = mint(&key1, "v9", now + 3600);
+    let by_k2 = mint(&TokenKey::parse(k2).unwrap(), "v3", now + 3600);
+    let altered = token.replacen("k1.v2.", "k1.v3.", 1);
+    let forged = format!("k1.v2.{}.{}", now + 3600, "A".repeat(43));
+    let query = format!("/?mc-qa={token}");
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        ("no token", "/", vec![], "v1", None),
+        (
+            "minted token",
+            "/",
+            vec![("x-meshcanary-qa", &token)],
+            "v2",
+            None,
+        ),
+        ("minted token in the query", &query, vec![], "v2", None),
+        (
+            "plain value",
+            "/",
+            vec![("x-meshcanary-qa", "always")],
+            "v1",
+            Some("malformed"),
+        ),
+        (
+            "altered variant",
+            "/",
+            vec![("x-meshcanary-qa", &altered)],
+            "v1",
+            Some("bad_signature"),
+        ),
+        (
+            "forged MAC",
+            "/",
+            vec![("x-meshcanary-qa", &forged)],
+            "v1",
+            Some("bad_signature"),
+        ),
+        (
+            "expired",
+            "/",
+            vec![("x-meshcanary-qa", &expired)],
+            "v1",
+            Some("expired"),
+        ),
+        (
+            "unknown key",
+            "/",
+            vec![("x-meshcanary-qa", &by_k2)],
+            "v1",
+            Some("unknown_key"),
+        ),
+        (
+            "unknown variant",
+            "/",
+            vec![("x-meshcanary-qa", &for_v9)],
+            "v1",
+            Some("unknown_variant"),
+        ),
+    ];
+    for (name, path, headers, expected, rejected) in cases {
+        let before = match rejected {
+            Some(reason) => {
+                rig.envoy
+                    .metric("meshcanary_qa_tokens_rejected_total", &[("reason", reason)])
+                    .await
+            }
+            None => 0.0,
+        };
+        let total_before = rig
+            .envoy
+            .metric("meshcanary_qa_tokens_rejected_total", &[])
+            .await;
+        let reply = rig.client.get(path, &headers).await.unwrap();
+        assert_eq!(reply.upstream.as_deref(), Some(expected), "{name}");
+        match rejected {
+            Some(reason) => {
+                let after = rig
+                    .envoy
+                    .metric("meshcanary_qa_tokens_rejected_total", &[("reason", reason)])
+                    .await;
+                assert_eq!(after, before + 1.0, "{name}: counted as {reason}");
+            }
+            None => {
+                let total = rig
+                    .envoy
+                    .metric("meshcanary_qa_tokens_rejected_total", &[])
+                    .await;
+                assert_eq!(total, total_before, "{name}: nothing refused");
+            }
+        }
+    }
+    assert_eq!(
+        rig.client
+            .get("/", &[("x-meshcanary-qa", &token)])
+            .await
+            .unwrap()
+            .decision
+            .as_deref(),
+        Some("v2; reason=rule")
+    );
+
+    // Rotation: k2 joins (tokens of both keys work), then k1 retires (its tokens stop working).
+    rig.envoy.push(&filter_config(config(2, &[k2, k1])));
+    rig.envoy.wait_for_generation(2).await;
+    for (token, expected) in [(&token, "v2"), (&by_k2, "v3")] {
+        let reply = rig
+            .client
+            .get("/", &[("x-meshcanary-qa", token)])
+            .await
+            .unwrap();
+        assert_eq!(reply.upstream.as_deref(), Some(expected), "{token}");
+    }
+    rig.envoy.push(&filter_config(config(3, &[k2])));
+    rig.envoy.wait_for_generation(3).await;
+    let retired = rig
+        .client
+        .get("/", &[("x-meshcanary-qa", &token)])
+        .await
+        .unwrap();
+    assert_eq!(retired.upstream.as_deref(), Some("v1"));
+    let by_new = rig
+        .client
+        .get("/", &[("x-meshcanary-qa", &by_k2)])
+        .await
+        .unwrap();
+    assert_eq!(by_new.upstream.as_deref(), Some("v3"));
+    assert_eq!(
+        rig.envoy
+            .metric(
+                "meshcanary_qa_tokens_rejected_total",
+                &[("reason", "unknown_key"), ("route", "reviews")]
+            )
+            .await,
+        2.0
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_input_passes_through_untouched() {
     let rig = Rig::start(reviews(1, &[10000, 0], json!({
@@ -588,7 +981,6 @@ async fn odd_input_passes_through_untouched() {
         ("non-UTF-8 cookie", b"GET / HTTP/1.1\r\nhost: reviews\r\ncookie: uid=\xff\xfe; meshcanary=\xc3\x28\r\nconnection: close\r\n\r\n".to_vec()),
         ("non-UTF-8 host", b"GET / HTTP/1.1\r\nhost: rev\xffiews\r\nconnection: close\r\n\r\n".to_vec()),
         ("non-UTF-8 query", b"GET /?q=\xff&\xfe HTTP/1.1\r\nhost: reviews\r\nconnection: close\r\n\r\n".to_vec()),
-        ("no host, HTTP/1.0", b"GET / HTTP/1.0\r\n\r\n".to_vec()),
         ("spoofed variant header with odd bytes", b"GET / HTTP/1.1\r\nhost: reviews\r\nx-meshcanary-variant: \xff\r\nconnection: close\r\n\r\n".to_vec()),
     ];
     for (name, request) in raw {
@@ -604,6 +996,27 @@ async fn odd_input_passes_through_untouched() {
             assert!(text.contains("x-upstream:"), "{name}: reached an upstream");
         }
     }
+    // No Host at all: Envoy answers 400 itself before any HTTP filter runs (HTTP/1.0 with
+    // accept_http_10 but no default_host_for_http_10, and HTTP/1.1), so the filter never sees a
+    // request without :authority and counts nothing for it.
+    let counted = || async {
+        rig.envoy.metric("meshcanary_requests_total", &[]).await
+            + rig.envoy.metric("meshcanary_unmatched_total", &[]).await
+    };
+    let before = counted().await;
+    for (name, request) in [
+        ("HTTP/1.0", "GET / HTTP/1.0\r\n\r\n"),
+        ("HTTP/1.1", "GET / HTTP/1.1\r\nconnection: close\r\n\r\n"),
+    ] {
+        let (status_line, upstream) = raw_upstream(rig.envoy.listen_port, request).await;
+        println!("no host, {name}: {status_line}");
+        assert!(
+            status_line.contains(" 400 "),
+            "no host, {name}: {status_line}"
+        );
+        assert_eq!(upstream, None, "no host, {name}");
+    }
+    assert_eq!(counted().await, before, "the filter saw no request");
     let log = rig.envoy.log();
     assert!(!log.contains("critical"), "no panic in the filter:\n{log}");
     assert!(!log.contains("wasm log meshcanary: panicked"), "{log}");
@@ -684,6 +1097,136 @@ async fn hosts_path_prefixes_and_dry_run() {
         rig.envoy.metric("meshcanary_unmatched_total", &[]).await,
         3.0
     );
+}
+
+/// A mesh-wide config, one route per service: 1 000 routes apply, and a request for any of them —
+/// first, middle or last, by exact name or by suffix pattern — lands on its route's variant.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_routes_route_like_one() {
+    let routes: Vec<serde_json::Value> = (0..1000)
+        .map(|i| {
+            // Every third service is all on v2, the others all on v1.
+            let canary = if i % 3 == 0 { 10000 } else { 0 };
+            json!({"name": format!("svc-{i}"),
+                   "hosts": [format!("svc-{i}"), format!("svc-{i}.mesh.svc.cluster.local"), format!("*.svc-{i}.example.com")],
+                   "variants": [{"name": "v1", "weight": 10000 - canary}, {"name": "v2", "weight": canary}]})
+        })
+        .collect();
+    let started = Instant::now();
+    let rig = Rig::start(json!({"generation": 1, "routes": routes})).await;
+    println!(
+        "1 000 routes applied {:?} after starting Envoy",
+        started.elapsed()
+    );
+    for i in [0usize, 1, 499, 500, 998, 999] {
+        let expected = if i % 3 == 0 { "v2" } else { "v1" };
+        for host in [
+            format!("svc-{i}"),
+            format!("SVC-{i}.mesh.svc.cluster.local:8080"),
+            format!("api.eu.svc-{i}.example.com"),
+        ] {
+            let reply = rig.client.get("/", &[("host", &host)]).await.unwrap();
+            assert_eq!(reply.upstream.as_deref(), Some(expected), "{host}");
+        }
+        assert_eq!(
+            rig.envoy
+                .metric(
+                    "meshcanary_requests_total",
+                    &[("route", &format!("svc-{i}"))]
+                )
+                .await,
+            3.0,
+            "svc-{i}"
+        );
+    }
+    let reply = rig.client.get("/", &[("host", "svc-1000")]).await.unwrap();
+    assert_eq!(reply.upstream.as_deref(), Some("v1"));
+    assert_eq!(
+        rig.envoy.metric("meshcanary_unmatched_total", &[]).await,
+        1.0
+    );
+}
+
+/// The variant in every trace: Envoy traces each request to a Zipkin collector the test runs,
+/// and every span carries the variant that served it (`meshcanary.variant`, a custom tag read from
+/// the request header the filter writes), whether a rule, a sticky key or the weights chose it;
+/// a request the filter placed nowhere has no such tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_span_carries_the_variant_that_served_it() {
+    let collector = meshcanary_e2e::zipkin::Collector::start().await;
+    let mut upstreams = Vec::new();
+    for name in ["v1", "v2", "v3"] {
+        upstreams.push(Upstream::start(name).await);
+    }
+    let config = json!({"generation": 1, "routes": [{
+        "name": "reviews", "hosts": ["reviews"],
+        "variants": [{"name": "v1", "weight": 5000}, {"name": "v2", "weight": 3000}, {"name": "v3", "weight": 2000}],
+        "rules": [{"header": "x-canary", "exact": "always", "variant": "v3"}],
+        "sticky": {"header": "x-user-id", "salt": "traces"}
+    }]});
+    let envoy = Envoy::start_traced(
+        [upstreams[0].port, upstreams[1].port, upstreams[2].port],
+        &filter_config(config),
+        collector.port,
+    )
+    .await;
+    let client = Client::new(&envoy.base_url);
+    // Each request brings its own x-request-id, which the span carries as `guid:x-request-id`, so
+    // each span can be matched with the upstream that answered that request. It must be a UUID
+    // (Envoy traces only those, and marks the trace decision in its version digit), so requests
+    // are told apart by its last group.
+    let uuid = |i: usize| format!("1d7e5a00-0000-4000-8000-{i:012}");
+    let last_group = |id: &str| id.rsplit('-').next().unwrap_or_default().to_string();
+    let mut served = HashMap::new();
+    for i in 0..60 {
+        let id = uuid(i);
+        let user = format!("user-{i}");
+        let mut headers = vec![("x-request-id", id.as_str()), ("host", "reviews")];
+        if i % 5 == 0 {
+            headers.push(("x-canary", "always"));
+        } else if i % 2 == 0 {
+            headers.push(("x-user-id", &user));
+        }
+        if i % 3 == 1 {
+            // What a client sends in the variant header is replaced, in the span too.
+            headers.push(("x-meshcanary-variant", "v3"));
+        }
+        let reply = client.get("/", &headers).await.unwrap();
+        served.insert(last_group(&id), reply.upstream.unwrap());
+    }
+    let unrouted_id = uuid(999);
+    let unrouted = client
+        .get("/", &[("x-request-id", &unrouted_id), ("host", "details")])
+        .await
+        .unwrap();
+    assert_eq!(unrouted.upstream.as_deref(), Some("v1"));
+    let spans = collector.wait_for(61, Duration::from_secs(20)).await;
+    let mut checked = 0;
+    let mut variants = HashMap::new();
+    for span in &spans {
+        let tags = &span["tags"];
+        let Some(id) = tags["guid:x-request-id"].as_str() else {
+            continue;
+        };
+        let id = last_group(id);
+        if id == last_group(&unrouted_id) {
+            assert!(tags.get("meshcanary.variant").is_none(), "{span}");
+            continue;
+        }
+        let Some(upstream) = served.get(&id) else {
+            continue;
+        };
+        assert_eq!(
+            tags["meshcanary.variant"].as_str(),
+            Some(upstream.as_str()),
+            "span of {id}: {span}"
+        );
+        *variants.entry(upstream.clone()).or_insert(0) += 1;
+        checked += 1;
+    }
+    println!("{checked} spans checked, by variant: {variants:?}");
+    assert_eq!(checked, 60, "one span per request: {spans:#?}");
+    assert_eq!(variants.len(), 3, "all variants traced: {variants:?}");
 }
 
 /// The export names of a wasm module, read from its export section (id 7): a count, then for each

@@ -368,6 +368,7 @@ fn check(tree: &Tree) -> Vec<String> {
         if let Some(plugin) = check_wasmplugin(tree, &service, &mut problems) {
             check_routing(tree, &plugin, &mut problems);
             check_stats(tree, &plugin, &mut problems);
+            check_tracing(tree, &plugin, &mut problems);
         }
     }
     problems
@@ -1110,6 +1111,38 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
     }
 }
 
+/// The Telemetry that tags trace spans with the variant: in the WasmPlugin's namespace, selecting
+/// the same pods (the callers, where the variant is chosen), the tag read from the header the
+/// filter writes.
+fn check_tracing(tree: &Tree, plugin: &Plugin, problems: &mut Vec<String>) {
+    let created = resources(tree);
+    let Some(telemetry) = only(&created, "Telemetry", problems) else {
+        return;
+    };
+    let at = telemetry.at();
+    let v = &telemetry.value;
+    if text(v, "/apiVersion") != Some("telemetry.istio.io/v1") {
+        problems.push(format!("{at}: apiVersion must be telemetry.istio.io/v1"));
+    }
+    if telemetry.namespace() != plugin.namespace
+        || labels(v, "/spec/selector/matchLabels") != plugin.selector
+    {
+        problems.push(format!(
+            "{at}: must select the WasmPlugin's pods ({:?} in {}), where the variant is chosen",
+            plugin.selector, plugin.namespace
+        ));
+    }
+    let headers: Vec<&str> = items(v, "/spec/tracing")
+        .filter_map(|tracing| text(tracing, "/customTags/meshcanary.variant/header/name"))
+        .collect();
+    if headers != [plugin.config.variant_header.as_str()] {
+        problems.push(format!(
+            "{at}: the tag meshcanary.variant must come from the header the filter writes ({:?}), not {headers:?}",
+            plugin.config.variant_header
+        ));
+    }
+}
+
 /// What the routing and stats checks need to know about the WasmPlugin.
 struct Plugin {
     doc_dir: String,
@@ -1622,6 +1655,9 @@ const BREAKAGES: &[(&str, Edit, &str)] = &[
     ("a document without a name", Remove("Service", CONTROL, "/metadata/name"), "no metadata.name"),
     ("an upper-case name", Set("Service", CONTROL, "/metadata/name", r#""Meshcanary""#), "not a valid object name"),
     ("a namespaced object without namespace", Remove("WasmPlugin", PLUGIN, "/metadata/namespace"), "no metadata.namespace"),
+    // Tracing.
+    ("the variant tag from another header", Set("Telemetry", "meshcanary-variant", "/spec/tracing/0/customTags/meshcanary.variant/header/name", r#""x-variant""#), "must come from the header the filter writes"),
+    ("tags on the wrong pods", Set("Telemetry", "meshcanary-variant", "/spec/selector/matchLabels/app", r#""reviews""#), "must select the WasmPlugin's pods"),
     ("a numeric annotation", Set("Deployment", CONTROL, "/spec/template/metadata/annotations/prometheus.io~1port", "7070"), "not a string"),
     ("a listed file that is missing", Other(|t| { t.files.remove("bookinfo/rbac.yaml"); t.docs.retain(|d| d.file != "bookinfo/rbac.yaml"); }), "which does not exist"),
     ("a file nobody lists", Other(|t| { t.files.insert("extra.yaml".into(), String::new()); }), "extra.yaml is not listed"),

@@ -11,8 +11,8 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Thresholds {
-    /// Lowest acceptable share of canary responses that are not failures (5xx or reset), 0 to 1,
-    /// e.g. `0.99`. Unset: no absolute success-rate check.
+    /// Lowest acceptable share of canary responses that are not failures (5xx, reset or gRPC
+    /// server error), 0 to 1, e.g. `0.99`. Unset: no absolute success-rate check.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub min_success_rate: Option<f64>,
     /// Highest acceptable canary latency at `latencyQuantile`, in milliseconds. Unset: no latency
@@ -198,7 +198,7 @@ pub fn judge(
         if let (Some(min), Some(rate)) = (thresholds.min_success_rate, canary_measured.success_rate)
         {
             let counted = format!(
-                "{failures} {} (5xx or reset) in {responses} responses",
+                "{failures} {} (5xx, reset or gRPC server error) in {responses} responses",
                 plural(failures, "failure", "failures")
             );
             if rate < min {
@@ -548,7 +548,7 @@ mod tests {
                 stable.clone(),
                 Verdict::Pass,
                 &[
-                    "canary success rate 99.9 % (1 failure (5xx or reset) in 1000 responses) meets the minimum 99 %",
+                    "canary success rate 99.9 % (1 failure (5xx, reset or gRPC server error) in 1000 responses) meets the minimum 99 %",
                     "canary p99 latency 24.9 ms (interpolated in the histogram bucket 10–25 ms) is within the maximum 200 ms",
                     "canary error rate 0.1 % (1 of 1000) is not significantly above stable's 0.1 % (10 of 10000): Fisher exact one-sided p = 0.65 ≥ 0.01",
                 ],
@@ -590,7 +590,7 @@ mod tests {
                 stable.clone(),
                 Verdict::Fail,
                 &[
-                    "canary success rate 97.0 % (30 failures (5xx or reset) in 1000 responses) is below the minimum 99 %",
+                    "canary success rate 97.0 % (30 failures (5xx, reset or gRPC server error) in 1000 responses) is below the minimum 99 %",
                     "canary error rate 3.0 % (30 of 1000) is significantly above stable's 0.1 % (10 of 10000): Fisher exact one-sided p = 1.3e-23 < 0.01",
                 ],
             ),
@@ -623,7 +623,7 @@ mod tests {
                 variant(998, 2, 0, &fast(1000)),
                 Verdict::Fail,
                 &[
-                    "canary success rate 96.9 % (31 failures (5xx or reset) in 1000 responses) meets the minimum 95 %",
+                    "canary success rate 96.9 % (31 failures (5xx, reset or gRPC server error) in 1000 responses) meets the minimum 95 %",
                     "canary error rate 3.1 % (31 of 1000) is significantly above stable's 0.2 % (2 of 1000): Fisher exact one-sided p = 5.3e-8 < 0.01",
                 ],
             ),
@@ -634,7 +634,7 @@ mod tests {
                 variant(10, 0, 0, &fast(10)),
                 Verdict::Pass,
                 &[
-                    "canary success rate 99.9 % (3 failures (5xx or reset) in 5003 responses) meets the minimum 99 %",
+                    "canary success rate 99.9 % (3 failures (5xx, reset or gRPC server error) in 5003 responses) meets the minimum 99 %",
                     "stable served 10 requests in this window, fewer than the 100 needed to compare error rates, so the comparison was skipped",
                 ],
             ),
@@ -645,7 +645,7 @@ mod tests {
                 VariantCounters::default(),
                 Verdict::Pass,
                 &[
-                    "canary success rate 100 % (0 failures (5xx or reset) in 1000 responses) meets the minimum 99 %",
+                    "canary success rate 100 % (0 failures (5xx, reset or gRPC server error) in 1000 responses) meets the minimum 99 %",
                     "stable served no requests in this window, so the comparison of error rates was skipped",
                 ],
             ),
@@ -656,7 +656,7 @@ mod tests {
                 stable.clone(),
                 Verdict::Fail,
                 &[
-                    "canary success rate 90.0 % (100 failures (5xx or reset) in 1000 responses) is below the minimum 99 %",
+                    "canary success rate 90.0 % (100 failures (5xx, reset or gRPC server error) in 1000 responses) is below the minimum 99 %",
                     "no latency observations for the canary in this window yet (Envoy adds them to its histograms at each stats flush), so its p99 latency cannot be checked against 200 ms",
                     "canary error rate 10.0 % (100 of 1000) is significantly above stable's 0.1 % (10 of 10000): Fisher exact one-sided p = 1.4e-93 < 0.01",
                 ],
@@ -668,7 +668,7 @@ mod tests {
                 stable.clone(),
                 Verdict::Fail,
                 &[
-                    "canary success rate 98.996 % (1004 failures (5xx or reset) in 100000 responses) is below the minimum 99 %",
+                    "canary success rate 98.996 % (1004 failures (5xx, reset or gRPC server error) in 100000 responses) is below the minimum 99 %",
                     "stable served 10000 requests in this window, fewer than the 18446744073709551615 needed to compare error rates, so the comparison was skipped",
                 ],
             ),

@@ -19,9 +19,12 @@
 //! by up to one flush interval.
 //!
 //! **Success rate.** Of all responses the canary completed in the window, the share that did not
-//! fail: `1 − (5xx + reset) / responses`. Resets (the stream ended before a response was sent) and
-//! Envoy's own 5xx (no healthy upstream, upstream reset, timeout) are failures; 4xx are the
-//! client's business and count as successes, as do 1xx and 3xx.
+//! fail: `1 − (5xx + reset + grpc_server_error) / responses`. Resets (the stream ended before a
+//! response was sent) and Envoy's own 5xx (no healthy upstream, upstream reset, timeout) are
+//! failures; 4xx are the client's business and count as successes, as do 1xx and 3xx. A gRPC call
+//! answers HTTP 200 and fails in its `grpc-status`, which the filter classes as `grpc_ok`,
+//! `grpc_client_error` (a success, like a 4xx) or `grpc_server_error` (a failure, like a 5xx); see
+//! `meshcanary_core::stats::grpc_server_failure` for which codes are which.
 //!
 //! **Latency.** A percentile (p99 by default) of the request duration, estimated from the
 //! histogram buckets exactly like Prometheus' `histogram_quantile`: find the bucket holding the

@@ -42,7 +42,8 @@ use std::collections::{BTreeMap, HashSet};
 pub struct VariantCounters {
     /// `meshcanary_requests_total`: requests the filter decided for this variant.
     pub requests: u64,
-    /// `meshcanary_responses_total` by `class`: `1xx` … `5xx`, `reset`.
+    /// `meshcanary_responses_total` by `class`: `1xx` … `5xx`, `reset`, `grpc_ok`,
+    /// `grpc_client_error`, `grpc_server_error`.
     pub responses: BTreeMap<String, u64>,
     /// `meshcanary_request_duration_ms_bucket`: `(le, cumulative count)` sorted by `le`, the last
     /// one `(f64::INFINITY, …)`. Empty when the proxy exported no histogram for the variant.
@@ -61,10 +62,12 @@ impl VariantCounters {
             .fold(0, |total, count| total.saturating_add(*count))
     }
 
-    /// Failed requests: 5xx responses and resets (no response sent).
+    /// Failed requests: 5xx responses, resets (no response sent) and gRPC calls the server
+    /// failed (`grpc_server_error`), as [`ResponseClass::is_failure`] defines them.
     pub fn failures(&self) -> u64 {
-        [ResponseClass::ServerError, ResponseClass::Reset]
+        ResponseClass::ALL
             .iter()
+            .filter(|class| class.is_failure())
             .map(|class| self.responses.get(class.as_str()).copied().unwrap_or(0))
             .fold(0, u64::saturating_add)
     }
@@ -892,7 +895,7 @@ mod tests {
     }
 
     #[test]
-    fn helpers_count_failures_as_5xx_and_resets() {
+    fn helpers_count_failures_as_5xx_resets_and_grpc_server_errors() {
         let c = counters(
             10,
             &[
@@ -909,6 +912,23 @@ mod tests {
         assert_eq!(
             (c.total_responses(), c.failures(), c.successes()),
             (10, 3, 7)
+        );
+        // A gRPC service answers 200 throughout: what failed is in grpc_server_error; a gRPC
+        // call the caller got wrong (grpc_client_error) is no failure, as a 4xx is none.
+        let grpc = counters(
+            20,
+            &[
+                ("grpc_ok", 12),
+                ("grpc_client_error", 3),
+                ("grpc_server_error", 4),
+                ("reset", 1),
+            ],
+            &[],
+            0.0,
+        );
+        assert_eq!(
+            (grpc.total_responses(), grpc.failures(), grpc.successes()),
+            (20, 5, 15)
         );
         let empty = VariantCounters::default();
         assert_eq!(

@@ -495,6 +495,42 @@ async fn if_match_guards_against_stale_writes() {
 }
 
 #[tokio::test]
+async fn signed_rules_are_pushed_whole_and_shown_without_secrets() {
+    let h = harness(false).await;
+    let secret = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA";
+    let rule = json!({"header": "x-meshcanary-qa", "tokenKeys": [format!("k1:{secret}")]});
+    let (status, _, _) = call(
+        &h.app,
+        "POST",
+        "/v1/routes/reviews/rules",
+        Some(TOKEN),
+        Some(rule),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let pushed = h.pushed.0.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(
+        pushed.routes[0].rules[0].token_keys,
+        [format!("k1:{secret}")]
+    );
+    let (_, _, routes) = call(&h.app, "GET", "/v1/routes", None, None).await;
+    assert_eq!(
+        routes["config"]["routes"][0]["rules"][0]["tokenKeys"],
+        json!(["k1:<redacted>"])
+    );
+    assert!(!routes.to_string().contains(secret), "{routes}");
+    let (_, _, removed) = call(
+        &h.app,
+        "DELETE",
+        "/v1/routes/reviews/rules/0",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(removed["tokenKeys"], json!(["k1:<redacted>"]));
+}
+
+#[tokio::test]
 async fn concurrent_writes_lose_nothing() {
     let h = harness(false).await;
     let adds = (0..50).map(|i| {

@@ -17,8 +17,8 @@ use clap::Args;
 #[derive(Debug, Clone, Default, PartialEq, Args)]
 #[command(next_help_heading = "Analysis (any of these turns it on; the rest keep their defaults)")]
 pub struct AnalysisArgs {
-    /// Fail a check when the canary's success rate (responses that are neither 5xx nor resets) is
-    /// below PERCENT, e.g. 99 or 99.5.
+    /// Fail a check when the canary's success rate (responses that are neither 5xx, resets nor
+    /// gRPC server errors) is below PERCENT, e.g. 99 or 99.5.
     #[arg(long, value_name = "PERCENT", value_parser = parse_min_success_rate, conflicts_with = "file")]
     pub min_success_rate: Option<f64>,
     /// Fail a check when the canary's latency at --latency-percentile is above this, e.g. 500ms,

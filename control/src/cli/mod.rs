@@ -9,6 +9,7 @@
 
 pub mod analysis;
 pub mod client;
+pub mod qa_token;
 pub mod render;
 pub mod rules;
 pub mod steps;
@@ -34,6 +35,8 @@ pub enum ClientCommand {
     Rollout(RolloutArgs),
     /// Show the filter's routes and manage their QA rules.
     Route(RouteArgs),
+    /// Mint a signed QA token for a route's signed rule (offline; the key from MESHCANARY_QA_KEY).
+    QaToken(qa_token::QaTokenArgs),
 }
 
 /// How to reach the service and how to print; accepted after any client subcommand.
@@ -414,6 +417,7 @@ async fn execute(command: ClientCommand) -> Result<u8, CliError> {
             route(&context, args.command).await?;
             Ok(0)
         }
+        ClientCommand::QaToken(args) => qa_token::run(&args),
     }
 }
 

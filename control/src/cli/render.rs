@@ -163,6 +163,18 @@ pub fn describe_rule(rule: &RuleConfig) -> String {
         (_, _, Some(name)) => format!("query {name}"),
         _ => "(no source)".into(),
     };
+    if !rule.token_keys.is_empty() {
+        // A signed rule: name its keys by id, never their secrets.
+        let ids: Vec<&str> = rule
+            .token_keys
+            .iter()
+            .map(|key| key.split(':').next().unwrap_or_default())
+            .collect();
+        return format!(
+            "{source} carries a token signed by {} → the token's variant",
+            ids.join(", ")
+        );
+    }
     let matcher = match (&rule.exact, &rule.prefix, rule.present) {
         (Some(value), _, _) => format!("= {value:?}"),
         (_, Some(prefix), _) => format!("starts with {prefix:?}"),
@@ -763,6 +775,10 @@ mod tests {
             (
                 json!({"variant": "v2", "query": "canary", "present": true}),
                 "query canary is present → v2",
+            ),
+            (
+                json!({"header": "x-qa", "tokenKeys": ["k2:c2VjcmV0", "k1:b2xk"]}),
+                "header x-qa carries a token signed by k2, k1 → the token's variant",
             ),
         ];
         for (rule, expected) in rules {

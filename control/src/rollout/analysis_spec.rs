@@ -24,7 +24,8 @@ pub struct AnalysisSpec {
     /// The window: a check runs this often while the rollout progresses (default `30s`).
     #[serde(default = "default_interval")]
     pub interval: HumanDuration,
-    /// Minimum success rate in percent (responses that are neither 5xx nor resets), e.g. `99`.
+    /// Minimum success rate in percent (responses that are neither 5xx, resets nor gRPC server
+    /// errors), e.g. `99`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_success_rate: Option<f64>,
     /// Maximum latency in milliseconds at `latencyPercentile`, e.g. `500`.

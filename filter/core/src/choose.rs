@@ -6,9 +6,10 @@
 //! grows it only takes buckets from the earlier ones: a sticky user moves from stable to canary,
 //! never back, while weights rise.
 
-use crate::config::{CheckedConfig, CheckedRoute, ValueSource};
-use crate::hash;
-use crate::request::{find_cookie, find_query, host_of, path_of, RequestView};
+use crate::config::{CheckedConfig, CheckedRoute, ValueMatch, ValueSource};
+use crate::request::{cookie, find_query, host_of, path_of, RequestView};
+use crate::token::{self, Rejection, TokenKey};
+use crate::{base64url, hash};
 
 /// The request id header Envoy sets (or keeps) on every request.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -26,16 +27,20 @@ pub enum Reason {
     Random,
     /// Something failed (no randomness available); the stable variant was used.
     Fallback,
+    /// No sticky cookie, and the route assigns one: a new visitor id was drawn and hashed, and the
+    /// cookie is set on the response.
+    Assigned,
 }
 
 impl Reason {
     /// Every reason, in stat order.
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 6] = [
         Reason::Rule,
         Reason::Sticky,
         Reason::RequestId,
         Reason::Random,
         Reason::Fallback,
+        Reason::Assigned,
     ];
 
     /// The label value.
@@ -46,6 +51,7 @@ impl Reason {
             Reason::RequestId => "request_id",
             Reason::Random => "random",
             Reason::Fallback => "fallback",
+            Reason::Assigned => "assigned",
         }
     }
 
@@ -64,55 +70,162 @@ pub struct Decision {
     pub variant: usize,
     /// Why.
     pub reason: Reason,
+    /// With [`Reason::Assigned`]: the id drawn for the new visitor, to set in the route's sticky
+    /// cookie on the response ([`crate::config::CheckedAssign::set_cookie`]).
+    pub visitor: Option<VisitorId>,
+    /// A signed rule's token that was refused (the request was placed as if it were absent).
+    pub token_rejection: Option<Rejection>,
+}
+
+/// A new visitor's id: 128 random bits in base64url, 22 characters that are valid in a cookie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VisitorId([u8; 22]);
+
+impl VisitorId {
+    /// The id written out from 128 random bits.
+    pub fn from_bits(bits: u128) -> VisitorId {
+        let mut id = [b'A'; 22];
+        for (slot, byte) in id
+            .iter_mut()
+            .zip(base64url::encode(&bits.to_be_bytes()).bytes())
+        {
+            *slot = byte;
+        }
+        VisitorId(id)
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Always base64url characters, so always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// What a decision may draw on besides the config and the request: randomness, and for signed QA
+/// tokens the clock. The filter implements it with a per-worker generator seeded from WASI and
+/// the host's clock; a plain closure returning a bucket is enough where neither ids nor tokens
+/// are in play.
+pub trait Inputs {
+    /// A uniform bucket in `0..10000` for a request without any key, or `None` without randomness
+    /// (then the stable variant is chosen with [`Reason::Fallback`]).
+    fn random_bucket(&mut self) -> Option<u32>;
+
+    /// 128 uniform random bits for a new visitor's id, or `None` without randomness (then the
+    /// request is placed as if the route assigned no cookie).
+    fn visitor_bits(&mut self) -> Option<u128> {
+        None
+    }
+
+    /// Seconds since the Unix epoch, or `None` if the clock cannot be read (then every signed
+    /// token counts as expired).
+    fn now_unix(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl<F: FnMut() -> Option<u32>> Inputs for F {
+    fn random_bucket(&mut self) -> Option<u32> {
+        self()
+    }
 }
 
 /// Picks the route and variant for a request, or `None` if no route matches it.
 ///
-/// `random_bucket` is called only when neither a sticky key nor a request id is present; it returns
-/// a uniform bucket in `0..10000`, or `None` if no randomness is available (then the stable variant
-/// is chosen with [`Reason::Fallback`]).
+/// `inputs` is asked for randomness only when the request carries neither a sticky key nor a
+/// request id (a bucket), or when a route that assigns its sticky cookie meets a visitor without
+/// it (an id); see [`Inputs`].
 pub fn choose(
     config: &CheckedConfig,
     request: &impl RequestView,
-    random_bucket: impl FnOnce() -> Option<u32>,
+    inputs: &mut impl Inputs,
 ) -> Option<Decision> {
     if config.routes.is_empty() {
         return None;
     }
     let host = host_of(request.header(":authority").unwrap_or_default());
     let path = || request.header(":path");
-    let cookies = || request.header("cookie");
 
-    let (route_index, route) = config.routes.iter().enumerate().find(|(_, route)| {
-        route.hosts.iter().any(|pattern| pattern.matches(host))
-            && match &route.path_prefix {
-                None => true,
-                Some(prefix) => path().is_some_and(|p| path_of(p).starts_with(prefix.as_bytes())),
-            }
+    // The first route in config order whose hosts and path prefix match, found through the
+    // index so that it costs the same with one route or thousands.
+    let route_index = config.host_index.first(host, |index| {
+        match config.routes.get(index).map(|route| &route.path_prefix) {
+            Some(None) => true,
+            Some(Some(prefix)) => path().is_some_and(|p| path_of(p).starts_with(prefix.as_bytes())),
+            None => false,
+        }
     })?;
+    let route = config.routes.get(route_index)?;
 
     let decision = |variant, reason| Decision {
         route: route_index,
         variant,
         reason,
+        visitor: None,
+        token_rejection: None,
     };
 
+    // QA rules, in order; a signed rule whose token does not check out is passed over, and the
+    // first such refusal is kept to be counted.
+    let mut token_rejection = None;
     for rule in &route.rules {
-        let matched = match &rule.source {
-            ValueSource::Header(name) => request
-                .header(name)
-                .is_some_and(|value| rule.matcher.matches(value)),
-            ValueSource::Cookie(name) => cookies()
-                .and_then(|header| find_cookie(header, name))
-                .is_some_and(|value| rule.matcher.matches(value)),
-            ValueSource::Query(name) => path()
-                .and_then(|p| find_query(p, name))
-                .is_some_and(|value| rule.matcher.matches(value)),
+        let value = match &rule.source {
+            ValueSource::Header(name) => request.header(name),
+            ValueSource::Cookie(name) => cookie(request, name),
+            ValueSource::Query(name) => path().and_then(|p| find_query(p, name)),
         };
-        if matched {
-            return Some(decision(rule.variant, Reason::Rule));
+        let Some(value) = value else {
+            continue;
+        };
+        match &rule.matcher {
+            ValueMatch::Token(keys) => {
+                match opened_variant(route, keys, value, inputs.now_unix()) {
+                    Ok(variant) => return Some(decision(variant, Reason::Rule)),
+                    Err(rejection) => token_rejection = token_rejection.or(Some(rejection)),
+                }
+            }
+            matcher if matcher.matches(value) => {
+                return Some(Decision {
+                    token_rejection,
+                    ..decision(rule.variant, Reason::Rule)
+                });
+            }
+            _ => {}
         }
     }
+
+    let placed = place(route, request, inputs);
+    Some(Decision {
+        route: route_index,
+        token_rejection,
+        ..placed
+    })
+}
+
+/// The variant a signed QA token opens on `route`, or why it opens none.
+fn opened_variant(
+    route: &CheckedRoute,
+    keys: &[TokenKey],
+    token: &[u8],
+    now: Option<u64>,
+) -> Result<usize, Rejection> {
+    let variant = token::verify(keys, token, now)?;
+    route
+        .variants
+        .iter()
+        .position(|name| name.as_bytes() == variant)
+        .ok_or(Rejection::UnknownVariant)
+}
+
+/// Places a request on `route` when no rule decided: by the sticky key, a new visitor's id, the
+/// request id, or a random draw. (The decision's `route` is left at 0 for the caller to set.)
+fn place(route: &CheckedRoute, request: &impl RequestView, inputs: &mut impl Inputs) -> Decision {
+    let decision = |variant, reason| Decision {
+        route: 0,
+        variant,
+        reason,
+        visitor: None,
+        token_rejection: None,
+    };
 
     if let Some(sticky) = &route.sticky {
         let salt = route.salt.as_bytes();
@@ -121,15 +234,28 @@ pub fn choose(
                 .header(name)
                 .filter(|key| !key.is_empty())
                 .map(|key| hash::bucket(salt, key)),
-            ValueSource::Cookie(name) => cookies()
-                .and_then(|header| find_cookie(header, name))
+            ValueSource::Cookie(name) => cookie(request, name)
                 .filter(|key| !key.is_empty())
                 .map(|key| hash::bucket(salt, key)),
             // Validation only allows headers and cookies as sticky keys.
             ValueSource::Query(_) => None,
         };
         if let Some(bucket) = bucket {
-            return Some(decision(variant_for_bucket(route, bucket), Reason::Sticky));
+            return decision(variant_for_bucket(route, bucket), Reason::Sticky);
+        }
+        // A visitor without the cookie: draw an id and place the request by it exactly as the
+        // cookie will place the visitor's next requests.
+        if let Some(visitor) = sticky
+            .assign
+            .as_ref()
+            .and_then(|_| inputs.visitor_bits())
+            .map(VisitorId::from_bits)
+        {
+            let bucket = hash::bucket(salt, visitor.as_str().as_bytes());
+            return Decision {
+                visitor: Some(visitor),
+                ..decision(variant_for_bucket(route, bucket), Reason::Assigned)
+            };
         }
     }
 
@@ -138,16 +264,13 @@ pub fn choose(
         .filter(|id| !id.is_empty())
     {
         let bucket = hash::bucket(route.salt.as_bytes(), id);
-        return Some(decision(
-            variant_for_bucket(route, bucket),
-            Reason::RequestId,
-        ));
+        return decision(variant_for_bucket(route, bucket), Reason::RequestId);
     }
 
-    Some(match random_bucket() {
+    match inputs.random_bucket() {
         Some(bucket) => decision(variant_for_bucket(route, bucket), Reason::Random),
         None => decision(0, Reason::Fallback),
-    })
+    }
 }
 
 /// The variant owning `bucket`; the stable variant if the bucket is out of range.
@@ -166,12 +289,12 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::json;
     use std::cell::Cell;
-    use std::collections::HashMap;
 
-    /// A request as a header map that counts reads, so tests can check which headers are read.
+    /// A request as a list of headers (names may repeat) that counts lookups, so tests can check
+    /// which headers are read.
     #[derive(Default)]
     struct FakeRequest {
-        headers: HashMap<String, Vec<u8>>,
+        headers: Vec<(String, Vec<u8>)>,
         reads: Cell<usize>,
     }
 
@@ -190,7 +313,16 @@ mod tests {
     impl RequestView for FakeRequest {
         fn header(&self, name: &str) -> Option<&[u8]> {
             self.reads.set(self.reads.get() + 1);
-            self.headers.get(name).map(Vec::as_slice)
+            let (_, value) = self.headers.iter().find(|(key, _)| key == name)?;
+            Some(value)
+        }
+
+        fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+            self.reads.set(self.reads.get() + 1);
+            self.headers
+                .iter()
+                .filter(move |(key, _)| key == name)
+                .map(|(_, value)| value.as_slice())
         }
     }
 
@@ -225,7 +357,7 @@ mod tests {
         random: Option<u32>,
     ) -> Option<(usize, String, Reason)> {
         let request = FakeRequest::new(headers);
-        choose(config, &request, || random).map(|d| {
+        choose(config, &request, &mut || random).map(|d| {
             (
                 d.route,
                 config.routes[d.route].variants[d.variant].clone(),
@@ -265,6 +397,26 @@ mod tests {
                 ],
                 Some(0),
                 r("v2", Reason::Rule),
+            ),
+            (
+                "cookie rule in a later cookie line (HTTP/1.1 may send several)",
+                vec![
+                    (":authority", "reviews"),
+                    ("cookie", "a=1; b=2"),
+                    ("cookie", "canary=v2-beta"),
+                ],
+                Some(0),
+                r("v2", Reason::Rule),
+            ),
+            (
+                "the first cookie of that name wins across lines",
+                vec![
+                    (":authority", "reviews"),
+                    ("cookie", "canary=v1"),
+                    ("cookie", "canary=v2"),
+                ],
+                Some(0),
+                r("v1", Reason::Random),
             ),
             (
                 "cookie other value",
@@ -393,6 +545,232 @@ mod tests {
         )
         .unwrap();
         assert_eq!(reason, Reason::Random);
+        // The session cookie in a second `cookie` line is the sticky key all the same, and gives
+        // the variant it gives in a single line.
+        let one_line = pick(
+            &config,
+            &[
+                (":authority", "x.ratings.example"),
+                (":path", "/api"),
+                ("cookie", "theme=dark; session=abc"),
+            ],
+            Some(0),
+        );
+        let two_lines = pick(
+            &config,
+            &[
+                (":authority", "x.ratings.example"),
+                (":path", "/api"),
+                ("cookie", "theme=dark"),
+                ("cookie", "session=abc"),
+            ],
+            Some(0),
+        );
+        assert_eq!(two_lines, one_line);
+        assert_eq!(two_lines.unwrap().2, Reason::Sticky);
+    }
+
+    /// Inputs with a counter for visitor ids, so each new visitor gets a distinct one.
+    struct Draws {
+        next_visitor: u128,
+        bucket: Option<u32>,
+    }
+
+    impl Inputs for Draws {
+        fn random_bucket(&mut self) -> Option<u32> {
+            self.bucket
+        }
+        fn visitor_bits(&mut self) -> Option<u128> {
+            self.next_visitor = self
+                .next_visitor
+                .wrapping_mul(0x2360_ed05_1fc6_5da4_4385_df64_9fcc_f645)
+                .wrapping_add(0x5851_f42d_4c95_7f2d_1405_7b7e_f767_814f);
+            Some(self.next_visitor)
+        }
+    }
+
+    fn assigning(canary_weight: u32) -> CheckedConfig {
+        config(json!({"routes": [{
+            "name": "shop", "hosts": ["*"],
+            "variants": [{"name": "v1", "weight": 10000 - canary_weight}, {"name": "v2", "weight": canary_weight}],
+            "rules": [{"header": "x-canary", "exact": "always", "variant": "v2"}],
+            "sticky": {"cookie": "mc", "salt": "s", "assign": {"maxAge": 3600}}
+        }]}))
+    }
+
+    #[test]
+    fn a_visitor_without_the_cookie_is_assigned_one() {
+        let config = assigning(5000);
+        let mut draws = Draws {
+            next_visitor: 7,
+            bucket: Some(0),
+        };
+        let request = FakeRequest::new(&[(":authority", "shop"), ("x-request-id", "r1")]);
+        let first = choose(&config, &request, &mut draws).unwrap();
+        assert_eq!(first.reason, Reason::Assigned);
+        let id = first.visitor.unwrap();
+        assert_eq!(id.as_str().len(), 22);
+        assert!(id
+            .as_str()
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        // Coming back with the cookie, the visitor is placed by it: same variant, no new id.
+        let cookie = format!("theme=dark; mc={}", id.as_str());
+        let back = FakeRequest::new(&[(":authority", "shop"), ("cookie", &cookie)]);
+        let again = choose(&config, &back, &mut draws).unwrap();
+        assert_eq!(
+            (again.variant, again.reason, again.visitor),
+            (first.variant, Reason::Sticky, None)
+        );
+        // An empty cookie is no cookie; a rule still comes first and assigns nothing.
+        let empty = FakeRequest::new(&[(":authority", "shop"), ("cookie", "mc=")]);
+        assert_eq!(
+            choose(&config, &empty, &mut draws).unwrap().reason,
+            Reason::Assigned
+        );
+        let qa = FakeRequest::new(&[(":authority", "shop"), ("x-canary", "always")]);
+        let ruled = choose(&config, &qa, &mut draws).unwrap();
+        assert_eq!((ruled.reason, ruled.visitor), (Reason::Rule, None));
+        // Without randomness for an id, the request is placed as before: by its request id.
+        let no_ids = choose(&config, &request, &mut || Some(0)).unwrap();
+        assert_eq!((no_ids.reason, no_ids.visitor), (Reason::RequestId, None));
+    }
+
+    #[test]
+    fn assigned_visitors_split_by_weight_and_only_move_to_the_canary() {
+        let mut draws = Draws {
+            next_visitor: 1,
+            bucket: None,
+        };
+        let request = FakeRequest::new(&[(":authority", "shop")]);
+        let visitors: Vec<(String, usize)> = (0..20_000)
+            .map(|_| {
+                let d = choose(&assigning(2000), &request, &mut draws).unwrap();
+                (d.visitor.unwrap().as_str().to_string(), d.variant)
+            })
+            .collect();
+        let canary = visitors.iter().filter(|(_, v)| *v == 1).count();
+        assert!((3_700..=4_300).contains(&canary), "{canary} of 20000");
+        let ids: std::collections::HashSet<&String> = visitors.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids.len(), visitors.len(), "every visitor has its own id");
+        // Weights rise: each visitor, coming back with its cookie, stays or moves to the canary.
+        for weight in [2000, 5000, 9000] {
+            let config = assigning(weight);
+            for (id, assigned) in visitors.iter().take(2000) {
+                let cookie = format!("mc={id}");
+                let back = FakeRequest::new(&[(":authority", "shop"), ("cookie", &cookie)]);
+                let now = choose(&config, &back, &mut draws).unwrap();
+                assert_eq!(now.reason, Reason::Sticky);
+                assert!(now.variant >= *assigned, "{id} moved back at {weight}");
+                if weight == 2000 {
+                    assert_eq!(now.variant, *assigned, "{id} flipped at the same weight");
+                }
+            }
+        }
+    }
+
+    /// Inputs at a fixed time, for signed tokens.
+    struct At(u64);
+
+    impl Inputs for At {
+        fn random_bucket(&mut self) -> Option<u32> {
+            Some(0)
+        }
+        fn now_unix(&self) -> Option<u64> {
+            Some(self.0)
+        }
+    }
+
+    #[test]
+    fn signed_tokens_open_their_variant_and_refusals_are_noted() {
+        let secret = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA";
+        let config = config(json!({"routes": [{
+            "name": "shop", "hosts": ["*"],
+            "variants": [{"name": "v1", "weight": 10000}, {"name": "v2", "weight": 0}, {"name": "v3", "weight": 0}],
+            "rules": [
+                {"header": "x-qa", "tokenKeys": [format!("k1:{secret}")]},
+                {"query": "qa", "tokenKeys": [format!("k1:{secret}")]},
+                {"header": "x-canary", "exact": "always", "variant": "v3"}
+            ],
+            "sticky": {"header": "x-user-id"}
+        }]}));
+        let key = token::TokenKey::parse(&format!("k1:{secret}")).unwrap();
+        let v2 = token::mint(&key, "v2", 2_000);
+        let v9 = token::mint(&key, "v9", 2_000);
+        let path = format!("/p?qa={v2}");
+        let on = |headers: &[(&str, &str)]| {
+            let mut all = vec![(":authority", "shop"), ("x-user-id", "u1")];
+            all.extend_from_slice(headers);
+            let d = choose(&config, &FakeRequest::new(&all), &mut At(1_000)).unwrap();
+            (
+                config.routes[0].variants[d.variant].as_str(),
+                d.reason,
+                d.token_rejection,
+            )
+        };
+        type Case<'a> = (
+            &'a str,
+            Vec<(&'a str, &'a str)>,
+            (&'a str, Reason, Option<Rejection>),
+        );
+        let cases: Vec<Case> = vec![
+            ("no token", vec![], ("v1", Reason::Sticky, None)),
+            (
+                "valid token",
+                vec![("x-qa", &v2)],
+                ("v2", Reason::Rule, None),
+            ),
+            (
+                "valid token in the query",
+                vec![(":path", &path)],
+                ("v2", Reason::Rule, None),
+            ),
+            (
+                "forged token: placed as without it",
+                vec![(
+                    "x-qa",
+                    "k1.v2.2000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+                )],
+                ("v1", Reason::Sticky, Some(Rejection::BadSignature)),
+            ),
+            (
+                "a plain value is no token",
+                vec![("x-qa", "always")],
+                ("v1", Reason::Sticky, Some(Rejection::Malformed)),
+            ),
+            (
+                "a variant the route lacks",
+                vec![("x-qa", &v9)],
+                ("v1", Reason::Sticky, Some(Rejection::UnknownVariant)),
+            ),
+            (
+                "a refused token does not stop later rules",
+                vec![("x-qa", "nonsense"), ("x-canary", "always")],
+                ("v3", Reason::Rule, Some(Rejection::Malformed)),
+            ),
+        ];
+        for (name, headers, expected) in cases {
+            assert_eq!(on(&headers), expected, "{name}");
+        }
+        // Expired: the same token after its time.
+        let request = FakeRequest::new(&[(":authority", "shop"), ("x-qa", &v2)]);
+        let late = choose(&config, &request, &mut At(2_000)).unwrap();
+        assert_eq!(
+            (late.reason, late.token_rejection),
+            (Reason::Random, Some(Rejection::Expired))
+        );
+    }
+
+    #[test]
+    fn visitor_ids_are_the_base64url_of_their_bits() {
+        let cases: &[(u128, &str)] = &[
+            (0, "AAAAAAAAAAAAAAAAAAAAAA"),
+            (u128::MAX, "_____________________w"),
+            (1, "AAAAAAAAAAAAAAAAAAAAAQ"),
+        ];
+        for (bits, id) in cases {
+            assert_eq!(VisitorId::from_bits(*bits).as_str(), *id);
+        }
     }
 
     #[test]
@@ -400,11 +778,11 @@ mod tests {
         let config = reviews([9000, 1000], "");
         // Host mismatch: only :authority is read.
         let request = FakeRequest::new(&[(":authority", "details")]);
-        assert_eq!(choose(&config, &request, || Some(0)), None);
+        assert_eq!(choose(&config, &request, &mut || Some(0)), None);
         assert_eq!(request.reads.get(), 1);
         // Sticky hit on the first route: authority, 4 rule sources (cookie and path once each), sticky key.
         let request = FakeRequest::new(&[(":authority", "reviews"), ("x-user-id", "u")]);
-        assert!(choose(&config, &request, || Some(0)).is_some());
+        assert!(choose(&config, &request, &mut || Some(0)).is_some());
         assert_eq!(request.reads.get(), 6);
     }
 
@@ -413,7 +791,7 @@ mod tests {
         let config = reviews([9000, 1000], "");
         let request = FakeRequest::new(&[(":authority", "reviews"), ("x-request-id", "id")]);
         let drawn = Cell::new(false);
-        choose(&config, &request, || {
+        choose(&config, &request, &mut || {
             drawn.set(true);
             Some(0)
         });
@@ -528,7 +906,7 @@ mod tests {
                     .into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
                 reads: Cell::new(0),
             };
-            if let Some(d) = choose(&config, &request, || Some(1)) {
+            if let Some(d) = choose(&config, &request, &mut || Some(1)) {
                 prop_assert!(d.variant < config.routes[d.route].variants.len());
             }
         }

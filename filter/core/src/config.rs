@@ -25,14 +25,61 @@
 //! }
 //! ```
 
+use crate::host_index::HostIndex;
+use crate::token::TokenKey;
 use serde::{Deserialize, Serialize};
+
+/// Makes a schema struct deserializable from a JSON object only.
+///
+/// serde's derived `Deserialize` for a struct also accepts a sequence of its fields in order, so
+/// `[42]` would read as `{"generation": 42}` and `[]` as an empty config — nothing a user means,
+/// and nothing `deny_unknown_fields` catches. Each schema struct therefore derives with
+/// `#[serde(remote = "Self")]`, which turns the derived code into inherent functions, and this
+/// implements the traits: `Serialize` as derived, `Deserialize` by asking the deserializer for a
+/// map (`deserialize_map` refuses a sequence) and handing the map to the derived code.
+macro_rules! objects_only {
+    ($($ty:ident),+ $(,)?) => {$(
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                $ty::serialize(self, serializer)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct Object;
+                impl<'de> serde::de::Visitor<'de> for Object {
+                    type Value = $ty;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a JSON object")
+                    }
+                    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<$ty, A::Error> {
+                        $ty::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    }
+                }
+                deserializer.deserialize_map(Object)
+            }
+        }
+    )+};
+}
+
+objects_only!(
+    FilterConfig,
+    RouteConfig,
+    VariantConfig,
+    RuleConfig,
+    StickyConfig,
+    AssignConfig,
+);
 
 /// Weights are in basis points: 10000 is all of a route's traffic, 1 is 0.01 %.
 pub const TOTAL_WEIGHT: u32 = 10_000;
 /// The request header the filter writes when the config does not name one.
 pub const DEFAULT_VARIANT_HEADER: &str = "x-meshcanary-variant";
-/// At most this many routes in one config.
-pub const MAX_ROUTES: usize = 256;
+/// At most this many routes in one config: enough for a route per service of a large mesh. The
+/// decision finds a request's routes through an index built at configure time, so the number of
+/// routes does not change what a request costs.
+pub const MAX_ROUTES: usize = 4096;
 /// At most this many host patterns per route.
 pub const MAX_HOSTS: usize = 64;
 /// At most this many variants per route.
@@ -51,7 +98,7 @@ pub const MAX_HOST_LEN: usize = 253;
 /// The whole filter configuration, as written in a WasmPlugin's `pluginConfig`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 pub struct FilterConfig {
     /// Which push this is. The control service increments it on every change; the filter exports it
     /// as the `meshcanary_config_generation` gauge so a pusher can see when a proxy runs its config.
@@ -75,7 +122,7 @@ pub struct FilterConfig {
 /// One destination whose traffic is split between variants.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 pub struct RouteConfig {
     /// The route's name: the `route` label of its stats, and how the control service refers to it.
     /// Letters, digits, `_` and `-`, at most 64 characters, unique in the config.
@@ -109,7 +156,7 @@ pub struct RouteConfig {
 /// A variant of a route and its share of traffic.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 pub struct VariantConfig {
     /// The value written to the variant header (what routes match on) and the `variant` stat label.
     /// Letters, digits, `_` and `-`, at most 64 characters, unique in the route.
@@ -119,18 +166,21 @@ pub struct VariantConfig {
 }
 
 /// A QA rule: when a request carries this header, cookie or query parameter with a matching value,
-/// it goes to `variant`. Exactly one of `header`, `cookie`, `query` and exactly one of `exact`,
-/// `prefix`, `present` are set.
+/// it goes to `variant`. Exactly one of `header`, `cookie`, `query` is set, and exactly one of
+/// `exact`, `prefix`, `present` — or, for a signed rule, `tokenKeys` (and no `variant`).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 pub struct RuleConfig {
-    /// The variant a matching request is sent to.
+    /// The variant a matching request is sent to. Required, except in a signed rule, whose
+    /// tokens name their variant.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub variant: String,
     /// Match on this request header (case-insensitive name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub header: Option<String>,
-    /// Match on this cookie (case-sensitive name) from the `cookie` header.
+    /// Match on this cookie (case-sensitive name), found in any of the request's `cookie` headers
+    /// (HTTP/1.1 clients may send several lines; they form one list, as RFC 6265 says).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
     /// Match on this query parameter (case-sensitive name, compared as sent, without percent-decoding).
@@ -145,12 +195,19 @@ pub struct RuleConfig {
     /// `true`: the header, cookie or parameter only has to be there, with any value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub present: Option<bool>,
+    /// Makes this a signed rule: the value is a QA token `<key id>.<variant>.<expiry>.<mac>`
+    /// (see `meshcanary qa-token`), and a request whose token is signed by one of these keys and
+    /// not expired goes to the token's variant. Each key is `"<key id>:<secret>"`, the secret 32
+    /// to 64 random bytes in base64; list several to rotate. A token that does not check out is
+    /// ignored (and counted), as if the rule were not there.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_keys: Vec<String>,
 }
 
 /// Where the sticky user key comes from. Exactly one of `header` and `cookie` is set.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 pub struct StickyConfig {
     /// Take the key from this request header, e.g. `x-user-id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -162,11 +219,50 @@ pub struct StickyConfig {
     /// (for example per release).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub salt: String,
+    /// Only with `cookie`: a visitor who comes without the cookie gets one. The filter draws a
+    /// random id, places this request by it like any sticky key, and sets the cookie on the
+    /// response (`Set-Cookie`), so the visitor's next requests stick to the same variant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assign: Option<AssignConfig>,
+}
+
+/// The cookie the filter sets for a new visitor: its attributes (the name is `sticky.cookie`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
+pub struct AssignConfig {
+    /// `Max-Age` in seconds, 1 to 34560000 (400 days, the most browsers keep a cookie). Unset: a
+    /// session cookie, gone when the browser closes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u32>,
+    /// `Path`; default `/`, so the cookie comes with every request to the site.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// `Secure`: sent over HTTPS only. Default false (set it where clients reach you over HTTPS).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub secure: bool,
+    /// `HttpOnly`: not readable by scripts. Default true.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub http_only: bool,
+    /// `SameSite`: `Strict`, `Lax` (default) or `None` (which browsers accept only with `secure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub same_site: Option<String>,
 }
 
 fn is_false(value: &bool) -> bool {
     !*value
 }
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Longest `Max-Age` of an assigned cookie: 400 days, the limit browsers apply anyway.
+pub const MAX_COOKIE_AGE: u32 = 400 * 24 * 3600;
 
 /// A config that failed to parse or validate: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -198,6 +294,8 @@ pub struct CheckedConfig {
     pub response_header: Option<String>,
     /// The routes, in the order they are tried.
     pub routes: Vec<CheckedRoute>,
+    /// The routes by host, so that finding a request's route does not grow with their number.
+    pub host_index: HostIndex,
 }
 
 /// A validated route.
@@ -257,7 +355,8 @@ pub struct CheckedRule {
     pub source: ValueSource,
     /// How it is compared.
     pub matcher: ValueMatch,
-    /// Index of the forced variant in [`CheckedRoute::variants`].
+    /// Index of the forced variant in [`CheckedRoute::variants`] (unused for a signed rule: the
+    /// token names it).
     pub variant: usize,
 }
 
@@ -266,7 +365,7 @@ pub struct CheckedRule {
 pub enum ValueSource {
     /// A request header (lowercase name).
     Header(String),
-    /// A cookie from the `cookie` header.
+    /// A cookie from any of the request's `cookie` headers.
     Cookie(String),
     /// A query parameter of `:path`.
     Query(String),
@@ -281,24 +380,50 @@ pub enum ValueMatch {
     Prefix(String),
     /// Any value.
     Present,
+    /// A signed QA token, checked against these keys ([`crate::token::verify`]); the variant is
+    /// the token's.
+    Token(Vec<TokenKey>),
 }
 
 impl ValueMatch {
-    /// Whether `value` satisfies this matcher.
+    /// Whether `value` satisfies this matcher (a token never does here: it is verified, not
+    /// compared).
     pub fn matches(&self, value: &[u8]) -> bool {
         match self {
             ValueMatch::Exact(expected) => value == expected.as_bytes(),
             ValueMatch::Prefix(prefix) => value.starts_with(prefix.as_bytes()),
             ValueMatch::Present => true,
+            ValueMatch::Token(_) => false,
         }
     }
 }
+
+/// At most this many keys in a signed rule.
+pub const MAX_TOKEN_KEYS: usize = 8;
 
 /// A validated sticky key source.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckedSticky {
     /// A header or a cookie (never a query parameter).
     pub source: ValueSource,
+    /// For a cookie: the cookie to set for a visitor without one.
+    pub assign: Option<CheckedAssign>,
+}
+
+/// A validated [`AssignConfig`], ready to be written into `Set-Cookie`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedAssign {
+    /// The cookie's name (`sticky.cookie`).
+    pub cookie: String,
+    /// Its attributes as they follow the value: `; Max-Age=…; Path=/; HttpOnly; SameSite=Lax`.
+    pub attributes: String,
+}
+
+impl CheckedAssign {
+    /// The `Set-Cookie` value giving a visitor `id`.
+    pub fn set_cookie(&self, id: &str) -> String {
+        format!("{}={id}{}", self.cookie, self.attributes)
+    }
 }
 
 impl CheckedConfig {
@@ -325,6 +450,33 @@ impl FilterConfig {
     pub fn to_json(&self) -> String {
         // Serialising plain structs of strings and integers cannot fail.
         serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// This config as it may be shown to people who only read it (the control service's
+    /// `GET /v1/routes`): every signed rule's secrets replaced by [`REDACTED`], key ids kept.
+    pub fn redacted(&self) -> FilterConfig {
+        let mut config = self.clone();
+        for route in &mut config.routes {
+            for rule in &mut route.rules {
+                *rule = rule.redacted();
+            }
+        }
+        config
+    }
+}
+
+/// What a signed rule's secret shows as where the config is shown rather than pushed.
+pub const REDACTED: &str = "<redacted>";
+
+impl RuleConfig {
+    /// This rule with the secrets of its `tokenKeys` replaced by [`REDACTED`] (`k1:<redacted>`).
+    pub fn redacted(&self) -> RuleConfig {
+        let mut rule = self.clone();
+        for key in &mut rule.token_keys {
+            let id = key.split(':').next().unwrap_or_default();
+            *key = format!("{id}:{REDACTED}");
+        }
+        rule
     }
 }
 
@@ -364,7 +516,7 @@ impl TryFrom<FilterConfig> for CheckedConfig {
             let checked = checked_route(&field, route)?;
             if let Some(earlier) = routes.iter().position(|r| r.name == checked.name) {
                 return Err(ConfigError::new(
-                    format!("{field}.name"),
+                    child(&field, "name"),
                     format!(
                         "{:?} is already the name of routes[{earlier}]",
                         checked.name
@@ -378,6 +530,7 @@ impl TryFrom<FilterConfig> for CheckedConfig {
             generation: raw.generation,
             variant_header,
             response_header,
+            host_index: HostIndex::build(&routes),
             routes,
         })
     }
@@ -397,17 +550,17 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, ConfigError> {
-    check_label(&format!("{field}.name"), &route.name)?;
+    check_label(&child(field, "name"), &route.name)?;
 
     if route.hosts.is_empty() {
         return Err(ConfigError::new(
-            format!("{field}.hosts"),
+            child(field, "hosts"),
             "at least one host is required (use \"*\" for any host)",
         ));
     }
     if route.hosts.len() > MAX_HOSTS {
         return Err(ConfigError::new(
-            format!("{field}.hosts"),
+            child(field, "hosts"),
             format!(
                 "{} hosts exceed the limit of {MAX_HOSTS}",
                 route.hosts.len()
@@ -422,11 +575,11 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
         .collect::<Result<Vec<_>, _>>()?;
 
     if let Some(prefix) = &route.path_prefix {
-        let prefix_field = format!("{field}.pathPrefix");
+        let prefix_field = child(field, "pathPrefix");
         if !prefix.starts_with('/') {
             return Err(ConfigError::new(prefix_field, "must start with '/'"));
         }
-        if prefix.contains(['?', '#']) {
+        if prefix.bytes().any(|byte| matches!(byte, b'?' | b'#')) {
             return Err(ConfigError::new(
                 prefix_field,
                 "must not contain '?' or '#': it is compared with the path only",
@@ -435,7 +588,7 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
         check_len(&prefix_field, prefix, MAX_VALUE_LEN)?;
     }
 
-    let variants_field = format!("{field}.variants");
+    let variants_field = child(field, "variants");
     if route.variants.len() < 2 {
         return Err(ConfigError::new(
             variants_field,
@@ -458,11 +611,11 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
     let mut bucket_upper_bounds = Vec::with_capacity(route.variants.len());
     let mut total: u32 = 0;
     for (i, variant) in route.variants.iter().enumerate() {
-        let variant_field = format!("{variants_field}[{i}]");
-        check_label(&format!("{variant_field}.name"), &variant.name)?;
+        let variant_field = item(&variants_field, i);
+        check_label(&child(&variant_field, "name"), &variant.name)?;
         if let Some(earlier) = names.iter().position(|n| *n == variant.name) {
             return Err(ConfigError::new(
-                format!("{variant_field}.name"),
+                child(&variant_field, "name"),
                 format!(
                     "{:?} is already the name of variants[{earlier}]",
                     variant.name
@@ -471,7 +624,7 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
         }
         if variant.weight > TOTAL_WEIGHT {
             return Err(ConfigError::new(
-                format!("{variant_field}.weight"),
+                child(&variant_field, "weight"),
                 format!(
                     "{} exceeds {TOTAL_WEIGHT} (weights are basis points: 10000 = 100 %)",
                     variant.weight
@@ -491,7 +644,7 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
 
     if route.rules.len() > MAX_RULES {
         return Err(ConfigError::new(
-            format!("{field}.rules"),
+            child(field, "rules"),
             format!(
                 "{} rules exceed the limit of {MAX_RULES}",
                 route.rules.len()
@@ -507,14 +660,14 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
 
     let (sticky, salt) = match &route.sticky {
         Some(sticky) => {
-            let sticky_field = format!("{field}.sticky");
+            let sticky_field = child(field, "sticky");
             let source = match (&sticky.header, &sticky.cookie) {
                 (Some(header), None) => ValueSource::Header(checked_header_name(
-                    &format!("{sticky_field}.header"),
+                    &child(&sticky_field, "header"),
                     header,
                 )?),
                 (None, Some(cookie)) => {
-                    check_cookie_name(&format!("{sticky_field}.cookie"), cookie)?;
+                    check_cookie_name(&child(&sticky_field, "cookie"), cookie)?;
                     ValueSource::Cookie(cookie.clone())
                 }
                 _ => {
@@ -524,8 +677,22 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
                     ))
                 }
             };
-            check_len(&format!("{sticky_field}.salt"), &sticky.salt, MAX_KEY_LEN)?;
-            (Some(CheckedSticky { source }), sticky.salt.clone())
+            check_len(&child(&sticky_field, "salt"), &sticky.salt, MAX_KEY_LEN)?;
+            let assign = match (&sticky.assign, &source) {
+                (None, _) => None,
+                (Some(assign), ValueSource::Cookie(cookie)) => Some(checked_assign(
+                    &child(&sticky_field, "assign"),
+                    cookie,
+                    assign,
+                )?),
+                (Some(_), _) => {
+                    return Err(ConfigError::new(
+                        child(&sticky_field, "assign"),
+                        "only a cookie can be assigned; use \"cookie\" as the sticky key",
+                    ))
+                }
+            };
+            (Some(CheckedSticky { source, assign }), sticky.salt.clone())
         }
         None => (None, String::new()),
     };
@@ -543,6 +710,64 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
     })
 }
 
+fn checked_assign(
+    field: &str,
+    cookie: &str,
+    assign: &AssignConfig,
+) -> Result<CheckedAssign, ConfigError> {
+    let mut attributes = String::new();
+    if let Some(age) = assign.max_age {
+        if !(1..=MAX_COOKIE_AGE).contains(&age) {
+            return Err(ConfigError::new(
+                child(field, "maxAge"),
+                format!(
+                    "{age} is outside 1..={MAX_COOKIE_AGE} seconds (400 days); leave it out for a session cookie"
+                ),
+            ));
+        }
+        attributes.push_str(&format!("; Max-Age={age}"));
+    }
+    let path = assign.path.as_deref().unwrap_or("/");
+    let path_field = child(field, "path");
+    if !path.starts_with('/') {
+        return Err(ConfigError::new(path_field, "must start with '/'"));
+    }
+    check_len(&path_field, path, MAX_KEY_LEN)?;
+    if let Some(bad) = path.chars().find(|c| !c.is_ascii_graphic() || *c == ';') {
+        return Err(ConfigError::new(
+            path_field,
+            format!("{bad:?} cannot be in a cookie's Path"),
+        ));
+    }
+    attributes.push_str("; Path=");
+    attributes.push_str(path);
+    if assign.secure {
+        attributes.push_str("; Secure");
+    }
+    if assign.http_only {
+        attributes.push_str("; HttpOnly");
+    }
+    let same_site = assign.same_site.as_deref().unwrap_or("Lax");
+    if !["Strict", "Lax", "None"].contains(&same_site) {
+        return Err(ConfigError::new(
+            child(field, "sameSite"),
+            format!("{same_site:?} is not one of \"Strict\", \"Lax\" and \"None\""),
+        ));
+    }
+    if same_site == "None" && !assign.secure {
+        return Err(ConfigError::new(
+            child(field, "sameSite"),
+            "\"None\" needs \"secure\": true (browsers drop the cookie otherwise)",
+        ));
+    }
+    attributes.push_str("; SameSite=");
+    attributes.push_str(same_site);
+    Ok(CheckedAssign {
+        cookie: cookie.to_string(),
+        attributes,
+    })
+}
+
 fn checked_rule(
     field: &str,
     rule: &RuleConfig,
@@ -550,18 +775,21 @@ fn checked_rule(
 ) -> Result<CheckedRule, ConfigError> {
     let source = match (&rule.header, &rule.cookie, &rule.query) {
         (Some(header), None, None) => {
-            ValueSource::Header(checked_header_name(&format!("{field}.header"), header)?)
+            ValueSource::Header(checked_header_name(&child(field, "header"), header)?)
         }
         (None, Some(cookie), None) => {
-            check_cookie_name(&format!("{field}.cookie"), cookie)?;
+            check_cookie_name(&child(field, "cookie"), cookie)?;
             ValueSource::Cookie(cookie.clone())
         }
         (None, None, Some(query)) => {
-            let query_field = format!("{field}.query");
+            let query_field = child(field, "query");
             if query.is_empty() {
                 return Err(ConfigError::new(query_field, "must not be empty"));
             }
-            if query.contains(['&', '=', '#', '?']) {
+            if query
+                .bytes()
+                .any(|byte| matches!(byte, b'&' | b'=' | b'#' | b'?'))
+            {
                 return Err(ConfigError::new(
                     query_field,
                     "must not contain '&', '=', '#' or '?'",
@@ -577,13 +805,16 @@ fn checked_rule(
             ))
         }
     };
+    if !rule.token_keys.is_empty() {
+        return checked_signed_rule(field, rule, source);
+    }
     let matcher = match (&rule.exact, &rule.prefix, rule.present) {
         (Some(exact), None, None) => {
-            check_len(&format!("{field}.exact"), exact, MAX_VALUE_LEN)?;
+            check_len(&child(field, "exact"), exact, MAX_VALUE_LEN)?;
             ValueMatch::Exact(exact.clone())
         }
         (None, Some(prefix), None) => {
-            let prefix_field = format!("{field}.prefix");
+            let prefix_field = child(field, "prefix");
             if prefix.is_empty() {
                 return Err(ConfigError::new(
                     prefix_field,
@@ -596,7 +827,7 @@ fn checked_rule(
         (None, None, Some(true)) => ValueMatch::Present,
         (None, None, Some(false)) => {
             return Err(ConfigError::new(
-                format!("{field}.present"),
+                child(field, "present"),
                 "only true is supported: a rule matches something the request carries",
             ))
         }
@@ -607,12 +838,18 @@ fn checked_rule(
             ))
         }
     };
+    if rule.variant.is_empty() {
+        return Err(ConfigError::new(
+            child(field, "variant"),
+            "is required: the variant a matching request goes to",
+        ));
+    }
     let variant = variants
         .iter()
         .position(|name| *name == rule.variant)
         .ok_or_else(|| {
             ConfigError::new(
-                format!("{field}.variant"),
+                child(field, "variant"),
                 format!(
                     "{:?} is not a variant of this route (variants: {})",
                     rule.variant,
@@ -624,6 +861,55 @@ fn checked_rule(
         source,
         matcher,
         variant,
+    })
+}
+
+fn checked_signed_rule(
+    field: &str,
+    rule: &RuleConfig,
+    source: ValueSource,
+) -> Result<CheckedRule, ConfigError> {
+    if rule.exact.is_some() || rule.prefix.is_some() || rule.present.is_some() {
+        return Err(ConfigError::new(
+            field,
+            "a signed rule (\"tokenKeys\") compares no value: remove \"exact\", \"prefix\" and \"present\"",
+        ));
+    }
+    if !rule.variant.is_empty() {
+        return Err(ConfigError::new(
+            child(field, "variant"),
+            "a signed rule sends a request to its token's variant: remove \"variant\"",
+        ));
+    }
+    let keys_field = child(field, "tokenKeys");
+    if rule.token_keys.len() > MAX_TOKEN_KEYS {
+        return Err(ConfigError::new(
+            keys_field,
+            format!(
+                "{} keys exceed the limit of {MAX_TOKEN_KEYS}",
+                rule.token_keys.len()
+            ),
+        ));
+    }
+    let mut keys: Vec<TokenKey> = Vec::with_capacity(rule.token_keys.len());
+    for (i, text) in rule.token_keys.iter().enumerate() {
+        let key_field = item(&keys_field, i);
+        let key = TokenKey::parse(text).map_err(|reason| ConfigError::new(&key_field, reason))?;
+        if let Some(earlier) = keys.iter().position(|k| k.id == key.id) {
+            return Err(ConfigError::new(
+                key_field,
+                format!(
+                    "key id {:?} is already the id of tokenKeys[{earlier}]",
+                    key.id
+                ),
+            ));
+        }
+        keys.push(key);
+    }
+    Ok(CheckedRule {
+        source,
+        matcher: ValueMatch::Token(keys),
+        variant: 0,
     })
 }
 
@@ -648,7 +934,7 @@ fn check_reachable(
         });
         if prefix_covers && hosts_covered {
             return Err(ConfigError::new(
-                format!("{field}.hosts"),
+                child(field, "hosts"),
                 format!(
                     "route {:?} is unreachable: routes[{index}] ({:?}) comes first and matches all its requests",
                     route.name, other.name
@@ -657,6 +943,21 @@ fn check_reachable(
         }
     }
     Ok(())
+}
+
+/// `field.name`: the path of a field inside `field`. One small function instead of a `format!`
+/// at each of the many places that name a field keeps the filter's module smaller.
+fn child(field: &str, name: &str) -> String {
+    let mut path = String::with_capacity(field.len() + 1 + name.len());
+    path.push_str(field);
+    path.push('.');
+    path.push_str(name);
+    path
+}
+
+/// `field[index]`: the path of an element of the list `field`.
+fn item(field: &str, index: usize) -> String {
+    format!("{field}[{index}]")
 }
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<(), ConfigError> {
@@ -689,7 +990,24 @@ fn check_label(field: &str, name: &str) -> Result<(), ConfigError> {
 
 /// RFC 9110 token characters, which header and cookie names are made of.
 fn is_token_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c)
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            '!' | '#'
+                | '$'
+                | '%'
+                | '&'
+                | '\''
+                | '*'
+                | '+'
+                | '-'
+                | '.'
+                | '^'
+                | '_'
+                | '`'
+                | '|'
+                | '~'
+        )
 }
 
 fn checked_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
@@ -739,7 +1057,8 @@ fn checked_host(field: &str, host: &str) -> Result<HostPattern, ConfigError> {
     if name.is_empty() {
         return Err(ConfigError::new(field, "must not be empty"));
     }
-    if let Some((_, port)) = name.rsplit_once(':') {
+    let colon = name.bytes().rposition(|byte| byte == b':');
+    if let Some(port) = colon.and_then(|colon| name.get(colon + 1..)) {
         if port.chars().all(|c| c.is_ascii_digit()) {
             return Err(ConfigError::new(
                 field,
@@ -772,6 +1091,54 @@ fn checked_host(field: &str, host: &str) -> Result<HostPattern, ConfigError> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A signed rule's key: id `k1`, 32 bytes of secret.
+    const KEY: &str = "k1:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA";
+
+    #[test]
+    fn shown_configs_hide_the_secrets() {
+        let mut value = base();
+        value["routes"][0]["rules"] = json!([
+            {"header": "x-canary", "exact": "always", "variant": "v2"},
+            {"header": "x-qa", "tokenKeys": [KEY, KEY.replace("k1", "k0")]}
+        ]);
+        let raw = FilterConfig::from_json(value.to_string().as_bytes()).unwrap();
+        let shown: serde_json::Value = serde_json::from_str(&raw.redacted().to_json()).unwrap();
+        assert_eq!(
+            shown["routes"][0]["rules"][1]["tokenKeys"],
+            json!(["k1:<redacted>", "k0:<redacted>"])
+        );
+        assert_eq!(
+            shown["routes"][0]["rules"][0],
+            value["routes"][0]["rules"][0]
+        );
+        assert!(!raw.redacted().to_json().contains(&KEY[3..]));
+        assert!(
+            raw.to_json().contains(&KEY[3..]),
+            "what is pushed keeps them"
+        );
+    }
+
+    #[test]
+    fn signed_rules_keep_their_keys_ready() {
+        let mut value = base();
+        value["routes"][0]["rules"] = json!([{"header": "X-QA", "tokenKeys": [KEY]}]);
+        let checked = check(value.clone()).unwrap();
+        let rule = &checked.routes[0].rules[0];
+        assert_eq!(rule.source, ValueSource::Header("x-qa".into()));
+        let ValueMatch::Token(keys) = &rule.matcher else {
+            panic!("{rule:?}");
+        };
+        assert_eq!(keys.len(), 1);
+        assert_eq!(keys[0].id, "k1");
+        // Written back without a variant.
+        let raw = FilterConfig::from_json(value.to_string().as_bytes()).unwrap();
+        let again: serde_json::Value = serde_json::from_str(&raw.to_json()).unwrap();
+        assert_eq!(
+            again["routes"][0]["rules"][0],
+            json!({"header": "X-QA", "tokenKeys": [KEY]})
+        );
+    }
 
     fn base() -> serde_json::Value {
         json!({
@@ -1021,6 +1388,131 @@ mod tests {
                 "exactly one of",
             ),
             (
+                "assign with a header key",
+                |v| v["routes"][0]["sticky"]["assign"] = json!({}),
+                "routes[0].sticky.assign",
+                "only a cookie can be assigned",
+            ),
+            (
+                "assign max age 0",
+                |v| v["routes"][0]["sticky"] = json!({"cookie": "mc", "assign": {"maxAge": 0}}),
+                "routes[0].sticky.assign.maxAge",
+                "0 is outside 1..=34560000 seconds",
+            ),
+            (
+                "assign max age above 400 days",
+                |v| {
+                    v["routes"][0]["sticky"] =
+                        json!({"cookie": "mc", "assign": {"maxAge": 34_560_001}})
+                },
+                "routes[0].sticky.assign.maxAge",
+                "outside 1..=34560000",
+            ),
+            (
+                "assign negative max age",
+                |v| v["routes"][0]["sticky"] = json!({"cookie": "mc", "assign": {"maxAge": -1}}),
+                "routes[0].sticky.assign.maxAge",
+                "invalid value",
+            ),
+            (
+                "assign relative path",
+                |v| v["routes"][0]["sticky"] = json!({"cookie": "mc", "assign": {"path": "shop"}}),
+                "routes[0].sticky.assign.path",
+                "must start with '/'",
+            ),
+            (
+                "assign path with semicolon",
+                |v| {
+                    v["routes"][0]["sticky"] =
+                        json!({"cookie": "mc", "assign": {"path": "/a;Domain=evil"}})
+                },
+                "routes[0].sticky.assign.path",
+                "';' cannot be in a cookie's Path",
+            ),
+            (
+                "assign unknown same site",
+                |v| {
+                    v["routes"][0]["sticky"] =
+                        json!({"cookie": "mc", "assign": {"sameSite": "lax"}})
+                },
+                "routes[0].sticky.assign.sameSite",
+                "\"lax\" is not one of \"Strict\", \"Lax\" and \"None\"",
+            ),
+            (
+                "assign same site none without secure",
+                |v| {
+                    v["routes"][0]["sticky"] =
+                        json!({"cookie": "mc", "assign": {"sameSite": "None"}})
+                },
+                "routes[0].sticky.assign.sameSite",
+                "needs \"secure\": true",
+            ),
+            (
+                "assign unknown field",
+                |v| {
+                    v["routes"][0]["sticky"] =
+                        json!({"cookie": "mc", "assign": {"domain": "example.com"}})
+                },
+                "routes[0].sticky.assign.domain",
+                "unknown field `domain`",
+            ),
+            (
+                "assign as an array",
+                |v| v["routes"][0]["sticky"] = json!({"cookie": "mc", "assign": [3600]}),
+                "routes[0].sticky.assign",
+                "expected a JSON object",
+            ),
+            (
+                "rule without variant",
+                |v| v["routes"][0]["rules"][0] = json!({"header": "x", "present": true}),
+                "routes[0].rules[0].variant",
+                "is required",
+            ),
+            (
+                "signed rule with a variant",
+                |v| {
+                    v["routes"][0]["rules"][0] =
+                        json!({"header": "x-qa", "tokenKeys": [KEY], "variant": "v2"})
+                },
+                "routes[0].rules[0].variant",
+                "its token's variant: remove \"variant\"",
+            ),
+            (
+                "signed rule with a matcher",
+                |v| {
+                    v["routes"][0]["rules"][0] =
+                        json!({"header": "x-qa", "tokenKeys": [KEY], "present": true})
+                },
+                "routes[0].rules[0]",
+                "compares no value",
+            ),
+            (
+                "signed rule with a bad key",
+                |v| {
+                    v["routes"][0]["rules"][0] =
+                        json!({"query": "qa", "tokenKeys": [KEY, "k2:c2hvcnQ"]})
+                },
+                "routes[0].rules[0].tokenKeys[1]",
+                "is 5 bytes; use 32 to 64 random bytes",
+            ),
+            (
+                "signed rule with a repeated key id",
+                |v| v["routes"][0]["rules"][0] = json!({"cookie": "qa", "tokenKeys": [KEY, KEY]}),
+                "routes[0].rules[0].tokenKeys[1]",
+                "key id \"k1\" is already the id of tokenKeys[0]",
+            ),
+            (
+                "signed rule with too many keys",
+                |v| {
+                    let keys: Vec<String> = (0..9)
+                        .map(|i| KEY.replace("k1", &format!("k{i}")))
+                        .collect();
+                    v["routes"][0]["rules"][0] = json!({"header": "x-qa", "tokenKeys": keys})
+                },
+                "routes[0].rules[0].tokenKeys",
+                "9 keys exceed the limit of 8",
+            ),
+            (
                 "variant header reserved",
                 |v| v["variantHeader"] = json!("Host"),
                 "variantHeader",
@@ -1087,6 +1579,87 @@ mod tests {
                 got_reason.contains(reason),
                 "{name}: {got_reason:?} lacks {reason:?}"
             );
+        }
+    }
+
+    #[test]
+    fn only_json_objects_are_structs() {
+        // serde's derived struct code reads a sequence of fields in order: each of these applied
+        // as a config before (the first as an empty one, the second as generation 42, the third
+        // sending all of reviews to v2). Every struct of the schema is covered, at its path.
+        let cases: &[(&str, &str, &str)] = &[
+            ("[]", "", "expected a JSON object"),
+            ("[42]", "", "expected a JSON object"),
+            (
+                r#"{"generation":45,"routes":[["reviews",["reviews"],null,[["v1",0],["v2",10000]]]]}"#,
+                "routes[0]",
+                "invalid type: sequence, expected a JSON object",
+            ),
+            (
+                r#"{"routes":[{"name":"r","hosts":["*"],"variants":[["v1",0],{"name":"v2","weight":10000}]}]}"#,
+                "routes[0].variants[0]",
+                "expected a JSON object",
+            ),
+            (
+                r#"{"routes":[{"name":"r","hosts":["*"],"variants":[{"name":"v1","weight":0},{"name":"v2","weight":10000}],"rules":[["v2","x-canary"]]}]}"#,
+                "routes[0].rules[0]",
+                "expected a JSON object",
+            ),
+            (
+                r#"{"routes":[{"name":"r","hosts":["*"],"variants":[{"name":"v1","weight":0},{"name":"v2","weight":10000}],"sticky":["x-user-id"]}]}"#,
+                "routes[0].sticky",
+                "expected a JSON object",
+            ),
+        ];
+        for (input, field, reason) in cases {
+            let error = CheckedConfig::from_json(input.as_bytes())
+                .expect_err(&format!("{input} must be rejected"));
+            assert_eq!(error.field, *field, "{input}: {error}");
+            assert!(error.reason.contains(reason), "{input}: {error}");
+        }
+        // The same types as the control service's API reads them (serde_json::from_value).
+        for value in [json!([]), json!([42])] {
+            assert!(serde_json::from_value::<FilterConfig>(value).is_err());
+        }
+        assert!(serde_json::from_value::<RuleConfig>(json!(["v2", "x-canary"])).is_err());
+        assert!(serde_json::from_value::<VariantConfig>(json!(["v2", 1])).is_err());
+        // Objects still read, and serialise as before.
+        let rule: RuleConfig =
+            serde_json::from_value(json!({"variant": "v2", "header": "x", "present": true}))
+                .unwrap();
+        assert_eq!(
+            serde_json::to_value(&rule).unwrap(),
+            json!({"variant": "v2", "header": "x", "present": true})
+        );
+    }
+
+    #[test]
+    fn assigned_cookies_carry_their_attributes() {
+        let cases: &[(serde_json::Value, &str)] = &[
+            (json!({}), "mc=ID; Path=/; HttpOnly; SameSite=Lax"),
+            (
+                json!({"maxAge": 2_592_000, "path": "/shop", "secure": true, "httpOnly": false, "sameSite": "Strict"}),
+                "mc=ID; Max-Age=2592000; Path=/shop; Secure; SameSite=Strict",
+            ),
+            (
+                json!({"secure": true, "sameSite": "None"}),
+                "mc=ID; Path=/; Secure; HttpOnly; SameSite=None",
+            ),
+        ];
+        for (assign, set_cookie) in cases {
+            let mut value = base();
+            value["routes"][0]["sticky"] = json!({"cookie": "mc", "salt": "s", "assign": assign});
+            let checked = check(value.clone()).unwrap();
+            let sticky = checked.routes[0].sticky.as_ref().unwrap();
+            assert_eq!(
+                sticky.assign.as_ref().unwrap().set_cookie("ID"),
+                *set_cookie,
+                "{assign}"
+            );
+            // Defaults are left out when the config is written back.
+            let raw = FilterConfig::from_json(value.to_string().as_bytes()).unwrap();
+            let again: serde_json::Value = serde_json::from_str(&raw.to_json()).unwrap();
+            assert_eq!(again["routes"][0]["sticky"]["assign"], *assign);
         }
     }
 

@@ -8,8 +8,8 @@
 
 use crate::config::TOTAL_WEIGHT;
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub(crate) const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// The 64-bit hash of `(salt, key)`.
 pub fn hash(salt: &[u8], key: &[u8]) -> u64 {
@@ -22,7 +22,7 @@ pub fn hash(salt: &[u8], key: &[u8]) -> u64 {
 }
 
 /// MurmurHash3's fmix64: every input bit affects every output bit.
-fn finalize(mut h: u64) -> u64 {
+pub(crate) fn finalize(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;

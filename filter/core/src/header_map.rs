@@ -54,29 +54,86 @@ impl<'a> HeaderPairs<'a> {
     }
 }
 
-impl RequestView for HeaderPairs<'_> {
-    /// The first value of header `name`, like Envoy's single-header read. Envoy's keys are
-    /// lowercase, and so are the names the decision asks for.
+impl<'a> HeaderPairs<'a> {
+    /// The first pair named `name` at or after `cursor`, and where the scan stops after it.
     ///
     /// The hot loop of the decision (once per rule and key): it compares a pair's key length from
     /// the length table before touching the pair's bytes, and slices only the pair that matches.
-    fn header(&self, name: &str) -> Option<&[u8]> {
-        let (bytes, name) = (self.bytes, name.as_bytes());
+    fn find(&self, name: &[u8], cursor: Cursor) -> Option<(&'a [u8], Cursor)> {
+        let bytes = self.bytes;
         let count = usize::try_from(read_word(bytes, 0)?).ok()?;
-        let mut data = count.checked_mul(2 * WORD)?.checked_add(WORD)?;
-        let mut table = WORD;
-        for _ in 0..count {
+        let Cursor {
+            mut pair,
+            mut table,
+            mut data,
+        } = match cursor {
+            Cursor::START => Cursor {
+                pair: 0,
+                table: WORD,
+                data: count.checked_mul(2 * WORD)?.checked_add(WORD)?,
+            },
+            cursor => cursor,
+        };
+        while pair < count {
             let key_length = usize::try_from(read_word(bytes, table)?).ok()?;
             let value_length = usize::try_from(read_word(bytes, table + WORD)?).ok()?;
             table += 2 * WORD;
+            pair += 1;
             let value_start = data.checked_add(key_length)?.checked_add(1)?;
-            if key_length == name.len() && bytes.get(data..value_start - 1)? == name {
-                return bytes.get(value_start..value_start.checked_add(value_length)?);
-            }
+            let value_end = value_start.checked_add(value_length)?;
             // Past the end, every later pair is missing too, as `iter` says.
-            data = value_start.checked_add(value_length)?.checked_add(1)?;
+            let next = value_end.checked_add(1)?;
+            if key_length == name.len() && bytes.get(data..value_start - 1)? == name {
+                let value = bytes.get(value_start..value_end)?;
+                return Some((
+                    value,
+                    Cursor {
+                        pair,
+                        table,
+                        data: next,
+                    },
+                ));
+            }
+            data = next;
         }
         None
+    }
+}
+
+/// Where a scan of the pairs goes on: the next pair's index, its length-table entry and its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cursor {
+    pair: usize,
+    table: usize,
+    data: usize,
+}
+
+impl Cursor {
+    /// Before the first pair (its offsets depend on the pair count, read by the first scan).
+    const START: Cursor = Cursor {
+        pair: 0,
+        table: 0,
+        data: 0,
+    };
+}
+
+impl RequestView for HeaderPairs<'_> {
+    /// The first value of header `name`, like Envoy's single-header read. Envoy's keys are
+    /// lowercase, and so are the names the decision asks for.
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.find(name.as_bytes(), Cursor::START)
+            .map(|(value, _)| value)
+    }
+
+    /// Every value of header `name`, each found by the same scan as [`HeaderPairs::header`],
+    /// going on from the pair after the last one found.
+    fn header_values<'b>(&'b self, name: &'b str) -> impl Iterator<Item = &'b [u8]> {
+        let mut cursor = Some(Cursor::START);
+        std::iter::from_fn(move || {
+            let (value, next) = self.find(name.as_bytes(), cursor?)?;
+            cursor = Some(next);
+            Some(value)
+        })
     }
 }
 
@@ -131,6 +188,11 @@ mod tests {
         for (name, expected) in cases {
             assert_eq!(headers.header(name), expected.map(str::as_bytes), "{name}");
         }
+        let all = |name| headers.header_values(name).collect::<Vec<_>>();
+        assert_eq!(all("cookie"), vec![&b"a=1"[..], &b"b=2"[..]]);
+        assert_eq!(all(":path"), vec![&b"/reviews/1"[..]]);
+        assert_eq!(all("x-empty"), vec![&b""[..]]);
+        assert!(all("x-missing").is_empty());
         assert_eq!(headers.iter().count(), 5);
     }
 
@@ -217,8 +279,13 @@ mod tests {
             bytes.truncate(bytes.len().saturating_sub(cut));
             let headers = HeaderPairs::new(&bytes);
             for name in names {
-                let by_iterating = headers.iter().find(|(key, _)| *key == name.as_bytes()).map(|(_, value)| value);
-                prop_assert_eq!(headers.header(name), by_iterating, "{}", name);
+                let by_iterating: Vec<&[u8]> = headers
+                    .iter()
+                    .filter(|(key, _)| *key == name.as_bytes())
+                    .map(|(_, value)| value)
+                    .collect();
+                prop_assert_eq!(headers.header(name), by_iterating.first().copied(), "{}", name);
+                prop_assert_eq!(headers.header_values(name).collect::<Vec<_>>(), by_iterating, "{}", name);
             }
         }
 

@@ -10,14 +10,18 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::indexing_slicing))]
 
+pub mod base64url;
 pub mod choose;
 pub mod config;
 pub mod ecds;
 pub mod hash;
 pub mod header_map;
+pub mod host_index;
 pub mod json_path;
 pub mod request;
+pub mod sha256;
 pub mod stats;
+pub mod token;
 
 pub use choose::{choose, Decision, Reason};
 pub use config::{CheckedConfig, ConfigError, FilterConfig};

@@ -8,8 +8,24 @@
 /// map fetched once ([`crate::header_map::HeaderPairs`]); tests with a map. Names are lowercase,
 /// pseudo-headers included (`:authority`, `:path`).
 pub trait RequestView {
-    /// The value of header `name`, if present.
+    /// The value of header `name`, if present; the first one if the header is repeated.
     fn header(&self, name: &str) -> Option<&[u8]>;
+
+    /// Every value of header `name`, in the order the request carries them. HTTP/1.1 clients may
+    /// send several `cookie` lines, which Envoy keeps apart (it joins them only for HTTP/2); a view
+    /// that cannot hold a repeated header has just the one value of [`RequestView::header`].
+    fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+        self.header(name).into_iter()
+    }
+}
+
+/// The value of cookie `name` across every `cookie` header of the request, which RFC 6265 treats
+/// as one list (HTTP/2 sends each cookie as its own header field, and Envoy joins them; HTTP/1.1
+/// clients may send several lines, which Envoy keeps). The first cookie with that name wins.
+pub fn cookie<'a>(request: &'a impl RequestView, name: &'a str) -> Option<&'a [u8]> {
+    request
+        .header_values("cookie")
+        .find_map(|header| find_cookie(header, name))
 }
 
 /// The host part of an `:authority` value: without the port, without a trailing dot, and for IPv6
@@ -160,6 +176,38 @@ mod tests {
                 find_cookie(header.as_bytes(), name),
                 expected.map(str::as_bytes),
                 "{header:?} {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cookie_is_found_in_any_cookie_line() {
+        struct Lines(Vec<&'static str>);
+        impl RequestView for Lines {
+            fn header(&self, name: &str) -> Option<&[u8]> {
+                (name == "cookie").then(|| self.0.first().map(|line| line.as_bytes()))?
+            }
+            fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+                self.0
+                    .iter()
+                    .filter(move |_| name == "cookie")
+                    .map(|line| line.as_bytes())
+            }
+        }
+        let cases: &[(&[&str], &str, Option<&str>)] = &[
+            (&["a=1", "session=s1"], "session", Some("s1")),
+            (&["session=s1", "session=s2"], "session", Some("s1")),
+            (&["a=1; session=s1", "b=2"], "session", Some("s1")),
+            (&["a=1", "b=2"], "session", None),
+            (&["", "session=\"q\""], "session", Some("q")),
+            (&[], "session", None),
+        ];
+        for (lines, name, expected) in cases {
+            let request = Lines(lines.to_vec());
+            assert_eq!(
+                cookie(&request, name),
+                expected.map(str::as_bytes),
+                "{lines:?}"
             );
         }
     }

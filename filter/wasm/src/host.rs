@@ -44,6 +44,13 @@ extern "C" {
         value_data: *const u8,
         value_size: usize,
     ) -> u32;
+    fn proxy_add_header_map_value(
+        map_type: MapType,
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> u32;
     fn proxy_remove_header_map_value(
         map_type: MapType,
         key_data: *const u8,
@@ -119,6 +126,15 @@ pub fn set_header(map: MapType, name: &str, value: Option<&[u8]>) {
             ),
             None => proxy_remove_header_map_value(map, name.as_ptr(), name.len()),
         };
+    }
+}
+
+/// Adds a value of header `name` to `map`, keeping the values it has (`set-cookie` may repeat).
+/// Envoy refuses only when the map is not available in the current callback; then nothing changes.
+pub fn add_header(map: MapType, name: &str, value: &[u8]) {
+    // SAFETY: the host only reads the given byte ranges during the call.
+    unsafe {
+        proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len());
     }
 }
 

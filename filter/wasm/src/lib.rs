@@ -14,11 +14,13 @@
 mod host;
 mod random;
 
-use meshcanary_core::choose::{choose, Decision};
+use meshcanary_core::choose::{choose, Decision, Inputs};
 use meshcanary_core::config::{CheckedConfig, DEFAULT_VARIANT_HEADER};
 use meshcanary_core::header_map::HeaderPairs;
+use meshcanary_core::request::RequestView;
 use meshcanary_core::stats::{
-    status_code, FilterMetrics, MetricKind, MetricSink, Outcome, RouteMetrics,
+    is_grpc, status_code, FilterMetrics, GrpcOutcome, GrpcStatus, MetricKind, MetricSink, Outcome,
+    RouteMetrics,
 };
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel, MapType, MetricType};
@@ -127,6 +129,7 @@ impl RootContext for FilterRoot {
             decision: None,
             started_ns: None,
             status: None,
+            grpc: None,
         }))
     }
 
@@ -142,6 +145,35 @@ struct FilterStream {
     started_ns: Option<u64>,
     /// The status of the response headers sent downstream; none if the stream ended before them.
     status: Option<u64>,
+    /// For a decided gRPC call, its `grpc-status` once seen (response headers or trailers).
+    grpc: Option<GrpcOutcome>,
+}
+
+/// Reads `grpc-status` from `map` for a gRPC call that has none yet: a host call made only for
+/// gRPC calls, so plain HTTP requests pay nothing for it.
+fn read_grpc_status(grpc: &mut Option<GrpcOutcome>, map: MapType) {
+    if let Some(grpc) = grpc.as_mut().filter(|grpc| grpc.status.is_none()) {
+        grpc.status = host::header(map, "grpc-status").map(|value| GrpcStatus::parse(&value));
+    }
+}
+
+/// The decision's randomness (a per-worker generator seeded from WASI) and the host's clock.
+struct HostInputs {
+    now_ns: Option<u64>,
+}
+
+impl Inputs for HostInputs {
+    fn random_bucket(&mut self) -> Option<u32> {
+        random::bucket()
+    }
+
+    fn visitor_bits(&mut self) -> Option<u128> {
+        random::visitor_bits()
+    }
+
+    fn now_unix(&self) -> Option<u64> {
+        self.now_ns.map(|ns| ns / 1_000_000_000)
+    }
 }
 
 /// Writes to Envoy's log (`wasm log <root_id>: meshcanary: …`).
@@ -166,7 +198,17 @@ impl HttpContext for FilterStream {
         let config = &active.config;
         // All headers in one host call: each call that returns data costs a round trip into the VM.
         let headers = host::request_header_pairs().unwrap_or_default();
-        let decision = choose(config, &HeaderPairs::new(&headers), random::bucket);
+        let request = HeaderPairs::new(&headers);
+        // The clock is read once, before the decision: it starts the request's duration and
+        // tells the decision the time (signed QA tokens expire).
+        self.started_ns = host::now_ns();
+        let mut inputs = HostInputs {
+            now_ns: self.started_ns,
+        };
+        let decision = choose(config, &request, &mut inputs);
+        if decision.is_some() && request.header("content-type").is_some_and(is_grpc) {
+            self.grpc = Some(GrpcOutcome::default());
+        }
         let variant = decision.and_then(|d| {
             let route = config.routes.get(d.route)?;
             Some((route, route.variants.get(d.variant)?))
@@ -183,7 +225,6 @@ impl HttpContext for FilterStream {
             HostMetrics.increment(active.unmatched);
         }
         self.decision = decision;
-        self.started_ns = host::now_ns();
         Action::Continue
     }
 
@@ -194,6 +235,23 @@ impl HttpContext for FilterStream {
             // never gets here, so it keeps no status and counts as `reset`.
             self.status = host::header(MapType::HttpResponseHeaders, ":status")
                 .and_then(|value| status_code(&value));
+            // A trailers-only gRPC response (an error, or Envoy's own reply) has its status here.
+            read_grpc_status(&mut self.grpc, MapType::HttpResponseHeaders);
+            // A new visitor gets the cookie that keeps it on its variant. Added, not replaced:
+            // the upstream may set cookies of its own.
+            let assign = active
+                .config
+                .routes
+                .get(decision.route)
+                .and_then(|route| route.sticky.as_ref()?.assign.as_ref());
+            if let (Some(visitor), Some(assign)) = (&decision.visitor, assign) {
+                let set_cookie = assign.set_cookie(visitor.as_str());
+                host::add_header(
+                    MapType::HttpResponseHeaders,
+                    "set-cookie",
+                    set_cookie.as_bytes(),
+                );
+            }
             if let Some(header) = &active.config.response_header {
                 let variant = active
                     .config
@@ -206,6 +264,13 @@ impl HttpContext for FilterStream {
                 }
             }
         }
+        Action::Continue
+    }
+
+    /// Called only for responses that have trailers (Envoy skips the callback otherwise): a gRPC
+    /// call's status comes here, once, at the end of the stream, however many messages it carried.
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        read_grpc_status(&mut self.grpc, MapType::HttpResponseTrailers);
         Action::Continue
     }
 
@@ -222,6 +287,7 @@ impl HttpContext for FilterStream {
             decision,
             &Outcome {
                 status: self.status,
+                grpc: self.grpc,
                 duration_ms,
             },
         );

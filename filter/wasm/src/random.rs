@@ -13,6 +13,17 @@ thread_local! {
 
 /// A uniform bucket in `0..10000`, or `None` if no seed could be had.
 pub fn bucket() -> Option<u32> {
+    draw().map(bucket_of)
+}
+
+/// 128 random bits for a new visitor's id (two draws), or `None` if no seed could be had. The id
+/// only has to be unique and spread evenly over the buckets, not secret: a visitor can send any
+/// cookie value anyway.
+pub fn visitor_bits() -> Option<u128> {
+    Some(u128::from(draw()?) << 64 | u128::from(draw()?))
+}
+
+fn draw() -> Option<u64> {
     STATE.with(|state| {
         let current = match state.get() {
             Some(value) => value,
@@ -20,7 +31,7 @@ pub fn bucket() -> Option<u32> {
         };
         let (next, output) = wyrand(current);
         state.set(Some(next));
-        Some(bucket_of(output))
+        Some(output)
     })
 }
 

@@ -292,7 +292,7 @@ mod tests {
             canary_weight: 500,
             check: Check {
                 verdict,
-                reasons: vec!["canary success rate 90 % (4 failures (5xx or reset) in 40 responses) is below the minimum 99 %".into()],
+                reasons: vec!["canary success rate 90 % (4 failures (5xx, reset or gRPC server error) in 40 responses) is below the minimum 99 %".into()],
                 canary: Measured { requests: 40, success_rate: Some(canary_rate), latency_ms: Some(4.95) },
                 baseline: Measured { requests: 760, success_rate: Some(1.0), latency_ms: Some(4.9) },
                 p_value: None,
@@ -334,8 +334,8 @@ mod tests {
             lines[0],
             "   0:04  ✗ check FAILED at 5%: v3 90.0 % of 40, p99 4.95 ms · v2 100 % of 760, p99 4.90 ms"
         );
-        assert_eq!(lines[1], "           - canary success rate 90 % (4 failures (5xx or reset) in 40 responses) is below the");
-        assert_eq!(lines[2], "             minimum 99 %");
+        assert_eq!(lines[1], "           - canary success rate 90 % (4 failures (5xx, reset or gRPC server error) in 40 responses)");
+        assert_eq!(lines[2], "             is below the minimum 99 %");
         let passed = check_lines(
             &record(Verdict::Pass, 1.0),
             &spec(),
