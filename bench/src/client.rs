@@ -120,11 +120,11 @@ pub async fn send_exactly(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::upstream::Upstream;
+    use meshcanary_testkit::upstream::Upstream;
 
     #[test]
     fn sends_exactly_the_requests_asked_for() {
-        let upstream = Upstream::start().unwrap();
+        let upstream = Upstream::plain().unwrap();
         let addr: SocketAddr = ([127, 0, 0, 1], upstream.port).into();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -1,23 +1,20 @@
 //! The control service under test: `meshcanary serve` in standalone mode, pushing to an Envoy that
 //! runs the standalone bootstrap (`envoy-config/standalone.yaml`) with the filter delivered through
-//! the ECDS file, and watching that Envoy's admin endpoint. The arrangement of the end-to-end tests
-//! (`tests/src/control.rs`, `tests/src/envoy.rs`), with every process under a [`Guarded`] handle so
-//! that Ctrl-C stops them too; and the reading of the service's answers.
+//! the ECDS file, and watching that Envoy's admin endpoint. Both are started by the test kit, as the
+//! end-to-end tests start them, and stopped on Ctrl-C too; this adds the bench's rollouts and the
+//! reading of the service's answers.
 
-use crate::client::{self, Connection};
-use crate::envoy::Envoy;
-use crate::process::Guarded;
-use crate::scenario;
-use crate::upstream::Upstream;
+use crate::client::Connection;
+use crate::envoy::{self, Envoy};
 use anyhow::{bail, Context};
 use hyper::body::Bytes;
 use meshcanary_core::config::FilterConfig;
-use meshcanary_core::ecds::{ecds_document, WasmDelivery};
+use meshcanary_testkit::envoy::Standalone as StandaloneEnvoy;
+use meshcanary_testkit::service::{ServiceProcess, Standalone, StatsSource};
+use meshcanary_testkit::upstream::Upstream;
 use serde_json::{json, Value};
-use std::io::Write;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// The bearer token the service requires for writes.
@@ -27,24 +24,7 @@ pub const TOKEN: &str = "meshcanary-bench-token-0123456789";
 /// handful of them.
 pub const ROUTES: [&str; 5] = ["reviews", "ratings", "details", "productpage", "cart"];
 
-/// Environment variables `meshcanary serve` reads that must not leak in from the caller (the
-/// Makefile exports `MESHCANARY_WASM`, a developer's shell may set others): everything it needs is
-/// passed as flags.
-const SERVICE_ENV: [&str; 11] = [
-    "MESHCANARY_LISTEN",
-    "MESHCANARY_STATE_DIR",
-    "MESHCANARY_TOKEN_FILE",
-    "MESHCANARY_PROTECT_READS",
-    "MESHCANARY_ROUTES",
-    "MESHCANARY_ECDS_FILE",
-    "MESHCANARY_WASM",
-    "MESHCANARY_ENVOY_ADMIN",
-    "MESHCANARY_PROMETHEUS_URL",
-    "MESHCANARY_LOG_FORMAT",
-    "RUST_LOG",
-];
-
-/// How long the service may take to listen and answer `/readyz`.
+/// How long the rollouts may take to settle at their pause.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The filter config everything starts from: one route per name in [`ROUTES`] (host = name), all
@@ -75,37 +55,6 @@ pub fn paused_rollout_spec(name: &str, route: &str) -> Value {
     })
 }
 
-/// The standalone bootstrap with the ECDS file at `ecds_path` and the upstreams of v1, v2 and v3
-/// all on `upstream_port`; listener and admin on ephemeral ports.
-pub fn standalone_bootstrap(ecds_path: &Path, upstream_port: u16) -> anyhow::Result<String> {
-    let ecds = ecds_path.to_str().context("ECDS path is not UTF-8")?;
-    let port = upstream_port.to_string();
-    scenario::render(
-        include_str!("../../envoy-config/standalone.yaml"),
-        &[
-            ("LISTEN_PORT", "0".into()),
-            ("ADMIN_PORT", "0".into()),
-            ("ECDS_PATH", ecds.into()),
-            ("V1_PORT", port.clone()),
-            ("V2_PORT", port.clone()),
-            ("V3_PORT", port),
-            // No tracing: the bench measures the control service, not Envoy's tracer.
-            ("TRACE_PERCENT", "0".to_string()),
-            ("ZIPKIN_PORT", "9".to_string()),
-        ],
-    )
-}
-
-/// Writes `contents` so that Envoy's file watch sees the old file or the new one, never half: a
-/// temp file in the same directory, fsync, rename over the target.
-fn write_atomically(path: &Path, contents: &str) -> anyhow::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = std::fs::File::create(&tmp).with_context(|| format!("create {tmp:?}"))?;
-    file.write_all(contents.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("rename to {path:?}"))
-}
-
 /// Envoy with the filter through the ECDS file, an upstream, and the service pushing to it. The
 /// fields drop in order: the service first, so it never scrapes a stopped Envoy.
 pub struct Rig {
@@ -126,29 +75,36 @@ impl Rig {
         dir: &Path,
     ) -> anyhow::Result<Rig> {
         let config = routes_config()?;
-        let upstream = Upstream::start()?;
-        let envoy_dir = dir.join("envoy");
-        std::fs::create_dir_all(&envoy_dir)?;
-        let ecds_path = envoy_dir.join("meshcanary.ecds.json");
-        let delivery = WasmDelivery {
-            name: "meshcanary".into(),
-            wasm_path: wasm.to_str().context("module path is not UTF-8")?.into(),
-            fail_open: true,
+        let upstream = Upstream::plain()?;
+        let standalone = StandaloneEnvoy {
+            // v1, v2 and v3 all on the one upstream.
+            upstreams: [upstream.port; 3],
+            listen_port: 0,
+            admin_port: 0,
+            // No tracing: the bench measures the control service, not Envoy's tracer.
+            zipkin_port: None,
+            wasm: wasm.to_path_buf(),
         };
-        write_atomically(&ecds_path, &ecds_document(&delivery, &config))?;
-        let bootstrap = standalone_bootstrap(&ecds_path, upstream.port)?;
-        let envoy = Envoy::start(envoy_bin, &bootstrap, &envoy_dir)
-            .await
-            .context("Envoy on envoy-config/standalone.yaml")?;
-        let service = ControlService::start(
-            control_bin,
-            &ServiceFiles {
-                dir: dir.join("service"),
-                ecds: ecds_path,
-                wasm: wasm.to_path_buf(),
-            },
-            envoy.admin,
+        let envoy = Envoy::start_standalone(
             &config,
+            &standalone,
+            &dir.join("envoy"),
+            &envoy::options(envoy_bin),
+        )
+        .await
+        .context("Envoy on envoy-config/standalone.yaml")?;
+        let service = ControlService::start(
+            Standalone {
+                binary: control_bin.to_path_buf(),
+                dir: dir.join("service"),
+                routes: config,
+                ecds_file: envoy.ecds_path().to_path_buf(),
+                wasm: wasm.to_path_buf(),
+                stats: Some(StatsSource::EnvoyAdmin(envoy.admin_url.clone())),
+                token: TOKEN.into(),
+                port: 0,
+            },
+            control_bin,
         )
         .await?;
         Ok(Rig {
@@ -189,7 +145,7 @@ impl Rig {
                         "rollout {name} not paused at 10 % in Envoy after {START_TIMEOUT:?}: \
                          {view}\nservice log:\n{}\nEnvoy log:\n{}",
                         self.service.log(),
-                        self.envoy.log()
+                        self.envoy.log_tail()
                     );
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -215,102 +171,28 @@ impl Rig {
 /// The admin path that shows the filter's generation gauge and nothing else.
 pub const GENERATION_STATS_PATH: &str = "/stats/prometheus?filter=meshcanary_config_generation";
 
-/// The files the service is started with.
-struct ServiceFiles {
-    /// Its state directory, routes file and log go here.
-    dir: PathBuf,
-    /// The ECDS file Envoy watches.
-    ecds: PathBuf,
-    /// The filter module.
-    wasm: PathBuf,
-}
-
 /// A running `meshcanary serve`; killed and reaped when dropped.
 pub struct ControlService {
-    process: Guarded,
+    process: ServiceProcess,
     /// Its API.
     pub addr: SocketAddr,
-    log: PathBuf,
 }
 
 impl ControlService {
-    /// Starts `bin serve` on an ephemeral loopback port (read back from its log) and waits until
-    /// `/readyz` answers 200.
-    async fn start(
-        bin: &Path,
-        files: &ServiceFiles,
-        envoy_admin: SocketAddr,
-        routes: &FilterConfig,
-    ) -> anyhow::Result<ControlService> {
-        std::fs::create_dir_all(&files.dir)?;
-        let routes_path = files.dir.join("routes.json");
-        std::fs::write(&routes_path, routes.to_json()).context("write routes.json")?;
-        let log = files.dir.join("service.log");
-        let log_file = std::fs::File::create(&log).context("create service.log")?;
-        let mut command = Command::new(bin);
-        for name in SERVICE_ENV {
-            command.env_remove(name);
-        }
-        command
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
-            .arg("--state-dir")
-            .arg(files.dir.join("state"))
-            .arg("--routes")
-            .arg(&routes_path)
-            .arg("--ecds-file")
-            .arg(&files.ecds)
-            .arg("--wasm")
-            .arg(&files.wasm)
-            .arg("--envoy-admin")
-            .arg(format!("http://{envoy_admin}"))
-            .env("MESHCANARY_TOKEN", TOKEN)
-            // JSON lines: the bound address is read back from the log. At info nothing is logged
-            // per request (the API's trace layer logs at debug).
-            .env("MESHCANARY_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file);
-        let what = format!(
-            "{} (cargo build --release -p meshcanary-control, or `make bench`)",
-            bin.display()
-        );
-        let process = Guarded::spawn(&mut command, &what)?;
-        let deadline = Instant::now() + START_TIMEOUT;
-        let addr = loop {
-            if let Some(status) = process.try_wait()? {
-                bail!("meshcanary serve exited with {status}:\n{}", tail(&log));
-            }
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(addr) = listening_address(&text) {
-                break addr;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "meshcanary serve not listening after {START_TIMEOUT:?}:\n{}",
-                    tail(&log)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        loop {
-            if let Some(status) = process.try_wait()? {
-                bail!("meshcanary serve exited with {status}:\n{}", tail(&log));
-            }
-            let ready = client::get_text(addr, "/readyz").await;
-            if ready.is_ok() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "meshcanary serve not ready after {START_TIMEOUT:?} ({ready:?}):\n{}",
-                    tail(&log)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(ControlService { process, addr, log })
+    /// Starts `standalone` on an ephemeral loopback port and waits until `/readyz` answers 200.
+    async fn start(standalone: Standalone, bin: &Path) -> anyhow::Result<ControlService> {
+        let process = standalone.start().await.with_context(|| {
+            format!(
+                "{} (cargo build --release -p meshcanary-control, or `make bench`)",
+                bin.display()
+            )
+        })?;
+        let addr = process
+            .url
+            .trim_start_matches("http://")
+            .parse()
+            .with_context(|| format!("the service's address {}", process.url))?;
+        Ok(ControlService { process, addr })
     }
 
     /// Its process id (CPU time is read from /proc).
@@ -320,7 +202,7 @@ impl ControlService {
 
     /// The end of its log, for errors.
     pub fn log(&self) -> String {
-        tail(&self.log)
+        self.process.log_tail()
     }
 
     /// A client on a keep-alive connection of its own.
@@ -329,15 +211,6 @@ impl ControlService {
             connection: Connection::open(self.addr).await?,
         })
     }
-}
-
-fn tail(path: &Path) -> String {
-    let log = std::fs::read_to_string(path).unwrap_or_default();
-    let start = log.len().saturating_sub(4000);
-    let start = (start..log.len())
-        .find(|index| log.is_char_boundary(*index))
-        .unwrap_or(log.len());
-    log[start..].to_string()
 }
 
 /// The control API over one keep-alive connection, writes with the bearer token.
@@ -411,17 +284,6 @@ impl Api {
     }
 }
 
-/// The address in the service's `meshcanary control API listening` JSON log line.
-pub fn listening_address(log: &str) -> Option<SocketAddr> {
-    log.lines().find_map(|line| {
-        let entry: Value = serde_json::from_str(line).ok()?;
-        let fields = &entry["fields"];
-        (fields["message"] == "meshcanary control API listening")
-            .then(|| fields["address"].as_str()?.parse().ok())
-            .flatten()
-    })
-}
-
 /// The value of the filter's unlabelled `meshcanary_config_generation` gauge in Prometheus text
 /// (Envoy writes it as `meshcanary_config_generation{} 7`).
 pub fn generation_gauge(text: &str) -> Option<u64> {
@@ -464,26 +326,6 @@ pub fn paused_and_applied(view: &Value, step: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_listening_address_comes_from_the_json_log() {
-        let log = r#"{"timestamp":"t","level":"INFO","fields":{"message":"started from the initial filter config","generation":1},"target":"meshcanary_control::service"}
-not json at all
-{"timestamp":"t","level":"INFO","fields":{"message":"meshcanary control API listening","address":"127.0.0.1:41283"},"target":"meshcanary_control::server"}
-"#;
-        let cases = [
-            (log, Some(SocketAddr::from(([127, 0, 0, 1], 41283)))),
-            (log.lines().next().unwrap_or_default(), None),
-            (
-                r#"{"fields":{"message":"meshcanary control API listening","address":"nope"}}"#,
-                None,
-            ),
-            ("", None),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(listening_address(text), expected, "{text}");
-        }
-    }
 
     #[test]
     fn generation_gauges() {
@@ -549,16 +391,5 @@ not json at all
         assert_eq!(names, ROUTES);
         let spec = paused_rollout_spec("r-reviews", "reviews");
         assert_eq!(spec["steps"][1], json!({"pause": {}}));
-    }
-
-    #[test]
-    fn the_standalone_bootstrap_renders() {
-        let bootstrap = standalone_bootstrap(Path::new("/tmp/x/m.ecds.json"), 4242).unwrap();
-        assert!(
-            bootstrap.contains("path: /tmp/x/m.ecds.json"),
-            "{bootstrap}"
-        );
-        assert_eq!(bootstrap.matches("port_value: 4242").count(), 3);
-        assert!(bootstrap.contains("port_value: 0"));
     }
 }

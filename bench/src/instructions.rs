@@ -15,12 +15,13 @@
 //! [`PARALLEL`] configurations run at a time: counts do not depend on how fast the machine runs them.
 
 use crate::client;
-use crate::envoy::Envoy;
-use crate::process::{self, Guarded};
+use crate::envoy::{self, Envoy};
 use crate::scenario::{Modules, Scenario};
 use crate::summary::ratio;
-use crate::upstream::Upstream;
 use anyhow::{bail, Context};
+use meshcanary_testkit::envoy::Options;
+use meshcanary_testkit::process::{self, Process};
+use meshcanary_testkit::upstream::Upstream;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -166,7 +167,7 @@ pub fn count(
 ) -> anyhow::Result<Callgrind> {
     let valgrind = valgrind_version()?;
     let started = Instant::now();
-    let upstream = Upstream::start()?;
+    let upstream = Upstream::plain()?;
     let dir = tempfile::Builder::new()
         .prefix("meshcanary-bench-callgrind")
         .tempdir()?;
@@ -264,13 +265,12 @@ fn measure_one(
         "bench: callgrind ({}) {}: starting Envoy under valgrind",
         job.key, job.title
     );
-    let envoy = runtime.block_on(Envoy::start_under(
-        &valgrind_command(&envoy_dir),
-        envoy_bin,
-        bootstrap,
-        &envoy_dir,
-        READY_WITHIN,
-    ))?;
+    let options = Options {
+        wrapper: valgrind_command(&envoy_dir),
+        ready_within: READY_WITHIN,
+        ..envoy::options(envoy_bin)
+    };
+    let envoy = runtime.block_on(Envoy::start_bootstrap(bootstrap, &envoy_dir, &options))?;
     let headers = crate::wrk::header_pairs();
     let send = |count: u64, what: &str| -> anyhow::Result<()> {
         let ok = runtime.block_on(client::send_exactly(
@@ -283,7 +283,7 @@ fn measure_one(
         if ok != count {
             bail!(
                 "{what}: {ok} of {count} requests answered 200\n{}",
-                envoy.log()
+                envoy.log_tail()
             );
         }
         Ok(())
@@ -339,7 +339,7 @@ fn vgdb_prefix(dir: &Path) -> OsString {
 fn callgrind_control(command: &str, pid: u32, dir: &Path) -> anyhow::Result<()> {
     let out_path: PathBuf = dir.join(format!("callgrind_control{command}.out"));
     let out = std::fs::File::create(&out_path).context("create callgrind_control output file")?;
-    let child = Guarded::spawn(
+    let child = Process::spawn(
         Command::new("callgrind_control")
             .arg(vgdb_prefix(dir))
             .arg(command)

@@ -27,7 +27,6 @@ mod instructions;
 mod ladder;
 mod machine;
 mod micro;
-mod process;
 mod procfs;
 mod propagation;
 mod report;
@@ -35,16 +34,15 @@ mod scenario;
 mod split;
 mod status_reads;
 mod summary;
-mod upstream;
 mod wrk;
 
 use anyhow::{bail, Context};
-use envoy::Envoy;
+use meshcanary_testkit::process;
+use meshcanary_testkit::upstream::Upstream;
 use report::{ConfigResult, Memory, Results, Sample, Settings, Sizes, Versions};
 use scenario::{ExpectedSplit, Modules, Scenario};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use upstream::Upstream;
 
 /// The env vars that change a run, in the order the report's command line shows them.
 const KNOBS: [&str; 7] = [
@@ -58,7 +56,7 @@ const KNOBS: [&str; 7] = [
 ];
 
 fn main() -> anyhow::Result<()> {
-    process::stop_children_on_signal()?;
+    process::stop_children_on_signal("bench")?;
     let settings = settings_from(|name| std::env::var(name).ok())?;
     // Parsed before the modules are built, so a typo fails at once rather than minutes later.
     let lab_scenarios = match std::env::var("BENCH_LAB") {
@@ -98,7 +96,7 @@ fn main() -> anyhow::Result<()> {
     }
     let mut machine = machine::Machine::read();
     let versions = Versions {
-        envoy: envoy::version(&envoy_bin).unwrap_or_else(|| "?".into()),
+        envoy: envoy::version(&envoy_bin).map_or_else(|| "?".into(), |v| v.to_string()),
         rustc: machine::first_line_of("rustc", &["--version"]).unwrap_or_else(|| "?".into()),
         wrk: wrk::version()
             .context("wrk is not installed (apt-get install wrk, or `make bench`)")?,
@@ -431,7 +429,7 @@ fn compare(
     modules: &Modules,
     settings: &Settings,
 ) -> anyhow::Result<Comparison> {
-    let upstream = Upstream::start()?;
+    let upstream = Upstream::plain()?;
     let dir = tempfile::Builder::new()
         .prefix("meshcanary-bench")
         .tempdir()?;
@@ -447,7 +445,7 @@ fn compare(
         let bootstrap = scenario.bootstrap(upstream.port, modules)?;
         let envoy_dir = dir.path().join(scenario.key());
         let envoy = runtime
-            .block_on(Envoy::start(envoy_bin, &bootstrap, &envoy_dir))
+            .block_on(envoy::start(envoy_bin, &bootstrap, &envoy_dir))
             .with_context(|| format!("Envoy ({}) {}", scenario.key(), scenario.title()))?;
         envoys.push((scenario, envoy));
     }
@@ -456,9 +454,9 @@ fn compare(
     // as it claims before any number is kept: a broken filter must not pass for a fast one.
     for (scenario, envoy) in &envoys {
         let url = format!("http://{}{}", envoy.listener, wrk::PATH);
-        let before = runtime.block_on(envoy.completed_by_cluster())?;
+        let before = runtime.block_on(envoy::completed_by_cluster(envoy))?;
         let warm = wrk::run(&url, settings.warmup_seconds.max(1), dir.path())?;
-        let after = runtime.block_on(envoy.completed_by_cluster())?;
+        let after = runtime.block_on(envoy::completed_by_cluster(envoy))?;
         let share = canary_share(before, after);
         if warm.non_2xx + warm.socket_errors > 0 {
             bail!(
@@ -466,7 +464,7 @@ fn compare(
                 scenario.key(),
                 scenario.title(),
                 warm.non_2xx + warm.socket_errors,
-                envoy.log()
+                envoy.log_tail()
             );
         }
         if !split_as_expected(scenario.expected_split(), share) {
@@ -487,11 +485,11 @@ fn compare(
             let index = (round + position) % envoys.len();
             let (scenario, envoy) = &envoys[index];
             let url = format!("http://{}{}", envoy.listener, wrk::PATH);
-            let before = runtime.block_on(envoy.completed_by_cluster())?;
+            let before = runtime.block_on(envoy::completed_by_cluster(envoy))?;
             let ticks_before = procfs::cpu_ticks(envoy.pid())?;
             let load = wrk::run(&url, settings.seconds, dir.path())?;
             let ticks_after = procfs::cpu_ticks(envoy.pid())?;
-            let after = runtime.block_on(envoy.completed_by_cluster())?;
+            let after = runtime.block_on(envoy::completed_by_cluster(envoy))?;
             let cpu_ticks = ticks_after - ticks_before;
             let sample = Sample {
                 round,
@@ -542,7 +540,7 @@ fn compare(
         .find(|(scenario, _)| *scenario == Scenario::Filter)
         .map(|(_, envoy)| envoy)
         .context("no (c) Envoy")?;
-    let wasm_stats = runtime.block_on(filter.stats("wasm"))?;
+    let wasm_stats = runtime.block_on(envoy::stats(filter, "wasm"))?;
     let memory = Memory {
         wasm_stats: wasm_stats
             .lines()

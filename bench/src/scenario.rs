@@ -176,20 +176,9 @@ impl Scenario {
 
     /// The meshcanary pluginConfig JSON, for (c) and (d).
     pub fn plugin_config(self) -> Option<String> {
-        let rules = serde_json::json!([
-            // The rules of the decision's micro-benchmark (filter/core/benches/choose.rs): header,
-            // cookie and query rules, none matching the benchmark's requests.
-            {"header": "x-canary", "exact": "always", "variant": "v2"},
-            {"header": "x-qa-user", "prefix": "qa-", "variant": "v2"},
-            {"header": "x-debug-canary", "present": true, "variant": "v2"},
-            {"header": "x-tenant", "exact": "internal", "variant": "v2"},
-            {"header": "x-force-stable", "present": true, "variant": "v1"},
-            {"header": "x-beta", "exact": "1", "variant": "v2"},
-            {"cookie": "canary", "prefix": "v2", "variant": "v2"},
-            {"cookie": "qa", "exact": "true", "variant": "v2"},
-            {"query": "canary", "present": true, "variant": "v2"},
-            {"query": "qa", "exact": "1", "variant": "v2"}
-        ]);
+        // The rules of the decision's micro-benchmark (filter/core/benches/choose.rs): header,
+        // cookie and query rules, none matching the benchmark's requests.
+        let rules = meshcanary_testkit::fixtures::ten_rules();
         let mut route = serde_json::json!({
             "name": "reviews",
             "hosts": ["reviews", "reviews.default.svc.cluster.local"],
@@ -284,19 +273,9 @@ pub fn path_text(path: &Path) -> anyhow::Result<String> {
     Ok(text.to_string())
 }
 
-/// Replaces `${NAME}` placeholders; a placeholder left outside comments is an error.
+/// Replaces `${NAME}` placeholders (the kit's rendering, as the tests' bootstraps get it).
 pub fn render(template: &str, values: &[(&str, String)]) -> anyhow::Result<String> {
-    let mut out = template.to_string();
-    for (name, value) in values {
-        out = out.replace(&format!("${{{name}}}"), value);
-    }
-    if let Some(line) = out
-        .lines()
-        .find(|line| !line.trim_start().starts_with('#') && line.contains("${"))
-    {
-        bail!("placeholder left in bootstrap: {}", line.trim());
-    }
-    Ok(out)
+    Ok(meshcanary_testkit::envoy::render(template, values)?)
 }
 
 #[cfg(test)]
@@ -330,32 +309,6 @@ mod tests {
                     assert!(err.to_string().contains(want), "{keys}: {err}")
                 }
                 (got, want) => panic!("{keys}: got {got:?}, want {want:?}"),
-            }
-        }
-    }
-
-    #[test]
-    fn render_fills_placeholders_and_refuses_leftovers() {
-        let template = "# ${A} in a comment stays\na: ${A}\nb: ${B}\n";
-        type Case<'a> = (&'a [(&'a str, &'a str)], Result<&'a str, &'a str>);
-        let cases: [Case; 3] = [
-            (
-                &[("A", "1"), ("B", "2")],
-                Ok("# 1 in a comment stays\na: 1\nb: 2\n"),
-            ),
-            (&[("A", "1")], Err("b: ${B}")),
-            (
-                &[("A", "1"), ("B", "2"), ("C", "3")],
-                Ok("# 1 in a comment stays\na: 1\nb: 2\n"),
-            ),
-        ];
-        for (values, expected) in cases {
-            let values: Vec<(&str, String)> =
-                values.iter().map(|(k, v)| (*k, v.to_string())).collect();
-            match (render(template, &values), expected) {
-                (Ok(got), Ok(expected)) => assert_eq!(got, expected),
-                (Err(error), Err(line)) => assert!(error.to_string().contains(line), "{error}"),
-                (got, expected) => panic!("{got:?} vs {expected:?}"),
             }
         }
     }

@@ -2,7 +2,7 @@
 //! Envoy's cluster stats, compared with what a fair 90/10 draw would give.
 
 use crate::client;
-use crate::envoy::Envoy;
+use crate::envoy::{self, Envoy};
 use anyhow::bail;
 
 /// How exact the split was.
@@ -60,14 +60,14 @@ impl SplitReport {
 /// Sends `requests` through `envoy` (configuration (c)) over 16 connections and counts per variant.
 /// Requests carry no sticky key, so each is placed by the hash of Envoy's fresh `x-request-id`.
 pub async fn measure(envoy: &Envoy, requests: u64) -> anyhow::Result<SplitReport> {
-    let (v1_before, v2_before) = envoy.completed_by_cluster().await?;
+    let (v1_before, v2_before) = envoy::completed_by_cluster(envoy).await?;
     let host = [("host", "reviews")];
     let ok = client::send_exactly(envoy.listener, &host, crate::wrk::PATH, requests, 16).await?;
     // Every response has arrived, so every upstream request has ended; the wait only covers the
     // stats becoming visible to the admin thread.
     let mut counts = (0, 0);
     for _ in 0..50 {
-        let (v1_after, v2_after) = envoy.completed_by_cluster().await?;
+        let (v1_after, v2_after) = envoy::completed_by_cluster(envoy).await?;
         counts = (v1_after - v1_before, v2_after - v2_before);
         if counts.0 + counts.1 >= requests {
             break;

@@ -1,8 +1,8 @@
 //! The load generator: `wrk` over keep-alive connections at a fixed concurrency, and the parsing of
 //! its `--latency` report.
 
-use crate::process::Guarded;
 use anyhow::{bail, Context};
+use meshcanary_testkit::process::Process;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -105,7 +105,7 @@ pub fn run(url: &str, seconds: u64, dir: &Path) -> anyhow::Result<WrkReport> {
 }
 
 /// Runs wrk with `args` (a run of `seconds`) and parses its report. Its output goes to a file in
-/// `dir` so the child can stay under a [`Guarded`] handle (stopped on Ctrl-C) while it runs.
+/// `dir` so the child can stay under a [`Process`] handle (stopped on Ctrl-C) while it runs.
 pub fn run_args(args: &[String], seconds: u64, dir: &Path) -> anyhow::Result<WrkReport> {
     let out_path = dir.join("wrk.out");
     let out = std::fs::File::create(&out_path).context("create wrk output file")?;
@@ -115,7 +115,7 @@ pub fn run_args(args: &[String], seconds: u64, dir: &Path) -> anyhow::Result<Wrk
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);
-    let wrk = Guarded::spawn(
+    let wrk = Process::spawn(
         &mut command,
         "wrk (apt-get install wrk, or run `make bench`)",
     )?;

@@ -3,8 +3,8 @@
 //! applied once written), runs the CLI binary as a person would, and checks what it prints and
 //! how it exits. Every test stops the service it started, pass or fail.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use meshcanary_core::config::FilterConfig;
+use meshcanary_testkit::service::{ServiceProcess, Standalone};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -13,7 +13,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_meshcanary");
 const TOKEN: &str = "cli-test-token-0123456789";
 const ROUTES: &str = r#"{"generation":1,"routes":[{"name":"reviews","hosts":["*"],"variants":[{"name":"v1","weight":10000},{"name":"v2","weight":0}]}]}"#;
 
-/// Environment that would make a run depend on the machine it runs on.
+/// Environment that would make a CLI run depend on the machine it runs on (the service, started
+/// by the test kit, gets none of the caller's environment).
 const FOREIGN_ENV: [&str; 12] = [
     "MESHCANARY_SERVER",
     "MESHCANARY_TOKEN",
@@ -29,11 +30,6 @@ const FOREIGN_ENV: [&str; 12] = [
     "all_proxy",
 ];
 
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 fn clean(command: &mut Command) -> &mut Command {
     for name in FOREIGN_ENV {
         command.env_remove(name);
@@ -41,18 +37,12 @@ fn clean(command: &mut Command) -> &mut Command {
     command
 }
 
-/// A running `meshcanary serve`; dropping it kills the process and waits for it.
+/// A running `meshcanary serve` (no Envoy: a push counts as applied once written) and its
+/// directory; dropping it kills the process and waits for it.
 struct Service {
-    child: Child,
+    _process: ServiceProcess,
     url: String,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// What a CLI run did.
@@ -109,53 +99,27 @@ impl Service {
 
     fn start() -> Service {
         let dir = tempfile::tempdir().unwrap();
-        let routes = dir.path().join("routes.json");
-        std::fs::write(&routes, ROUTES).unwrap();
-        let port = free_port();
-        let log = std::fs::File::create(dir.path().join("service.log")).unwrap();
-        let child = clean(&mut Command::new(BIN))
-            .arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--state-dir")
-            .arg(dir.path().join("state"))
-            .arg("--routes")
-            .arg(&routes)
-            .arg("--ecds-file")
-            .arg(dir.path().join("ecds.json"))
-            .arg("--wasm")
-            .arg("/nonexistent.wasm")
-            .env("MESHCANARY_TOKEN", TOKEN)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let mut service = Service {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            dir,
+        let standalone = Standalone {
+            binary: BIN.into(),
+            dir: dir.path().to_path_buf(),
+            routes: FilterConfig::from_json(ROUTES.as_bytes()).unwrap(),
+            ecds_file: dir.path().join("ecds.json"),
+            wasm: "/nonexistent.wasm".into(),
+            stats: None,
+            token: TOKEN.into(),
+            port: 0,
         };
-        service.wait_healthy(port);
-        service
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("service.log")).unwrap_or_default()
-    }
-
-    fn wait_healthy(&mut self, port: u16) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("the service exited with {status}:\n{}", self.log());
-            }
-            if healthz(port) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        // The tests are synchronous; the kit's start waits on `/readyz` asynchronously.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let process = runtime.block_on(standalone.start()).unwrap();
+        Service {
+            url: process.url.clone(),
+            _process: process,
+            dir,
         }
-        panic!("the service did not become healthy:\n{}", self.log());
     }
 
     /// Runs the CLI against this service with the right token.
@@ -202,22 +166,6 @@ impl Service {
             std::thread::sleep(Duration::from_millis(25));
         }
     }
-}
-
-fn healthz(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    answer.starts_with("HTTP/1.1 200")
 }
 
 /// Waits for a spawned CLI process, killing it if it outlives `limit`.
@@ -718,7 +666,7 @@ fn errors_say_what_failed_and_what_to_do() {
 
 #[test]
 fn an_unreachable_service_exits_3() {
-    let port = free_port();
+    let port = meshcanary_testkit::free_port();
     let url = format!("http://127.0.0.1:{port}");
     let run: Run = clean(&mut Command::new(BIN))
         .args(["rollout", "list", "--server", &url])

@@ -22,7 +22,8 @@ use meshcanary_control::kube::wasmplugin::wasmplugin_resource;
 use meshcanary_testkit::envtest::Envtest;
 use meshcanary_testkit::install::WASMPLUGIN;
 use meshcanary_testkit::interpose::Interposer;
-use meshcanary_testkit::pod::{PodCommand, ServiceProcess};
+use meshcanary_testkit::pod::PodCommand;
+use meshcanary_testkit::service::ServiceProcess;
 use meshcanary_testkit::wait::eventually;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -83,8 +84,8 @@ impl Cluster {
     }
 
     async fn serve_command(&self, name: &str, command: &PodCommand, via: Option<&str>) -> Service {
-        let mut process = self.installed.run_pod_via(&bin(), command, name, via);
-        process.wait_healthy(Duration::from_secs(20));
+        let process = self.installed.run_pod_via(&bin(), command, name, via);
+        process.wait_ready(Duration::from_secs(20)).await.unwrap();
         Service::new(process, &self.installed.api_token)
     }
 
@@ -853,7 +854,10 @@ async fn two_replicas_elect_one_leader_and_hand_over() {
     assert_eq!(resumed["status"]["step"], 2, "{resumed}");
     let moved = wait_rollout(leader, "reviews-v2", "paused", 3).await;
     let terminated_at = Instant::now();
-    let status = services[first].process.terminate(Duration::from_secs(10));
+    let status = services[first]
+        .process
+        .terminate(Duration::from_secs(10))
+        .unwrap();
     assert!(status.success(), "graceful stop: {status}");
     let (stopped, successor) = (first, 1 - first);
     let successor_id = services[successor].name().to_string();
@@ -923,7 +927,7 @@ async fn two_replicas_elect_one_leader_and_hand_over() {
     // The leader is killed outright: the other one takes over once the Lease runs out.
     wait_rollout(&services[successor], "reviews-v2", "paused", 7).await;
     let killed_at = Instant::now();
-    services[successor].process.kill();
+    services[successor].process.kill().unwrap();
     let takeover = eventually(
         "the restarted replica takes over",
         LEASE_DURATION + Duration::from_secs(3),
@@ -1004,7 +1008,7 @@ async fn a_write_taken_during_the_takeover_reload_is_not_undone() {
     let Some(cluster) = Cluster::start().await else {
         return;
     };
-    let mut a = cluster.serve("a", "reapply").await;
+    let a = cluster.serve("a", "reapply").await;
     cluster.wait_leader(&a).await;
     let steps = json!([
         {"setWeight": {"percent": 10}}, {"pause": {}},
@@ -1048,7 +1052,11 @@ async fn a_write_taken_during_the_takeover_reload_is_not_undone() {
         },
     )
     .await;
-    assert!(a.process.terminate(Duration::from_secs(10)).success());
+    assert!(a
+        .process
+        .terminate(Duration::from_secs(10))
+        .unwrap()
+        .success());
     let held = tokio::time::timeout(Duration::from_secs(4), proxy.next_held())
         .await
         .expect("b reloads the state when it takes over");
@@ -1150,7 +1158,7 @@ async fn a_restarted_instance_resumes_from_the_cluster() {
     let Some(cluster) = Cluster::start().await else {
         return;
     };
-    let mut first = cluster.serve("a", "reapply").await;
+    let first = cluster.serve("a", "reapply").await;
     cluster.wait_leader(&first).await;
     let steps = json!([
         {"setWeight": {"percent": 10}},
@@ -1159,7 +1167,7 @@ async fn a_restarted_instance_resumes_from_the_cluster() {
     ]);
     first.create_rollout(steps).await;
     let before = wait_rollout(&first, "reviews-v2", "paused", 1).await;
-    let status = first.process.terminate(Duration::from_secs(10));
+    let status = first.process.terminate(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "graceful stop: {status}");
     assert_eq!(cluster.lease_holder().await, None, "the Lease was released");
     assert!(cluster.saved_state().await["rollouts"]
@@ -1466,8 +1474,8 @@ async fn a_replica_that_cannot_listen_takes_no_lease_and_pushes_nothing() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut command = cluster.command("a", "reapply");
     command.set_flag("--listen", &taken.local_addr().unwrap().to_string());
-    let mut process = cluster.installed.run_pod(&bin(), &command, "a");
-    let status = process.wait_exit(Duration::from_secs(10));
+    let process = cluster.installed.run_pod(&bin(), &command, "a");
+    let status = process.wait_exit(Duration::from_secs(10)).unwrap();
     assert!(!status.success());
     let log = process.log();
     assert!(log.contains("cannot listen on 127.0.0.1:"), "{log}");

@@ -9,6 +9,7 @@
 //! ([`crate::envtest::Envtest::kubeconfig`] with `server`).
 
 use crate::envtest::Envtest;
+use crate::LocalServer;
 use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
@@ -18,7 +19,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 
 /// Picks requests by method and path.
 pub type Matcher = Box<dyn Fn(&Method, &str) -> bool + Send + Sync>;
@@ -59,13 +59,7 @@ pub struct Interposer {
     pub url: String,
     shared: Arc<Shared>,
     held: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Interposer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
+    _server: LocalServer,
 }
 
 impl Interposer {
@@ -91,21 +85,15 @@ impl Interposer {
             rules: Mutex::new(Rules::default()),
             held: held_tx,
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the proxy");
-        let url = format!("http://{}", listener.local_addr().expect("a local address"));
         let app = axum::Router::new()
             .fallback(forward)
             .with_state(shared.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let server = LocalServer::start(app).await;
         Interposer {
-            url,
+            url: server.url.clone(),
             shared,
             held: tokio::sync::Mutex::new(held_rx),
-            task,
+            _server: server,
         }
     }
 

@@ -9,12 +9,10 @@
 use crate::envtest::run_ok;
 use crate::install::Installed;
 use crate::random_hex;
+use crate::service::{ServeCommand, ServiceProcess, HEALTHZ};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
 /// The control service's container in its Deployment.
 pub const CONTAINER: &str = "meshcanary";
@@ -89,16 +87,7 @@ impl PodCommand {
 
     /// The value of `--name=value` (or `--name value`), if given.
     pub fn flag(&self, name: &str) -> Option<&str> {
-        let prefix = format!("{name}=");
-        self.argv.iter().enumerate().find_map(|(i, word)| {
-            if let Some(value) = word.strip_prefix(&prefix) {
-                Some(value)
-            } else if word == name {
-                self.argv.get(i + 1).map(String::as_str)
-            } else {
-                None
-            }
-        })
+        crate::service::flag(&self.argv, name)
     }
 
     /// Where flag `name` is (`--name=value` or `--name value`); panics if it is not there.
@@ -187,7 +176,7 @@ impl Installed<'_> {
     }
 
     /// Starts the control service as pod `pod_name` of its Deployment, as the ServiceAccount,
-    /// reaching the API server at `server` (default: directly).
+    /// reaching the API server directly. Not waited for: see [`ServiceProcess::wait_ready`].
     pub fn run_pod(&self, binary: &Path, command: &PodCommand, pod_name: &str) -> ServiceProcess {
         self.run_pod_via(binary, command, pod_name, None)
     }
@@ -201,151 +190,34 @@ impl Installed<'_> {
         server: Option<&str>,
     ) -> ServiceProcess {
         let kubeconfig = self.service_account_kubeconfig(server);
-        ServiceProcess::spawn(binary, command, &kubeconfig, pod_name, self.checkout.path())
+        let serve = command.serve_command(binary, &kubeconfig, pod_name, self.checkout.path());
+        ServiceProcess::spawn(serve).unwrap_or_else(|error| panic!("{error}"))
     }
 }
 
-/// A running `meshcanary serve`; dropping it kills the process (and prints its log if the test
-/// is failing).
-pub struct ServiceProcess {
-    child: Child,
-    /// The pod name it runs as.
-    pub name: String,
-    /// `http://127.0.0.1:<port>`.
-    pub url: String,
-    /// Its log file.
-    pub log_path: PathBuf,
-}
-
-impl ServiceProcess {
-    /// Starts `binary` with `command.argv[1..]` and exactly `command.env`, plus `KUBECONFIG` and
-    /// `RUST_LOG=info` (nothing else from this machine: no proxy settings, no in-cluster config).
-    pub fn spawn(
+impl PodCommand {
+    /// The service `binary` with `argv[1..]` and exactly `env`, plus `KUBECONFIG` and
+    /// `RUST_LOG=info` (nothing else from this machine: no proxy settings, no in-cluster config),
+    /// run in `dir` as pod `name`. A replica that does not lead is never ready, so it counts as
+    /// started once `/healthz` answers.
+    pub fn serve_command(
+        &self,
         binary: &Path,
-        command: &PodCommand,
         kubeconfig: &Path,
         name: &str,
         dir: &Path,
-    ) -> ServiceProcess {
-        let listen = command
-            .flag("--listen")
-            .expect("the command sets --listen")
-            .to_string();
-        let log_path = dir.join(format!("{name}-{}.log", &random_hex()[..6]));
-        let log = std::fs::File::create(&log_path).expect("create the log file");
-        let child = Command::new(binary)
-            .args(&command.argv[1..])
-            .env_clear()
-            .envs(&command.env)
-            .env("KUBECONFIG", kubeconfig)
-            .env("RUST_LOG", "info")
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone the log file"))
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
-        ServiceProcess {
-            child,
+    ) -> ServeCommand {
+        let mut env = self.env.clone();
+        env.insert("KUBECONFIG".into(), kubeconfig.display().to_string());
+        env.insert("RUST_LOG".into(), "info".into());
+        ServeCommand {
+            binary: binary.to_path_buf(),
+            args: self.argv[1..].to_vec(),
+            env,
+            dir: dir.to_path_buf(),
+            log: dir.join(format!("{name}-{}.log", &random_hex()[..6])),
             name: name.to_string(),
-            url: format!("http://{listen}"),
-            log_path,
-        }
-    }
-
-    /// Its log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
-    }
-
-    /// The process's exit status, if it has exited.
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().expect("poll the process")
-    }
-
-    /// Waits until `GET /healthz` answers 200; panics (with the log) if the process exits or
-    /// does not answer within `limit`.
-    pub fn wait_healthy(&mut self, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Some(status) = self.exited() {
-                panic!("{} exited with {status}:\n{}", self.name, self.log());
-            }
-            if self
-                .get("/healthz")
-                .is_some_and(|(status, _)| status == 200)
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        panic!(
-            "{} not healthy within {limit:?}:\n{}",
-            self.name,
-            self.log()
-        );
-    }
-
-    /// A plain `GET path` on loopback: `(status, body)`, `None` if nothing answers.
-    pub fn get(&self, path: &str) -> Option<(u16, String)> {
-        let address = self.url.trim_start_matches("http://");
-        let mut stream = std::net::TcpStream::connect(address).ok()?;
-        stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(
-            stream,
-            "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-        )
-        .ok()?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).ok()?;
-        let status = answer.split(' ').nth(1)?.parse().ok()?;
-        let body = answer.split_once("\r\n\r\n").map_or("", |(_, body)| body);
-        Some((status, body.to_string()))
-    }
-
-    /// SIGTERM, as Kubernetes stops a pod; waits up to `limit` for the exit.
-    pub fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        let sent = Command::new("kill").args(["-TERM", &pid]).status();
-        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
-        self.wait_exit(limit)
-    }
-
-    /// SIGKILL: gone without a word (a lost node, an OOM kill).
-    pub fn kill(&mut self) -> std::process::ExitStatus {
-        let _ = self.child.kill();
-        self.wait_exit(Duration::from_secs(5))
-    }
-
-    /// Waits up to `limit` for the process to exit.
-    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.exited() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {limit:?}:\n{}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "----- log of {} ({}) -----\n{}",
-                self.name,
-                self.log_path.display(),
-                self.log()
-            );
+            ready_path: HEALTHZ,
         }
     }
 }
@@ -413,6 +285,34 @@ mod tests {
         assert_eq!(
             command.argv,
             ["meshcanary", "serve", "--listen=127.0.0.1:1"]
+        );
+        // Run as a pod: the arguments after the program, the container's environment plus only
+        // the kubeconfig and the log level, started once `/healthz` answers.
+        let serve = command.serve_command(
+            Path::new("/bin/mc"),
+            Path::new("/k/config"),
+            "pod-1",
+            Path::new("/w"),
+        );
+        assert_eq!(serve.args, ["serve", "--listen=127.0.0.1:1"]);
+        let names: Vec<&str> = serve.env.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "KUBECONFIG",
+                "PLAIN",
+                "POD_NAME",
+                "POD_NAMESPACE",
+                "RUST_LOG",
+                "TOKEN"
+            ]
+        );
+        assert_eq!(serve.env["KUBECONFIG"], "/k/config");
+        assert_eq!(serve.ready_path, HEALTHZ);
+        let log = serve.log.display().to_string();
+        assert!(
+            log.starts_with("/w/pod-1-") && log.ends_with(".log"),
+            "{log}"
         );
     }
 }

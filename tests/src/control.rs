@@ -1,17 +1,17 @@
-//! The control service (`meshcanary serve`) as a child process: it pushes to a harness [`Envoy`]'s
-//! ECDS file and watches that Envoy's admin endpoint. Its state directory lives in a temp dir that
-//! outlives the process, so a test can kill it with SIGKILL and start it again on the same state.
-//! [`ControlApi`] drives its HTTP API; every panic it raises carries the service's log.
+//! The control service (`meshcanary serve`, started by the test kit) as the end-to-end tests use
+//! it: it pushes to an [`Envoy`]'s ECDS file and watches that Envoy's admin endpoint. Its state
+//! directory lives in a temp dir that outlives the process, so a test can kill it with SIGKILL and
+//! start it again on the same state. [`ControlApi`] drives its HTTP API; every panic it raises
+//! carries the service's log.
 
-use crate::envoy::Envoy;
-use crate::paths;
 use meshcanary_control::api::rollouts::RolloutView;
 use meshcanary_control::api::routes::{RoutesView, RuleAdded};
 use meshcanary_core::config::FilterConfig;
-use std::fs::OpenOptions;
-use std::io::Write;
+use meshcanary_testkit::envoy::Envoy;
+use meshcanary_testkit::paths;
+pub use meshcanary_testkit::service::StatsSource;
+use meshcanary_testkit::service::{ServiceProcess, Standalone};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -22,47 +22,11 @@ pub const TOKEN: &str = "e2e-token-0123456789abcdefghij";
 /// How long [`ControlApi::wait_for_rollout`] waits before giving up.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Environment variables `meshcanary serve` reads that must not leak in from the caller (e.g. a
-/// developer's shell): the harness and the demo pass everything they want as flags.
-pub const SERVICE_ENV: [&str; 18] = [
-    "MESHCANARY_LISTEN",
-    "MESHCANARY_STATE_DIR",
-    "MESHCANARY_TOKEN_FILE",
-    "MESHCANARY_PROTECT_READS",
-    "MESHCANARY_ROUTES",
-    "MESHCANARY_ECDS_FILE",
-    "MESHCANARY_WASM",
-    "MESHCANARY_ENVOY_ADMIN",
-    "MESHCANARY_PROMETHEUS_URL",
-    "MESHCANARY_LOG_FORMAT",
-    "MESHCANARY_WASMPLUGIN",
-    "MESHCANARY_KUBE_NAMESPACE",
-    "MESHCANARY_STATE_CONFIGMAP",
-    "MESHCANARY_LEADER_LEASE",
-    "MESHCANARY_LEASE_DURATION",
-    "POD_NAMESPACE",
-    "POD_NAME",
-    "RUST_LOG",
-];
-
-/// Where the service reads the proxies' stats from (propagation and analysis).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StatsSource {
-    /// `--envoy-admin <url>`: scrape an Envoy admin endpoint directly (what [`ControlService::start`]
-    /// uses, with the harness Envoy's admin URL).
-    EnvoyAdmin(String),
-    /// `--prometheus-url <url>`: query a Prometheus server that scrapes the proxies.
-    Prometheus(String),
-}
-
 /// A running `meshcanary serve`; killed and reaped when dropped.
 pub struct ControlService {
-    child: Option<Child>,
-    dir: TempDir,
-    port: u16,
-    ecds_file: PathBuf,
-    stats: StatsSource,
+    process: ServiceProcess,
     api: ControlApi,
+    dir: TempDir,
 }
 
 impl ControlService {
@@ -93,33 +57,22 @@ impl ControlService {
         stats: StatsSource,
     ) -> ControlService {
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("routes.json"), routes.to_json()).expect("write routes");
-        let log_path: Arc<Path> = Arc::from(dir.path().join("service.log"));
-        let mut service = ControlService {
-            child: None,
-            dir,
-            port: 0,
+        let standalone = Standalone {
+            binary: paths::control_bin(),
+            dir: dir.path().to_path_buf(),
+            routes: routes.clone(),
             ecds_file: ecds_file.to_path_buf(),
-            stats,
-            api: ControlApi::new(String::new(), log_path),
+            wasm: paths::filter_wasm(),
+            stats: Some(stats),
+            token: TOKEN.into(),
+            port: 0,
         };
-        // A port found free can be taken by someone else before the service binds it; such a
-        // start fails fast, so try another port.
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            service.port = free_port();
-            service.api.base_url = format!("http://127.0.0.1:{}", service.port).into();
-            service.spawn();
-            match service.wait_until_ready().await {
-                Ok(()) => return service,
-                Err(status) if attempt < 3 => service.note(&format!(
-                    "start on port {} failed ({status}); retrying on another port",
-                    service.port
-                )),
-                Err(status) => panic!("meshcanary serve exited with {status}:\n{}", service.log()),
-            }
-        }
+        let process = standalone
+            .start()
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let api = ControlApi::new(process.url.clone(), Arc::from(process.log_path()));
+        ControlService { process, api, dir }
     }
 
     /// The client for this service's API.
@@ -134,114 +87,26 @@ impl ControlService {
 
     /// Everything the service logged so far, across restarts.
     pub fn log(&self) -> String {
-        self.api.log()
+        self.process.log()
     }
 
     /// Kills the process with SIGKILL (no shutdown code runs) and reaps it.
     pub fn kill_hard(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            child.kill().expect("SIGKILL the service");
-            let status = child.wait().expect("reap the service");
-            self.note(&format!("killed with SIGKILL ({status})"));
-        }
+        let status = self
+            .process
+            .kill()
+            .unwrap_or_else(|error| panic!("{error}"));
+        self.process
+            .note(&format!("killed with SIGKILL ({status})"));
     }
 
     /// Starts the service again on the same state directory and port (killing it first if it
     /// still runs) and waits until it is ready.
     pub async fn restart(&mut self) {
-        self.kill_hard();
-        self.note("restarting on the same state directory");
-        self.spawn();
-        if let Err(status) = self.wait_until_ready().await {
-            panic!(
-                "meshcanary serve exited with {status} after a restart:\n{}",
-                self.log()
-            );
+        if let Err(error) = self.process.restart().await {
+            panic!("meshcanary serve after a restart: {error}");
         }
     }
-
-    fn spawn(&mut self) {
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&*self.api.log_path)
-            .expect("service log file");
-        let mut command = Command::new(paths::control_bin());
-        for name in SERVICE_ENV {
-            command.env_remove(name);
-        }
-        command
-            .arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .arg("--state-dir")
-            .arg(self.state_dir())
-            .arg("--routes")
-            .arg(self.dir.path().join("routes.json"))
-            .arg("--ecds-file")
-            .arg(&self.ecds_file)
-            .arg("--wasm")
-            .arg(paths::filter_wasm());
-        match &self.stats {
-            StatsSource::EnvoyAdmin(url) => command.arg("--envoy-admin").arg(url),
-            StatsSource::Prometheus(url) => command.arg("--prometheus-url").arg(url),
-        };
-        let child = command
-            .env("MESHCANARY_TOKEN", TOKEN)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("service log file"))
-            .stderr(log)
-            .spawn()
-            .expect("start meshcanary serve");
-        self.child = Some(child);
-    }
-
-    /// Polls `/readyz` until 200; `Err` with the exit status if the process ends first.
-    async fn wait_until_ready(&mut self) -> Result<(), std::process::ExitStatus> {
-        let deadline = Instant::now() + WAIT_TIMEOUT;
-        loop {
-            if let Some(child) = self.child.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    self.child = None;
-                    return Err(status);
-                }
-            }
-            let ready = self.api.request("GET", "/readyz", None, &[], None).await;
-            if ready.as_ref().is_ok_and(|reply| reply.status == 200) {
-                return Ok(());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "meshcanary serve not ready after {WAIT_TIMEOUT:?} (last /readyz: {ready:?}):\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// A line from the harness in the service log, so the log reads as one story.
-    fn note(&self, line: &str) {
-        if let Ok(mut log) = OpenOptions::new().append(true).open(&*self.api.log_path) {
-            let _ = writeln!(log, "=== harness: {line}");
-        }
-    }
-}
-
-impl Drop for ControlService {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("find a free port")
-        .port()
 }
 
 /// An answer from the API, kept raw for tests that check error shapes.
@@ -275,10 +140,7 @@ pub struct ControlApi {
 impl ControlApi {
     fn new(base_url: String, log_path: Arc<Path>) -> ControlApi {
         ControlApi {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .expect("http client"),
+            http: meshcanary_testkit::http_client(Duration::from_secs(10)),
             base_url: base_url.into(),
             log_path,
         }
@@ -480,14 +342,4 @@ pub fn weight_applied(view: &RolloutView) -> bool {
     view.propagation.total > 0
         && view.propagation.applied == view.propagation.total
         && view.propagation.generation == view.rollout.status.weight_generation
-}
-
-/// The filter config inside an ECDS document as the control service (or the harness) wrote it.
-pub fn ecds_filter_config(path: &Path) -> FilterConfig {
-    let text = std::fs::read_to_string(path).expect("read ECDS file");
-    let document: serde_json::Value = serde_json::from_str(&text).expect("ECDS file is JSON");
-    let value = document["resources"][0]["typed_config"]["config"]["configuration"]["value"]
-        .as_str()
-        .expect("ECDS file carries a StringValue configuration");
-    FilterConfig::from_json(value.as_bytes()).expect("ECDS configuration parses")
 }

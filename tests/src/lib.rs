@@ -1,7 +1,9 @@
-//! End-to-end test harness for meshcanary: starts a real Envoy with the built filter and the
-//! standalone bootstrap from `envoy-config/`, small upstream servers that say which variant they
-//! are, and drives real HTTP traffic through them. Everything it starts is stopped when its handle
-//! is dropped, including when a test fails.
+//! End-to-end test harness for meshcanary, on top of the test kit (`meshcanary_testkit`, which
+//! starts a real Envoy with the built filter on the standalone bootstrap from `envoy-config/`, the
+//! upstreams, the control service and Prometheus): a client for the control API ([`control`]),
+//! real HTTP traffic through Envoy ([`load`], [`steady_load`]), gRPC ([`grpc`]) and a Zipkin
+//! collector ([`zipkin`]). Everything it starts is stopped when its handle is dropped, including
+//! when a test fails.
 //!
 //! It needs the Envoy binary (`ENVOY_BIN`, or the project venv that `make test` creates) and the
 //! release `.wasm` (`MESHCANARY_WASM`, or `make build`'s output); the control service tests also
@@ -12,13 +14,7 @@
 
 pub mod control;
 pub mod demo;
-pub mod envoy;
 pub mod grpc;
-pub mod hook_server;
 pub mod load;
-pub mod paths;
-pub mod prometheus;
-pub mod prometheus_server;
 pub mod steady_load;
-pub mod upstream;
 pub mod zipkin;

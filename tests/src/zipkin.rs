@@ -4,34 +4,31 @@
 
 use axum::extract::State;
 use axum::http::StatusCode;
+use meshcanary_testkit::LocalServer;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 /// A running collector; stops when dropped.
 pub struct Collector {
     /// Its loopback port.
     pub port: u16,
     spans: Arc<Mutex<Vec<serde_json::Value>>>,
-    task: JoinHandle<()>,
+    _server: LocalServer,
 }
 
 impl Collector {
     /// Starts a collector on a free loopback port.
     pub async fn start() -> Collector {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind collector");
-        let port = listener.local_addr().expect("collector address").port();
         let spans = Arc::new(Mutex::new(Vec::new()));
         let app = axum::Router::new()
             .route("/api/v2/spans", axum::routing::post(collect))
             .with_state(spans.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        Collector { port, spans, task }
+        let server = LocalServer::start(app).await;
+        Collector {
+            port: server.addr.port(),
+            spans,
+            _server: server,
+        }
     }
 
     /// The spans received so far.
@@ -55,12 +52,6 @@ impl Collector {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-}
-
-impl Drop for Collector {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

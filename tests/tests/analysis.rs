@@ -13,12 +13,12 @@ use meshcanary_control::api::rollouts::RolloutView;
 use meshcanary_control::rollout::{Hold, Phase};
 use meshcanary_core::config::FilterConfig;
 use meshcanary_e2e::control::{weight_applied, ControlApi, ControlService, StatsSource};
-use meshcanary_e2e::envoy::Envoy;
-use meshcanary_e2e::hook_server::{HookCall, HookServer};
 use meshcanary_e2e::load::{tally, Client};
-use meshcanary_e2e::prometheus_server::PrometheusServer;
 use meshcanary_e2e::steady_load::SteadyLoad;
-use meshcanary_e2e::upstream::Upstream;
+use meshcanary_testkit::envoy::Envoy;
+use meshcanary_testkit::hook_server::{HookCall, HookServer};
+use meshcanary_testkit::prometheus::PrometheusServer;
+use meshcanary_testkit::upstream::{self, Upstream};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -51,28 +51,21 @@ struct Rig {
     _prometheus: Option<PrometheusServer>,
     envoy: Option<Envoy>,
     client: Client,
-    upstreams: Vec<Upstream>,
+    upstreams: [Upstream; 3],
     started: Instant,
 }
 
 impl Rig {
     async fn start(stats: Stats) -> Rig {
         let started = Instant::now();
-        let mut upstreams = Vec::new();
-        for name in ["v1", "v2", "v3"] {
-            upstreams.push(Upstream::start(name).await);
-        }
+        let upstreams = Upstream::variants();
         let config = routes();
-        let envoy = Envoy::start(
-            [upstreams[0].port, upstreams[1].port, upstreams[2].port],
-            &config,
-        )
-        .await;
+        let envoy = Envoy::start(upstream::ports(&upstreams), &config).await;
         let mut prometheus = None;
         let source = match stats {
             Stats::EnvoyAdmin => StatsSource::EnvoyAdmin(envoy.admin_url.clone()),
             Stats::Prometheus => {
-                let server = PrometheusServer::start(&envoy).await;
+                let server = PrometheusServer::start(&envoy.admin_url).await;
                 let url = server.base_url.clone();
                 prometheus = Some(server);
                 StatsSource::Prometheus(url)
@@ -154,11 +147,7 @@ fn routes() -> FilterConfig {
 
 /// A URL on a loopback port nothing listens on.
 fn closed_url() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("find a free port")
-        .port();
-    format!("http://127.0.0.1:{port}")
+    format!("http://127.0.0.1:{}", meshcanary_testkit::free_port())
 }
 
 /// A rollout of v2 on route `reviews` through `percents`, with `analysis` and `webhooks`.

@@ -6,13 +6,12 @@ use meshcanary_control::api::rollouts::RolloutView;
 use meshcanary_control::rollout::{Event, Phase};
 use meshcanary_control::time::Timestamp;
 use meshcanary_core::config::FilterConfig;
-use meshcanary_e2e::control::{
-    ecds_filter_config, weight_applied, ApiReply, ControlApi, ControlService, TOKEN,
-};
-use meshcanary_e2e::envoy::Envoy;
+use meshcanary_e2e::control::{weight_applied, ApiReply, ControlApi, ControlService, TOKEN};
 use meshcanary_e2e::load::{tally, Client};
-use meshcanary_e2e::prometheus;
-use meshcanary_e2e::upstream::Upstream;
+use meshcanary_testkit::ecds;
+use meshcanary_testkit::envoy::Envoy;
+use meshcanary_testkit::prometheus;
+use meshcanary_testkit::upstream::{self, Upstream};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
@@ -23,16 +22,13 @@ struct Rig {
     service: ControlService,
     envoy: Envoy,
     client: Client,
-    _upstreams: Vec<Upstream>,
+    _upstreams: [Upstream; 3],
 }
 
 impl Rig {
     async fn start() -> Rig {
-        let mut upstreams = Vec::new();
-        for name in ["v1", "v2", "v3"] {
-            upstreams.push(Upstream::start(name).await);
-        }
-        let ports = [upstreams[0].port, upstreams[1].port, upstreams[2].port];
+        let upstreams = Upstream::variants();
+        let ports = upstream::ports(&upstreams);
         let config = routes();
         let envoy = Envoy::start(ports, &config).await;
         let service = ControlService::start(&envoy, &config).await;
@@ -458,7 +454,7 @@ async fn concurrent_writes_lose_nothing() {
         assert_eq!(matching[0].variant, variant(i));
     }
     assert_eq!(
-        ecds_filter_config(rig.envoy.ecds_path()),
+        ecds::read(rig.envoy.ecds_path()).unwrap(),
         routes.config,
         "the ECDS file holds what the API shows"
     );
@@ -513,7 +509,7 @@ async fn concurrent_writes_lose_nothing() {
         "the route carries the rollout's weight"
     );
     assert_eq!(routes.config.routes[0].rules.len(), 40, "rules kept");
-    assert_eq!(ecds_filter_config(rig.envoy.ecds_path()), routes.config);
+    assert_eq!(ecds::read(rig.envoy.ecds_path()).unwrap(), routes.config);
     api.wait_for_rollout(
         name,
         "applied after the concurrent commands",

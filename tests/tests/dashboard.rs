@@ -17,12 +17,14 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use meshcanary_control::rollout::{Hold, Phase};
 use meshcanary_core::config::FilterConfig;
 use meshcanary_e2e::control::{ControlApi, ControlService, StatsSource, TOKEN};
-use meshcanary_e2e::paths;
+use meshcanary_testkit::paths;
+use meshcanary_testkit::process::Process;
+use meshcanary_testkit::LocalServer;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
@@ -330,7 +332,7 @@ impl Browser {
 /// A running chromedriver. Dropping it kills chromedriver and every browser process it started
 /// (they share the process group it was started in), also when a test fails.
 struct Driver {
-    child: Child,
+    process: Process,
     port: u16,
     /// Its log and chromium's profile (`--user-data-dir`).
     dir: TempDir,
@@ -340,8 +342,9 @@ impl Driver {
     fn start() -> Driver {
         let chromedriver = binary("CHROMEDRIVER_BIN", "/usr/bin/chromedriver");
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = free_port();
-        let child = Command::new(&chromedriver)
+        let port = meshcanary_testkit::free_port();
+        let mut command = Command::new(&chromedriver);
+        command
             .arg(format!("--port={port}"))
             .arg(format!(
                 "--log-path={}",
@@ -350,26 +353,24 @@ impl Driver {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .expect("start chromedriver");
-        Driver { child, port, dir }
+            .process_group(0);
+        let process = Process::spawn(&mut command, "chromedriver").unwrap();
+        Driver { process, port, dir }
     }
 
     /// Waits for chromedriver to listen, then starts chromium through it.
     async fn session(&mut self, chromium: &Path) -> Client {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("chromedriver exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver does not listen on port {}:\n{}",
-                self.port,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let port = self.port;
+        let listening = self
+            .process
+            .wait_ready(Duration::from_secs(15), async || {
+                std::net::TcpStream::connect(("127.0.0.1", port))
+                    .map(drop)
+                    .map_err(|error| format!("port {port}: {error}"))
+            })
+            .await;
+        if let Err(error) = listening {
+            panic!("{error}\n{}", self.log());
         }
         let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|f| f.to_string()).collect();
         args.push(format!(
@@ -409,13 +410,12 @@ impl Driver {
 impl Drop for Driver {
     fn drop(&mut self) {
         // The whole process group: chromedriver, chromium and its helper processes.
-        let group = format!("-{}", self.child.id());
+        // chromedriver itself is then killed and reaped as its handle drops.
+        let group = format!("-{}", self.process.pid());
         let _ = Command::new("kill")
             .args(["-KILL", "--", &group])
             .stderr(Stdio::null())
             .status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -429,19 +429,12 @@ fn binary(variable: &str, default: &str) -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("find a free port")
-        .port()
-}
-
 /// Stands in for an Envoy admin endpoint: `/stats/prometheus` says the filter runs the generation
 /// in the ECDS file the service wrote (as a proxy that applies it at once would), and counts
 /// synthetic traffic on route `reviews`, split by that config's weights. Stopped when dropped.
 struct FakeProxy {
     url: String,
-    task: tokio::task::JoinHandle<()>,
+    _server: LocalServer,
 }
 
 impl FakeProxy {
@@ -459,20 +452,11 @@ impl FakeProxy {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the fake proxy");
-        let url = format!("http://{}", listener.local_addr().expect("local address"));
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
-        FakeProxy { url, task }
-    }
-}
-
-impl Drop for FakeProxy {
-    fn drop(&mut self) {
-        self.task.abort();
+        let server = LocalServer::start(app).await;
+        FakeProxy {
+            url: server.url.clone(),
+            _server: server,
+        }
     }
 }
 

@@ -2,16 +2,17 @@
 //! rejected configs, stats, and odd input. Each test starts its own Envoy and upstreams.
 
 use meshcanary_core::config::FilterConfig;
-use meshcanary_e2e::envoy::Envoy;
 use meshcanary_e2e::load::{raw_request, tally, Client};
-use meshcanary_e2e::paths;
-use meshcanary_e2e::upstream::Upstream;
+use meshcanary_testkit::envoy::Envoy;
+use meshcanary_testkit::paths;
+use meshcanary_testkit::upstream::{self, Upstream};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Upstreams v1, v2, v3 and an Envoy in front of them running `config`.
 struct Rig {
+    /// A `Vec`: a test stops one of them.
     upstreams: Vec<Upstream>,
     envoy: Envoy,
     client: Client,
@@ -19,15 +20,12 @@ struct Rig {
 
 impl Rig {
     async fn start(config: serde_json::Value) -> Rig {
-        let mut upstreams = Vec::new();
-        for name in ["v1", "v2", "v3"] {
-            upstreams.push(Upstream::start(name).await);
-        }
-        let ports = [upstreams[0].port, upstreams[1].port, upstreams[2].port];
+        let upstreams = Upstream::variants();
+        let ports = upstream::ports(&upstreams);
         let envoy = Envoy::start(ports, &filter_config(config)).await;
         let client = Client::new(&envoy.base_url);
         Rig {
-            upstreams,
+            upstreams: upstreams.into(),
             envoy,
             client,
         }
@@ -489,13 +487,13 @@ async fn stats_count_responses_by_class_and_latency_per_variant() {
         )
         .await;
     let text = rig.envoy.stats().await;
-    let fast_v1 = meshcanary_e2e::prometheus::value(
+    let fast_v1 = meshcanary_testkit::prometheus::value(
         &text,
         "meshcanary_request_duration_ms_bucket",
         &[("variant", "v1"), ("le", "25")],
     )
     .unwrap();
-    let slow_v1 = meshcanary_e2e::prometheus::value(
+    let slow_v1 = meshcanary_testkit::prometheus::value(
         &text,
         "meshcanary_request_duration_ms_bucket",
         &[("variant", "v1"), ("le", "50")],
@@ -1154,10 +1152,7 @@ async fn a_thousand_routes_route_like_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_span_carries_the_variant_that_served_it() {
     let collector = meshcanary_e2e::zipkin::Collector::start().await;
-    let mut upstreams = Vec::new();
-    for name in ["v1", "v2", "v3"] {
-        upstreams.push(Upstream::start(name).await);
-    }
+    let upstreams = Upstream::variants();
     let config = json!({"generation": 1, "routes": [{
         "name": "reviews", "hosts": ["reviews"],
         "variants": [{"name": "v1", "weight": 5000}, {"name": "v2", "weight": 3000}, {"name": "v3", "weight": 2000}],
@@ -1165,7 +1160,7 @@ async fn every_span_carries_the_variant_that_served_it() {
         "sticky": {"header": "x-user-id", "salt": "traces"}
     }]});
     let envoy = Envoy::start_traced(
-        [upstreams[0].port, upstreams[1].port, upstreams[2].port],
+        upstream::ports(&upstreams),
         &filter_config(config),
         collector.port,
     )

@@ -10,8 +10,8 @@ use meshcanary_control::analysis::Verdict;
 use meshcanary_control::rollout::Phase;
 use meshcanary_core::config::FilterConfig;
 use meshcanary_e2e::control::{ControlService, StatsSource};
-use meshcanary_e2e::envoy::Envoy;
 use meshcanary_e2e::grpc::{GrpcClient, GrpcUpstream};
+use meshcanary_testkit::envoy::Envoy;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,10 +32,7 @@ impl Rig {
         for name in ["v1", "v2"] {
             upstreams.push(GrpcUpstream::start(name).await);
         }
-        let closed = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .unwrap()
-            .port();
+        let closed = meshcanary_testkit::free_port();
         let ports = [upstreams[0].port, upstreams[1].port, closed];
         let envoy = Envoy::start(ports, &filter_config(config)).await;
         let client = GrpcClient::connect(&envoy.base_url).await;

@@ -4,11 +4,12 @@
 
 use meshcanary_core::config::FilterConfig;
 use meshcanary_e2e::control::{ControlService, TOKEN};
-use meshcanary_e2e::envoy::Envoy;
-use meshcanary_e2e::paths;
-use meshcanary_e2e::upstream::Upstream;
+use meshcanary_testkit::envoy::Envoy;
+use meshcanary_testkit::paths;
+use meshcanary_testkit::service::{ServeCommand, ServiceProcess, READYZ};
+use meshcanary_testkit::upstream::{self, Upstream};
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Two routes, so one rollout's trouble can be told apart from another's progress.
@@ -23,16 +24,13 @@ fn routes() -> FilterConfig {
 struct Rig {
     service: ControlService,
     envoy: Envoy,
-    _upstreams: Vec<Upstream>,
+    _upstreams: [Upstream; 3],
 }
 
 impl Rig {
     async fn start() -> Rig {
-        let mut upstreams = Vec::new();
-        for name in ["v1", "v2", "v3"] {
-            upstreams.push(Upstream::start(name).await);
-        }
-        let ports = [upstreams[0].port, upstreams[1].port, upstreams[2].port];
+        let upstreams = Upstream::variants();
+        let ports = upstream::ports(&upstreams);
         let envoy = Envoy::start(ports, &routes()).await;
         let service = ControlService::start(&envoy, &routes()).await;
         Rig {
@@ -189,31 +187,36 @@ async fn every_write_answers_with_its_own_result() {
     assert_eq!(Some(&last.rollout.version), versions.last());
 }
 
-/// `meshcanary serve` on a state directory holding `state`; returns its exit status and output.
+/// `meshcanary serve` on a state directory holding `state`, given nothing but its token; its exit
+/// status and output once it exits (it must: the test fails if it still runs after 20 s).
 fn serve_on_state(ecds: &std::path::Path, state: &Value) -> (std::process::ExitStatus, String) {
     let dir = tempfile::tempdir().unwrap();
     let state_dir = dir.path().join("state");
     std::fs::create_dir_all(&state_dir).unwrap();
     std::fs::write(state_dir.join("state.json"), state.to_string()).unwrap();
-    let output = Command::new(paths::control_bin())
-        .arg("serve")
-        .args(["--listen", "127.0.0.1:0", "--state-dir"])
-        .arg(&state_dir)
-        .arg("--ecds-file")
-        .arg(ecds)
-        .arg("--wasm")
-        .arg(paths::filter_wasm())
-        .env_clear()
-        .env("MESHCANARY_TOKEN", TOKEN)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status, text)
+    let path = |path: &std::path::Path| path.display().to_string();
+    let command = ServeCommand {
+        binary: paths::control_bin(),
+        args: vec![
+            "serve".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--state-dir".into(),
+            path(&state_dir),
+            "--ecds-file".into(),
+            path(ecds),
+            "--wasm".into(),
+            path(&paths::filter_wasm()),
+        ],
+        env: BTreeMap::from([("MESHCANARY_TOKEN".to_string(), TOKEN.to_string())]),
+        dir: dir.path().to_path_buf(),
+        log: dir.path().join("service.log"),
+        name: "meshcanary serve".into(),
+        ready_path: READYZ,
+    };
+    let service = ServiceProcess::spawn(command).unwrap();
+    let status = service.wait_exit(Duration::from_secs(20)).unwrap();
+    (status, service.log())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

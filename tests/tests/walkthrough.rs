@@ -24,13 +24,13 @@ use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher::{self, watcher, Event};
 use meshcanary_control::kube::wasmplugin::wasmplugin_resource;
 use meshcanary_core::config::FilterConfig;
-use meshcanary_e2e::envoy::Envoy;
-use meshcanary_e2e::paths;
-use meshcanary_e2e::prometheus_server::PrometheusServer;
-use meshcanary_e2e::upstream::Upstream;
+use meshcanary_testkit::envoy::Envoy;
 use meshcanary_testkit::envtest::Envtest;
 use meshcanary_testkit::install::Installed;
-use meshcanary_testkit::pod::ServiceProcess;
+use meshcanary_testkit::paths;
+use meshcanary_testkit::prometheus::PrometheusServer;
+use meshcanary_testkit::service::ServiceProcess;
+use meshcanary_testkit::upstream::Upstream;
 use meshcanary_testkit::wait::eventually;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -380,9 +380,9 @@ async fn the_walkthrough_works_as_written() {
     // The data plane: reviews v1–v3, productpage's sidecar (Envoy with the filter, empty config
     // until the WasmPlugin has one), Prometheus scraping it as Istio would.
     let upstreams = [
-        Upstream::start("v1").await,
-        Upstream::start("v2").await,
-        Upstream::start("v3").await,
+        Upstream::start("v1"),
+        Upstream::start("v2"),
+        Upstream::start("v3"),
     ];
     let envoy = Arc::new(
         Envoy::start(
@@ -392,7 +392,7 @@ async fn the_walkthrough_works_as_written() {
         .await,
     );
     let prometheus = PrometheusServer::start_labelled(
-        &envoy,
+        &envoy.admin_url,
         &[("app", "productpage"), ("namespace", "default")],
     )
     .await;
@@ -469,8 +469,8 @@ async fn the_walkthrough_works_as_written() {
                 pod_command
                     .set_flag("--prometheus-url", &prometheus.base_url)
                     .set_flag("--wasm", &paths::filter_wasm().display().to_string());
-                let mut replica = installed.run_pod(&paths::control_bin(), &pod_command, pod);
-                replica.wait_healthy(Duration::from_secs(20));
+                let replica = installed.run_pod(&paths::control_bin(), &pod_command, pod);
+                replica.wait_ready(Duration::from_secs(20)).await.unwrap();
                 replicas.push(replica);
             }
             let holder = eventually("a replica leads", Duration::from_secs(20), async || {
@@ -490,7 +490,7 @@ async fn the_walkthrough_works_as_written() {
             let waiting = eventually(
                 "the leader says what it waits for",
                 Duration::from_secs(10),
-                async || match leader.get("/readyz") {
+                async || match leader.get("/readyz").await {
                     Some((503, text))
                         if text.contains(
                             "take-over: WasmPlugin default/reviews-canary: not allowed to read it",

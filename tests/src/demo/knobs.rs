@@ -4,15 +4,14 @@
 //! `GET /` lists them; `POST /v3?errors=10&delayMs=200` makes v3 answer one request in ten with a
 //! 500 and wait 200 ms before each answer (either parameter alone is fine; `errors=0` mends it).
 
-use crate::upstream::{Behaviour, Upstream};
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post};
+use meshcanary_testkit::upstream::{Behaviour, Upstream};
+use meshcanary_testkit::LocalServer;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 type Upstreams = Arc<BTreeMap<String, Arc<Behaviour>>>;
 
@@ -20,7 +19,7 @@ type Upstreams = Arc<BTreeMap<String, Arc<Behaviour>>>;
 pub struct Knobs {
     /// `http://127.0.0.1:<port>`.
     pub base_url: String,
-    task: JoinHandle<()>,
+    _server: LocalServer,
 }
 
 impl Knobs {
@@ -32,27 +31,15 @@ impl Knobs {
                 .map(|u| (u.name.clone(), u.behaviour.clone()))
                 .collect(),
         );
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind the knobs server");
-        let port = listener.local_addr().expect("knobs address").port();
         let app = axum::Router::new()
             .route("/", get(list))
             .route("/{name}", post(set))
             .with_state(behaviours);
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let server = LocalServer::start(app).await;
         Knobs {
-            base_url: format!("http://127.0.0.1:{port}"),
-            task,
+            base_url: server.url.clone(),
+            _server: server,
         }
-    }
-}
-
-impl Drop for Knobs {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -6,14 +6,14 @@ use super::console::Console;
 use super::knobs::Knobs;
 use super::service::Service;
 use super::{Options, Pace};
-use crate::envoy::Envoy;
 use crate::load::{Client, Reply};
-use crate::paths;
 use crate::steady_load::{LoadCounts, SteadyLoad};
-use crate::upstream::Upstream;
 use meshcanary_control::api::rollouts::RolloutView;
 use meshcanary_control::api::routes::RoutesView;
 use meshcanary_core::config::FilterConfig;
+use meshcanary_testkit::envoy::{self, Envoy};
+use meshcanary_testkit::paths;
+use meshcanary_testkit::upstream::{self, Upstream};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -109,7 +109,7 @@ pub struct Rig {
     knobs: Knobs,
     service: Service,
     envoy: Envoy,
-    upstreams: Vec<Upstream>,
+    upstreams: [Upstream; 3],
     client: Client,
     http: reqwest::Client,
     samples: Mutex<VecDeque<(Instant, LoadCounts)>>,
@@ -155,11 +155,8 @@ impl Rig {
             .tempdir()
             .map_err(|error| format!("cannot create the demo's directory: {error}"))?;
 
-        let mut upstreams = Vec::new();
-        for name in ["v1", "v2", "v3"] {
-            upstreams.push(Upstream::start(name).await);
-        }
-        let ports = [upstreams[0].port, upstreams[1].port, upstreams[2].port];
+        let upstreams = Upstream::variants();
+        let ports = upstream::ports(&upstreams);
         console.line(format!(
             "  {} demo upstreams playing reviews v1, v2, v3 on :{}, :{}, :{}",
             p.green("✓"),
@@ -446,21 +443,11 @@ impl Rig {
     }
 }
 
-/// The Envoy version, e.g. `1.40.0`, from the binary's `--version` (empty if it cannot tell).
+/// The Envoy version, e.g. `1.40.0` (empty if the binary cannot tell).
 fn envoy_version() -> String {
-    let output = std::process::Command::new(paths::envoy_bin())
-        .arg("--version")
-        .output();
-    let text = output
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    // "…/1.40.0/Clean/RELEASE/BoringSSL"
-    text.split('/')
-        .find(|part| {
-            part.split('.').count() == 3 && part.split('.').all(|n| n.parse::<u32>().is_ok())
-        })
+    envoy::version(&paths::envoy_bin())
+        .map(|version| version.number)
         .unwrap_or_default()
-        .to_string()
 }
 
 /// `arg` as a shell would need it typed: quoted if it holds anything but plain characters.

@@ -2,14 +2,13 @@
 //! answered) and answers each path with the statuses the test sets — a fixed status, or a script
 //! such as "503 once, then 200".
 
+use crate::LocalServer;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{Method, StatusCode, Uri};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
@@ -44,27 +43,21 @@ pub struct HookServer {
     /// `http://127.0.0.1:<port>`.
     pub base_url: String,
     shared: Arc<Shared>,
-    task: JoinHandle<()>,
+    _server: LocalServer,
 }
 
 impl HookServer {
     /// Starts a receiver on a free loopback port.
     pub async fn start() -> HookServer {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind hook server");
-        let port = listener.local_addr().expect("hook server address").port();
         let shared = Arc::new(Shared::default());
         let app = axum::Router::new()
             .fallback(receive)
             .with_state(shared.clone());
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let server = LocalServer::start(app).await;
         HookServer {
-            base_url: format!("http://127.0.0.1:{port}"),
+            base_url: server.url.clone(),
             shared,
-            task,
+            _server: server,
         }
     }
 
@@ -130,12 +123,6 @@ impl HookServer {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-    }
-}
-
-impl Drop for HookServer {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
