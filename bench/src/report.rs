@@ -467,11 +467,30 @@ fn share_text(share: Option<f64>) -> String {
     share.map_or("–".into(), |s| format!("{:.1} %", s * 100.0))
 }
 
-/// `BENCHMARKS.md`.
+/// `BENCHMARKS.md`: its sections in order.
 pub fn markdown(results: &Results) -> String {
     let mut md = String::new();
+    for section in [
+        intro,
+        machine_section,
+        targets_section,
+        envoy_section,
+        instructions_section,
+        host_calls_section,
+        size_and_memory_section,
+        split_section,
+        decision_section,
+        control_section,
+        method_section,
+    ] {
+        section(&mut md, results);
+    }
+    md
+}
+
+/// The title, what the file is, and the warning on a quick run.
+fn intro(md: &mut String, results: &Results) {
     let s = &results.settings;
-    let m = &results.machine;
     let _ = writeln!(md, "# meshcanary benchmarks\n");
     let _ = writeln!(
         md,
@@ -488,7 +507,12 @@ pub fn markdown(results: &Results) -> String {
             s.rounds, s.seconds
         );
     }
+}
 
+/// `## Machine and versions`, and how the run was made.
+fn machine_section(md: &mut String, results: &Results) {
+    let s = &results.settings;
+    let m = &results.machine;
     let _ = writeln!(md, "## Machine and versions\n");
     let _ = writeln!(md, "| | |\n|---|---|");
     let _ = writeln!(md, "| date | {} |", results.date);
@@ -524,7 +548,10 @@ pub fn markdown(results: &Results) -> String {
         s.rounds, s.seconds, s.warmup_seconds
     );
     let _ = writeln!(md);
+}
 
+/// `## Targets (issue 8)`, and the aim of beating the Lua filter.
+fn targets_section(md: &mut String, results: &Results) {
     let _ = writeln!(md, "## Targets (issue 8)\n");
     let _ = writeln!(md, "| | target | measured | |\n|---|---|---|---|");
     for row in &results.targets {
@@ -548,7 +575,11 @@ pub fn markdown(results: &Results) -> String {
             None => "?",
         }
     );
+}
 
+/// `## Envoy, one worker`: the medians, the same as ratios, and every round's CPU per request.
+fn envoy_section(md: &mut String, results: &Results) {
+    let s = &results.settings;
     let _ = writeln!(
         md,
         "## Envoy, one worker: medians over {} rounds\n",
@@ -621,10 +652,11 @@ pub fn markdown(results: &Results) -> String {
         let _ = writeln!(md, "| ({}) | {} |", config.key, cells.join(" | "));
     }
     let _ = writeln!(md);
+}
 
-    instructions_section(&mut md, results);
-    host_calls_section(&mut md, results);
-
+/// `## Size and memory`: the modules' sizes, the wasm memory stats, and Envoy's RSS against (b).
+fn size_and_memory_section(md: &mut String, results: &Results) {
+    let base_b = results.config("b");
     let _ = writeln!(md, "## Size and memory\n");
     let sizes = &results.sizes;
     let _ = writeln!(
@@ -699,7 +731,10 @@ pub fn markdown(results: &Results) -> String {
         );
     }
     let _ = writeln!(md);
+}
 
+/// `## Split accuracy` through (c).
+fn split_section(md: &mut String, results: &Results) {
     let _ = writeln!(md, "## Split accuracy\n");
     match &results.split {
         Some(split) => {
@@ -734,7 +769,11 @@ pub fn markdown(results: &Results) -> String {
             let _ = writeln!(md, "Not measured in this run.\n");
         }
     }
+}
 
+/// `## The decision alone`: criterion's estimates.
+fn decision_section(md: &mut String, results: &Results) {
+    let s = &results.settings;
     let _ = writeln!(
         md,
         "## The decision alone (criterion, `filter/core/benches/choose.rs`)\n"
@@ -762,9 +801,10 @@ pub fn markdown(results: &Results) -> String {
         );
     }
     let _ = writeln!(md);
+}
 
-    control_section(&mut md, results);
-
+/// `## Method`: how the Envoy comparison is made.
+fn method_section(md: &mut String, results: &Results) {
     let _ = writeln!(md, "## Method\n");
     let _ = writeln!(
         md,
@@ -808,7 +848,6 @@ pub fn markdown(results: &Results) -> String {
          completed (Envoy cluster stats): a check that every configuration really splits.",
         results.clock_ticks_per_second
     );
-    md
 }
 
 /// `## Envoy instructions per request (callgrind)`.
@@ -930,7 +969,6 @@ pub fn duration(seconds: f64) -> String {
 
 /// `## Control service`: propagation and status reads.
 fn control_section(md: &mut String, results: &Results) {
-    let s = &results.settings;
     let _ = writeln!(md, "## Control service\n");
     let rollouts = results
         .status_reads
@@ -949,7 +987,13 @@ fn control_section(md: &mut String, results: &Results) {
             .as_ref()
             .map_or(200.0, |p| p.observe_interval_ms)
     );
+    propagation_section(md, results);
+    status_reads_section(md, results);
+}
 
+/// `### Propagation`: how long a weight update takes to reach Envoy and the service's report.
+fn propagation_section(md: &mut String, results: &Results) {
+    let s = &results.settings;
     let _ = writeln!(
         md,
         "### Propagation: {} weight updates\n",
@@ -1032,7 +1076,11 @@ fn control_section(md: &mut String, results: &Results) {
             let _ = writeln!(md, "Not measured in this run.\n");
         }
     }
+}
 
+/// `### Status reads`: the rate of the API's reads and what each costs the service.
+fn status_reads_section(md: &mut String, results: &Results) {
+    let s = &results.settings;
     let _ = writeln!(md, "### Status reads\n");
     if results.status_reads.is_empty() {
         let _ = writeln!(md, "Not measured in this run.\n");

@@ -161,15 +161,10 @@ pub fn judge(
     let q = thresholds.latency_quantile;
     let canary_measured = measure(canary, q);
     let baseline_measured = measure(baseline, q);
-    let mut failed = false;
-    let mut inconclusive = false;
-    let mut reasons = Vec::new();
-
     if let Err(error) = thresholds.validate() {
-        reasons.push(format!("the analysis thresholds are invalid: {error}"));
         return Check {
             verdict: Verdict::Inconclusive,
-            reasons,
+            reasons: vec![format!("the analysis thresholds are invalid: {error}")],
             canary: canary_measured,
             baseline: baseline_measured,
             p_value: None,
@@ -177,157 +172,227 @@ pub fn judge(
     }
 
     let responses = canary.total_responses();
-    let failures = canary.failures();
-    let enough = responses > 0 && responses >= thresholds.min_requests;
-    if responses == 0 {
-        inconclusive = true;
-        reasons.push(
-            "the canary served no requests in this window, so there is nothing to judge".into(),
-        );
-    } else if !enough {
-        inconclusive = true;
-        reasons.push(format!(
-            "the canary served {responses} {} in this window; at least {} are needed to judge its \
-             success rate and latency",
-            plural(responses, "request", "requests"),
-            thresholds.min_requests
-        ));
+    let mut findings: Vec<Finding> = volume(responses, thresholds.min_requests)
+        .into_iter()
+        .collect();
+    // Too few requests make the absolute thresholds noise: they are applied only above
+    // `minRequests`.
+    if responses > 0 && responses >= thresholds.min_requests {
+        findings.extend(success_rate(thresholds, canary, &canary_measured));
+        findings.extend(latency(thresholds, canary, &canary_measured));
     }
-
-    if enough {
-        if let (Some(min), Some(rate)) = (thresholds.min_success_rate, canary_measured.success_rate)
-        {
-            let counted = format!(
-                "{failures} {} (5xx, reset or gRPC server error) in {responses} responses",
-                plural(failures, "failure", "failures")
-            );
-            if rate < min {
-                failed = true;
-                reasons.push(format!(
-                    "canary success rate {} ({counted}) is below the minimum {}",
-                    percent(rate, Some(min)),
-                    percent_limit(min)
-                ));
-            } else {
-                reasons.push(format!(
-                    "canary success rate {} ({counted}) meets the minimum {}",
-                    percent(rate, Some(min)),
-                    percent_limit(min)
-                ));
-            }
-        }
-        if let Some(max) = thresholds.max_latency_ms {
-            let name = quantile_name(q);
-            match canary_measured.latency_ms {
-                None => {
-                    inconclusive = true;
-                    reasons.push(format!(
-                        "no latency observations for the canary in this window yet (Envoy adds \
-                         them to its histograms at each stats flush), so its {name} latency \
-                         cannot be checked against {} ms",
-                        number(max)
-                    ));
-                }
-                Some(latency) => {
-                    let highest = highest_finite_bound(&canary.duration_buckets);
-                    if quantile_beyond_highest_bound(&canary.duration_buckets, q) {
-                        let outcome = if highest >= max {
-                            failed = true;
-                            format!("so above the maximum {} ms", number(max))
-                        } else {
-                            inconclusive = true;
-                            format!(
-                                "so it cannot be checked against the maximum {} ms (give \
-                                 Envoy's histogram higher bucket bounds)",
-                                number(max)
-                            )
-                        };
-                        reasons.push(format!(
-                            "canary {name} latency is beyond {} ms, the histogram's highest \
-                             bucket bound, {outcome}",
-                            number(highest)
-                        ));
-                    } else {
-                        let verb = if latency > max {
-                            failed = true;
-                            "is above the maximum"
-                        } else {
-                            "is within the maximum"
-                        };
-                        reasons.push(format!(
-                            "canary {name} latency {} ms (interpolated in the histogram bucket {}) \
-                             {verb} {} ms",
-                            shown(latency, max),
-                            bucket_around(&canary.duration_buckets, latency),
-                            number(max)
-                        ));
-                    }
-                }
-            }
-        }
-    }
-
     let mut p_value = None;
-    let baseline_responses = baseline.total_responses();
     if responses > 0 && thresholds.compare_with_stable {
-        if baseline_responses == 0 {
-            reasons.push(
-                "stable served no requests in this window, so the comparison of error rates was \
-                 skipped"
-                    .into(),
-            );
-        } else if baseline_responses < thresholds.min_baseline_requests {
-            reasons.push(format!(
-                "stable served {baseline_responses} {} in this window, fewer than the {} needed to \
-                 compare error rates, so the comparison was skipped",
-                plural(baseline_responses, "request", "requests"),
-                thresholds.min_baseline_requests
-            ));
-        } else if let Some(p) =
-            canary_worse_p_value(failures, responses, baseline.failures(), baseline_responses)
-        {
-            p_value = Some(p);
-            let canary_rate = failures as f64 / responses as f64;
-            let baseline_rate = baseline.failures() as f64 / baseline_responses as f64;
-            let rates = format!(
-                "canary error rate {} ({failures} of {responses})",
-                percent(canary_rate, Some(baseline_rate))
-            );
-            let stable = format!(
-                "stable's {} ({} of {baseline_responses})",
-                percent(baseline_rate, Some(canary_rate)),
-                baseline.failures()
-            );
-            let alpha = number(thresholds.max_p_value);
-            if p < thresholds.max_p_value {
-                failed = true;
-                reasons.push(format!(
-                    "{rates} is significantly above {stable}: Fisher exact one-sided p = {} < {alpha}",
-                    p_text(p)
-                ));
-            } else {
-                reasons.push(format!(
-                    "{rates} is not significantly above {stable}: Fisher exact one-sided p = {} ≥ {alpha}",
-                    p_text(p)
-                ));
-            }
-        }
+        let (finding, p) = comparison(thresholds, canary, baseline);
+        findings.extend(finding);
+        p_value = p;
     }
-
-    let verdict = if failed {
-        Verdict::Fail
-    } else if inconclusive {
-        Verdict::Inconclusive
-    } else {
-        Verdict::Pass
-    };
     Check {
-        verdict,
-        reasons,
+        verdict: fold(&findings),
+        reasons: findings.into_iter().map(|finding| finding.reason).collect(),
         canary: canary_measured,
         baseline: baseline_measured,
         p_value,
     }
+}
+
+/// What one check found: how it bears on the verdict, and the sentence that says so.
+#[derive(Debug, Clone, PartialEq)]
+struct Finding {
+    /// `Pass`: the check ran and passed (or was skipped, which fails nothing).
+    verdict: Verdict,
+    reason: String,
+}
+
+impl Finding {
+    fn new(verdict: Verdict, reason: String) -> Finding {
+        Finding { verdict, reason }
+    }
+}
+
+/// The verdict of a window from its findings: a failed check wins over an inconclusive one; pass
+/// only when nothing failed or was inconclusive.
+fn fold(findings: &[Finding]) -> Verdict {
+    let any = |verdict| findings.iter().any(|finding| finding.verdict == verdict);
+    if any(Verdict::Fail) {
+        Verdict::Fail
+    } else if any(Verdict::Inconclusive) {
+        Verdict::Inconclusive
+    } else {
+        Verdict::Pass
+    }
+}
+
+/// Whether the canary served enough requests to be judged: inconclusive with none, or with fewer
+/// than `min_requests`; nothing to say otherwise.
+fn volume(responses: u64, min_requests: u64) -> Option<Finding> {
+    if responses == 0 {
+        Some(Finding::new(
+            Verdict::Inconclusive,
+            "the canary served no requests in this window, so there is nothing to judge".into(),
+        ))
+    } else if responses < min_requests {
+        Some(Finding::new(
+            Verdict::Inconclusive,
+            format!(
+                "the canary served {responses} {} in this window; at least {min_requests} are \
+                 needed to judge its success rate and latency",
+                plural(responses, "request", "requests"),
+            ),
+        ))
+    } else {
+        None
+    }
+}
+
+/// The canary's success rate against `minSuccessRate`, if that is set.
+fn success_rate(
+    thresholds: &Thresholds,
+    canary: &VariantCounters,
+    measured: &Measured,
+) -> Option<Finding> {
+    let (min, rate) = (thresholds.min_success_rate?, measured.success_rate?);
+    let (failures, responses) = (canary.failures(), canary.total_responses());
+    let counted = format!(
+        "{failures} {} (5xx, reset or gRPC server error) in {responses} responses",
+        plural(failures, "failure", "failures")
+    );
+    let (verdict, verb) = match rate < min {
+        true => (Verdict::Fail, "is below"),
+        false => (Verdict::Pass, "meets"),
+    };
+    Some(Finding::new(
+        verdict,
+        format!(
+            "canary success rate {} ({counted}) {verb} the minimum {}",
+            percent(rate, Some(min)),
+            percent_limit(min)
+        ),
+    ))
+}
+
+/// The canary's latency at `latencyQuantile` against `maxLatencyMs`, if that is set:
+/// inconclusive without observations, or when the quantile lies beyond the histogram's highest
+/// finite bound and that bound is below the limit (the latency could be on either side).
+fn latency(
+    thresholds: &Thresholds,
+    canary: &VariantCounters,
+    measured: &Measured,
+) -> Option<Finding> {
+    let max = thresholds.max_latency_ms?;
+    let q = thresholds.latency_quantile;
+    let name = quantile_name(q);
+    let Some(latency) = measured.latency_ms else {
+        return Some(Finding::new(
+            Verdict::Inconclusive,
+            format!(
+                "no latency observations for the canary in this window yet (Envoy adds them to \
+                 its histograms at each stats flush), so its {name} latency cannot be checked \
+                 against {} ms",
+                number(max)
+            ),
+        ));
+    };
+    if quantile_beyond_highest_bound(&canary.duration_buckets, q) {
+        let highest = highest_finite_bound(&canary.duration_buckets);
+        let (verdict, outcome) = if highest >= max {
+            (
+                Verdict::Fail,
+                format!("so above the maximum {} ms", number(max)),
+            )
+        } else {
+            (
+                Verdict::Inconclusive,
+                format!(
+                    "so it cannot be checked against the maximum {} ms (give Envoy's histogram \
+                     higher bucket bounds)",
+                    number(max)
+                ),
+            )
+        };
+        return Some(Finding::new(
+            verdict,
+            format!(
+                "canary {name} latency is beyond {} ms, the histogram's highest bucket bound, \
+                 {outcome}",
+                number(highest)
+            ),
+        ));
+    }
+    let (verdict, verb) = match latency > max {
+        true => (Verdict::Fail, "is above the maximum"),
+        false => (Verdict::Pass, "is within the maximum"),
+    };
+    Some(Finding::new(
+        verdict,
+        format!(
+            "canary {name} latency {} ms (interpolated in the histogram bucket {}) {verb} {} ms",
+            shown(latency, max),
+            bucket_around(&canary.duration_buckets, latency),
+            number(max)
+        ),
+    ))
+}
+
+/// Fisher's exact test of "the canary fails more often than stable", with at least
+/// `minBaselineRequests` stable responses (otherwise skipped, which fails nothing); the finding
+/// and the p-value, if the test ran.
+fn comparison(
+    thresholds: &Thresholds,
+    canary: &VariantCounters,
+    baseline: &VariantCounters,
+) -> (Option<Finding>, Option<f64>) {
+    let (failures, responses) = (canary.failures(), canary.total_responses());
+    let (baseline_failures, baseline_responses) = (baseline.failures(), baseline.total_responses());
+    if baseline_responses == 0 {
+        let reason = "stable served no requests in this window, so the comparison of error rates \
+                      was skipped";
+        return (Some(Finding::new(Verdict::Pass, reason.into())), None);
+    }
+    if baseline_responses < thresholds.min_baseline_requests {
+        let reason = format!(
+            "stable served {baseline_responses} {} in this window, fewer than the {} needed to \
+             compare error rates, so the comparison was skipped",
+            plural(baseline_responses, "request", "requests"),
+            thresholds.min_baseline_requests
+        );
+        return (Some(Finding::new(Verdict::Pass, reason)), None);
+    }
+    let Some(p) = canary_worse_p_value(failures, responses, baseline_failures, baseline_responses)
+    else {
+        return (None, None);
+    };
+    let canary_rate = failures as f64 / responses as f64;
+    let baseline_rate = baseline_failures as f64 / baseline_responses as f64;
+    let rates = format!(
+        "canary error rate {} ({failures} of {responses})",
+        percent(canary_rate, Some(baseline_rate))
+    );
+    let stable = format!(
+        "stable's {} ({baseline_failures} of {baseline_responses})",
+        percent(baseline_rate, Some(canary_rate)),
+    );
+    let alpha = number(thresholds.max_p_value);
+    let (verdict, comparison) = match p < thresholds.max_p_value {
+        true => (
+            Verdict::Fail,
+            format!(
+                "is significantly above {stable}: Fisher exact one-sided p = {} < {alpha}",
+                p_text(p)
+            ),
+        ),
+        false => (
+            Verdict::Pass,
+            format!(
+                "is not significantly above {stable}: Fisher exact one-sided p = {} ≥ {alpha}",
+                p_text(p)
+            ),
+        ),
+    };
+    (
+        Some(Finding::new(verdict, format!("{rates} {comparison}"))),
+        Some(p),
+    )
 }
 
 fn measure(counters: &VariantCounters, q: f64) -> Measured {

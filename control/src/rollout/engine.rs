@@ -1206,6 +1206,168 @@ mod tests {
         );
     }
 
+    /// What happens between two looks of the engine, as the service would see it.
+    #[derive(Debug, Clone)]
+    enum Happening {
+        /// Time passes; the proxies run the latest weight (`Some(true)`), lag one behind
+        /// (`Some(false)`) or are not watched (`None`); checks due judge `verdict`, gates due
+        /// answer `gate_ok`. Then the engine runs until it waits, as the service runs it.
+        Time {
+            seconds: u64,
+            proxies: Option<bool>,
+            verdict: Verdict,
+            gate_ok: bool,
+        },
+        /// A person's command (not `SetWeight`: a person may set any weight).
+        Person(Command),
+    }
+
+    fn happening() -> impl proptest::strategy::Strategy<Value = Happening> {
+        use proptest::prelude::*;
+        let verdict = prop_oneof![
+            3 => Just(Verdict::Pass),
+            1 => Just(Verdict::Fail),
+            1 => Just(Verdict::Inconclusive)
+        ];
+        let command = prop_oneof![
+            Just(Command::Pause),
+            Just(Command::Resume),
+            Just(Command::Promote),
+            Just(Command::Abort),
+            Just(Command::Finish),
+        ];
+        prop_oneof![
+            8 => (0u64..40, proptest::option::of(any::<bool>()), verdict, any::<bool>()).prop_map(
+                |(seconds, proxies, verdict, gate_ok)| Happening::Time { seconds, proxies, verdict, gate_ok }
+            ),
+            1 => command.prop_map(Happening::Person),
+        ]
+    }
+
+    /// A rollout with analysis on: rising weights with pauses between them, maybe gates, a
+    /// timeout and manual finish.
+    fn analysed_rollout() -> impl proptest::strategy::Strategy<Value = Rollout> {
+        use proptest::prelude::*;
+        let step = (0u32..=100, 0u8..4);
+        (
+            proptest::collection::vec(step, 1..6),
+            1u32..4,
+            1u32..4,
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(steps, failures, inconclusive, pre, confirm, timeout, auto_finish)| {
+                let mut percents: Vec<u32> = steps.iter().map(|(percent, _)| *percent).collect();
+                percents.sort_unstable();
+                let mut plan = Vec::new();
+                for (percent, (_, pause)) in percents.into_iter().zip(&steps) {
+                    plan.push(json!({"setWeight": {"percent": percent}}));
+                    match pause {
+                        0 => plan.push(json!({"pause": {}})),
+                        1 => plan.push(json!({"pause": {"duration": "30s"}})),
+                        _ => {}
+                    }
+                }
+                let mut hooks = Vec::new();
+                if pre {
+                    hooks.push(json!({"name": "pre", "type": "preRollout", "url": "http://127.0.0.1:1/pre"}));
+                }
+                if confirm {
+                    hooks.push(json!({"name": "ok", "type": "confirmPromotion", "url": "http://127.0.0.1:1/ok"}));
+                }
+                let mut extra = json!({
+                    "analysis": {"interval": "10s", "minSuccessRate": 99,
+                                 "failureLimit": failures, "inconclusiveLimit": inconclusive},
+                    "steps": plan,
+                    "webhooks": hooks,
+                    "autoFinish": auto_finish,
+                });
+                if timeout {
+                    extra["timeout"] = json!("5m");
+                }
+                rollout(extra)
+            })
+    }
+
+    /// The weight went down without the rollout being rolled back or aborted.
+    fn regressed(before: &Rollout, after: &Rollout) -> bool {
+        after.status.canary_weight < before.status.canary_weight
+            && !matches!(after.status.phase, Phase::RolledBack | Phase::Aborted)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Driven like the service drives it, through any run of checks, gates, lagging proxies
+        /// and people's commands: the engine promotes only on a passing last check, and the
+        /// canary's weight goes down only when the rollout is rolled back or aborted.
+        #[test]
+        fn with_analysis_it_promotes_only_on_a_pass_and_never_lowers_the_weight(
+            start in analysed_rollout(),
+            happenings in proptest::collection::vec(happening(), 1..60),
+        ) {
+            let mut r = start;
+            let mut now = at(0);
+            for happening in happenings {
+                match happening {
+                    Happening::Person(command) => {
+                        if let Ok(after) = super::command(&r, command, now) {
+                            proptest::prop_assert!(!regressed(&r, &after), "{command:?}: {r:?} -> {after:?}");
+                            r = after;
+                        }
+                    }
+                    Happening::Time { seconds, proxies, verdict, gate_ok } => {
+                        now = now.plus(Duration::from_secs(seconds));
+                        for _ in 0..50 {
+                            let generation = r.status.weight_generation;
+                            let observation = Observation {
+                                min_proxy_generation: proxies.map(|current| match current {
+                                    true => generation,
+                                    false => generation.saturating_sub(1),
+                                }),
+                            };
+                            let action = next(&r, &observation, now);
+                            let after = match &action {
+                                Action::Wait { .. } => break,
+                                Action::RunCheck => {
+                                    // The first reading only opens a window.
+                                    let reading = match r.status.analysis.last_check_at {
+                                        None => None,
+                                        Some(_) => check(verdict, "drawn"),
+                                    };
+                                    record_check(&r, reading, now)
+                                }
+                                Action::RunGate { kind } => {
+                                    let outcome = if gate_ok { Ok(()) } else { Err("no".into()) };
+                                    record_gate(&r, *kind, outcome, now)
+                                }
+                                Action::Promote { .. } => {
+                                    proptest::prop_assert_eq!(
+                                        r.status.analysis.last_verdict,
+                                        Some(Verdict::Pass),
+                                        "promoted without a passing last check: {:?}",
+                                        r
+                                    );
+                                    apply(&r, &action, now)
+                                }
+                                _ => apply(&r, &action, now),
+                            };
+                            proptest::prop_assert!(!regressed(&r, &after), "{action:?}: {r:?} -> {after:?}");
+                            let mut after = after;
+                            // The service pushes every new weight as the next generation.
+                            if after.status.canary_weight != r.status.canary_weight {
+                                after.status.weight_generation += 1;
+                            }
+                            r = after;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn percentages_read_well() {
         for (bp, text) in [

@@ -550,68 +550,99 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, ConfigError> {
+    // In this order, so that the first error in the config is the one reported.
     check_label(&child(field, "name"), &route.name)?;
+    let hosts = checked_hosts(&child(field, "hosts"), &route.hosts)?;
+    if let Some(prefix) = &route.path_prefix {
+        check_path_prefix(&child(field, "pathPrefix"), prefix)?;
+    }
+    let (variants, bucket_upper_bounds) =
+        checked_variants(&child(field, "variants"), &route.variants)?;
+    let rules = checked_rules(&child(field, "rules"), &route.rules, &variants)?;
+    let (sticky, salt) = match &route.sticky {
+        Some(sticky) => {
+            let checked = checked_sticky(&child(field, "sticky"), sticky)?;
+            (Some(checked), sticky.salt.clone())
+        }
+        None => (None, String::new()),
+    };
+    Ok(CheckedRoute {
+        name: route.name.clone(),
+        hosts,
+        path_prefix: route.path_prefix.clone(),
+        variants,
+        bucket_upper_bounds,
+        rules,
+        sticky,
+        salt,
+        dry_run: route.dry_run,
+    })
+}
 
-    if route.hosts.is_empty() {
+/// `hosts`: 1 to [`MAX_HOSTS`] patterns, each valid.
+fn checked_hosts(field: &str, hosts: &[String]) -> Result<Vec<HostPattern>, ConfigError> {
+    if hosts.is_empty() {
         return Err(ConfigError::new(
-            child(field, "hosts"),
+            field,
             "at least one host is required (use \"*\" for any host)",
         ));
     }
-    if route.hosts.len() > MAX_HOSTS {
+    if hosts.len() > MAX_HOSTS {
         return Err(ConfigError::new(
-            child(field, "hosts"),
-            format!(
-                "{} hosts exceed the limit of {MAX_HOSTS}",
-                route.hosts.len()
-            ),
+            field,
+            format!("{} hosts exceed the limit of {MAX_HOSTS}", hosts.len()),
         ));
     }
-    let hosts = route
-        .hosts
+    hosts
         .iter()
         .enumerate()
-        .map(|(i, host)| checked_host(&format!("{field}.hosts[{i}]"), host))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(i, host)| checked_host(&item(field, i), host))
+        .collect()
+}
 
-    if let Some(prefix) = &route.path_prefix {
-        let prefix_field = child(field, "pathPrefix");
-        if !prefix.starts_with('/') {
-            return Err(ConfigError::new(prefix_field, "must start with '/'"));
-        }
-        if prefix.bytes().any(|byte| matches!(byte, b'?' | b'#')) {
-            return Err(ConfigError::new(
-                prefix_field,
-                "must not contain '?' or '#': it is compared with the path only",
-            ));
-        }
-        check_len(&prefix_field, prefix, MAX_VALUE_LEN)?;
+/// `pathPrefix`: a path (no query or fragment) of bounded length.
+fn check_path_prefix(field: &str, prefix: &str) -> Result<(), ConfigError> {
+    if !prefix.starts_with('/') {
+        return Err(ConfigError::new(field, "must start with '/'"));
     }
-
-    let variants_field = child(field, "variants");
-    if route.variants.len() < 2 {
+    if prefix.bytes().any(|byte| matches!(byte, b'?' | b'#')) {
         return Err(ConfigError::new(
-            variants_field,
+            field,
+            "must not contain '?' or '#': it is compared with the path only",
+        ));
+    }
+    check_len(field, prefix, MAX_VALUE_LEN)
+}
+
+/// `variants`: 2 to [`MAX_VARIANTS`] uniquely named variants whose weights sum to
+/// [`TOTAL_WEIGHT`]; their names and the upper bound of each one's bucket range.
+fn checked_variants(
+    field: &str,
+    variants: &[VariantConfig],
+) -> Result<(Vec<String>, Vec<u32>), ConfigError> {
+    if variants.len() < 2 {
+        return Err(ConfigError::new(
+            field,
             format!(
                 "needs at least 2 variants (a stable one first), found {}",
-                route.variants.len()
+                variants.len()
             ),
         ));
     }
-    if route.variants.len() > MAX_VARIANTS {
+    if variants.len() > MAX_VARIANTS {
         return Err(ConfigError::new(
-            variants_field,
+            field,
             format!(
                 "{} variants exceed the limit of {MAX_VARIANTS}",
-                route.variants.len()
+                variants.len()
             ),
         ));
     }
-    let mut names: Vec<String> = Vec::with_capacity(route.variants.len());
-    let mut bucket_upper_bounds = Vec::with_capacity(route.variants.len());
+    let mut names: Vec<String> = Vec::with_capacity(variants.len());
+    let mut bucket_upper_bounds = Vec::with_capacity(variants.len());
     let mut total: u32 = 0;
-    for (i, variant) in route.variants.iter().enumerate() {
-        let variant_field = item(&variants_field, i);
+    for (i, variant) in variants.iter().enumerate() {
+        let variant_field = item(field, i);
         check_label(&child(&variant_field, "name"), &variant.name)?;
         if let Some(earlier) = names.iter().position(|n| *n == variant.name) {
             return Err(ConfigError::new(
@@ -637,77 +668,63 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
     }
     if total != TOTAL_WEIGHT {
         return Err(ConfigError::new(
-            variants_field,
+            field,
             format!("weights sum to {total}, they must sum to {TOTAL_WEIGHT} (basis points)"),
         ));
     }
+    Ok((names, bucket_upper_bounds))
+}
 
-    if route.rules.len() > MAX_RULES {
+/// `rules`: at most [`MAX_RULES`], each valid and naming one of `variants`.
+fn checked_rules(
+    field: &str,
+    rules: &[RuleConfig],
+    variants: &[String],
+) -> Result<Vec<CheckedRule>, ConfigError> {
+    if rules.len() > MAX_RULES {
         return Err(ConfigError::new(
-            child(field, "rules"),
-            format!(
-                "{} rules exceed the limit of {MAX_RULES}",
-                route.rules.len()
-            ),
+            field,
+            format!("{} rules exceed the limit of {MAX_RULES}", rules.len()),
         ));
     }
-    let rules = route
-        .rules
+    rules
         .iter()
         .enumerate()
-        .map(|(i, rule)| checked_rule(&format!("{field}.rules[{i}]"), rule, &names))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|(i, rule)| checked_rule(&item(field, i), rule, variants))
+        .collect()
+}
 
-    let (sticky, salt) = match &route.sticky {
-        Some(sticky) => {
-            let sticky_field = child(field, "sticky");
-            let source = match (&sticky.header, &sticky.cookie) {
-                (Some(header), None) => ValueSource::Header(checked_header_name(
-                    &child(&sticky_field, "header"),
-                    header,
-                )?),
-                (None, Some(cookie)) => {
-                    check_cookie_name(&child(&sticky_field, "cookie"), cookie)?;
-                    ValueSource::Cookie(cookie.clone())
-                }
-                _ => {
-                    return Err(ConfigError::new(
-                        sticky_field,
-                        "set exactly one of \"header\" and \"cookie\"",
-                    ))
-                }
-            };
-            check_len(&child(&sticky_field, "salt"), &sticky.salt, MAX_KEY_LEN)?;
-            let assign = match (&sticky.assign, &source) {
-                (None, _) => None,
-                (Some(assign), ValueSource::Cookie(cookie)) => Some(checked_assign(
-                    &child(&sticky_field, "assign"),
-                    cookie,
-                    assign,
-                )?),
-                (Some(_), _) => {
-                    return Err(ConfigError::new(
-                        child(&sticky_field, "assign"),
-                        "only a cookie can be assigned; use \"cookie\" as the sticky key",
-                    ))
-                }
-            };
-            (Some(CheckedSticky { source, assign }), sticky.salt.clone())
+/// `sticky`: exactly one key source, a bounded salt, and an assignment only for a cookie.
+fn checked_sticky(field: &str, sticky: &StickyConfig) -> Result<CheckedSticky, ConfigError> {
+    let source = match (&sticky.header, &sticky.cookie) {
+        (Some(header), None) => {
+            ValueSource::Header(checked_header_name(&child(field, "header"), header)?)
         }
-        None => (None, String::new()),
+        (None, Some(cookie)) => {
+            check_cookie_name(&child(field, "cookie"), cookie)?;
+            ValueSource::Cookie(cookie.clone())
+        }
+        _ => {
+            return Err(ConfigError::new(
+                field,
+                "set exactly one of \"header\" and \"cookie\"",
+            ))
+        }
     };
-
-    Ok(CheckedRoute {
-        name: route.name.clone(),
-        hosts,
-        path_prefix: route.path_prefix.clone(),
-        variants: names,
-        bucket_upper_bounds,
-        rules,
-        sticky,
-        salt,
-        dry_run: route.dry_run,
-    })
+    check_len(&child(field, "salt"), &sticky.salt, MAX_KEY_LEN)?;
+    let assign = match (&sticky.assign, &source) {
+        (None, _) => None,
+        (Some(assign), ValueSource::Cookie(cookie)) => {
+            Some(checked_assign(&child(field, "assign"), cookie, assign)?)
+        }
+        (Some(_), _) => {
+            return Err(ConfigError::new(
+                child(field, "assign"),
+                "only a cookie can be assigned; use \"cookie\" as the sticky key",
+            ))
+        }
+    };
+    Ok(CheckedSticky { source, assign })
 }
 
 fn checked_assign(
@@ -1741,5 +1758,388 @@ mod tests {
         let again = FilterConfig::from_json(raw.to_json().as_bytes()).unwrap();
         assert_eq!(raw, again);
         assert!(!raw.to_json().contains("dryRun"), "defaults are omitted");
+    }
+}
+
+/// Validation against configs drawn from every field's valid and invalid values: whatever
+/// validates survives its own JSON and never trips the chooser, on any request.
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::choose::{choose, Inputs};
+    use crate::request::RequestView;
+    use proptest::collection::vec;
+    use proptest::option;
+    use proptest::prelude::*;
+
+    /// A signed rule's key that validates, and one that does not.
+    const KEYS: [&str; 2] = [
+        "k1:AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA",
+        "k2:c2hvcnQ",
+    ];
+
+    fn one_of(values: &'static [&'static str]) -> impl Strategy<Value = String> {
+        proptest::sample::select(values).prop_map(String::from)
+    }
+
+    /// Mostly one of `valid`, sometimes one of `invalid`: a config has many fields, and one
+    /// invalid value refuses it, so each field leans valid for enough configs to validate.
+    fn mostly(
+        valid: &'static [&'static str],
+        invalid: &'static [&'static str],
+    ) -> impl Strategy<Value = String> {
+        prop_oneof![8 => one_of(valid), 1 => one_of(invalid)]
+    }
+
+    fn header_name() -> impl Strategy<Value = String> {
+        mostly(
+            &["x-canary", "x-user-id", "x-qa"],
+            &[
+                "X-Canary",
+                "",
+                "bad header",
+                ":path",
+                "host",
+                "x-request-id",
+            ],
+        )
+    }
+
+    /// Mostly a valid set: 2 to 4 names `v1`… whose weights sum to 10000; sometimes anything.
+    fn variants() -> impl Strategy<Value = Vec<VariantConfig>> {
+        let valid = (2usize..=4, vec(0u32..=TOTAL_WEIGHT, 3)).prop_map(|(count, cuts)| {
+            let mut cuts: Vec<u32> = cuts.into_iter().take(count - 1).collect();
+            cuts.sort_unstable();
+            cuts.push(TOTAL_WEIGHT);
+            let mut last = 0;
+            cuts.iter()
+                .enumerate()
+                .map(|(i, cut)| {
+                    let weight = cut - last;
+                    last = *cut;
+                    VariantConfig {
+                        name: format!("v{}", i + 1),
+                        weight,
+                    }
+                })
+                .collect()
+        });
+        let any = vec(
+            (
+                one_of(&["v1", "v2", "v3", "", "v 1"]),
+                prop_oneof![
+                    Just(0u32),
+                    Just(5000),
+                    Just(10000),
+                    Just(10001),
+                    any::<u32>()
+                ],
+            )
+                .prop_map(|(name, weight)| VariantConfig { name, weight }),
+            0..5,
+        );
+        prop_oneof![8 => valid, 1 => any]
+    }
+
+    /// A rule with one source and one matcher naming `v1` or `v2`, a signed rule, or any mix of
+    /// fields (mostly refused).
+    fn rule() -> impl Strategy<Value = RuleConfig> {
+        let source = prop_oneof![
+            header_name().prop_map(|h| (Some(h), None, None)),
+            mostly(&["canary", "qa"], &["", "bad;cookie"]).prop_map(|c| (None, Some(c), None)),
+            mostly(&["canary"], &[""]).prop_map(|q| (None, None, Some(q))),
+        ];
+        let matcher = prop_oneof![
+            mostly(&["always", "v2"], &[""]).prop_map(|e| (Some(e), None, None)),
+            mostly(&["qa-"], &["", "bad\u{7f}"]).prop_map(|p| (None, Some(p), None)),
+            Just((None, None, Some(true))),
+        ];
+        let plain = (source.clone(), matcher, mostly(&["v1", "v2"], &["", "v9"])).prop_map(
+            |((header, cookie, query), (exact, prefix, present), variant)| RuleConfig {
+                variant,
+                header,
+                cookie,
+                query,
+                exact,
+                prefix,
+                present,
+                token_keys: Vec::new(),
+            },
+        );
+        let signed =
+            (source, vec(one_of(&KEYS), 1..3)).prop_map(|((header, cookie, query), token_keys)| {
+                RuleConfig {
+                    header,
+                    cookie,
+                    query,
+                    token_keys,
+                    ..RuleConfig::default()
+                }
+            });
+        let value = || option::of(one_of(&["always", "", "v2"]));
+        let mixed = (
+            option::of(one_of(&["v1", ""])),
+            option::of(header_name()),
+            option::of(one_of(&["canary", ""])),
+            (value(), value(), option::of(any::<bool>())),
+            vec(one_of(&KEYS), 0..2),
+        )
+            .prop_map(
+                |(variant, header, cookie, (exact, prefix, present), token_keys)| RuleConfig {
+                    variant: variant.unwrap_or_default(),
+                    header,
+                    cookie,
+                    query: None,
+                    exact,
+                    prefix,
+                    present,
+                    token_keys,
+                },
+            );
+        prop_oneof![6 => plain, 2 => signed, 1 => mixed]
+    }
+
+    fn sticky() -> impl Strategy<Value = StickyConfig> {
+        let assign = (
+            option::of(
+                prop_oneof![8 => Just(3600u32), 1 => Just(0), 1 => Just(MAX_COOKIE_AGE + 1)],
+            ),
+            option::of(mostly(&["/", "/app"], &["app", "/a;b"])),
+            any::<bool>(),
+            any::<bool>(),
+            option::of(mostly(&["Lax", "Strict"], &["None", "lax", "bogus"])),
+        )
+            .prop_map(
+                |(max_age, path, secure, http_only, same_site)| AssignConfig {
+                    max_age,
+                    path,
+                    secure,
+                    http_only,
+                    same_site,
+                },
+            );
+        let key = prop_oneof![
+            4 => header_name().prop_map(|h| (Some(h), None)),
+            4 => mostly(&["session", "mc-visitor"], &["", "bad;cookie"]).prop_map(|c| (None, Some(c))),
+            1 => Just((None, None)),
+        ];
+        (
+            key,
+            one_of(&["", "release-42"]),
+            prop_oneof![3 => Just(None), 2 => assign.prop_map(Some)],
+        )
+            .prop_map(|((header, cookie), salt, assign)| StickyConfig {
+                header,
+                cookie,
+                salt,
+                assign,
+            })
+    }
+
+    fn route() -> impl Strategy<Value = RouteConfig> {
+        let hosts = prop_oneof![
+            9 => vec(
+                mostly(
+                    &["*", "reviews", "Reviews.Default", "*.example.com", "a.example.com."],
+                    &["*.", "", "a b"],
+                ),
+                1..4,
+            ),
+            1 => Just(Vec::new()),
+        ];
+        (
+            mostly(&["reviews", "r-2"], &["", "bad name"]),
+            hosts,
+            option::of(mostly(&["/", "/api"], &["api", "/a?b"])),
+            variants(),
+            vec(rule(), 0..3),
+            option::of(sticky()),
+            any::<bool>(),
+        )
+            .prop_map(
+                |(name, hosts, path_prefix, variants, rules, sticky, dry_run)| RouteConfig {
+                    name,
+                    hosts,
+                    path_prefix,
+                    variants,
+                    rules,
+                    sticky,
+                    dry_run,
+                },
+            )
+    }
+
+    fn config() -> impl Strategy<Value = FilterConfig> {
+        (
+            any::<u64>(),
+            option::of(mostly(&["x-meshcanary-variant"], &["", "bad header"])),
+            option::of(mostly(&["x-meshcanary"], &["", "bad header"])),
+            vec(route(), 0..3),
+        )
+            .prop_map(|(generation, variant_header, response_header, routes)| {
+                FilterConfig {
+                    generation,
+                    variant_header,
+                    response_header,
+                    routes,
+                }
+            })
+    }
+
+    /// A request: each header absent, a likely value, or any bytes.
+    fn request() -> impl Strategy<Value = Request> {
+        let header = |likely: &'static [&'static str]| {
+            option::of(prop_oneof![
+                proptest::sample::select(likely).prop_map(|v| v.as_bytes().to_vec()),
+                vec(any::<u8>(), 0..48),
+            ])
+        };
+        (
+            header(&["reviews", "Reviews.Default:8080", "a.example.com", ""]),
+            header(&["/", "/api/x", "/?canary=1", "/a?canary&qa=1"]),
+            vec(
+                header(&[
+                    "canary=v2; qa=true",
+                    "mc-visitor=abc; session=s1",
+                    "session=",
+                ]),
+                0..3,
+            ),
+            header(&["always", "qa-1"]),
+            header(&["user-0042", ""]),
+            header(&["k1.v2.1800000000.AAAA", "k9.v2.1.x", "..."]),
+        )
+            .prop_map(|(authority, path, cookies, canary, user, token)| {
+                let mut headers = Vec::new();
+                let mut add = |name: &str, value: Option<Vec<u8>>| {
+                    if let Some(value) = value {
+                        headers.push((name.to_string(), value));
+                    }
+                };
+                add(":authority", authority);
+                add(":path", path);
+                for cookie in cookies {
+                    add("cookie", cookie);
+                }
+                add("x-canary", canary.clone());
+                add("x-user-id", user);
+                add("x-request-id", canary);
+                add("x-meshcanary-qa", token);
+                Request(headers)
+            })
+    }
+
+    #[derive(Debug, Clone)]
+    struct Request(Vec<(String, Vec<u8>)>);
+
+    impl RequestView for Request {
+        fn header(&self, name: &str) -> Option<&[u8]> {
+            self.0
+                .iter()
+                .find(|(key, _)| key == name)
+                .map(|(_, value)| value.as_slice())
+        }
+
+        fn header_values<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+            self.0
+                .iter()
+                .filter(move |(key, _)| key == name)
+                .map(|(_, value)| value.as_slice())
+        }
+    }
+
+    /// The host's draws, each possibly missing.
+    #[derive(Debug, Clone)]
+    struct Draws {
+        bucket: Option<u32>,
+        visitor: Option<u128>,
+        now: Option<u64>,
+    }
+
+    impl Inputs for Draws {
+        fn random_bucket(&mut self) -> Option<u32> {
+            self.bucket
+        }
+        fn visitor_bits(&mut self) -> Option<u128> {
+            self.visitor
+        }
+        fn now_unix(&self) -> Option<u64> {
+            self.now
+        }
+    }
+
+    fn draws() -> impl Strategy<Value = Draws> {
+        (
+            option::of(0u32..TOTAL_WEIGHT),
+            option::of(any::<u128>()),
+            option::of(prop_oneof![Just(1_800_000_000u64), any::<u64>()]),
+        )
+            .prop_map(|(bucket, visitor, now)| Draws {
+                bucket,
+                visitor,
+                now,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// A config that validates is written and read back unchanged, and validates to the same
+        /// checked config: what the control service stores and pushes is what it checked.
+        #[test]
+        fn a_valid_config_round_trips(config in config()) {
+            let Ok(checked) = CheckedConfig::try_from(config.clone()) else {
+                return Ok(());
+            };
+            let json = config.to_json();
+            let read = FilterConfig::from_json(json.as_bytes());
+            prop_assert_eq!(read.as_ref(), Ok(&config), "{}", json);
+            prop_assert_eq!(CheckedConfig::from_json(json.as_bytes()), Ok(checked));
+        }
+
+        /// On a config that validates, the chooser answers any request without panicking, and
+        /// its decision names a route and a variant that exist.
+        #[test]
+        fn a_valid_config_never_trips_the_chooser(
+            config in config(),
+            requests in vec((request(), draws()), 1..8),
+        ) {
+            let Ok(checked) = CheckedConfig::try_from(config) else {
+                return Ok(());
+            };
+            for (request, mut draws) in requests {
+                if let Some(decision) = choose(&checked, &request, &mut draws) {
+                    let route = checked.routes.get(decision.route);
+                    prop_assert!(route.is_some(), "{decision:?}");
+                    prop_assert!(route.is_some_and(|r| decision.variant < r.variants.len()), "{decision:?}");
+                }
+            }
+        }
+
+        /// Validation answers, without panicking, for any bytes at all.
+        #[test]
+        fn any_bytes_are_accepted_or_refused(bytes in vec(any::<u8>(), 0..256)) {
+            let _ = CheckedConfig::from_json(&bytes);
+        }
+    }
+
+    /// The generator is worth running: a good share of what it draws validates, so the properties
+    /// above are checked on valid configs, not only on refused ones.
+    #[test]
+    fn the_generator_draws_valid_configs() {
+        use proptest::strategy::ValueTree;
+        use proptest::test_runner::TestRunner;
+        let mut runner = TestRunner::deterministic();
+        let strategy = config();
+        let valid = (0..1000)
+            .filter(|_| {
+                let config = strategy.new_tree(&mut runner).unwrap().current();
+                !config.routes.is_empty() && CheckedConfig::try_from(config).is_ok()
+            })
+            .count();
+        assert!(
+            valid >= 50,
+            "{valid} of 1000 drawn configs with routes validate"
+        );
     }
 }
