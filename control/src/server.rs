@@ -124,11 +124,39 @@ fn read_token(args: &ServeArgs) -> Result<String> {
             ))
         }
     };
-    let token = token.trim().to_string();
-    if token.len() < 16 {
-        return Err(Error::invalid("token", "must be at least 16 characters"));
+    checked_token(&token)
+}
+
+/// The shortest token accepted, in characters.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// The token as the service will compare it: trimmed, at least [`MIN_TOKEN_CHARS`] characters
+/// (counted as characters, not bytes), and only printable ASCII without spaces — what an
+/// `Authorization` header carries as it was typed (other bytes are not reliably sent, and a token
+/// the service cannot receive would lock every write out).
+fn checked_token(raw: &str) -> Result<String> {
+    let token = raw.trim();
+    let chars = token.chars().count();
+    if chars < MIN_TOKEN_CHARS {
+        return Err(Error::invalid(
+            "token",
+            format!("must be at least {MIN_TOKEN_CHARS} characters (it has {chars})"),
+        ));
     }
-    Ok(token)
+    if let Some((position, bad)) = token
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !c.is_ascii_graphic())
+    {
+        return Err(Error::invalid(
+            "token",
+            format!(
+                "character {} is {bad:?}: use printable ASCII without spaces, as an Authorization header carries it (e.g. head -c 24 /dev/urandom | base64)",
+                position + 1
+            ),
+        ));
+    }
+    Ok(token.to_string())
 }
 
 fn read_routes(args: &ServeArgs) -> Result<Option<FilterConfig>> {
@@ -367,4 +395,36 @@ async fn shutdown_signal() {
         _ = terminate => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_counted_in_characters_and_must_fit_a_header() {
+        let cases: [(&str, Result<&str, &str>); 7] = [
+            // Nine characters in 18 bytes: short, whatever the byte count.
+            ("ééééééééé", Err("at least 16 characters (it has 9)")),
+            ("0123456789abcdef", Ok("0123456789abcdef")),
+            ("  0123456789abcdef\n", Ok("0123456789abcdef")),
+            ("0123456789abcde", Err("at least 16 characters (it has 15)")),
+            ("éééééééééééééééé", Err("character 1 is 'é'")),
+            ("0123456789 abcdef", Err("character 11 is ' '")),
+            ("0123456789abcdef\u{7f}x", Err("character 17 is '\\u{7f}'")),
+        ];
+        for (raw, expected) in cases {
+            match (checked_token(raw), expected) {
+                (Ok(token), Ok(want)) => assert_eq!(token, want, "{raw:?}"),
+                (Err(error), Err(want)) => {
+                    let Error::Invalid { field, reason } = &error else {
+                        panic!("{raw:?}: {error:?}")
+                    };
+                    assert_eq!(field, "token");
+                    assert!(reason.contains(want), "{raw:?}: {reason}");
+                }
+                (got, want) => panic!("{raw:?}: got {got:?}, expected {want:?}"),
+            }
+        }
+    }
 }
