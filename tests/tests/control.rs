@@ -603,6 +603,12 @@ fn check_error(
     if error["message"].as_str().is_none_or(str::is_empty) {
         wrong.push("no message".into());
     }
+    if error["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with(':'))
+    {
+        wrong.push("the message starts with the ': ' of an empty field".into());
+    }
     if error.get("field").is_some() && !error["field"].is_string() {
         wrong.push("field is not a string".into());
     }
@@ -858,6 +864,58 @@ async fn bad_requests_get_the_documented_errors() {
         404,
         "not_found",
         None,
+    );
+    // Issue 17 item 6: answers that used to leave the documented shape or name no field.
+    check(
+        "path segment not UTF-8",
+        api.send("GET", "/v1/rollouts/%ff", None, None).await,
+        400,
+        "malformed_request",
+        Some("name"),
+    );
+    check(
+        "method not allowed",
+        api.send("POST", "/healthz", None, None).await,
+        405,
+        "method_not_allowed",
+        None,
+    );
+    check(
+        "content type that only starts like JSON",
+        create(
+            Some(TOKEN),
+            vec![("content-type", "application/jsonfoo")],
+            body(valid("a")),
+        )
+        .await,
+        400,
+        "malformed_request",
+        Some("Content-Type"),
+    );
+    check(
+        "rule with a header and a cookie",
+        api.send(
+            "POST",
+            "/v1/routes/reviews/rules",
+            Some(&json!({"header": "x-qa", "cookie": "qa", "exact": "1", "variant": "v2"})),
+            None,
+        )
+        .await,
+        422,
+        "invalid_field",
+        Some("cookie"),
+    );
+    check(
+        "absurd duration",
+        create(
+            Some(TOKEN),
+            json_type.to_vec(),
+            body(spec("a", vec![weight(10), hold("300000000y")])),
+        )
+        .await,
+        422,
+        "invalid_field",
+        Some("steps[1].pause.duration"),
     );
 
     // Nothing a rejected request asked for exists.

@@ -1,12 +1,12 @@
 //! `/v1/rollouts`: create, list, read, delete, and the actions on a rollout.
 
-use super::extract::{ApiJson, IfMatch};
+use super::extract::{ApiJson, ApiPath, IfMatch};
 use super::AppState;
 use crate::error::{Error, ErrorBody, Result};
 use crate::rollout::engine::Command;
 use crate::rollout::{Rollout, RolloutSpec, Weight};
 use crate::service::Propagation;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -94,7 +94,10 @@ pub async fn create(
     params(("name" = String, Path, description = "Rollout name")),
     responses((status = 200, description = "The rollout", body = RolloutView, headers(("ETag" = String))),
               (status = 404, description = "No such rollout", body = ErrorBody)))]
-pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response> {
+pub async fn get(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Response> {
     let rollout = state.controller.get(&name).await?;
     Ok(with_etag(StatusCode::OK, view(&state, rollout)))
 }
@@ -109,7 +112,7 @@ pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Res
               (status = 412, description = "Version mismatch", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     IfMatch(version): IfMatch,
 ) -> Result<StatusCode> {
     state.controller.delete(&name, version).await?;
@@ -128,7 +131,7 @@ pub async fn delete(
               (status = 412, description = "Version mismatch", body = ErrorBody)))]
 pub async fn action(
     State(state): State<AppState>,
-    Path((name, action)): Path<(String, String)>,
+    ApiPath((name, action)): ApiPath<(String, String)>,
     IfMatch(version): IfMatch,
 ) -> Result<Response> {
     let command = match action.as_str() {
@@ -156,7 +159,7 @@ pub async fn action(
               (status = 422, description = "Invalid weight", body = ErrorBody)))]
 pub async fn set_weight(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     IfMatch(version): IfMatch,
     ApiJson(weight): ApiJson<Weight>,
 ) -> Result<Response> {

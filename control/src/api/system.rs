@@ -1,8 +1,9 @@
 //! Health, readiness and the service's own metrics.
 
 use super::AppState;
+use crate::error::{Error, ErrorBody, Result};
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::IntoResponse;
 
 /// Liveness: the process answers.
@@ -14,14 +15,11 @@ pub async fn healthz() -> &'static str {
 /// Readiness: the current filter config is pushed and saved; a leader has taken over (adopted or
 /// resumed its config); a follower can read the leader's state.
 #[utoipa::path(get, path = "/readyz", tag = "system",
-    responses((status = 200, description = "Ready", body = String), (status = 503, description = "Not ready, and why: the last push, save, take-over or reload failed", body = String)))]
-pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    responses((status = 200, description = "Ready", body = String), (status = 503, description = "Not ready (`not_ready`), and why: the last push, save, take-over or reload failed", body = ErrorBody)))]
+pub async fn readyz(State(state): State<AppState>) -> Result<&'static str> {
     match state.controller.not_ready() {
-        None => (StatusCode::OK, "ready".to_string()),
-        Some(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {error}"),
-        ),
+        None => Ok("ready"),
+        Some(problem) => Err(Error::Unavailable(problem)),
     }
 }
 

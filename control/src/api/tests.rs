@@ -318,7 +318,7 @@ async fn errors_have_the_documented_shape() {
             Some(json!({"percent": 10, "basisPoints": 1000})),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
-            None,
+            Some("basisPoints"),
         ),
         (
             "weight over 100 %",
@@ -637,5 +637,209 @@ async fn the_dashboard_is_served_open_and_self_contained() {
         doc["paths"]["/dashboard"]["get"]["responses"]["200"]["content"]["text/html"].is_object(),
         "{}",
         doc["paths"]["/dashboard"]
+    );
+}
+
+/// Sends a request as given (method, path, headers, body bytes) and returns status, headers and
+/// the body as JSON (or as a string if it is not JSON).
+async fn raw(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let mut request = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, headers, value)
+}
+
+/// Issue 17 item 6: the answers that used to leave the documented shape — axum's own rejections
+/// and fallbacks, a prefix-matched content type, errors about a whole body — are all
+/// `{"error": {"code", "message", "field"}}` with JSON's content type and the field to blame.
+#[tokio::test]
+async fn every_error_from_every_route_has_the_documented_shape_and_field() {
+    let h = harness(false).await;
+    call(
+        &h.app,
+        "POST",
+        "/v1/rollouts",
+        Some(TOKEN),
+        Some(rollout("r1")),
+    )
+    .await;
+    let auth = format!("Bearer {TOKEN}");
+    let json = ("content-type", "application/json");
+    let bearer = ("authorization", auth.as_str());
+    let absurd = json!({"name": "r9", "route": "reviews", "stable": "v1", "canary": "v2",
+        "steps": [{"setWeight": {"percent": 10}}, {"pause": {"duration": "300000000y"}}]})
+    .to_string();
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        String,
+        StatusCode,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "path segment not UTF-8",
+            "GET",
+            "/v1/rollouts/%ff",
+            vec![],
+            String::new(),
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            Some("name"),
+        ),
+        (
+            "route path segment not UTF-8",
+            "DELETE",
+            "/v1/routes/%ff/rules/0",
+            vec![bearer],
+            String::new(),
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            Some("route"),
+        ),
+        (
+            "method not allowed",
+            "POST",
+            "/healthz",
+            vec![bearer],
+            String::new(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            "method not allowed on a collection",
+            "PATCH",
+            "/v1/rollouts",
+            vec![bearer],
+            String::new(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            "a content type that only starts like JSON",
+            "POST",
+            "/v1/rollouts",
+            vec![bearer, ("content-type", "application/jsonfoo")],
+            rollout("r2").to_string(),
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            Some("Content-Type"),
+        ),
+        (
+            "a rule with a header and a cookie",
+            "POST",
+            "/v1/routes/reviews/rules",
+            vec![bearer, json],
+            json!({"header": "x-qa", "cookie": "qa", "exact": "1", "variant": "v2"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("cookie"),
+        ),
+        (
+            "a rule matching on nothing",
+            "POST",
+            "/v1/routes/reviews/rules",
+            vec![bearer, json],
+            json!({"exact": "1", "variant": "v2"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("header"),
+        ),
+        (
+            "a rule with two matchers",
+            "POST",
+            "/v1/routes/reviews/rules",
+            vec![bearer, json],
+            json!({"header": "x-qa", "exact": "1", "present": true, "variant": "v2"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("present"),
+        ),
+        (
+            "a weight with neither unit",
+            "PUT",
+            "/v1/rollouts/r1/weight",
+            vec![bearer, json],
+            "{}".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("percent"),
+        ),
+        (
+            "a weight with both units",
+            "PUT",
+            "/v1/rollouts/r1/weight",
+            vec![bearer, json],
+            json!({"percent": 1, "basisPoints": 100}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("basisPoints"),
+        ),
+        (
+            "an absurd duration",
+            "POST",
+            "/v1/rollouts",
+            vec![bearer, json],
+            absurd,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("steps[1].pause.duration"),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, method, path, headers, body, status, code, field) in cases {
+        let (got, headers, body) = raw(&h.app, method, path, &headers, &body).await;
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let error = body["error"].as_object();
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        let ok = got == status
+            && content_type == "application/json"
+            && body.as_object().is_some_and(|o| o.len() == 1)
+            && error.is_some_and(|e| {
+                e.keys()
+                    .all(|k| ["code", "message", "field"].contains(&k.as_str()))
+            })
+            && body["error"]["code"] == code
+            && !message.is_empty()
+            && !message.starts_with(':')
+            && body["error"].get("field").and_then(Value::as_str) == field;
+        if !ok {
+            wrong.push(format!("{name}: {got} {content_type:?} {body}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // A 405 still says which methods the path takes.
+    let (_, headers, body) = raw(&h.app, "POST", "/healthz", &[bearer], "").await;
+    assert_eq!(headers[header::ALLOW], "GET,HEAD", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("POST is not allowed on /healthz")),
+        "{body}"
     );
 }
