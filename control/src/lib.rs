@@ -19,6 +19,7 @@ pub mod error;
 pub mod kube;
 pub mod metrics;
 pub mod observer;
+pub mod options;
 pub mod rollout;
 pub mod router;
 pub mod server;

@@ -11,10 +11,12 @@ use crate::kube::wasmplugin::WasmPluginRouter;
 use crate::observer::envoy_admin::EnvoyAdminObserver;
 use crate::observer::prometheus::PrometheusObserver;
 use crate::observer::MetricsObserver;
+use crate::options::ControllerOptions;
 use crate::router::ecds_file::EcdsFileRouter;
 use crate::service::{Controller, DriftPolicy, Drifted};
 use crate::store::file::FileStore;
 use crate::time::HumanDuration;
+use crate::webhook;
 use clap::Args;
 use futures::StreamExt;
 use meshcanary_core::config::FilterConfig;
@@ -108,6 +110,19 @@ pub struct ServeArgs {
         conflicts_with = "envoy_admin"
     )]
     pub prometheus_url: Option<String>,
+    /// PEM file of CA certificates to trust for https:// webhooks, besides the system's (for
+    /// hooks behind a private CA).
+    #[arg(long, env = "MESHCANARY_WEBHOOK_CA_FILE", value_name = "PATH")]
+    pub webhook_ca_file: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The controller's settings from the flags.
+    fn controller_options(&self) -> Result<ControllerOptions> {
+        Ok(ControllerOptions {
+            webhooks: webhook::Client::with_ca_file(self.webhook_ca_file.as_deref())?,
+        })
+    }
 }
 
 fn read_token(args: &ServeArgs) -> Result<String> {
@@ -183,6 +198,7 @@ fn read_routes(args: &ServeArgs) -> Result<Option<FilterConfig>> {
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let token = read_token(&args)?;
     let initial = read_routes(&args)?;
+    let options = args.controller_options()?;
     let wasm = std::path::absolute(&args.wasm).unwrap_or_else(|_| args.wasm.clone());
     let observer: Box<dyn MetricsObserver> = match &args.prometheus_url {
         Some(url) => Box::new(PrometheusObserver::new(url)),
@@ -210,7 +226,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     };
     match (&args.wasmplugin, &args.ecds_file) {
         (Some(wasmplugin), _) => {
-            serve_in_kubernetes(&args, wasmplugin, observer, initial, api).await
+            serve_in_kubernetes(&args, wasmplugin, observer, initial, options, api).await
         }
         (None, Some(ecds_file)) => {
             let store = FileStore::open(&args.state_dir)?;
@@ -222,8 +238,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                     fail_open: !args.fail_closed,
                 },
             );
-            let controller =
-                Controller::start(Box::new(store), Box::new(router), observer, initial).await?;
+            let controller = Controller::start(
+                Box::new(store),
+                Box::new(router),
+                observer,
+                initial,
+                options,
+            )
+            .await?;
             api.run(controller).await
         }
         (None, None) => Err(Error::invalid(
@@ -276,6 +298,7 @@ async fn serve_in_kubernetes(
     wasmplugin: &str,
     observer: Box<dyn MetricsObserver>,
     initial: Option<FilterConfig>,
+    options: ControllerOptions,
     api: Api,
 ) -> Result<()> {
     let client = ::kube::Client::try_default()
@@ -320,6 +343,7 @@ async fn serve_in_kubernetes(
             observer,
             initial,
             leadership,
+            options,
         )
         .await?;
         drift_watch = Some(spawn_drift_watch(

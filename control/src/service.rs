@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::kube::leader::LeaderState;
 use crate::metrics::Metrics;
 use crate::observer::{MetricsObserver, ProxyGeneration};
+use crate::options::ControllerOptions;
 use crate::rollout::engine::{self, Action, Command, Observation};
 use crate::rollout::{CheckRecord, Phase, Rollout, RolloutSpec, WebhookKind};
 use crate::router::TrafficRouter;
@@ -54,7 +55,7 @@ pub struct Controller {
     tick_lock: Mutex<()>,
     /// Per rollout: when the current analysis window opened and every proxy's counters then.
     windows: std::sync::Mutex<HashMap<String, Window>>,
-    http: reqwest::Client,
+    http: webhook::Client,
     notify_tx: tokio::sync::mpsc::UnboundedSender<(Rollout, WebhookKind)>,
     notify_rx:
         std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Rollout, WebhookKind)>>>,
@@ -131,12 +132,14 @@ impl Controller {
         router: Box<dyn TrafficRouter>,
         observer: Box<dyn MetricsObserver>,
         initial: Option<FilterConfig>,
+        options: ControllerOptions,
     ) -> Result<Arc<Controller>> {
         let (_, leadership) = tokio::sync::watch::channel(LeaderState {
             is_leader: true,
             leader: None,
         });
-        Controller::start_with_leadership(store, router, observer, initial, leadership).await
+        Controller::start_with_leadership(store, router, observer, initial, leadership, options)
+            .await
     }
 
     /// Like [`Controller::start`] for one of several replicas: only while `leadership` says this
@@ -149,6 +152,7 @@ impl Controller {
         observer: Box<dyn MetricsObserver>,
         initial: Option<FilterConfig>,
         leadership: tokio::sync::watch::Receiver<LeaderState>,
+        options: ControllerOptions,
     ) -> Result<Arc<Controller>> {
         if let Some(initial) = &initial {
             CheckedConfig::try_from(initial.clone())?;
@@ -165,7 +169,7 @@ impl Controller {
             wake: Notify::new(),
             tick_lock: Mutex::new(()),
             windows: std::sync::Mutex::new(HashMap::new()),
-            http: reqwest::Client::new(),
+            http: options.webhooks,
             notify_tx,
             notify_rx: std::sync::Mutex::new(Some(notify_rx)),
             synced: std::sync::atomic::AtomicBool::new(false),

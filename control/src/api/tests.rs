@@ -87,6 +87,7 @@ async fn harness(protect_reads: bool) -> Harness {
         Box::new(pushed.clone()),
         Box::new(NoProxies),
         Some(initial),
+        crate::options::ControllerOptions::default(),
     )
     .await
     .unwrap();
