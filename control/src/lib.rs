@@ -15,6 +15,7 @@ pub mod adopt;
 pub mod analysis;
 pub mod api;
 pub mod cli;
+pub mod connections;
 pub mod error;
 pub mod kube;
 pub mod metrics;

@@ -3,6 +3,7 @@
 
 use crate::api::filter::WasmArtifact;
 use crate::api::{self, AppState};
+use crate::connections;
 use crate::error::{Error, Result};
 use crate::kube::configmap_store::ConfigMapStore;
 use crate::kube::drift::{watch_drift, DriftEvent};
@@ -114,9 +115,56 @@ pub struct ServeArgs {
     /// hooks behind a private CA).
     #[arg(long, env = "MESHCANARY_WEBHOOK_CA_FILE", value_name = "PATH")]
     pub webhook_ca_file: Option<PathBuf>,
+    /// Close a connection that has not sent a complete request head this long after it opened
+    /// or after its last response (idle and slow clients).
+    #[arg(
+        long,
+        env = "MESHCANARY_HEADER_READ_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10s"
+    )]
+    pub header_read_timeout: HumanDuration,
+    /// Close a connection on which nothing has moved for this long while none of its requests
+    /// is being handled; a request body must arrive within it too (else 408).
+    #[arg(
+        long,
+        env = "MESHCANARY_IDLE_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "60s"
+    )]
+    pub idle_timeout: HumanDuration,
+    /// Serve at most this many connections at once; one more is answered 503
+    /// (too_many_connections) and closed.
+    #[arg(
+        long,
+        env = "MESHCANARY_MAX_CONNECTIONS",
+        value_name = "COUNT",
+        default_value_t = connections::DEFAULT_MAX_CONNECTIONS
+    )]
+    pub max_connections: usize,
 }
 
 impl ServeArgs {
+    /// The API's connection limits from the flags.
+    fn connection_limits(&self) -> Result<connections::Limits> {
+        for (flag, duration) in [
+            ("header-read-timeout", self.header_read_timeout),
+            ("idle-timeout", self.idle_timeout),
+        ] {
+            if duration.0 < std::time::Duration::from_millis(100) {
+                return Err(Error::invalid(flag, "must be at least 100ms"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(Error::invalid("max-connections", "must be at least 1"));
+        }
+        Ok(connections::Limits {
+            header_read_timeout: self.header_read_timeout.0,
+            idle_timeout: self.idle_timeout.0,
+            max_connections: self.max_connections,
+        })
+    }
+
     /// The controller's settings from the flags.
     fn controller_options(&self) -> Result<ControllerOptions> {
         Ok(ControllerOptions {
@@ -199,6 +247,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let token = read_token(&args)?;
     let initial = read_routes(&args)?;
     let options = args.controller_options()?;
+    let limits = args.connection_limits()?;
     let wasm = std::path::absolute(&args.wasm).unwrap_or_else(|_| args.wasm.clone());
     let observer: Box<dyn MetricsObserver> = match &args.prometheus_url {
         Some(url) => Box::new(PrometheusObserver::new(url)),
@@ -223,6 +272,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         token: Arc::from(token),
         protect_reads: args.protect_reads,
         wasm: wasm_artifact,
+        limits,
     };
     match (&args.wasmplugin, &args.ecds_file) {
         (Some(wasmplugin), _) => {
@@ -261,6 +311,7 @@ struct Api {
     token: Arc<str>,
     protect_reads: bool,
     wasm: Option<Arc<WasmArtifact>>,
+    limits: connections::Limits,
 }
 
 impl Api {
@@ -278,16 +329,10 @@ impl Api {
             source,
         })?;
         tracing::info!(%address, "meshcanary control API listening");
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|source| Error::Bind {
-                address: address.to_string(),
-                source,
-            });
+        connections::serve(self.listener, app, self.limits, shutdown_signal()).await;
         loops.abort();
         tracing::info!("stopped");
-        served
+        Ok(())
     }
 }
 

@@ -54,6 +54,9 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                     StatusCode::PAYLOAD_TOO_LARGE => Error::TooLarge {
                         limit: super::BODY_LIMIT,
                     },
+                    _ if timed_out(&rejection) => Error::Timeout(
+                        "the request body did not arrive in time (see --idle-timeout)".into(),
+                    ),
                     _ => Error::Malformed {
                         field: String::new(),
                         message: rejection.body_text(),
@@ -66,6 +69,19 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 message: error.to_string(),
             })
     }
+}
+
+/// Whether reading a body failed because it did not arrive in time (the server gives each request
+/// body a deadline, see [`crate::connections`]).
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// The `If-Match` header, if sent: the rollout version the client last saw.
