@@ -21,6 +21,7 @@ pub mod kube;
 pub mod metrics;
 pub mod observer;
 pub mod options;
+pub mod retention;
 pub mod rollout;
 pub mod router;
 pub mod server;

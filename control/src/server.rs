@@ -13,6 +13,7 @@ use crate::observer::envoy_admin::EnvoyAdminObserver;
 use crate::observer::prometheus::PrometheusObserver;
 use crate::observer::MetricsObserver;
 use crate::options::ControllerOptions;
+use crate::retention::{self, Retention};
 use crate::router::ecds_file::EcdsFileRouter;
 use crate::service::{Controller, DriftPolicy, Drifted};
 use crate::store::file::FileStore;
@@ -115,6 +116,32 @@ pub struct ServeArgs {
     /// hooks behind a private CA).
     #[arg(long, env = "MESHCANARY_WEBHOOK_CA_FILE", value_name = "PATH")]
     pub webhook_ca_file: Option<PathBuf>,
+    /// Keep at most this many finished rollouts (the newest); older ones are deleted.
+    #[arg(
+        long,
+        env = "MESHCANARY_RETAIN_FINISHED",
+        value_name = "COUNT",
+        default_value_t = retention::DEFAULT_MAX_FINISHED
+    )]
+    pub retain_finished: usize,
+    /// Delete a finished rollout this long after it finished (at least 1m).
+    #[arg(
+        long,
+        env = "MESHCANARY_RETAIN_FINISHED_FOR",
+        value_name = "DURATION",
+        default_value = "30days"
+    )]
+    pub retain_finished_for: HumanDuration,
+    /// Keep finished rollouts only while together they take at most this much of the saved
+    /// state, as JSON (at least 64KiB; the ConfigMap holding it in Kubernetes takes 1MiB).
+    #[arg(
+        long,
+        env = "MESHCANARY_RETAIN_FINISHED_BYTES",
+        value_name = "SIZE",
+        default_value = "512KiB",
+        value_parser = retention::parse_bytes
+    )]
+    pub retain_finished_bytes: usize,
     /// Close a connection that has not sent a complete request head this long after it opened
     /// or after its last response (idle and slow clients).
     #[arg(
@@ -169,6 +196,11 @@ impl ServeArgs {
     fn controller_options(&self) -> Result<ControllerOptions> {
         Ok(ControllerOptions {
             webhooks: webhook::Client::with_ca_file(self.webhook_ca_file.as_deref())?,
+            retention: Retention::new(
+                self.retain_finished,
+                self.retain_finished_for.0,
+                self.retain_finished_bytes,
+            )?,
         })
     }
 }

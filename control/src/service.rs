@@ -11,6 +11,7 @@ use crate::kube::leader::LeaderState;
 use crate::metrics::Metrics;
 use crate::observer::{MetricsObserver, ProxyGeneration};
 use crate::options::ControllerOptions;
+use crate::retention::Retention;
 use crate::rollout::engine::{self, Action, Command, Observation};
 use crate::rollout::{CheckRecord, Phase, Rollout, RolloutSpec, WebhookKind};
 use crate::router::TrafficRouter;
@@ -56,6 +57,7 @@ pub struct Controller {
     /// Per rollout: when the current analysis window opened and every proxy's counters then.
     windows: std::sync::Mutex<HashMap<String, Window>>,
     http: webhook::Client,
+    retention: Retention,
     notify_tx: tokio::sync::mpsc::UnboundedSender<(Rollout, WebhookKind)>,
     notify_rx:
         std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Rollout, WebhookKind)>>>,
@@ -170,6 +172,7 @@ impl Controller {
             tick_lock: Mutex::new(()),
             windows: std::sync::Mutex::new(HashMap::new()),
             http: options.webhooks,
+            retention: options.retention,
             notify_tx,
             notify_rx: std::sync::Mutex::new(Some(notify_rx)),
             synced: std::sync::atomic::AtomicBool::new(false),
@@ -481,6 +484,9 @@ impl Controller {
         for attempt in 1..=STATE_CONFLICT_RETRIES {
             let mut next = current.clone();
             let now = Timestamp::now();
+            // Before the change, so a rollout that finishes in it is still there for its
+            // notification (and for the next write to judge).
+            crate::retention::apply_logged(&self.retention, &mut next, now);
             let out = change(&mut next, now)?;
             let resync = *self.resync.lock().unwrap_or_else(|e| e.into_inner());
             if next == *current && resync.is_none() && !reloaded {

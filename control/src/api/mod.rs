@@ -10,6 +10,7 @@
 pub mod dashboard;
 pub mod extract;
 pub mod filter;
+pub mod paging;
 pub mod rollouts;
 pub mod routes;
 pub mod system;

@@ -19,8 +19,8 @@ use tower::ServiceExt;
 
 const TOKEN: &str = "test-token-0123456789";
 
-#[derive(Default)]
-struct MemoryStore(Mutex<Option<ServiceState>>);
+#[derive(Clone, Default)]
+struct MemoryStore(Arc<Mutex<Option<ServiceState>>>);
 
 #[async_trait]
 impl StateStore for MemoryStore {
@@ -71,9 +71,14 @@ impl MetricsObserver for NoProxies {
 struct Harness {
     app: axum::Router,
     pushed: RecordingRouter,
+    store: MemoryStore,
 }
 
 async fn harness(protect_reads: bool) -> Harness {
+    harness_with(protect_reads, crate::options::ControllerOptions::default()).await
+}
+
+async fn harness_with(protect_reads: bool, options: crate::options::ControllerOptions) -> Harness {
     let initial = FilterConfig::from_json(
         json!({"generation": 1, "routes": [{"name": "reviews", "hosts": ["*"],
             "variants": [{"name": "v1", "weight": 10000}, {"name": "v2", "weight": 0}]}]})
@@ -82,12 +87,13 @@ async fn harness(protect_reads: bool) -> Harness {
     )
     .unwrap();
     let pushed = RecordingRouter::default();
+    let store = MemoryStore::default();
     let controller = Controller::start(
-        Box::new(MemoryStore::default()),
+        Box::new(store.clone()),
         Box::new(pushed.clone()),
         Box::new(NoProxies),
         Some(initial),
-        crate::options::ControllerOptions::default(),
+        options,
     )
     .await
     .unwrap();
@@ -100,7 +106,7 @@ async fn harness(protect_reads: bool) -> Harness {
             sha256: "00ff".into(),
         })),
     });
-    Harness { app, pushed }
+    Harness { app, pushed, store }
 }
 
 async fn call(
@@ -621,7 +627,8 @@ async fn the_dashboard_is_served_open_and_self_contained() {
         "data-action=\"abort\"",
         "sessionStorage",
         "Authorization",
-        "\"/v1/rollouts\"",
+        "`/v1/rollouts?${query}`",
+        "id=\"pager\"",
         "/v1/rollouts/${encodeURIComponent(name)}/${action}",
     ] {
         assert!(page.contains(hook), "the page has no {hook}");
@@ -843,4 +850,69 @@ async fn every_error_from_every_route_has_the_documented_shape_and_field() {
             .is_some_and(|m| m.contains("POST is not allowed on /healthz")),
         "{body}"
     );
+}
+
+/// Issue 17 item 8: the list is a page (`items`, `continue`, `total`), newest first, and finished
+/// rollouts beyond the retention policy are deleted by the next write.
+#[tokio::test]
+async fn lists_come_in_pages_and_finished_rollouts_are_retained_by_policy() {
+    let options = crate::options::ControllerOptions {
+        retention: crate::retention::Retention::new(
+            3,
+            crate::retention::DEFAULT_MAX_AGE,
+            crate::retention::DEFAULT_MAX_BYTES,
+        )
+        .unwrap(),
+        ..Default::default()
+    };
+    let h = harness_with(false, options).await;
+    for i in 1..=5 {
+        let name = format!("r{i}");
+        let (status, _, body) = call(
+            &h.app,
+            "POST",
+            "/v1/rollouts",
+            Some(TOKEN),
+            Some(rollout(&name)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let path = format!("/v1/rollouts/{name}/abort");
+        let (status, _, body) = call(&h.app, "POST", &path, Some(TOKEN), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let names = |body: &Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["spec"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // The writes after each abort (the engine's tick) deleted all but the newest three.
+    let (_, _, all) = call(&h.app, "GET", "/v1/rollouts", None, None).await;
+    assert_eq!(names(&all), ["r5", "r4", "r3"]);
+    assert_eq!(all["total"], 3);
+    assert!(all.get("continue").is_none());
+    let (status, _, body) = call(
+        &h.app,
+        "POST",
+        "/v1/rollouts",
+        Some(TOKEN),
+        Some(rollout("r6")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, _, first) = call(&h.app, "GET", "/v1/rollouts?limit=2", None, None).await;
+    assert_eq!(names(&first), ["r6", "r5"]);
+    assert_eq!(first["total"], 4);
+    let token = first["continue"].as_str().unwrap();
+    let path = format!("/v1/rollouts?limit=2&continue={token}");
+    let (_, _, second) = call(&h.app, "GET", &path, None, None).await;
+    assert_eq!(names(&second), ["r4", "r3"]);
+    assert!(second.get("continue").is_none());
+    let saved = h.store.0.lock().unwrap().clone().unwrap();
+    let mut kept: Vec<&String> = saved.rollouts.keys().collect();
+    kept.sort();
+    assert_eq!(kept, ["r3", "r4", "r5", "r6"], "the saved state too");
 }
