@@ -1309,3 +1309,65 @@ async fn finished_rollouts_are_retained_by_policy_and_listed_in_pages() {
     saved.sort();
     assert_eq!(saved, ["r6", "r7"]);
 }
+
+/// Issue 17 item 2, through the real binary: a confirm-promotion gate that redirects does not
+/// approve (its redirect used to be followed to a path that answered 200), and gates are called
+/// over https, trusting `--webhook-ca-file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gates_are_called_over_https_and_a_redirect_is_no_approval() {
+    use meshcanary_e2e::hook_server::HookServer;
+    let certs = meshcanary_e2e::paths::workspace_root().join("control/src/webhook/testdata");
+    let hooks = HookServer::start_tls(&certs.join("server.pem"), &certs.join("server.key")).await;
+    hooks.answer_redirect("/gate", 302, "/approved");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = certs.join("ca.pem");
+    let service = ControlService::start_with_args(
+        &dir.path().join("ecds.json"),
+        &routes(),
+        meshcanary_e2e::control::StatsSource::EnvoyAdmin("http://127.0.0.1:9".into()),
+        &["--webhook-ca-file", ca.to_str().expect("a UTF-8 path")],
+    )
+    .await;
+    let api = service.api();
+    let gated = |name: &str, path: &str| {
+        let mut spec = spec(name, vec![hold("100ms")]);
+        spec["webhooks"] = json!([{"name": "approve", "type": "confirmPromotion",
+                                   "url": hooks.url(path), "retries": 0}]);
+        spec
+    };
+
+    api.create_rollout(&gated("redirected", "/gate")).await;
+    let view = api
+        .wait_for_rollout("redirected", "held by the redirecting gate", |view| {
+            view.rollout
+                .status
+                .message
+                .starts_with("waiting for the confirm-promotion hooks")
+        })
+        .await;
+    let message = &view.rollout.status.message;
+    assert!(
+        message.contains("answered 302 Found, a redirect to \"/approved\" on the same host")
+            && message.contains("redirects are not followed")
+            && message.contains(&format!("{}/…", hooks.base_url)),
+        "{message}"
+    );
+    assert_ne!(view.rollout.status.phase, Phase::Succeeded);
+    assert!(
+        hooks.calls("/approved").is_empty(),
+        "the redirect was followed"
+    );
+    assert_eq!(hooks.calls("/gate").len(), 1);
+    api.action("redirected", "abort").await;
+
+    api.create_rollout(&gated("approved", "/ok")).await;
+    api.wait_for_rollout("approved", "approved over https", |view| {
+        view.rollout
+            .status
+            .history
+            .iter()
+            .any(|event| event.message == "confirm-promotion hooks passed")
+    })
+    .await;
+    assert_eq!(hooks.calls("/ok").len(), 1);
+}
