@@ -10,6 +10,8 @@ use crate::error::{Error, Result};
 use crate::kube::leader::LeaderState;
 use crate::metrics::Metrics;
 use crate::observer::{MetricsObserver, ProxyGeneration};
+use crate::options::ControllerOptions;
+use crate::retention::Retention;
 use crate::rollout::engine::{self, Action, Command, Observation};
 use crate::rollout::{CheckRecord, Phase, Rollout, RolloutSpec, WebhookKind};
 use crate::router::TrafficRouter;
@@ -60,7 +62,8 @@ pub struct Controller {
     checks_in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Per rollout: when the current analysis window opened and every proxy's counters then.
     windows: std::sync::Mutex<HashMap<String, Window>>,
-    http: reqwest::Client,
+    http: webhook::Client,
+    retention: Retention,
     notify_tx: tokio::sync::mpsc::UnboundedSender<(Rollout, WebhookKind)>,
     notify_rx:
         std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(Rollout, WebhookKind)>>>,
@@ -79,7 +82,7 @@ pub struct Controller {
     /// What keeps this replica from being ready, by concern (`push`, `save`, `take-over`,
     /// `reload`); empty when ready.
     problems: RwLock<std::collections::BTreeMap<&'static str, String>>,
-    settings: Settings,
+    options: ControllerOptions,
     /// When the last successful push happened.
     pushed_at: std::sync::Mutex<Option<std::time::Instant>>,
     last_retry: std::sync::Mutex<Option<std::time::Instant>>,
@@ -96,29 +99,6 @@ pub enum DriftPolicy {
     /// decides (resume re-applies the service's config with the next change).
     Pause,
 }
-
-/// How a controller behaves, beyond its seams.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Settings {
-    /// The config to start from when there is no saved state and the router's target holds
-    /// none (`--routes`).
-    pub initial: Option<FilterConfig>,
-    /// How long proxies may take to run a pushed config before readiness reports the ones that
-    /// do not (they rejected it, or do not receive it).
-    pub proxy_grace: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Settings {
-        Settings {
-            initial: None,
-            proxy_grace: DEFAULT_PROXY_GRACE,
-        }
-    }
-}
-
-/// The default [`Settings::proxy_grace`].
-pub const DEFAULT_PROXY_GRACE: Duration = Duration::from_secs(10);
 
 /// A drift as the controller acts on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,13 +161,13 @@ impl Controller {
         store: Box<dyn StateStore>,
         router: Box<dyn TrafficRouter>,
         observer: Box<dyn MetricsObserver>,
-        settings: Settings,
+        options: ControllerOptions,
     ) -> Result<Arc<Controller>> {
         let (_, leadership) = tokio::sync::watch::channel(LeaderState {
             is_leader: true,
             leader: None,
         });
-        Controller::start_with_leadership(store, router, observer, settings, leadership).await
+        Controller::start_with_leadership(store, router, observer, options, leadership).await
     }
 
     /// Like [`Controller::start`] for one of several replicas: only while `leadership` says this
@@ -198,10 +178,10 @@ impl Controller {
         store: Box<dyn StateStore>,
         router: Box<dyn TrafficRouter>,
         observer: Box<dyn MetricsObserver>,
-        settings: Settings,
+        options: ControllerOptions,
         leadership: tokio::sync::watch::Receiver<LeaderState>,
     ) -> Result<Arc<Controller>> {
-        if let Some(initial) = &settings.initial {
+        if let Some(initial) = &options.initial {
             CheckedConfig::try_from(initial.clone())?;
         }
         let leads = leadership.borrow().is_leader;
@@ -218,7 +198,8 @@ impl Controller {
             observed: std::sync::Mutex::new(Vec::new()),
             checks_in_flight: std::sync::Mutex::new(std::collections::HashSet::new()),
             windows: std::sync::Mutex::new(HashMap::new()),
-            http: reqwest::Client::new(),
+            http: options.webhooks.clone(),
+            retention: options.retention,
             notify_tx,
             notify_rx: std::sync::Mutex::new(Some(notify_rx)),
             synced: std::sync::atomic::AtomicBool::new(false),
@@ -227,7 +208,7 @@ impl Controller {
             resync: std::sync::Mutex::new(None),
             held_drift: std::sync::Mutex::new(None),
             problems: RwLock::new(std::collections::BTreeMap::new()),
-            settings,
+            options,
             pushed_at: std::sync::Mutex::new(None),
             last_retry: std::sync::Mutex::new(None),
             metrics: Metrics::default(),
@@ -303,7 +284,7 @@ impl Controller {
             None => {
                 let starting = adopt::starting_config(
                     self.router.live().await?,
-                    self.settings.initial.as_ref(),
+                    self.options.initial.as_ref(),
                 )?;
                 for note in &starting.notes {
                     tracing::warn!("{note}");
@@ -344,7 +325,7 @@ impl Controller {
     /// Why this replica is not ready (`None`: ready), leaving out the checks named in `exclude`:
     /// `push`, `save`, `take-over` (adoption), `reload` (a follower reading the leader's state)
     /// failed and have not succeeded since; `proxies`: on the leader, watched proxies still run
-    /// an older generation than the one pushed, [`Settings::proxy_grace`] after the push (they
+    /// an older generation than the one pushed, [`ControllerOptions::proxy_grace`] after the push (they
     /// rejected it, or do not receive it).
     pub fn not_ready(&self, exclude: &[&str]) -> Option<String> {
         let mut reasons: Vec<String> = {
@@ -377,7 +358,7 @@ impl Controller {
     fn proxies_behind(&self) -> Option<String> {
         let pushed_at = (*self.pushed_at.lock().unwrap_or_else(|e| e.into_inner()))?;
         let waited = pushed_at.elapsed();
-        if waited < self.settings.proxy_grace {
+        if waited < self.options.proxy_grace {
             return None;
         }
         let pushed = self.pushed_generation.load(Ordering::SeqCst);
@@ -608,6 +589,10 @@ impl Controller {
             let mut next = current.clone();
             let now = Timestamp::now();
             let out = change(&mut next, now)?;
+            // The hooks this write calls are known before retention deletes anything, so a
+            // rollout that finishes in it still gets its notification.
+            let notify = notifications(&current, &next);
+            crate::retention::apply_logged(&self.retention, &mut next, now);
             let resync = *self.resync.lock().unwrap_or_else(|e| e.into_inner());
             if next == *current && resync.is_none() && !reloaded {
                 return Ok(then(&current, out));
@@ -647,7 +632,7 @@ impl Controller {
                     return Err(error);
                 }
             }
-            for notification in notifications(&current, &next) {
+            for notification in notify {
                 let _ = self.notify_tx.send(notification);
             }
             *current = next;

@@ -836,7 +836,11 @@ async fn two_replicas_elect_one_leader_and_hand_over() {
     );
     assert_eq!(seen["status"], created["status"]);
     let listed = follower.get("/v1/rollouts").await;
-    assert_eq!(listed.body.as_array().map(Vec::len), Some(1), "{listed:?}");
+    assert_eq!(
+        listed.body["items"].as_array().map(Vec::len),
+        Some(1),
+        "{listed:?}"
+    );
     assert_refuses_writes(follower, leader.name()).await;
     assert_eq!(
         follower.readyz().await.0,

@@ -24,7 +24,7 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Environment variables `meshcanary serve` reads that must not leak in from the caller (e.g. a
 /// developer's shell): the harness and the demo pass everything they want as flags.
-pub const SERVICE_ENV: [&str; 18] = [
+pub const SERVICE_ENV: [&str; 25] = [
     "MESHCANARY_LISTEN",
     "MESHCANARY_STATE_DIR",
     "MESHCANARY_TOKEN_FILE",
@@ -42,6 +42,13 @@ pub const SERVICE_ENV: [&str; 18] = [
     "MESHCANARY_LEASE_DURATION",
     "POD_NAMESPACE",
     "POD_NAME",
+    "MESHCANARY_WEBHOOK_CA_FILE",
+    "MESHCANARY_RETAIN_FINISHED",
+    "MESHCANARY_RETAIN_FINISHED_FOR",
+    "MESHCANARY_RETAIN_FINISHED_BYTES",
+    "MESHCANARY_HEADER_READ_TIMEOUT",
+    "MESHCANARY_IDLE_TIMEOUT",
+    "MESHCANARY_MAX_CONNECTIONS",
     "RUST_LOG",
 ];
 
@@ -62,6 +69,7 @@ pub struct ControlService {
     port: u16,
     ecds_file: PathBuf,
     stats: StatsSource,
+    extra_args: Vec<String>,
     api: ControlApi,
 }
 
@@ -92,6 +100,17 @@ impl ControlService {
         routes: &FilterConfig,
         stats: StatsSource,
     ) -> ControlService {
+        ControlService::start_with_args(ecds_file, routes, stats, &[]).await
+    }
+
+    /// Like [`ControlService::start_without_envoy`], with more `serve` flags (`--max-connections`,
+    /// `--retain-finished`, …) after the harness's own.
+    pub async fn start_with_args(
+        ecds_file: &Path,
+        routes: &FilterConfig,
+        stats: StatsSource,
+        extra_args: &[&str],
+    ) -> ControlService {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::write(dir.path().join("routes.json"), routes.to_json()).expect("write routes");
         let log_path: Arc<Path> = Arc::from(dir.path().join("service.log"));
@@ -101,6 +120,7 @@ impl ControlService {
             port: 0,
             ecds_file: ecds_file.to_path_buf(),
             stats,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             api: ControlApi::new(String::new(), log_path),
         };
         // A port found free can be taken by someone else before the service binds it; such a
@@ -135,6 +155,16 @@ impl ControlService {
     /// Everything the service logged so far, across restarts.
     pub fn log(&self) -> String {
         self.api.log()
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The `serve` flags after the harness's own from the next (re)start on.
+    pub fn set_extra_args(&mut self, extra_args: &[&str]) {
+        self.extra_args = extra_args.iter().map(|a| a.to_string()).collect();
     }
 
     /// Kills the process with SIGKILL (no shutdown code runs) and reaps it.
@@ -186,6 +216,7 @@ impl ControlService {
             StatsSource::EnvoyAdmin(url) => command.arg("--envoy-admin").arg(url),
             StatsSource::Prometheus(url) => command.arg("--prometheus-url").arg(url),
         };
+        command.args(&self.extra_args);
         let child = command
             .env("MESHCANARY_TOKEN", TOKEN)
             .env("RUST_LOG", "info")

@@ -11,7 +11,7 @@ use crate::load::{Client, Reply};
 use crate::paths;
 use crate::steady_load::{LoadCounts, SteadyLoad};
 use crate::upstream::Upstream;
-use meshcanary_control::api::rollouts::RolloutView;
+use meshcanary_control::api::rollouts::{RolloutList, RolloutView};
 use meshcanary_control::api::routes::RoutesView;
 use meshcanary_core::config::FilterConfig;
 use std::collections::{BTreeMap, VecDeque};
@@ -307,9 +307,11 @@ impl Rig {
         self.get(&format!("/v1/rollouts/{name}")).await
     }
 
-    /// `GET /v1/rollouts`.
+    /// `GET /v1/rollouts`: the newest 100 (running ones among them: a route has one at most).
     pub async fn rollouts(&self) -> Result<Vec<RolloutView>, String> {
-        self.get("/v1/rollouts").await
+        self.get::<RolloutList>("/v1/rollouts")
+            .await
+            .map(|list| list.items)
     }
 
     /// `GET /v1/routes`.
