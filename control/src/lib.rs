@@ -14,10 +14,12 @@
 pub mod adopt;
 pub mod analysis;
 pub mod api;
+pub mod atomic_file;
 pub mod cli;
 pub mod connections;
 pub mod error;
 pub mod kube;
+pub mod leader;
 pub mod metrics;
 pub mod observer;
 pub mod options;

@@ -7,7 +7,7 @@
 use crate::adopt;
 use crate::analysis::{delta, judge, merge, Check, Measured, Snapshot, Verdict};
 use crate::error::{Error, Result};
-use crate::kube::leader::LeaderState;
+use crate::leader::LeaderState;
 use crate::metrics::Metrics;
 use crate::observer::{MetricsObserver, ProxyGeneration};
 use crate::options::ControllerOptions;

@@ -18,7 +18,7 @@ use axum::http::Method;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, WatchEvent, WatchParams};
-use meshcanary_control::kube::wasmplugin::wasmplugin_resource;
+use meshcanary_control::router::wasmplugin::wasmplugin_resource;
 use meshcanary_testkit::envtest::Envtest;
 use meshcanary_testkit::install::WASMPLUGIN;
 use meshcanary_testkit::interpose::Interposer;

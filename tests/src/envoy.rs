@@ -42,8 +42,8 @@ pub fn render(template: &str, values: &[(&str, String)]) -> String {
 
 /// Writes the ECDS file the way the control service does (temp file, fsync, rename), so a test
 /// push is delivered exactly like a real one.
-fn write_atomically(path: &Path, contents: &str) -> Result<(), meshcanary_control::Error> {
-    meshcanary_control::store::file::write_atomically(path, contents.as_bytes())
+fn write_atomically(path: &Path, contents: &str) -> std::io::Result<()> {
+    meshcanary_control::atomic_file::write_atomically(path, contents.as_bytes())
 }
 
 impl Envoy {
