@@ -4,6 +4,7 @@
 use crate::api::filter::WasmArtifact;
 use crate::api::{self, AppState};
 use crate::connections;
+use crate::controller::{Controller, DriftPolicy, Drifted};
 use crate::error::{Error, Result};
 use crate::leader::lease::{LeaderElector, LeaseConfig};
 use crate::observer::envoy_admin::EnvoyAdminObserver;
@@ -14,7 +15,6 @@ use crate::retention::{self, Retention};
 use crate::router::ecds_file::EcdsFileRouter;
 use crate::router::wasmplugin::drift::{watch_drift, DriftEvent};
 use crate::router::wasmplugin::WasmPluginRouter;
-use crate::service::{Controller, DriftPolicy, Drifted};
 use crate::store::configmap::ConfigMapStore;
 use crate::store::file::FileStore;
 use crate::time::HumanDuration;

@@ -14,8 +14,8 @@
 
 use crate::error::{Error, Result};
 use crate::rollout::analysis_spec::WEBHOOK_RETRY_PAUSE;
-use crate::rollout::engine::percent;
 use crate::rollout::{Rollout, Webhook, WebhookKind};
+use crate::view::percent;
 use axum::body::Bytes;
 use axum::http::{header, Request, StatusCode, Uri};
 use http_body_util::Full;

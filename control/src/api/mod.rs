@@ -17,8 +17,8 @@ pub mod system;
 #[cfg(test)]
 mod tests;
 
+use crate::controller::Controller;
 use crate::error::Error;
-use crate::service::Controller;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;

@@ -6,7 +6,7 @@ use super::AppState;
 use crate::error::{Error, ErrorBody, Result};
 use crate::rollout::engine::Command;
 use crate::rollout::{Rollout, RolloutSpec, Weight};
-use crate::service::Propagation;
+use crate::view::Propagation;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

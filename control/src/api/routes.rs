@@ -3,7 +3,7 @@
 use super::extract::{ApiJson, ApiPath};
 use super::AppState;
 use crate::error::{Error, ErrorBody, Result};
-use crate::service::Propagation;
+use crate::view::Propagation;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;

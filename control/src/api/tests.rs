@@ -2,10 +2,10 @@
 //! a router that records what it is given and an observer with fixed answers.
 
 use super::{app, AppState};
+use crate::controller::Controller;
 use crate::error::Result;
 use crate::observer::{MetricsObserver, ProxyGeneration};
 use crate::router::TrafficRouter;
-use crate::service::Controller;
 use crate::state::ServiceState;
 use crate::store::StateStore;
 use async_trait::async_trait;

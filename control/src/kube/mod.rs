@@ -5,7 +5,7 @@
 //! - [`crate::router::wasmplugin::WasmPluginRouter`] pushes the filter config into an Istio
 //!   `WasmPlugin`'s `spec.pluginConfig`, and nothing else, by server-side apply under its own field
 //!   manager with optimistic concurrency; it reads back what a `WasmPlugin` holds so that a service
-//!   without state adopts it ([`crate::adopt`]);
+//!   without state adopts it ([`crate::controller::adopt`]);
 //! - [`crate::router::wasmplugin::drift`] notices when someone (a person with `kubectl edit`, a
 //!   GitOps tool reverting) changes that `pluginConfig` behind the service's back, or deletes it;
 //! - [`crate::store::configmap::ConfigMapStore`] keeps the service state in one ConfigMap, so a
