@@ -103,6 +103,7 @@ impl Rig {
                 stats: Some(StatsSource::EnvoyAdmin(envoy.admin_url.clone())),
                 token: TOKEN.into(),
                 port: 0,
+                extra_args: Vec::new(),
             },
             control_bin,
         )

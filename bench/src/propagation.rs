@@ -20,7 +20,7 @@ pub const ENVOY_POLL: Duration = Duration::from_millis(1);
 /// How often the service's `GET /v1/rollouts/{name}` is read while waiting; its answer changes only
 /// once per [`OBSERVE_INTERVAL`], so finer would only load it.
 pub const SERVICE_POLL: Duration = Duration::from_millis(5);
-/// The control service's observer interval (`meshcanary_control::service::OBSERVE_INTERVAL`): how
+/// The control service's observer interval (`meshcanary_control::controller::OBSERVE_INTERVAL`): how
 /// often it asks each proxy which generation it runs.
 pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(200);
 /// An update that has not reached Envoy and the service by then fails the run.

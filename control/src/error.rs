@@ -14,7 +14,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A request or config field is invalid (422).
-    #[error("{field}: {reason}")]
+    #[error("{}{reason}", field_prefix(field))]
     Invalid {
         /// Field path, e.g. `steps[1].setWeight.percent`.
         field: String,
@@ -51,6 +51,19 @@ pub enum Error {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The route exists but not with this method (405); `allowed` is its `Allow` header.
+    #[error("{method} is not allowed on {path}; use {}", allowed.replace(',', ", "))]
+    MethodNotAllowed {
+        /// The method asked for.
+        method: String,
+        /// The path.
+        path: String,
+        /// The methods the path accepts, as in `Allow`.
+        allowed: String,
+    },
+    /// The client took too long to send its request (408).
+    #[error("{0}")]
+    Timeout(String),
     /// This replica does not lead; only the leader writes (503).
     #[error("this replica is not the leader{}; send writes to the leader", leader.as_deref().map(|l| format!(" (the leader is {l})")).unwrap_or_default())]
     NotLeader {
@@ -69,6 +82,9 @@ pub enum Error {
         /// What changed.
         reason: String,
     },
+    /// Something went wrong inside the service (500); the message is logged, not shown.
+    #[error("{0}")]
+    Internal(String),
     /// The API's address could not be listened on.
     #[error("cannot listen on {address}")]
     Bind {
@@ -150,10 +166,13 @@ impl Error {
             Error::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Error::NotLeader { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::StateConflict { .. } => StatusCode::CONFLICT,
             Error::Store { .. }
             | Error::CorruptState { .. }
+            | Error::Internal(_)
             | Error::Bind { .. }
             | Error::File { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             Error::Push { .. } | Error::Remote { .. } => StatusCode::BAD_GATEWAY,
@@ -170,11 +189,14 @@ impl Error {
             Error::VersionMismatch { .. } => "version_mismatch",
             Error::Unauthorized(_) => "unauthorized",
             Error::TooLarge { .. } => "payload_too_large",
+            Error::MethodNotAllowed { .. } => "method_not_allowed",
+            Error::Timeout(_) => "request_timeout",
             Error::NotLeader { .. } => "not_leader",
             Error::Unavailable(_) => "not_ready",
             Error::StateConflict { .. } => "conflict",
             Error::Store { .. }
             | Error::CorruptState { .. }
+            | Error::Internal(_)
             | Error::Bind { .. }
             | Error::File { .. } => "internal",
             Error::Push { .. } => "push_failed",
@@ -211,9 +233,10 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable code: `invalid_field`, `malformed_request`, `not_found`, `conflict`,
-    /// `version_mismatch`, `unauthorized`, `payload_too_large`, `not_leader`, `not_ready`, `push_failed`,
-    /// `upstream_failed`, `internal`.
+    /// Stable code: `invalid_field`, `malformed_request`, `not_found`, `method_not_allowed`,
+    /// `conflict`, `version_mismatch`, `unauthorized`, `request_timeout`, `payload_too_large`,
+    /// `too_many_connections`, `not_leader`, `not_ready`, `push_failed`, `upstream_failed`,
+    /// `internal`.
     pub code: String,
     /// For people.
     pub message: String,
@@ -244,6 +267,14 @@ impl IntoResponse for Error {
                 field: self.field().map(str::to_string),
             },
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if let Error::MethodNotAllowed { allowed, .. } = &self {
+            if let Ok(allowed) = axum::http::HeaderValue::from_str(allowed) {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::ALLOW, allowed);
+            }
+        }
+        response
     }
 }

@@ -8,24 +8,29 @@
 //! the filter's generation gauge ([`observer::envoy_admin`]).
 //!
 //! The decisions are pure: [`rollout::engine`] maps (rollout, observation, now) to the next action.
-//! IO sits at the edges: [`store`], [`router`], [`observer`], [`api`] and the loops in [`service`].
+//! IO sits at the edges: [`store`], [`router`], [`observer`], [`api`] and the loops in [`controller`].
 //! The same binary is the CLI ([`cli`]) that people use against the HTTP API.
 
-pub mod adopt;
 pub mod analysis;
 pub mod api;
+pub mod atomic_file;
 pub mod cli;
+pub mod connections;
+pub mod controller;
 pub mod error;
 pub mod kube;
+pub mod leader;
 pub mod metrics;
 pub mod observer;
+pub mod options;
+pub mod retention;
 pub mod rollout;
 pub mod router;
 pub mod server;
-pub mod service;
 pub mod state;
 pub mod store;
 pub mod time;
+pub mod view;
 pub mod webhook;
 
 pub use error::{Error, Result};

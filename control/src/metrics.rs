@@ -2,7 +2,7 @@
 //! phase, each rollout's canary weight, the config generation and how many proxies run it.
 
 use crate::rollout::{Phase, Rollout};
-use crate::service::Propagation;
+use crate::view::Propagation;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;

@@ -3,18 +3,22 @@
 
 use crate::api::filter::WasmArtifact;
 use crate::api::{self, AppState};
+use crate::connections;
+use crate::controller::{Controller, DriftPolicy, Drifted};
 use crate::error::{Error, Result};
-use crate::kube::configmap_store::ConfigMapStore;
-use crate::kube::drift::{watch_drift, DriftEvent};
-use crate::kube::leader::{LeaderElector, LeaseConfig};
-use crate::kube::wasmplugin::WasmPluginRouter;
+use crate::leader::lease::{LeaderElector, LeaseConfig};
 use crate::observer::envoy_admin::EnvoyAdminObserver;
 use crate::observer::prometheus::PrometheusObserver;
 use crate::observer::MetricsObserver;
+use crate::options::ControllerOptions;
+use crate::retention::{self, Retention};
 use crate::router::ecds_file::EcdsFileRouter;
-use crate::service::{Controller, DriftPolicy, Drifted, Settings};
+use crate::router::wasmplugin::drift::{watch_drift, DriftEvent};
+use crate::router::wasmplugin::WasmPluginRouter;
+use crate::store::configmap::ConfigMapStore;
 use crate::store::file::FileStore;
 use crate::time::HumanDuration;
+use crate::webhook;
 use clap::Args;
 use futures::StreamExt;
 use meshcanary_core::config::FilterConfig;
@@ -112,6 +116,99 @@ pub struct ServeArgs {
         conflicts_with = "envoy_admin"
     )]
     pub prometheus_url: Option<String>,
+    /// PEM file of CA certificates to trust for https:// webhooks, besides the system's (for
+    /// hooks behind a private CA).
+    #[arg(long, env = "MESHCANARY_WEBHOOK_CA_FILE", value_name = "PATH")]
+    pub webhook_ca_file: Option<PathBuf>,
+    /// Keep at most this many finished rollouts (the newest); older ones are deleted.
+    #[arg(
+        long,
+        env = "MESHCANARY_RETAIN_FINISHED",
+        value_name = "COUNT",
+        default_value_t = retention::DEFAULT_MAX_FINISHED
+    )]
+    pub retain_finished: usize,
+    /// Delete a finished rollout this long after it finished (at least 1m).
+    #[arg(
+        long,
+        env = "MESHCANARY_RETAIN_FINISHED_FOR",
+        value_name = "DURATION",
+        default_value = "30days"
+    )]
+    pub retain_finished_for: HumanDuration,
+    /// Keep finished rollouts only while together they take at most this much of the saved
+    /// state, as JSON (at least 64KiB; the ConfigMap holding it in Kubernetes takes 1MiB).
+    #[arg(
+        long,
+        env = "MESHCANARY_RETAIN_FINISHED_BYTES",
+        value_name = "SIZE",
+        default_value = "512KiB",
+        value_parser = retention::parse_bytes
+    )]
+    pub retain_finished_bytes: usize,
+    /// Close a connection that has not sent a complete request head this long after it opened
+    /// or after its last response (idle and slow clients).
+    #[arg(
+        long,
+        env = "MESHCANARY_HEADER_READ_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "10s"
+    )]
+    pub header_read_timeout: HumanDuration,
+    /// Close a connection on which nothing has moved for this long while none of its requests
+    /// is being handled; a request body must arrive within it too (else 408).
+    #[arg(
+        long,
+        env = "MESHCANARY_IDLE_TIMEOUT",
+        value_name = "DURATION",
+        default_value = "60s"
+    )]
+    pub idle_timeout: HumanDuration,
+    /// Serve at most this many connections at once; one more is answered 503
+    /// (too_many_connections) and closed.
+    #[arg(
+        long,
+        env = "MESHCANARY_MAX_CONNECTIONS",
+        value_name = "COUNT",
+        default_value_t = connections::DEFAULT_MAX_CONNECTIONS
+    )]
+    pub max_connections: usize,
+}
+
+impl ServeArgs {
+    /// The API's connection limits from the flags.
+    fn connection_limits(&self) -> Result<connections::Limits> {
+        for (flag, duration) in [
+            ("header-read-timeout", self.header_read_timeout),
+            ("idle-timeout", self.idle_timeout),
+        ] {
+            if duration.0 < std::time::Duration::from_millis(100) {
+                return Err(Error::invalid(flag, "must be at least 100ms"));
+            }
+        }
+        if self.max_connections == 0 {
+            return Err(Error::invalid("max-connections", "must be at least 1"));
+        }
+        Ok(connections::Limits {
+            header_read_timeout: self.header_read_timeout.0,
+            idle_timeout: self.idle_timeout.0,
+            max_connections: self.max_connections,
+        })
+    }
+
+    /// The controller's settings from the flags.
+    fn controller_options(&self) -> Result<ControllerOptions> {
+        Ok(ControllerOptions {
+            initial: read_routes(self)?,
+            proxy_grace: self.proxy_grace.0,
+            webhooks: webhook::Client::with_ca_file(self.webhook_ca_file.as_deref())?,
+            retention: Retention::new(
+                self.retain_finished,
+                self.retain_finished_for.0,
+                self.retain_finished_bytes,
+            )?,
+        })
+    }
 }
 
 fn read_token(args: &ServeArgs) -> Result<String> {
@@ -128,11 +225,39 @@ fn read_token(args: &ServeArgs) -> Result<String> {
             ))
         }
     };
-    let token = token.trim().to_string();
-    if token.len() < 16 {
-        return Err(Error::invalid("token", "must be at least 16 characters"));
+    checked_token(&token)
+}
+
+/// The shortest token accepted, in characters.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// The token as the service will compare it: trimmed, at least [`MIN_TOKEN_CHARS`] characters
+/// (counted as characters, not bytes), and only printable ASCII without spaces — what an
+/// `Authorization` header carries as it was typed (other bytes are not reliably sent, and a token
+/// the service cannot receive would lock every write out).
+fn checked_token(raw: &str) -> Result<String> {
+    let token = raw.trim();
+    let chars = token.chars().count();
+    if chars < MIN_TOKEN_CHARS {
+        return Err(Error::invalid(
+            "token",
+            format!("must be at least {MIN_TOKEN_CHARS} characters (it has {chars})"),
+        ));
     }
-    Ok(token)
+    if let Some((position, bad)) = token
+        .chars()
+        .enumerate()
+        .find(|(_, c)| !c.is_ascii_graphic())
+    {
+        return Err(Error::invalid(
+            "token",
+            format!(
+                "character {} is {bad:?}: use printable ASCII without spaces, as an Authorization header carries it (e.g. head -c 24 /dev/urandom | base64)",
+                position + 1
+            ),
+        ));
+    }
+    Ok(token.to_string())
 }
 
 fn read_routes(args: &ServeArgs) -> Result<Option<FilterConfig>> {
@@ -158,10 +283,8 @@ fn read_routes(args: &ServeArgs) -> Result<Option<FilterConfig>> {
 /// clean stop, a failed start, a failed server — so a successor takes over at once.
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let token = read_token(&args)?;
-    let settings = Settings {
-        initial: read_routes(&args)?,
-        proxy_grace: args.proxy_grace.0,
-    };
+    let options = args.controller_options()?;
+    let limits = args.connection_limits()?;
     let wasm = std::path::absolute(&args.wasm).unwrap_or_else(|_| args.wasm.clone());
     let observer: Box<dyn MetricsObserver> = match &args.prometheus_url {
         Some(url) => Box::new(PrometheusObserver::new(url)),
@@ -186,10 +309,11 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         token: Arc::from(token),
         protect_reads: args.protect_reads,
         wasm: wasm_artifact,
+        limits,
     };
     match (&args.wasmplugin, &args.ecds_file) {
         (Some(wasmplugin), _) => {
-            serve_in_kubernetes(&args, wasmplugin, observer, settings, api).await
+            serve_in_kubernetes(&args, wasmplugin, observer, options, api).await
         }
         (None, Some(ecds_file)) => {
             let store = FileStore::open(&args.state_dir)?;
@@ -202,7 +326,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
                 },
             );
             let controller =
-                Controller::start(Box::new(store), Box::new(router), observer, settings).await?;
+                Controller::start(Box::new(store), Box::new(router), observer, options).await?;
             api.run(controller).await
         }
         (None, None) => Err(Error::invalid(
@@ -218,6 +342,7 @@ struct Api {
     token: Arc<str>,
     protect_reads: bool,
     wasm: Option<Arc<WasmArtifact>>,
+    limits: connections::Limits,
 }
 
 impl Api {
@@ -235,16 +360,10 @@ impl Api {
             source,
         })?;
         tracing::info!(%address, "meshcanary control API listening");
-        let served = axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .map_err(|source| Error::Bind {
-                address: address.to_string(),
-                source,
-            });
+        connections::serve(self.listener, app, self.limits, shutdown_signal()).await;
         loops.abort();
         tracing::info!("stopped");
-        served
+        Ok(())
     }
 }
 
@@ -254,7 +373,7 @@ async fn serve_in_kubernetes(
     args: &ServeArgs,
     wasmplugin: &str,
     observer: Box<dyn MetricsObserver>,
-    settings: Settings,
+    options: ControllerOptions,
     api: Api,
 ) -> Result<()> {
     let client = ::kube::Client::try_default()
@@ -285,7 +404,7 @@ async fn serve_in_kubernetes(
     let mut drift_watch = None;
     let outcome = async {
         let (expected_tx, expected_rx) =
-            tokio::sync::watch::channel(settings.initial.clone().unwrap_or_default());
+            tokio::sync::watch::channel(options.initial.clone().unwrap_or_default());
         let router = WasmPluginRouter::new(client.clone(), &args.kube_namespace, wasmplugin)
             .with_expected(expected_tx);
         let store = ConfigMapStore::new(
@@ -297,7 +416,7 @@ async fn serve_in_kubernetes(
             Box::new(store),
             Box::new(router),
             observer,
-            settings,
+            options,
             leadership,
         )
         .await?;
@@ -374,4 +493,36 @@ async fn shutdown_signal() {
         _ = terminate => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_counted_in_characters_and_must_fit_a_header() {
+        let cases: [(&str, Result<&str, &str>); 7] = [
+            // Nine characters in 18 bytes: short, whatever the byte count.
+            ("ééééééééé", Err("at least 16 characters (it has 9)")),
+            ("0123456789abcdef", Ok("0123456789abcdef")),
+            ("  0123456789abcdef\n", Ok("0123456789abcdef")),
+            ("0123456789abcde", Err("at least 16 characters (it has 15)")),
+            ("éééééééééééééééé", Err("character 1 is 'é'")),
+            ("0123456789 abcdef", Err("character 11 is ' '")),
+            ("0123456789abcdef\u{7f}x", Err("character 17 is '\\u{7f}'")),
+        ];
+        for (raw, expected) in cases {
+            match (checked_token(raw), expected) {
+                (Ok(token), Ok(want)) => assert_eq!(token, want, "{raw:?}"),
+                (Err(error), Err(want)) => {
+                    let Error::Invalid { field, reason } = &error else {
+                        panic!("{raw:?}: {error:?}")
+                    };
+                    assert_eq!(field, "token");
+                    assert!(reason.contains(want), "{raw:?}: {reason}");
+                }
+                (got, want) => panic!("{raw:?}: got {got:?}, expected {want:?}"),
+            }
+        }
+    }
 }

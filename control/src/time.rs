@@ -88,9 +88,15 @@ impl Serialize for HumanDuration {
 }
 
 impl<'de> Deserialize<'de> for HumanDuration {
+    /// Like [`str::parse`], except that a duration too long to represent saturates instead of
+    /// failing: it is well-formed, just absurd, and the field's own limit then rejects it with
+    /// the field named (422), as it does any other over-long duration.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
+        match humantime::parse_duration(&text) {
+            Err(humantime::DurationError::NumberOverflow) => Ok(HumanDuration(Duration::MAX)),
+            _ => text.parse().map_err(serde::de::Error::custom),
+        }
     }
 }
 
@@ -140,6 +146,24 @@ mod tests {
             .parse::<HumanDuration>()
             .unwrap_err()
             .contains("not a duration"));
+    }
+
+    #[test]
+    fn durations_too_long_to_represent_saturate_when_deserialized() {
+        for (json, expected) in [
+            ("\"99999999999999999999s\"", Some(Duration::MAX)),
+            ("\"600000000000y\"", Some(Duration::MAX)),
+            (
+                "\"300000000y\"",
+                Some(Duration::from_secs(300_000_000 * 31_557_600)),
+            ),
+            ("\"soon\"", None),
+        ] {
+            let parsed = serde_json::from_str::<HumanDuration>(json)
+                .ok()
+                .map(|d| d.0);
+            assert_eq!(parsed, expected, "{json}");
+        }
     }
 
     #[test]

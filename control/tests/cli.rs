@@ -87,9 +87,7 @@ impl Run {
 impl Service {
     /// The names of every rollout, as `rollout list -o json` gives them.
     fn rollout_names(&self) -> Vec<String> {
-        self.cli(&["rollout", "list", "-o", "json"])
-            .ok()
-            .json()
+        self.cli(&["rollout", "list", "-o", "json"]).ok().json()["items"]
             .as_array()
             .unwrap()
             .iter()
@@ -108,6 +106,7 @@ impl Service {
             stats: None,
             token: TOKEN.into(),
             port: 0,
+            extra_args: Vec::new(),
         };
         // The tests are synchronous; the kit's start waits on `/readyz` asynchronously.
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -304,7 +303,7 @@ fn a_rollout_is_created_followed_and_steered() {
     let deleted = service.cli(&["rollout", "delete", "reviews-v2"]).ok();
     assert_eq!(deleted.stdout, "rollout reviews-v2 deleted\n");
     let list = service.cli(&["rollout", "list", "-o", "json"]).ok();
-    assert_eq!(list.json(), serde_json::json!([]));
+    assert_eq!(list.json(), serde_json::json!({"items": [], "total": 0}));
     assert!(service
         .cli(&["rollout", "list"])
         .ok()
@@ -790,4 +789,93 @@ fn watching_a_rollout_that_is_aborted_exits_1() {
         })
         .collect();
     assert_eq!(phases, ["paused", "aborted"], "{run:#?}");
+}
+
+/// Issue 17 item 8: `rollout list` reads the API's pages. With `--limit` it shows one page and
+/// the command for the next; without, it lists every rollout (from `--continue` on, if given).
+#[test]
+fn rollout_list_pages_through_the_api() {
+    let service = Service::start();
+    for name in ["r1", "r2", "r3", "r4", "r5"] {
+        service
+            .cli(&[
+                "rollout",
+                "create",
+                name,
+                "--route",
+                "reviews",
+                "--stable",
+                "v1",
+                "--canary",
+                "v2",
+                "--steps",
+                "10%,pause,100%",
+            ])
+            .ok();
+        service.cli(&["rollout", "abort", name]).ok();
+    }
+    let rows = |run: &Run| -> Vec<String> {
+        run.stdout
+            .lines()
+            .skip(1)
+            .filter(|line| line.starts_with('r'))
+            .map(|line| line.split_whitespace().next().unwrap().to_string())
+            .collect()
+    };
+    let next = |run: &Run| -> Option<String> {
+        let last = run.stdout.lines().last()?;
+        let (_, command) = last.split_once("More: ")?;
+        assert!(last.starts_with("5 rollouts in all."), "{run:#?}");
+        command
+            .strip_prefix("meshcanary rollout list --limit 2 --continue ")
+            .map(str::to_string)
+    };
+    let mut pages = Vec::new();
+    let mut args = vec![
+        "rollout".to_string(),
+        "list".into(),
+        "--limit".into(),
+        "2".into(),
+    ];
+    loop {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let page = service.cli(&argv).ok();
+        pages.push(rows(&page));
+        match next(&page) {
+            Some(token) => {
+                args.truncate(4);
+                args.extend(["--continue".to_string(), token]);
+            }
+            None => break,
+        }
+        assert!(pages.len() < 5, "{pages:?}");
+    }
+    assert_eq!(pages, [vec!["r5", "r4"], vec!["r3", "r2"], vec!["r1"]]);
+
+    assert_eq!(service.rollout_names(), ["r5", "r4", "r3", "r2", "r1"]);
+    let json = service.cli(&["rollout", "list", "-o", "json"]).ok().json();
+    assert_eq!(json["total"], 5);
+    assert!(json.get("continue").is_none(), "{json}");
+    let all = service.cli(&["rollout", "list"]).ok();
+    assert_eq!(rows(&all), ["r5", "r4", "r3", "r2", "r1"]);
+
+    // One page as the API gives it, and the rest of the list from a token on.
+    let page = service
+        .cli(&["rollout", "list", "--limit", "2", "-o", "json"])
+        .ok()
+        .json();
+    assert_eq!(page["items"].as_array().unwrap().len(), 2);
+    let token = page["continue"].as_str().unwrap();
+    let rest = service.cli(&["rollout", "list", "--continue", token]).ok();
+    assert_eq!(rows(&rest), ["r3", "r2", "r1"]);
+
+    let refused = service.cli(&["rollout", "list", "--limit", "0"]).fails(2);
+    assert!(refused.stderr.contains("--limit"), "{refused:#?}");
+    let refused = service
+        .cli(&["rollout", "list", "--continue", "not-a-token"])
+        .fails(1);
+    assert!(
+        refused.stderr.contains("not a continue token"),
+        "{refused:#?}"
+    );
 }

@@ -14,13 +14,15 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
-use meshcanary_control::kube::configmap_store::{ConfigMapStore, STATE_KEY};
-use meshcanary_control::kube::drift::{watch_drift_with, Difference, DriftEvent, DriftWatchConfig};
-use meshcanary_control::kube::leader::{LeaderElector, LeaderState, LeaseConfig};
-use meshcanary_control::kube::wasmplugin::WasmPluginRouter;
+use meshcanary_control::leader::lease::{LeaderElector, LeaderState, LeaseConfig};
 use meshcanary_control::rollout::RolloutSpec;
+use meshcanary_control::router::wasmplugin::drift::{
+    watch_drift_with, Difference, DriftEvent, DriftWatchConfig,
+};
+use meshcanary_control::router::wasmplugin::WasmPluginRouter;
 use meshcanary_control::router::{LiveConfig, TrafficRouter};
 use meshcanary_control::state::ServiceState;
+use meshcanary_control::store::configmap::{ConfigMapStore, STATE_KEY};
 use meshcanary_control::store::StateStore;
 use meshcanary_control::time::Timestamp as ServiceTime;
 use meshcanary_control::Error;

@@ -18,7 +18,7 @@ use axum::http::Method;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, WatchEvent, WatchParams};
-use meshcanary_control::kube::wasmplugin::wasmplugin_resource;
+use meshcanary_control::router::wasmplugin::wasmplugin_resource;
 use meshcanary_testkit::envtest::Envtest;
 use meshcanary_testkit::install::WASMPLUGIN;
 use meshcanary_testkit::interpose::Interposer;
@@ -837,7 +837,11 @@ async fn two_replicas_elect_one_leader_and_hand_over() {
     );
     assert_eq!(seen["status"], created["status"]);
     let listed = follower.get("/v1/rollouts").await;
-    assert_eq!(listed.body.as_array().map(Vec::len), Some(1), "{listed:?}");
+    assert_eq!(
+        listed.body["items"].as_array().map(Vec::len),
+        Some(1),
+        "{listed:?}"
+    );
     assert_refuses_writes(follower, leader.name()).await;
     assert_eq!(
         follower.readyz().await.0,

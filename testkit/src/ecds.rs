@@ -59,7 +59,7 @@ impl EcdsFile {
     }
 
     fn write(&self, document: &str) -> Result<()> {
-        meshcanary_control::store::file::write_atomically(&self.path, document.as_bytes())
+        meshcanary_control::atomic_file::write_atomically(&self.path, document.as_bytes())
             .map_err(|error| Error::failed(format!("write {}", self.path.display()), error))
     }
 }

@@ -87,6 +87,8 @@ pub struct Standalone {
     pub token: String,
     /// The API's loopback port; 0: a free one.
     pub port: u16,
+    /// More `serve` flags after these (`--max-connections`, `--retain-finished`, …).
+    pub extra_args: Vec<String>,
 }
 
 impl Standalone {
@@ -115,6 +117,7 @@ impl Standalone {
             }
             None => {}
         }
+        args.extend(self.extra_args.iter().cloned());
         ServeCommand {
             binary: self.binary.clone(),
             args,
@@ -242,6 +245,11 @@ impl ServiceProcess {
         &self.command
     }
 
+    /// Replaces its arguments (`serve` first, `--listen` kept) from the next restart on.
+    pub fn set_args(&mut self, args: Vec<String>) {
+        self.command.args = args;
+    }
+
     /// Its process id.
     pub fn pid(&self) -> u32 {
         self.process.pid()
@@ -320,6 +328,7 @@ mod tests {
             stats,
             token: "t0k".into(),
             port: 0,
+            extra_args: Vec::new(),
         }
     }
 

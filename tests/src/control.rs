@@ -25,6 +25,8 @@ pub const WAIT_TIMEOUT: Duration = Duration::from_secs(15);
 /// A running `meshcanary serve`; killed and reaped when dropped.
 pub struct ControlService {
     process: ServiceProcess,
+    /// The harness's own `serve` arguments, before any extra ones.
+    harness_args: Vec<String>,
     api: ControlApi,
     dir: TempDir,
 }
@@ -56,6 +58,17 @@ impl ControlService {
         routes: &FilterConfig,
         stats: StatsSource,
     ) -> ControlService {
+        ControlService::start_with_args(ecds_file, routes, stats, &[]).await
+    }
+
+    /// Like [`ControlService::start_without_envoy`], with more `serve` flags (`--max-connections`,
+    /// `--retain-finished`, …) after the harness's own.
+    pub async fn start_with_args(
+        ecds_file: &Path,
+        routes: &FilterConfig,
+        stats: StatsSource,
+        extra_args: &[&str],
+    ) -> ControlService {
         let dir = tempfile::tempdir().expect("temp dir");
         let standalone = Standalone {
             binary: paths::control_bin(),
@@ -66,13 +79,21 @@ impl ControlService {
             stats: Some(stats),
             token: TOKEN.into(),
             port: 0,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
         };
         let process = standalone
             .start()
             .await
             .unwrap_or_else(|error| panic!("{error}"));
         let api = ControlApi::new(process.url.clone(), Arc::from(process.log_path()));
-        ControlService { process, api, dir }
+        let harness_args = &process.command().args;
+        let harness_args = harness_args[..harness_args.len() - extra_args.len()].to_vec();
+        ControlService {
+            process,
+            harness_args,
+            api,
+            dir,
+        }
     }
 
     /// The client for this service's API.
@@ -88,6 +109,18 @@ impl ControlService {
     /// Everything the service logged so far, across restarts.
     pub fn log(&self) -> String {
         self.process.log()
+    }
+
+    /// The process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        Some(self.process.pid())
+    }
+
+    /// The `serve` flags after the harness's own from the next (re)start on.
+    pub fn set_extra_args(&mut self, extra_args: &[&str]) {
+        let mut args = self.harness_args.clone();
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        self.process.set_args(args);
     }
 
     /// Kills the process with SIGKILL (no shutdown code runs) and reaps it.

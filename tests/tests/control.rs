@@ -2,7 +2,7 @@
 //! surviving kill -9, concurrent writes, the API's errors, propagation latency, and the service's
 //! own endpoints. Each test starts its own upstreams, Envoy and `meshcanary serve`.
 
-use meshcanary_control::api::rollouts::RolloutView;
+use meshcanary_control::api::rollouts::{RolloutList, RolloutView};
 use meshcanary_control::rollout::{Event, Phase};
 use meshcanary_control::time::Timestamp;
 use meshcanary_core::config::FilterConfig;
@@ -599,6 +599,12 @@ fn check_error(
     if error["message"].as_str().is_none_or(str::is_empty) {
         wrong.push("no message".into());
     }
+    if error["message"]
+        .as_str()
+        .is_some_and(|m| m.starts_with(':'))
+    {
+        wrong.push("the message starts with the ': ' of an empty field".into());
+    }
     if error.get("field").is_some() && !error["field"].is_string() {
         wrong.push("field is not a string".into());
     }
@@ -855,11 +861,64 @@ async fn bad_requests_get_the_documented_errors() {
         "not_found",
         None,
     );
+    // Issue 17 item 6: answers that used to leave the documented shape or name no field.
+    check(
+        "path segment not UTF-8",
+        api.send("GET", "/v1/rollouts/%ff", None, None).await,
+        400,
+        "malformed_request",
+        Some("name"),
+    );
+    check(
+        "method not allowed",
+        api.send("POST", "/healthz", None, None).await,
+        405,
+        "method_not_allowed",
+        None,
+    );
+    check(
+        "content type that only starts like JSON",
+        create(
+            Some(TOKEN),
+            vec![("content-type", "application/jsonfoo")],
+            body(valid("a")),
+        )
+        .await,
+        400,
+        "malformed_request",
+        Some("Content-Type"),
+    );
+    check(
+        "rule with a header and a cookie",
+        api.send(
+            "POST",
+            "/v1/routes/reviews/rules",
+            Some(&json!({"header": "x-qa", "cookie": "qa", "exact": "1", "variant": "v2"})),
+            None,
+        )
+        .await,
+        422,
+        "invalid_field",
+        Some("cookie"),
+    );
+    check(
+        "absurd duration",
+        create(
+            Some(TOKEN),
+            json_type.to_vec(),
+            body(spec("a", vec![weight(10), hold("300000000y")])),
+        )
+        .await,
+        422,
+        "invalid_field",
+        Some("steps[1].pause.duration"),
+    );
 
     // Nothing a rejected request asked for exists.
     let list = api.send("GET", "/v1/rollouts", None, None).await;
     let names: Vec<String> = api
-        .expect::<Vec<RolloutView>>("list", list, 200)
+        .expect::<RolloutList>("list", list, 200)
+        .items
         .into_iter()
         .map(|v| v.rollout.spec.name)
         .collect();
@@ -997,4 +1056,314 @@ async fn openapi_metrics_and_health_are_served() {
         Some(1000.0),
         "{text}"
     );
+}
+
+/// The file descriptors a process holds (Linux).
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|dir| dir.count())
+        .unwrap_or(0)
+}
+
+/// Waits up to `within` for the server to close `stream` (a read that ends: EOF or reset).
+async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut sink = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Issue 17 item 3, through the real binary: connections that send nothing or half a request
+/// head used to stay open for minutes, one file descriptor each (13 → 613 with 600 of them).
+/// With `--header-read-timeout 1s` they are closed within seconds and the descriptors come back,
+/// while a normal client is served all along; past `--max-connections` a connection is answered
+/// 503 `too_many_connections` at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_idle_connections_are_closed_and_the_connection_count_is_capped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let service = ControlService::start_with_args(
+        &dir.path().join("ecds.json"),
+        &routes(),
+        meshcanary_e2e::control::StatsSource::EnvoyAdmin("http://127.0.0.1:9".into()),
+        &["--header-read-timeout", "1s", "--max-connections", "150"],
+    )
+    .await;
+    let api = service.api();
+    let pid = service.pid().expect("the service runs");
+    let address = api.base_url().trim_start_matches("http://").to_string();
+    let before = open_descriptors(pid);
+
+    let mut held = Vec::new();
+    for i in 0..120 {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        if i % 2 == 1 {
+            stream
+                .write_all(b"POST /v1/rollouts HTTP/1.1\r\nhost: x\r\nauthorization: Bearer ")
+                .await
+                .unwrap();
+        }
+        held.push(stream);
+    }
+    let mut during = 0;
+    for _ in 0..20 {
+        during = open_descriptors(pid);
+        if during >= before + 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        during >= before + 100,
+        "the service holds the connections: {before} → {during} descriptors"
+    );
+    // A normal client is served meanwhile, reads and writes.
+    let listed = api.send("GET", "/v1/rollouts", None, None).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    api.create_rollout(&spec("busy", vec![weight(10), pause()]))
+        .await;
+
+    for (i, stream) in held.iter_mut().enumerate() {
+        assert!(
+            closed_by_server(stream, Duration::from_secs(5)).await,
+            "connection {i} is still open\n{}",
+            service.log()
+        );
+    }
+    drop(held);
+    let mut after = usize::MAX;
+    for _ in 0..40 {
+        after = open_descriptors(pid);
+        if after <= before + 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        after <= before + 5,
+        "descriptors: {before} before, {during} with the connections, {after} after they were closed"
+    );
+
+    // The connection limit: connections are held (each served once, so the service has them)
+    // until one is refused — at 150, less the few the harness's own client keeps alive — at once
+    // and in the API's error shape.
+    let mut held = Vec::new();
+    let refused = loop {
+        let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = vec![0u8; 4096];
+        let read = stream.read(&mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]).into_owned();
+        if !answer.starts_with("HTTP/1.1 200") {
+            break answer;
+        }
+        held.push(stream);
+        assert!(held.len() <= 150, "more connections than --max-connections");
+    };
+    assert!(held.len() >= 140, "refused after {}: {refused}", held.len());
+    let (head, body) = refused.split_once("\r\n\r\n").unwrap_or_default();
+    assert!(
+        head.starts_with("HTTP/1.1 503") && head.contains("content-type: application/json"),
+        "{refused}"
+    );
+    let body: Value = serde_json::from_str(body).unwrap_or_default();
+    assert_eq!(body["error"]["code"], "too_many_connections", "{refused}");
+    drop(held);
+    eventually_served(api).await;
+}
+
+/// Waits until the service answers reads again (the connections it held are gone).
+async fn eventually_served(api: &ControlApi) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let reply = api.request("GET", "/healthz", None, &[], None).await;
+        if reply.as_ref().is_ok_and(|r| r.status == 200) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not served again: {reply:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The names of one page of `GET /v1/rollouts?{query}`, and its `continue`.
+async fn list_page(api: &ControlApi, query: &str) -> (Vec<String>, Option<String>, usize) {
+    let reply = api
+        .send("GET", &format!("/v1/rollouts?{query}"), None, None)
+        .await;
+    let list: RolloutList = api.expect("list rollouts", reply, 200);
+    let names = list
+        .items
+        .into_iter()
+        .map(|v| v.rollout.spec.name)
+        .collect();
+    (names, list.next, list.total)
+}
+
+/// Waits until the listed rollouts are `expected` (newest first).
+async fn wait_for_names(api: &ControlApi, expected: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (names, _, _) = list_page(api, "").await;
+        if names == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "listed {names:?}, expected {expected:?}\n{}",
+            api.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The rollouts in the saved state file.
+fn saved_rollouts(service: &ControlService) -> Vec<String> {
+    let state = std::fs::read(service.state_dir().join("state.json")).expect("state file");
+    let state: Value = serde_json::from_slice(&state).expect("state JSON");
+    state["rollouts"]
+        .as_object()
+        .map(|rollouts| rollouts.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Issue 17 item 8, through the real binary: finished rollouts used to pile up forever (742 KB of
+/// state and 91 ms a write at ~400). With `--retain-finished 3` only the newest three stay —
+/// in the list and in the saved state — a running rollout is never dropped, a restart with a
+/// smaller limit trims what it loads, and the list comes a page at a time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_rollouts_are_retained_by_policy_and_listed_in_pages() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut service = ControlService::start_with_args(
+        &dir.path().join("ecds.json"),
+        &routes(),
+        meshcanary_e2e::control::StatsSource::EnvoyAdmin("http://127.0.0.1:9".into()),
+        &["--retain-finished", "3"],
+    )
+    .await;
+    for i in 1..=6 {
+        let name = format!("r{i}");
+        service
+            .api()
+            .create_rollout(&spec(&name, vec![weight(10), pause()]))
+            .await;
+        service.api().action(&name, "abort").await;
+    }
+    let api = service.api().clone();
+    wait_for_names(&api, &["r6", "r5", "r4"]).await;
+    let mut saved = saved_rollouts(&service);
+    saved.sort();
+    assert_eq!(saved, ["r4", "r5", "r6"]);
+    assert!(
+        api.log()
+            .contains("deleting finished rollouts past the retention policy"),
+        "{}",
+        api.log()
+    );
+
+    // Pages: newest first, the token leads on, the last page has none.
+    let (first, next, total) = list_page(&api, "limit=2").await;
+    assert_eq!((first, total), (vec!["r6".to_string(), "r5".into()], 3));
+    let token = next.expect("a continue token");
+    // A rollout created between pages is newer than the cursor: not on the later pages.
+    api.create_rollout(&spec("r7", vec![weight(10), pause()]))
+        .await;
+    let (second, next, total) = list_page(&api, &format!("limit=2&continue={token}")).await;
+    assert_eq!((second, next, total), (vec!["r4".to_string()], None, 4));
+    let bad = api.send("GET", "/v1/rollouts?limit=0", None, None).await;
+    if let Some(failure) = check_error("limit 0", &bad, 422, "invalid_field", Some("limit")) {
+        panic!("{failure}");
+    }
+    let bad = api
+        .send("GET", "/v1/rollouts?continue=forged", None, None)
+        .await;
+    if let Some(failure) = check_error(
+        "a forged token",
+        &bad,
+        422,
+        "invalid_field",
+        Some("continue"),
+    ) {
+        panic!("{failure}");
+    }
+
+    // A smaller limit at restart trims the state it loads; r7 still runs and stays.
+    service.set_extra_args(&["--retain-finished", "1"]);
+    service.restart().await;
+    wait_for_names(&api, &["r7", "r6"]).await;
+    let mut saved = saved_rollouts(&service);
+    saved.sort();
+    assert_eq!(saved, ["r6", "r7"]);
+}
+
+/// Issue 17 item 2, through the real binary: a confirm-promotion gate that redirects does not
+/// approve (its redirect used to be followed to a path that answered 200), and gates are called
+/// over https, trusting `--webhook-ca-file`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gates_are_called_over_https_and_a_redirect_is_no_approval() {
+    use meshcanary_testkit::hook_server::HookServer;
+    let certs = meshcanary_testkit::paths::workspace_root().join("control/src/webhook/testdata");
+    let hooks = HookServer::start_tls(&certs.join("server.pem"), &certs.join("server.key")).await;
+    hooks.answer_redirect("/gate", 302, "/approved");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = certs.join("ca.pem");
+    let service = ControlService::start_with_args(
+        &dir.path().join("ecds.json"),
+        &routes(),
+        meshcanary_e2e::control::StatsSource::EnvoyAdmin("http://127.0.0.1:9".into()),
+        &["--webhook-ca-file", ca.to_str().expect("a UTF-8 path")],
+    )
+    .await;
+    let api = service.api();
+    let gated = |name: &str, path: &str| {
+        let mut spec = spec(name, vec![hold("100ms")]);
+        spec["webhooks"] = json!([{"name": "approve", "type": "confirmPromotion",
+                                   "url": hooks.url(path), "retries": 0}]);
+        spec
+    };
+
+    api.create_rollout(&gated("redirected", "/gate")).await;
+    let view = api
+        .wait_for_rollout("redirected", "held by the redirecting gate", |view| {
+            view.rollout
+                .status
+                .message
+                .starts_with("waiting for the confirm-promotion hooks")
+        })
+        .await;
+    let message = &view.rollout.status.message;
+    assert!(
+        message.contains("answered 302 Found, a redirect to \"/approved\" on the same host")
+            && message.contains("redirects are not followed")
+            && message.contains(&format!("{}/…", hooks.base_url)),
+        "{message}"
+    );
+    assert_ne!(view.rollout.status.phase, Phase::Succeeded);
+    assert!(
+        hooks.calls("/approved").is_empty(),
+        "the redirect was followed"
+    );
+    assert_eq!(hooks.calls("/gate").len(), 1);
+    api.action("redirected", "abort").await;
+
+    api.create_rollout(&gated("approved", "/ok")).await;
+    api.wait_for_rollout("approved", "approved over https", |view| {
+        view.rollout
+            .status
+            .history
+            .iter()
+            .any(|event| event.message == "confirm-promotion hooks passed")
+    })
+    .await;
+    assert_eq!(hooks.calls("/ok").len(), 1);
 }

@@ -203,6 +203,99 @@ async fn the_dashboard_follows_and_drives_a_rollout() {
     browser.quit().await;
 }
 
+/// Issue 17 item 8: the list is read a page at a time (25 rollouts, newest first); the pager
+/// moves between pages, and a rollout on another page — named in the address — is still shown
+/// in detail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_pages_through_many_rollouts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ecds_file = dir.path().join("ecds.json");
+    let proxy = FakeProxy::start(ecds_file.clone()).await;
+    let service = ControlService::start_without_envoy(
+        &ecds_file,
+        &routes(),
+        StatsSource::EnvoyAdmin(proxy.url.clone()),
+    )
+    .await;
+    let api = service.api();
+    for i in 1..=30 {
+        let name = format!("r{i:02}");
+        api.create_rollout(&json!({
+            "name": name, "route": "reviews", "stable": "v1", "canary": "v2",
+            "steps": [{"setWeight": {"percent": 10}}, {"pause": {}}]
+        }))
+        .await;
+        api.action(&name, "abort").await;
+    }
+    let browser = Browser::start(&service).await;
+    browser.goto(&format!("{}/dashboard", api.base_url())).await;
+    let rows = "#rollout-rows tr[data-rollout]";
+    browser
+        .wait_text("#pager-range", "the first page", |t| {
+            t == "rollouts 1–25 of 30"
+        })
+        .await;
+    assert_eq!(browser.count(rows).await, 25);
+    browser
+        .wait_text(&format!("{rows}:first-child .name"), "newest first", |t| {
+            t == "r30"
+        })
+        .await;
+    assert!(!browser
+        .find("#page-newer")
+        .await
+        .is_enabled()
+        .await
+        .unwrap());
+
+    browser.click("#page-older").await;
+    browser
+        .wait_text("#pager-range", "the second page", |t| {
+            t == "rollouts 26–30 of 30"
+        })
+        .await;
+    assert_eq!(browser.count(rows).await, 5);
+    browser
+        .wait_text(
+            &format!("{rows}:last-child .name"),
+            "the oldest last",
+            |t| t == "r01",
+        )
+        .await;
+    assert!(!browser
+        .find("#page-older")
+        .await
+        .is_enabled()
+        .await
+        .unwrap());
+    browser.click("#page-newer").await;
+    browser
+        .wait_text("#pager-range", "the first page again", |t| {
+            t == "rollouts 1–25 of 30"
+        })
+        .await;
+
+    // A link to a rollout on another page shows it, while the list stays on its page.
+    browser
+        .goto(&format!("{}/dashboard#r01", api.base_url()))
+        .await;
+    browser
+        .wait_text("#detail-name", "the linked rollout", |t| t == "r01")
+        .await;
+    browser
+        .wait_text("#pager-range", "the first page", |t| {
+            t == "rollouts 1–25 of 30"
+        })
+        .await;
+    assert_eq!(
+        browser
+            .count("#rollout-rows tr[data-rollout=\"r01\"]")
+            .await,
+        0
+    );
+    browser.quit().await;
+}
+
 /// Route `reviews` for any host, all on v1; v2 exists at 0 %.
 fn routes() -> FilterConfig {
     let config = json!({"generation": 1, "routes": [{

@@ -22,7 +22,7 @@
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DynamicObject};
 use kube::runtime::watcher::{self, watcher, Event};
-use meshcanary_control::kube::wasmplugin::wasmplugin_resource;
+use meshcanary_control::router::wasmplugin::wasmplugin_resource;
 use meshcanary_core::config::FilterConfig;
 use meshcanary_testkit::envoy::Envoy;
 use meshcanary_testkit::envtest::Envtest;

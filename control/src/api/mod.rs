@@ -10,16 +10,17 @@
 pub mod dashboard;
 pub mod extract;
 pub mod filter;
+pub mod paging;
 pub mod rollouts;
 pub mod routes;
 pub mod system;
 #[cfg(test)]
 mod tests;
 
+use crate::controller::Controller;
 use crate::error::Error;
-use crate::service::Controller;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, Method};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use std::sync::Arc;
@@ -88,7 +89,7 @@ pub fn app(state: AppState) -> axum::Router {
         .routes(routes!(dashboard::page))
         .split_for_parts();
     let openapi = Arc::new(openapi);
-    router
+    let routes = router
         .route("/", axum::routing::get(dashboard::root))
         .route(
             "/openapi.json",
@@ -103,8 +104,14 @@ pub fn app(state: AppState) -> axum::Router {
             authenticate,
         ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state);
+    // Error answers are rewritten around the finished router, not inside it: axum adds a 405's
+    // `Allow` header on the way out of the route, after any layer inside the router has run.
+    let service = tower::ServiceBuilder::new()
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .layer(axum::middleware::from_fn(json_errors))
+        .service(routes);
+    axum::Router::new().fallback_service(service)
 }
 
 const OPEN_PATHS: [&str; 8] = [
@@ -117,6 +124,64 @@ const OPEN_PATHS: [&str; 8] = [
     "/filter/meshcanary.wasm",
     "/filter/meshcanary.wasm.sha256",
 ];
+
+/// Every error answer is `{"error": {…}}`, whoever produced it: answers that axum made on its own
+/// (a 405 for a path that exists with other methods, a rejection from an extractor that is not
+/// one of ours) are rewritten in the API's shape, keeping their status where the API has a code
+/// for it and headers such as `Allow`. The API's own errors are JSON already and pass untouched.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(extract::is_json_media_type);
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // What axum says in its plain-text rejections is short; a long body is not a rejection.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
+        .unwrap_or_default();
+    let said = |fallback: &str| match text.is_empty() {
+        true => fallback.to_string(),
+        false => text.clone(),
+    };
+    let error = match status {
+        StatusCode::METHOD_NOT_ALLOWED => Error::MethodNotAllowed {
+            method,
+            path,
+            allowed: parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+        },
+        StatusCode::NOT_FOUND => Error::NotFound(said("no such endpoint; see /openapi.json")),
+        StatusCode::REQUEST_TIMEOUT => Error::Timeout(said("the request took too long to arrive")),
+        StatusCode::PAYLOAD_TOO_LARGE => Error::TooLarge { limit: BODY_LIMIT },
+        StatusCode::UNAUTHORIZED => Error::Unauthorized(said("unauthorized")),
+        StatusCode::SERVICE_UNAVAILABLE => Error::Unavailable(said("the service is not ready")),
+        status if status.is_client_error() => Error::Malformed {
+            field: String::new(),
+            message: said(status.canonical_reason().unwrap_or("bad request")),
+        },
+        _ => Error::Internal(format!("{method} {path} answered {status}: {text}")),
+    };
+    let mut converted = error.into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            converted.headers_mut().entry(name).or_insert(value.clone());
+        }
+    }
+    converted
+}
 
 async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let is_read = matches!(*request.method(), Method::GET | Method::HEAD);

@@ -1,12 +1,13 @@
 //! `/v1/rollouts`: create, list, read, delete, and the actions on a rollout.
 
-use super::extract::{ApiJson, IfMatch};
+use super::extract::{ApiJson, ApiPath, IfMatch};
+use super::paging::{self, ListQuery};
 use super::AppState;
 use crate::error::{Error, ErrorBody, Result};
 use crate::rollout::engine::Command;
 use crate::rollout::{Rollout, RolloutSpec, Weight};
-use crate::service::Propagation;
-use axum::extract::{Path, State};
+use crate::view::Propagation;
+use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -59,12 +60,41 @@ fn with_etag(status: StatusCode, view: RolloutView) -> Response {
     response
 }
 
-/// Every rollout, finished ones included.
+/// A page of rollouts, finished ones included (those the retention policy keeps).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutList {
+    /// The rollouts, newest first (by creation time, then name).
+    pub items: Vec<RolloutView>,
+    /// Pass as `continue` for the next page; absent on the last page.
+    #[serde(rename = "continue", default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// How many rollouts there are now, on every page together.
+    pub total: usize,
+}
+
+/// Rollouts, newest first, a page at a time: `limit` (1 to 1000, default 100) and `continue`, the
+/// token of the page before. Paging is stable under concurrent writes: a rollout that exists
+/// while a client pages is listed once.
 #[utoipa::path(get, path = "/v1/rollouts", tag = "rollouts",
-    responses((status = 200, description = "All rollouts", body = Vec<RolloutView>)))]
-pub async fn list(State(state): State<AppState>) -> Json<Vec<RolloutView>> {
+    params(("limit" = Option<usize>, Query, description = "Rollouts per page, 1 to 1000 (default 100)"),
+           ("continue" = Option<String>, Query, description = "The `continue` of the page before")),
+    responses((status = 200, description = "A page of rollouts", body = RolloutList),
+              (status = 400, description = "An unknown or repeated parameter, a limit that is not a number", body = ErrorBody),
+              (status = 422, description = "A limit out of range, a token this service did not make", body = ErrorBody)))]
+pub async fn list(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<RolloutList>> {
+    let query = ListQuery::parse(query.as_deref())?;
     let rollouts = state.controller.list().await;
-    Json(rollouts.into_iter().map(|r| view(&state, r)).collect())
+    let total = rollouts.len();
+    let (page, next) = paging::page(rollouts, &query);
+    Ok(Json(RolloutList {
+        items: page.into_iter().map(|r| view(&state, r)).collect(),
+        next: next.map(|cursor| cursor.token()),
+        total,
+    }))
 }
 
 /// Creates a rollout; it starts at once.
@@ -94,7 +124,10 @@ pub async fn create(
     params(("name" = String, Path, description = "Rollout name")),
     responses((status = 200, description = "The rollout", body = RolloutView, headers(("ETag" = String))),
               (status = 404, description = "No such rollout", body = ErrorBody)))]
-pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Result<Response> {
+pub async fn get(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Response> {
     let rollout = state.controller.get(&name).await?;
     Ok(with_etag(StatusCode::OK, view(&state, rollout)))
 }
@@ -109,7 +142,7 @@ pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Res
               (status = 412, description = "Version mismatch", body = ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     IfMatch(version): IfMatch,
 ) -> Result<StatusCode> {
     state.controller.delete(&name, version).await?;
@@ -128,7 +161,7 @@ pub async fn delete(
               (status = 412, description = "Version mismatch", body = ErrorBody)))]
 pub async fn action(
     State(state): State<AppState>,
-    Path((name, action)): Path<(String, String)>,
+    ApiPath((name, action)): ApiPath<(String, String)>,
     IfMatch(version): IfMatch,
 ) -> Result<Response> {
     let command = match action.as_str() {
@@ -156,7 +189,7 @@ pub async fn action(
               (status = 422, description = "Invalid weight", body = ErrorBody)))]
 pub async fn set_weight(
     State(state): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     IfMatch(version): IfMatch,
     ApiJson(weight): ApiJson<Weight>,
 ) -> Result<Response> {

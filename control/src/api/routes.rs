@@ -1,10 +1,10 @@
 //! `/v1/routes`: the live filter config, and QA rules on it.
 
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath};
 use super::AppState;
 use crate::error::{Error, ErrorBody, Result};
-use crate::service::Propagation;
-use axum::extract::{Path, State};
+use crate::view::Propagation;
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use meshcanary_core::config::{FilterConfig, RuleConfig};
@@ -62,7 +62,7 @@ pub async fn get(State(state): State<AppState>) -> Json<RoutesView> {
               (status = 422, description = "Invalid rule", body = ErrorBody)))]
 pub async fn add_rule(
     State(state): State<AppState>,
-    Path(route): Path<String>,
+    ApiPath(route): ApiPath<String>,
     ApiJson(rule): ApiJson<RuleConfig>,
 ) -> Result<(StatusCode, Json<RuleAdded>)> {
     let index = state.controller.add_rule(&route, rule).await?;
@@ -78,7 +78,7 @@ pub async fn add_rule(
               (status = 404, description = "No such route or rule", body = ErrorBody)))]
 pub async fn remove_rule(
     State(state): State<AppState>,
-    Path((route, index)): Path<(String, String)>,
+    ApiPath((route, index)): ApiPath<(String, String)>,
 ) -> Result<Json<RuleConfig>> {
     let index: usize = index
         .parse()

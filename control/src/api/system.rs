@@ -1,8 +1,9 @@
 //! Health, readiness and the service's own metrics.
 
 use super::AppState;
+use crate::error::{Error, ErrorBody, Result};
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::header;
 use axum::response::IntoResponse;
 
 /// Liveness: the process answers.
@@ -25,22 +26,19 @@ pub struct ReadyQuery {
 /// resumed its config) and the watched proxies run the generation it pushed; a follower can read
 /// the leader's state.
 #[utoipa::path(get, path = "/readyz", tag = "system", params(ReadyQuery),
-    responses((status = 200, description = "Ready", body = String), (status = 503, description = "Not ready, and why: the last push, save, take-over or reload failed, or proxies do not run the pushed generation", body = String)))]
+    responses((status = 200, description = "Ready", body = String), (status = 503, description = "Not ready (`not_ready`), and why: the last push, save, take-over or reload failed, or proxies do not run the pushed generation", body = ErrorBody)))]
 pub async fn readyz(
     State(state): State<AppState>,
     axum::extract::Query(query): axum::extract::Query<ReadyQuery>,
-) -> impl IntoResponse {
+) -> Result<&'static str> {
     let exclude: Vec<&str> = query
         .exclude
         .as_deref()
         .map(|list| list.split(',').map(str::trim).collect())
         .unwrap_or_default();
     match state.controller.not_ready(&exclude) {
-        None => (StatusCode::OK, "ready".to_string()),
-        Some(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {error}"),
-        ),
+        None => Ok("ready"),
+        Some(problem) => Err(Error::Unavailable(problem)),
     }
 }
 

@@ -2,10 +2,10 @@
 //! a router that records what it is given and an observer with fixed answers.
 
 use super::{app, AppState};
+use crate::controller::Controller;
 use crate::error::Result;
 use crate::observer::{MetricsObserver, ProxyGeneration};
 use crate::router::TrafficRouter;
-use crate::service::Controller;
 use crate::state::ServiceState;
 use crate::store::StateStore;
 use async_trait::async_trait;
@@ -19,8 +19,8 @@ use tower::ServiceExt;
 
 const TOKEN: &str = "test-token-0123456789";
 
-#[derive(Default)]
-struct MemoryStore(Mutex<Option<ServiceState>>);
+#[derive(Clone, Default)]
+struct MemoryStore(Arc<Mutex<Option<ServiceState>>>);
 
 #[async_trait]
 impl StateStore for MemoryStore {
@@ -71,9 +71,14 @@ impl MetricsObserver for NoProxies {
 struct Harness {
     app: axum::Router,
     pushed: RecordingRouter,
+    store: MemoryStore,
 }
 
 async fn harness(protect_reads: bool) -> Harness {
+    harness_with(protect_reads, crate::options::ControllerOptions::default()).await
+}
+
+async fn harness_with(protect_reads: bool, options: crate::options::ControllerOptions) -> Harness {
     let initial = FilterConfig::from_json(
         json!({"generation": 1, "routes": [{"name": "reviews", "hosts": ["*"],
             "variants": [{"name": "v1", "weight": 10000}, {"name": "v2", "weight": 0}]}]})
@@ -82,13 +87,14 @@ async fn harness(protect_reads: bool) -> Harness {
     )
     .unwrap();
     let pushed = RecordingRouter::default();
+    let store = MemoryStore::default();
     let controller = Controller::start(
-        Box::new(MemoryStore::default()),
+        Box::new(store.clone()),
         Box::new(pushed.clone()),
         Box::new(NoProxies),
-        crate::service::Settings {
+        crate::options::ControllerOptions {
             initial: Some(initial),
-            ..Default::default()
+            ..options
         },
     )
     .await
@@ -102,7 +108,7 @@ async fn harness(protect_reads: bool) -> Harness {
             sha256: "00ff".into(),
         })),
     });
-    Harness { app, pushed }
+    Harness { app, pushed, store }
 }
 
 async fn call(
@@ -324,7 +330,7 @@ async fn errors_have_the_documented_shape() {
             Some(json!({"percent": 10, "basisPoints": 1000})),
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_field",
-            None,
+            Some("basisPoints"),
         ),
         (
             "weight over 100 %",
@@ -662,7 +668,8 @@ async fn the_dashboard_is_served_open_and_self_contained() {
         "data-action=\"abort\"",
         "sessionStorage",
         "Authorization",
-        "\"/v1/rollouts\"",
+        "`/v1/rollouts?${query}`",
+        "id=\"pager\"",
         "/v1/rollouts/${encodeURIComponent(name)}/${action}",
     ] {
         assert!(page.contains(hook), "the page has no {hook}");
@@ -680,4 +687,273 @@ async fn the_dashboard_is_served_open_and_self_contained() {
         "{}",
         doc["paths"]["/dashboard"]
     );
+}
+
+/// Sends a request as given (method, path, headers, body bytes) and returns status, headers and
+/// the body as JSON (or as a string if it is not JSON).
+async fn raw(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let mut request = Request::builder().method(method).uri(path);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::from(body.to_string())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, headers, value)
+}
+
+/// Issue 17 item 6: the answers that used to leave the documented shape — axum's own rejections
+/// and fallbacks, a prefix-matched content type, errors about a whole body — are all
+/// `{"error": {"code", "message", "field"}}` with JSON's content type and the field to blame.
+#[tokio::test]
+async fn every_error_from_every_route_has_the_documented_shape_and_field() {
+    let h = harness(false).await;
+    call(
+        &h.app,
+        "POST",
+        "/v1/rollouts",
+        Some(TOKEN),
+        Some(rollout("r1")),
+    )
+    .await;
+    let auth = format!("Bearer {TOKEN}");
+    let json = ("content-type", "application/json");
+    let bearer = ("authorization", auth.as_str());
+    let absurd = json!({"name": "r9", "route": "reviews", "stable": "v1", "canary": "v2",
+        "steps": [{"setWeight": {"percent": 10}}, {"pause": {"duration": "300000000y"}}]})
+    .to_string();
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        &'a str,
+        Vec<(&'a str, &'a str)>,
+        String,
+        StatusCode,
+        &'a str,
+        Option<&'a str>,
+    );
+    let cases: Vec<Case> = vec![
+        (
+            "path segment not UTF-8",
+            "GET",
+            "/v1/rollouts/%ff",
+            vec![],
+            String::new(),
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            Some("name"),
+        ),
+        (
+            "route path segment not UTF-8",
+            "DELETE",
+            "/v1/routes/%ff/rules/0",
+            vec![bearer],
+            String::new(),
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            Some("route"),
+        ),
+        (
+            "method not allowed",
+            "POST",
+            "/healthz",
+            vec![bearer],
+            String::new(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            "method not allowed on a collection",
+            "PATCH",
+            "/v1/rollouts",
+            vec![bearer],
+            String::new(),
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            None,
+        ),
+        (
+            "a content type that only starts like JSON",
+            "POST",
+            "/v1/rollouts",
+            vec![bearer, ("content-type", "application/jsonfoo")],
+            rollout("r2").to_string(),
+            StatusCode::BAD_REQUEST,
+            "malformed_request",
+            Some("Content-Type"),
+        ),
+        (
+            "a rule with a header and a cookie",
+            "POST",
+            "/v1/routes/reviews/rules",
+            vec![bearer, json],
+            json!({"header": "x-qa", "cookie": "qa", "exact": "1", "variant": "v2"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("cookie"),
+        ),
+        (
+            "a rule matching on nothing",
+            "POST",
+            "/v1/routes/reviews/rules",
+            vec![bearer, json],
+            json!({"exact": "1", "variant": "v2"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("header"),
+        ),
+        (
+            "a rule with two matchers",
+            "POST",
+            "/v1/routes/reviews/rules",
+            vec![bearer, json],
+            json!({"header": "x-qa", "exact": "1", "present": true, "variant": "v2"}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("present"),
+        ),
+        (
+            "a weight with neither unit",
+            "PUT",
+            "/v1/rollouts/r1/weight",
+            vec![bearer, json],
+            "{}".into(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("percent"),
+        ),
+        (
+            "a weight with both units",
+            "PUT",
+            "/v1/rollouts/r1/weight",
+            vec![bearer, json],
+            json!({"percent": 1, "basisPoints": 100}).to_string(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("basisPoints"),
+        ),
+        (
+            "an absurd duration",
+            "POST",
+            "/v1/rollouts",
+            vec![bearer, json],
+            absurd,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            Some("steps[1].pause.duration"),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, method, path, headers, body, status, code, field) in cases {
+        let (got, headers, body) = raw(&h.app, method, path, &headers, &body).await;
+        let content_type = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let error = body["error"].as_object();
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        let ok = got == status
+            && content_type == "application/json"
+            && body.as_object().is_some_and(|o| o.len() == 1)
+            && error.is_some_and(|e| {
+                e.keys()
+                    .all(|k| ["code", "message", "field"].contains(&k.as_str()))
+            })
+            && body["error"]["code"] == code
+            && !message.is_empty()
+            && !message.starts_with(':')
+            && body["error"].get("field").and_then(Value::as_str) == field;
+        if !ok {
+            wrong.push(format!("{name}: {got} {content_type:?} {body}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // A 405 still says which methods the path takes.
+    let (_, headers, body) = raw(&h.app, "POST", "/healthz", &[bearer], "").await;
+    assert_eq!(headers[header::ALLOW], "GET,HEAD", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("POST is not allowed on /healthz")),
+        "{body}"
+    );
+}
+
+/// Issue 17 item 8: the list is a page (`items`, `continue`, `total`), newest first, and finished
+/// rollouts beyond the retention policy are deleted by the next write.
+#[tokio::test]
+async fn lists_come_in_pages_and_finished_rollouts_are_retained_by_policy() {
+    let options = crate::options::ControllerOptions {
+        retention: crate::retention::Retention::new(
+            3,
+            crate::retention::DEFAULT_MAX_AGE,
+            crate::retention::DEFAULT_MAX_BYTES,
+        )
+        .unwrap(),
+        ..Default::default()
+    };
+    let h = harness_with(false, options).await;
+    for i in 1..=5 {
+        let name = format!("r{i}");
+        let (status, _, body) = call(
+            &h.app,
+            "POST",
+            "/v1/rollouts",
+            Some(TOKEN),
+            Some(rollout(&name)),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        let path = format!("/v1/rollouts/{name}/abort");
+        let (status, _, body) = call(&h.app, "POST", &path, Some(TOKEN), None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let names = |body: &Value| -> Vec<String> {
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["spec"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // The writes after each abort (the engine's tick) deleted all but the newest three.
+    let (_, _, all) = call(&h.app, "GET", "/v1/rollouts", None, None).await;
+    assert_eq!(names(&all), ["r5", "r4", "r3"]);
+    assert_eq!(all["total"], 3);
+    assert!(all.get("continue").is_none());
+    let (status, _, body) = call(
+        &h.app,
+        "POST",
+        "/v1/rollouts",
+        Some(TOKEN),
+        Some(rollout("r6")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, _, first) = call(&h.app, "GET", "/v1/rollouts?limit=2", None, None).await;
+    assert_eq!(names(&first), ["r6", "r5"]);
+    assert_eq!(first["total"], 4);
+    let token = first["continue"].as_str().unwrap();
+    let path = format!("/v1/rollouts?limit=2&continue={token}");
+    let (_, _, second) = call(&h.app, "GET", &path, None, None).await;
+    assert_eq!(names(&second), ["r4", "r3"]);
+    assert!(second.get("continue").is_none());
+    let saved = h.store.0.lock().unwrap().clone().unwrap();
+    let mut kept: Vec<&String> = saved.rollouts.keys().collect();
+    kept.sort();
+    assert_eq!(kept, ["r3", "r4", "r5", "r6"], "the saved state too");
 }

@@ -257,6 +257,20 @@ impl ApiClient {
         self.send(Method::GET, segments, NO_BODY, purpose).await
     }
 
+    /// GETs `segments` with the query parameters `query` and returns the JSON answer.
+    pub async fn get_query(
+        &self,
+        segments: &[&str],
+        query: &[(&str, &str)],
+        purpose: &Purpose,
+    ) -> Result<Value, CliError> {
+        let mut url = self.url(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        self.send_to(Method::GET, url, NO_BODY, purpose).await
+    }
+
     /// Sends a request with an optional JSON body; returns the JSON answer (`null` when there is
     /// none, as for 204).
     pub async fn send<B: Serialize + ?Sized>(
@@ -266,7 +280,18 @@ impl ApiClient {
         body: Option<&B>,
         purpose: &Purpose,
     ) -> Result<Value, CliError> {
-        let mut request = self.http.request(method, self.url(segments));
+        self.send_to(method, self.url(segments), body, purpose)
+            .await
+    }
+
+    async fn send_to<B: Serialize + ?Sized>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<&B>,
+        purpose: &Purpose,
+    ) -> Result<Value, CliError> {
+        let mut request = self.http.request(method, url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }

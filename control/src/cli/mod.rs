@@ -15,7 +15,7 @@ pub mod rules;
 pub mod steps;
 pub mod watch;
 
-use crate::api::rollouts::RolloutView;
+use crate::api::rollouts::{RolloutList, RolloutView};
 use crate::api::routes::{RoutesView, RuleAdded};
 use crate::rollout::{Progressive, RolloutSpec, Step, Weight};
 use crate::time::{HumanDuration, Timestamp};
@@ -132,8 +132,8 @@ pub enum RolloutCommand {
     /// Create a rollout; the service starts it at once.
     #[command(after_help = CREATE_HELP)]
     Create(CreateArgs),
-    /// List every rollout, finished ones included.
-    List,
+    /// List rollouts, newest first, finished ones included (as many as the service keeps).
+    List(ListArgs),
     /// Show one rollout in detail: phase, canary weight, plan, history, propagation.
     Status(StatusArgs),
     /// Pause a rollout where it is.
@@ -230,6 +230,21 @@ pub struct CreateArgs {
     #[command(flatten)]
     pub analysis: analysis::AnalysisArgs,
 }
+
+/// `rollout list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Show at most this many (one page of the API) and, if there are more, how to see the next
+    /// ones; without it every rollout is listed, read a page at a time.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub limit: Option<u16>,
+    /// Start after the rollouts already shown: the token a list with --limit printed.
+    #[arg(long = "continue", value_name = "TOKEN")]
+    pub continue_token: Option<String>,
+}
+
+/// Rollouts read per request when `rollout list` reads them all.
+const LIST_PAGE: &str = "100";
 
 /// `rollout status`.
 #[derive(Debug, Args)]
@@ -421,6 +436,66 @@ async fn execute(command: ClientCommand) -> Result<u8, CliError> {
     }
 }
 
+/// `rollout list`: one page with `--limit`, else every page in turn (`-o json` then prints them
+/// as one list).
+async fn list_rollouts(context: &Context, args: &ListArgs) -> Result<(), CliError> {
+    let purpose = Purpose::new("list rollouts", Subject::Rollouts);
+    let segments = ["v1", "rollouts"];
+    if let Some(limit) = args.limit {
+        let limit = limit.to_string();
+        let mut query = vec![("limit", limit.as_str())];
+        if let Some(token) = &args.continue_token {
+            query.push(("continue", token));
+        }
+        let value = context
+            .client
+            .get_query(&segments, &query, &purpose)
+            .await?;
+        return context.emit(&value, || {
+            let list: RolloutList = decode(value.clone(), &purpose)?;
+            let mut text = render::rollout_list(&list.items, Timestamp::now());
+            if let Some(next) = &list.next {
+                text.push_str(&format!(
+                    "\n{} rollouts in all. More: meshcanary rollout list --limit {limit} --continue {next}",
+                    list.total
+                ));
+            }
+            Ok(text)
+        });
+    }
+    let mut items: Vec<Value> = Vec::new();
+    let mut token = args.continue_token.clone();
+    let mut total;
+    loop {
+        let mut query = vec![("limit", LIST_PAGE)];
+        if let Some(token) = &token {
+            query.push(("continue", token));
+        }
+        let value = context
+            .client
+            .get_query(&segments, &query, &purpose)
+            .await?;
+        total = value["total"].as_u64().unwrap_or_default();
+        items.extend(value["items"].as_array().cloned().unwrap_or_default());
+        match value["continue"].as_str() {
+            // A service that hands back the token it was given would page forever.
+            Some(next) if token.as_deref() == Some(next) => {
+                return Err(CliError::Failed {
+                    doing: purpose.doing,
+                    reason: format!("the service returned the same page token twice ({next})"),
+                })
+            }
+            Some(next) => token = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let value = serde_json::json!({"items": items, "total": total});
+    context.emit(&value, || {
+        let list: RolloutList = decode(value.clone(), &purpose)?;
+        Ok(render::rollout_list(&list.items, Timestamp::now()))
+    })
+}
+
 async fn rollout(context: &Context, command: RolloutCommand) -> Result<u8, CliError> {
     let client = &context.client;
     match command {
@@ -432,14 +507,7 @@ async fn rollout(context: &Context, command: RolloutCommand) -> Result<u8, CliEr
                 .await?;
             context.emit(&value, || confirm("created", &value, &purpose))?;
         }
-        RolloutCommand::List => {
-            let purpose = Purpose::new("list rollouts", Subject::Rollouts);
-            let value = client.get(&["v1", "rollouts"], &purpose).await?;
-            context.emit(&value, || {
-                let views: Vec<RolloutView> = decode(value.clone(), &purpose)?;
-                Ok(render::rollout_list(&views, Timestamp::now()))
-            })?;
-        }
+        RolloutCommand::List(args) => list_rollouts(context, &args).await?,
         RolloutCommand::Status(args) if args.watch => {
             return watch::watch(context, &args.name, args.interval.0).await;
         }

@@ -8,10 +8,10 @@
 use crate::analysis::{Measured, Verdict};
 use crate::api::rollouts::RolloutView;
 use crate::api::routes::RoutesView;
-use crate::rollout::engine::percent;
 use crate::rollout::{AnalysisSpec, Phase, PlanStep};
-use crate::service::Propagation;
 use crate::time::Timestamp;
+use crate::view::percent;
+use crate::view::Propagation;
 use meshcanary_core::config::{RouteConfig, RuleConfig, StickyConfig, TOTAL_WEIGHT};
 use std::time::{Duration, UNIX_EPOCH};
 

@@ -1,15 +1,17 @@
-//! Kubernetes and Istio mode: the pieces that talk to the API server through `kube`.
+//! What every piece of Kubernetes mode shares: how the API server's answers are read (conflict,
+//! not found, a one-line description), the field manager and the managed-by label. The pieces
+//! themselves sit with what they are:
 //!
-//! - [`wasmplugin::WasmPluginRouter`] pushes the filter config into an Istio `WasmPlugin`'s
-//!   `spec.pluginConfig`, and nothing else, by server-side apply under its own field manager with
-//!   optimistic concurrency; it reads back what a `WasmPlugin` holds so that a service without
-//!   state adopts it ([`crate::adopt`]).
-//! - [`drift`] notices when someone (a person with `kubectl edit`, a GitOps tool reverting) changes
-//!   that `pluginConfig` behind the service's back, or deletes the `WasmPlugin`.
-//! - [`configmap_store::ConfigMapStore`] keeps the service state in one ConfigMap, so a restarted
-//!   or rescheduled pod resumes where the last one stopped.
-//! - [`leader::LeaderElector`] elects one active replica with a `coordination.k8s.io/v1` Lease, so
-//!   several replicas can run for availability while exactly one of them writes.
+//! - [`crate::router::wasmplugin::WasmPluginRouter`] pushes the filter config into an Istio
+//!   `WasmPlugin`'s `spec.pluginConfig`, and nothing else, by server-side apply under its own field
+//!   manager with optimistic concurrency; it reads back what a `WasmPlugin` holds so that a service
+//!   without state adopts it ([`crate::controller::adopt`]);
+//! - [`crate::router::wasmplugin::drift`] notices when someone (a person with `kubectl edit`, a
+//!   GitOps tool reverting) changes that `pluginConfig` behind the service's back, or deletes it;
+//! - [`crate::store::configmap::ConfigMapStore`] keeps the service state in one ConfigMap, so a
+//!   restarted or rescheduled pod resumes where the last one stopped;
+//! - [`crate::leader::lease::LeaderElector`] elects one active replica with a
+//!   `coordination.k8s.io/v1` Lease, so several replicas can run while exactly one of them writes.
 //!
 //! Every write carries the `metadata.resourceVersion` it was computed from: the API server refuses
 //! it with 409 Conflict if anyone wrote in between, so no write is ever lost silently.
@@ -19,11 +21,6 @@
 //! `wasmplugins.extensions.istio.io`; `get` and `update` on its state ConfigMap and its Lease, and
 //! `create` on `configmaps` and `coordination.k8s.io` `leases` of its own namespace (RBAC cannot
 //! restrict `create` by name).
-
-pub mod configmap_store;
-pub mod drift;
-pub mod leader;
-pub mod wasmplugin;
 
 /// The field manager meshcanary's writes are recorded under in `metadata.managedFields`.
 pub const FIELD_MANAGER: &str = "meshcanary";

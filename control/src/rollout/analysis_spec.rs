@@ -225,7 +225,8 @@ pub struct Webhook {
     /// When it is called.
     #[serde(rename = "type")]
     pub kind: WebhookKind,
-    /// `http://` URL to POST to.
+    /// `http://` or `https://` URL to POST to. Redirects are not followed: a 3xx answer is a
+    /// failure.
     pub url: String,
     /// Per attempt (default `5s`, from `100ms` to `1m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -248,11 +249,8 @@ impl Webhook {
         if self.name.is_empty() {
             return Err(Error::invalid(format!("{field}.name"), "must not be empty"));
         }
-        if !self.url.starts_with("http://") || self.url.len() <= "http://".len() {
-            return Err(Error::invalid(
-                format!("{field}.url"),
-                format!("{:?} is not an http:// URL (https is not supported: call in-cluster or local services)", self.url),
-            ));
+        if let Err(reason) = crate::webhook::check_url(&self.url) {
+            return Err(Error::invalid(format!("{field}.url"), reason));
         }
         if self.retries > 10 {
             return Err(Error::invalid(format!("{field}.retries"), "at most 10"));

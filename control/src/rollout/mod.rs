@@ -26,6 +26,10 @@ pub const MAX_STEPS: usize = 100;
 pub const DEFAULT_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(30);
 /// History entries kept per rollout (oldest dropped first).
 pub const MAX_HISTORY: usize = 200;
+/// The longest duration a rollout takes anywhere (timeout, pauses, intervals, hook timeouts):
+/// a year. Anything longer is a typo or a probe (`300000000y` parses), and would only saturate
+/// the clock arithmetic the engine does with it.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// A rollout as a user submits it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -133,9 +137,13 @@ impl Weight {
                 at("basisPoints"),
                 format!("{bp} exceeds {TOTAL_WEIGHT}"),
             )),
-            _ => Err(Error::invalid(
-                field,
-                "give exactly one of \"percent\" and \"basisPoints\"",
+            (Some(_), Some(_)) => Err(Error::invalid(
+                at("basisPoints"),
+                "give exactly one of \"percent\" and \"basisPoints\", not both",
+            )),
+            (None, None) => Err(Error::invalid(
+                at("percent"),
+                "missing: give exactly one of \"percent\" and \"basisPoints\"",
             )),
         }
     }
@@ -219,6 +227,17 @@ impl RolloutSpec {
         for (i, webhook) in self.webhooks.iter().enumerate() {
             webhook.check(&format!("webhooks[{i}]"))?;
         }
+        for (field, duration) in self.durations() {
+            if duration.0 > MAX_DURATION {
+                return Err(Error::invalid(
+                    field,
+                    format!(
+                        "{duration} is longer than the limit of {} days",
+                        MAX_DURATION.as_secs() / 86_400
+                    ),
+                ));
+            }
+        }
         if plan.len() > MAX_STEPS {
             return Err(Error::invalid(
                 "steps",
@@ -226,6 +245,33 @@ impl RolloutSpec {
             ));
         }
         Ok(plan)
+    }
+
+    /// Every duration the spec gives, with its field path.
+    fn durations(&self) -> Vec<(String, HumanDuration)> {
+        let mut out = Vec::new();
+        let mut add = |field: String, duration: Option<HumanDuration>| {
+            if let Some(duration) = duration {
+                out.push((field, duration));
+            }
+        };
+        add("timeout".into(), self.timeout);
+        add("propagationTimeout".into(), self.propagation_timeout);
+        for (i, step) in self.steps.iter().enumerate() {
+            if let Step::Pause(pause) = step {
+                add(format!("steps[{i}].pause.duration"), pause.duration);
+            }
+        }
+        if let Some(progressive) = &self.progressive {
+            add("progressive.interval".into(), Some(progressive.interval));
+        }
+        if let Some(analysis) = &self.analysis {
+            add("analysis.interval".into(), Some(analysis.interval));
+        }
+        for (i, hook) in self.webhooks.iter().enumerate() {
+            add(format!("webhooks[{i}].timeout"), hook.timeout);
+        }
+        out
     }
 
     /// The propagation timeout in force.
@@ -568,13 +614,43 @@ mod tests {
             ),
             (
                 json!({"steps": [{"setWeight": {}}]}),
-                "steps[0].setWeight",
-                "exactly one",
+                "steps[0].setWeight.percent",
+                "missing: give exactly one",
             ),
             (
                 json!({"steps": [{"setWeight": {"percent": 1, "basisPoints": 100}}]}),
-                "steps[0].setWeight",
-                "exactly one",
+                "steps[0].setWeight.basisPoints",
+                "not both",
+            ),
+            (
+                json!({"steps": [{"pause": {"duration": "300000000y"}}]}),
+                "steps[0].pause.duration",
+                "300000000years is longer than the limit of 365 days",
+            ),
+            (
+                json!({"steps": [{"pause": {}}], "timeout": "366d"}),
+                "timeout",
+                "longer than the limit",
+            ),
+            (
+                json!({"steps": [{"pause": {}}], "propagationTimeout": "99999999999999999999s"}),
+                "propagationTimeout",
+                "longer than the limit",
+            ),
+            (
+                json!({"progressive": {"stepWeight": 10, "maxWeight": 50, "interval": "400d"}}),
+                "progressive.interval",
+                "longer than the limit",
+            ),
+            (
+                json!({"steps": [{"pause": {}}], "analysis": {"interval": "1000y"}}),
+                "analysis.interval",
+                "longer than the limit",
+            ),
+            (
+                json!({"steps": [{"pause": {}}], "webhooks": [{"name": "h", "type": "rollout", "url": "http://h/", "timeout": "2y"}]}),
+                "webhooks[0].timeout",
+                "not between 100ms and 1m",
             ),
             (
                 json!({"steps": [{"pause": {}}], "progressive": {"stepWeight": 10, "maxWeight": 50, "interval": "1m"}}),

@@ -2,8 +2,8 @@
 //! `path_config_source` watches, replacing it atomically so Envoy never reads half a file.
 
 use super::TrafficRouter;
+use crate::atomic_file::write_atomically;
 use crate::error::{Error, Result};
-use crate::store::file::write_atomically;
 use async_trait::async_trait;
 use meshcanary_core::config::FilterConfig;
 use meshcanary_core::ecds::{ecds_document, WasmDelivery};

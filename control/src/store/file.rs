@@ -2,10 +2,10 @@
 //! old one, fsync the directory. A lock file keeps a second service off the same directory.
 
 use super::StateStore;
+use crate::atomic_file::write_atomically;
 use crate::error::{Error, Result};
 use crate::state::ServiceState;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// State in `<dir>/state.json`.
@@ -77,42 +77,15 @@ impl StateStore for FileStore {
             path: path.display().to_string(),
             reason: error.to_string(),
         })?;
-        write_atomically(&path, &bytes)
+        write_atomically(&path, &bytes).map_err(|source| Error::Store {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     fn describe(&self) -> String {
         self.path().display().to_string()
     }
-}
-
-/// The directory holding `path`; a bare file name has an empty parent, which cannot be opened for
-/// the directory sync, so it is the working directory.
-fn directory_of(path: &Path) -> &Path {
-    path.parent()
-        .filter(|parent| !parent.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
-
-/// Replaces `path` with `bytes` so that readers and crashes see the old or the new file, never part.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |source| Error::Store {
-        path: path.display().to_string(),
-        source,
-    };
-    let dir = directory_of(path);
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp"));
-    let mut file = File::create(&tmp).map_err(io)?;
-    file.write_all(bytes).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    drop(file);
-    fs::rename(&tmp, path).map_err(io)?;
-    // The rename itself is durable only once the directory is synced.
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -139,18 +112,6 @@ mod tests {
             FileStore::open(dir.path()).is_ok(),
             "lock released with the store"
         );
-    }
-
-    #[test]
-    fn a_bare_file_name_lives_in_the_working_directory() {
-        let cases = [
-            ("ecds.json", "."),
-            ("dir/ecds.json", "dir"),
-            ("/a/b.json", "/a"),
-        ];
-        for (path, dir) in cases {
-            assert_eq!(directory_of(Path::new(path)), Path::new(dir), "{path}");
-        }
     }
 
     #[tokio::test]

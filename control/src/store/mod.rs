@@ -1,5 +1,6 @@
 //! Where the service keeps its state between runs.
 
+pub mod configmap;
 pub mod file;
 
 use crate::error::Result;

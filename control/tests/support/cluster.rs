@@ -6,7 +6,7 @@
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
-use meshcanary_control::kube::wasmplugin::wasmplugin_resource;
+use meshcanary_control::router::wasmplugin::wasmplugin_resource;
 use meshcanary_testkit::envtest::Envtest;
 use meshcanary_testkit::install::{Installed, Namespaces, Options, WASMPLUGIN};
 use serde_json::Value;

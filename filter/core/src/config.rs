@@ -706,7 +706,13 @@ fn checked_sticky(field: &str, sticky: &StickyConfig) -> Result<CheckedSticky, C
         }
         _ => {
             return Err(ConfigError::new(
-                field,
+                one_of_field(
+                    field,
+                    &[
+                        ("header", sticky.header.is_some()),
+                        ("cookie", sticky.cookie.is_some()),
+                    ],
+                ),
                 "set exactly one of \"header\" and \"cookie\"",
             ))
         }
@@ -817,7 +823,14 @@ fn checked_rule(
         }
         _ => {
             return Err(ConfigError::new(
-                field,
+                one_of_field(
+                    field,
+                    &[
+                        ("header", rule.header.is_some()),
+                        ("cookie", rule.cookie.is_some()),
+                        ("query", rule.query.is_some()),
+                    ],
+                ),
                 "set exactly one of \"header\", \"cookie\" and \"query\"",
             ))
         }
@@ -850,7 +863,14 @@ fn checked_rule(
         }
         _ => {
             return Err(ConfigError::new(
-                field,
+                one_of_field(
+                    field,
+                    &[
+                        ("exact", rule.exact.is_some()),
+                        ("prefix", rule.prefix.is_some()),
+                        ("present", rule.present.is_some()),
+                    ],
+                ),
                 "set exactly one of \"exact\", \"prefix\" and \"present\"",
             ))
         }
@@ -975,6 +995,18 @@ fn child(field: &str, name: &str) -> String {
 /// `field[index]`: the path of an element of the list `field`.
 fn item(field: &str, index: usize) -> String {
     format!("{field}[{index}]")
+}
+
+/// Where an "exactly one of these keys" error points: at the second key given when several are
+/// (the one that conflicts), else at the first key (none is given, and it is one way to fix it).
+/// Naming a key, not the object, lets an API that took the object as its whole body name a field.
+fn one_of_field(object: &str, keys: &[(&str, bool)]) -> String {
+    let mut given = keys.iter().filter(|(_, set)| *set).map(|(key, _)| *key);
+    let key = match (given.next(), given.next()) {
+        (Some(_), Some(second)) => second,
+        _ => keys.first().map_or("", |(key, _)| *key),
+    };
+    child(object, key)
 }
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<(), ConfigError> {
@@ -1311,25 +1343,25 @@ mod tests {
             (
                 "rule without source",
                 |v| v["routes"][0]["rules"][0] = json!({"exact": "a", "variant": "v2"}),
-                "routes[0].rules[0]",
+                "routes[0].rules[0].header",
                 "exactly one of \"header\", \"cookie\" and \"query\"",
             ),
             (
                 "rule with two sources",
                 |v| v["routes"][0]["rules"][0]["cookie"] = json!("c"),
-                "routes[0].rules[0]",
+                "routes[0].rules[0].cookie",
                 "exactly one of \"header\"",
             ),
             (
                 "rule without matcher",
                 |v| v["routes"][0]["rules"][0] = json!({"header": "a", "variant": "v2"}),
-                "routes[0].rules[0]",
+                "routes[0].rules[0].exact",
                 "exactly one of \"exact\", \"prefix\" and \"present\"",
             ),
             (
                 "rule with two matchers",
                 |v| v["routes"][0]["rules"][0]["prefix"] = json!("a"),
-                "routes[0].rules[0]",
+                "routes[0].rules[0].prefix",
                 "exactly one of \"exact\"",
             ),
             (
@@ -1395,13 +1427,13 @@ mod tests {
             (
                 "sticky with both",
                 |v| v["routes"][0]["sticky"]["cookie"] = json!("c"),
-                "routes[0].sticky",
+                "routes[0].sticky.cookie",
                 "exactly one of \"header\" and \"cookie\"",
             ),
             (
                 "sticky with neither",
                 |v| v["routes"][0]["sticky"] = json!({"salt": "x"}),
-                "routes[0].sticky",
+                "routes[0].sticky.header",
                 "exactly one of",
             ),
             (

@@ -51,13 +51,7 @@ pub async fn qa(rig: &Rig, console: &mut Console, number: usize) -> Result<Strin
     let weights: Vec<String> = route
         .variants
         .iter()
-        .map(|v| {
-            format!(
-                "{} {}",
-                v.name,
-                meshcanary_control::rollout::engine::percent(v.weight)
-            )
-        })
+        .map(|v| format!("{} {}", v.name, meshcanary_control::view::percent(v.weight)))
         .collect();
     console.line(format!("  route {ROUTE}: {}", weights.join(", ")));
     let (header, value) = QA_HEADER;
@@ -303,7 +297,7 @@ async fn summarize_end(
             let summary = format!(
                 "{} rolled back by the analysis in {took}, never above {}; all traffic is back on {}",
                 release.canary,
-                meshcanary_control::rollout::engine::percent(highest_weight(end)),
+                meshcanary_control::view::percent(highest_weight(end)),
                 release.stable
             );
             console.para(&format!("  {} ", p.green("✓")), "    ", &summary);

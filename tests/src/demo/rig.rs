@@ -8,7 +8,7 @@ use super::service::Service;
 use super::{Options, Pace};
 use crate::load::{Client, Reply};
 use crate::steady_load::{LoadCounts, SteadyLoad};
-use meshcanary_control::api::rollouts::RolloutView;
+use meshcanary_control::api::rollouts::{RolloutList, RolloutView};
 use meshcanary_control::api::routes::RoutesView;
 use meshcanary_core::config::FilterConfig;
 use meshcanary_testkit::envoy::{self, Envoy};
@@ -304,9 +304,11 @@ impl Rig {
         self.get(&format!("/v1/rollouts/{name}")).await
     }
 
-    /// `GET /v1/rollouts`.
+    /// `GET /v1/rollouts`: the newest 100 (running ones among them: a route has one at most).
     pub async fn rollouts(&self) -> Result<Vec<RolloutView>, String> {
-        self.get("/v1/rollouts").await
+        self.get::<RolloutList>("/v1/rollouts")
+            .await
+            .map(|list| list.items)
     }
 
     /// `GET /v1/routes`.

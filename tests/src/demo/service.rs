@@ -37,6 +37,7 @@ impl Service {
             stats: Some(StatsSource::EnvoyAdmin(envoy.admin_url.clone())),
             token: meshcanary_testkit::random_hex(),
             port,
+            extra_args: Vec::new(),
         };
         let process = standalone
             .start()

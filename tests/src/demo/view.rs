@@ -7,9 +7,9 @@ use super::rig::TrafficShare;
 use meshcanary_control::analysis::Verdict;
 use meshcanary_control::api::rollouts::RolloutView;
 use meshcanary_control::cli::render::progress_bar;
-use meshcanary_control::rollout::engine::percent;
 use meshcanary_control::rollout::{CheckRecord, Event, Phase, RolloutSpec};
 use meshcanary_control::time::Timestamp;
+use meshcanary_control::view::percent;
 use std::time::Duration;
 
 /// The panel's lines stay within this many characters, so they fit an 80-column terminal.
@@ -271,7 +271,7 @@ mod tests {
     use super::*;
     use meshcanary_control::analysis::{Check, Measured};
     use meshcanary_control::rollout::Rollout;
-    use meshcanary_control::service::Propagation;
+    use meshcanary_control::view::Propagation;
 
     const T0: Timestamp = Timestamp(1_800_000_000_000);
 

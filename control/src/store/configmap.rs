@@ -16,8 +16,8 @@
 //!   is a real conflict, answered with [`Error::StateConflict`]; the store refuses further writes
 //!   until it is loaded again, and the service re-reads the state and applies its change on top.
 
-use super::{describe_error, is_conflict, is_not_found, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::error::{Error, Result};
+use crate::kube::{describe_error, is_conflict, is_not_found, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::state::ServiceState;
 use crate::store::StateStore;
 use async_trait::async_trait;

@@ -17,7 +17,7 @@
 //! versus default fields (`dryRun: false`, `rules: []`), an explicit default `variantHeader` and
 //! integral numbers written as `1.0` all count as equal.
 
-use super::wasmplugin::wasmplugin_resource;
+use super::wasmplugin_resource;
 use futures::stream::{BoxStream, Stream, StreamExt};
 use kube::api::DynamicObject;
 use kube::runtime::utils::ResetTimerBackoff;
@@ -580,7 +580,7 @@ mod tests {
         let ratings = pushed["routes"][1].clone();
         let with = |patch: Value| {
             let mut value = pushed.clone();
-            crate::kube::wasmplugin::apply_merge_patch(&mut value, &patch);
+            crate::router::wasmplugin::apply_merge_patch(&mut value, &patch);
             value
         };
         let cases: Vec<(&str, Option<Value>, Vec<Difference>)> = vec![

@@ -22,10 +22,12 @@
 //!   retries, a bounded number of times, so a concurrent edit of another field is never lost.
 //!
 //! Drift (someone changing `pluginConfig` behind the service's back) is noticed by a watch and
-//! handled by the service's policy ([`super::drift`]), not silently by the next push.
+//! handled by the service's policy ([`drift`]), not silently by the next push.
 
-use super::{describe_error, is_conflict, FIELD_MANAGER};
 use crate::error::{Error, Result};
+use crate::kube::{describe_error, is_conflict, FIELD_MANAGER};
+pub mod drift;
+
 use crate::router::LiveConfig;
 use crate::router::TrafficRouter;
 use async_trait::async_trait;
@@ -77,7 +79,7 @@ impl WasmPluginRouter {
     }
 
     /// Also publishes each config on `expected` just before pushing it: hand the receiver to
-    /// [`super::drift::watch_drift`] and it always compares against what was last pushed.
+    /// [`drift::watch_drift`] and it always compares against what was last pushed.
     /// Create the channel with the config the service starts from.
     pub fn with_expected(mut self, expected: watch::Sender<FilterConfig>) -> WasmPluginRouter {
         self.expected = Some(expected);
@@ -92,7 +94,7 @@ impl WasmPluginRouter {
     }
 
     fn map_error(&self, error: &kube::Error) -> Error {
-        match super::api_status(error) {
+        match crate::kube::api_status(error) {
             Some((404, _, _)) => self.push_error(format!(
                 "WasmPlugin {}/{} does not exist; install it first (meshcanary only writes its spec.pluginConfig)",
                 self.namespace, self.name
@@ -188,7 +190,7 @@ impl TrafficRouter for WasmPluginRouter {
             .await
             .map_err(|error| Error::Remote {
                 target: self.describe(),
-                reason: match super::api_status(&error) {
+                reason: match crate::kube::api_status(&error) {
                     Some((403, _, message)) => format!(
                         "not allowed to read it: {message} (a Role in its namespace must grant the \
                          service account get, list, watch and patch on it, as \

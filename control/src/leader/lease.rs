@@ -18,8 +18,8 @@
 //! well within `lease_duration` (NTP on cluster nodes does that). The clock is injectable and
 //! the decision is the pure [`decide`].
 
-use super::{describe_error, is_conflict, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 use crate::error::{Error, Result};
+use crate::kube::{describe_error, is_conflict, FIELD_MANAGER, MANAGED_BY, MANAGED_BY_LABEL};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};

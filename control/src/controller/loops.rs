@@ -1,0 +1,224 @@
+//! The controller's background loops: the engine, the proxies' observation with push retries, and
+//! the notification hooks; and the push itself.
+
+use super::*;
+use crate::view::Propagation;
+
+impl Controller {
+    /// Runs the engine and the observer until the task is dropped.
+    pub async fn run(self: Arc<Self>) {
+        let observer = {
+            let this = self.clone();
+            async move {
+                loop {
+                    tokio::time::sleep(OBSERVE_INTERVAL).await;
+                    this.observe().await;
+                    if this.is_leader() {
+                        this.retry_push().await;
+                    }
+                }
+            }
+        };
+        let notifications = {
+            let this = self.clone();
+            let receiver = this.notify_rx.locked().take();
+            async move {
+                let Some(mut receiver) = receiver else { return };
+                while let Some((rollout, kind)) = receiver.recv().await {
+                    let this = this.clone();
+                    // Hooks must not hold up the engine or each other.
+                    tokio::spawn(async move { this.notify(rollout, kind).await });
+                }
+            }
+        };
+        let engine = async move {
+            let mut leadership = self.leadership.clone();
+            loop {
+                if !leadership.borrow_and_update().is_leader {
+                    self.synced.store(false, Ordering::SeqCst);
+                    if let Err(error) = self.reload().await {
+                        tracing::warn!(%error, "cannot reload the leader's state");
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(FOLLOWER_RELOAD_INTERVAL) => {}
+                        _ = leadership.changed() => {}
+                    }
+                    continue;
+                }
+                if !self.synced.load(Ordering::SeqCst) {
+                    tracing::info!("leading now: resuming every rollout from the saved state");
+                    if let Err(error) = self.take_over().await {
+                        tracing::error!(%error, "cannot take over the saved state; retrying");
+                        tokio::time::sleep(FOLLOWER_RELOAD_INTERVAL).await;
+                        continue;
+                    }
+                }
+                let wake_at = match self.tick().await {
+                    Ok(wake_at) => wake_at,
+                    Err(error) => {
+                        tracing::error!(%error, "engine tick failed");
+                        None
+                    }
+                };
+                let sleep = wake_at.map_or(ENGINE_INTERVAL, |at| {
+                    at.since(Timestamp::now()).min(ENGINE_INTERVAL)
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(sleep) => {}
+                    _ = self.wake.notified() => {}
+                }
+            }
+        };
+        tokio::join!(observer, engine, notifications);
+    }
+
+    /// Calls notification hooks; a failing `rollout` hook counts as a failed check.
+    pub(super) async fn notify(&self, rollout: Rollout, kind: WebhookKind) {
+        let Err(error) = webhook::call_all(&self.http, &rollout, kind).await else {
+            return;
+        };
+        if kind != WebhookKind::Rollout {
+            return;
+        }
+        let name = rollout.spec.name.clone();
+        let recorded = self
+            .mutate(|state, now| {
+                if let Some(current) = state
+                    .rollouts
+                    .get(&name)
+                    .filter(|r| !r.status.phase.is_terminal())
+                {
+                    let failed = engine::record_hook_failure(current, &error, now);
+                    state.rollouts.insert(name.clone(), failed);
+                }
+                Ok(())
+            })
+            .await;
+        if let Err(error) = recorded {
+            tracing::error!(rollout = %name, %error, "cannot record the hook failure");
+        }
+    }
+
+    /// Pushes `filter`; whether it went through (a failure is recorded and retried).
+    pub(super) async fn push(&self, filter: &FilterConfig) -> bool {
+        match self.router.apply(filter).await {
+            Ok(()) => {
+                self.pushed_generation
+                    .store(filter.generation, Ordering::SeqCst);
+                *self.pushed_at.locked() = Some(std::time::Instant::now());
+                self.set_problem(PUSH, None);
+                self.metrics.pushed(true);
+                tracing::info!(generation = filter.generation, target = %self.router.describe(), "pushed filter config");
+                true
+            }
+            Err(error) => {
+                self.set_problem(PUSH, Some(&error));
+                self.metrics.pushed(false);
+                tracing::error!(%error, generation = filter.generation, "push failed; retrying");
+                false
+            }
+        }
+    }
+
+    /// Pushes again if the last push of the current config failed, at most every
+    /// [`PUSH_RETRY_INTERVAL`] (the target may be missing for a while, e.g. a WasmPlugin not yet
+    /// installed).
+    pub(super) async fn retry_push(&self) {
+        let state = self.state.lock().await;
+        if self.pushed_generation.load(Ordering::SeqCst) == state.filter.generation {
+            return;
+        }
+        let due = {
+            let mut last = self.last_retry.locked();
+            let due = last.is_none_or(|at| at.elapsed() >= PUSH_RETRY_INTERVAL);
+            if due {
+                *last = Some(std::time::Instant::now());
+            }
+            due
+        };
+        if due && self.push(&state.filter).await {
+            // The generation carrying a pending re-apply went through.
+            *self.resync.locked() = None;
+        }
+    }
+
+    pub(super) async fn observe(&self) {
+        let answers = self.observer.generations().await;
+        let changed = {
+            let mut proxies = self.proxies.write_locked();
+            let changed = *proxies != answers;
+            *proxies = answers;
+            changed
+        };
+        if changed {
+            self.wake.notify_one();
+        }
+    }
+
+    pub(super) fn observation(&self) -> Observation {
+        let proxies = self.proxies.read_locked();
+        Observation {
+            min_proxy_generation: match proxies.is_empty() {
+                true => None,
+                false => Some(
+                    proxies
+                        .iter()
+                        .map(|p| p.generation.unwrap_or(0))
+                        .min()
+                        .unwrap_or(0),
+                ),
+            },
+        }
+    }
+
+    /// How far `generation` has reached.
+    pub fn propagation(&self, generation: u64) -> Propagation {
+        let proxies = self.proxies.read_locked().clone();
+        let applied = proxies
+            .iter()
+            .filter(|p| p.generation.is_some_and(|g| g >= generation))
+            .count();
+        Propagation {
+            generation,
+            applied,
+            total: proxies.len(),
+            summary: format!("applied on {applied}/{} proxies", proxies.len()),
+            proxies,
+        }
+    }
+}
+
+/// The notification hooks a change calls: `rollout` hooks when a step starts, `postRollout` when
+/// a rollout succeeds, `rollback` when it is rolled back or aborted.
+pub(super) fn notifications(
+    before: &ServiceState,
+    after: &ServiceState,
+) -> Vec<(Rollout, WebhookKind)> {
+    let mut out = Vec::new();
+    for (name, rollout) in &after.rollouts {
+        if rollout.spec.webhooks.is_empty() {
+            continue;
+        }
+        let old = before.rollouts.get(name);
+        let old_phase = old.map(|r| r.status.phase);
+        let phase = rollout.status.phase;
+        let kind = match phase {
+            Phase::Succeeded if old_phase != Some(phase) => Some(WebhookKind::PostRollout),
+            Phase::RolledBack | Phase::Aborted if old_phase != Some(phase) => {
+                Some(WebhookKind::Rollback)
+            }
+            Phase::Progressing | Phase::Paused
+                if old.is_none_or(|o| {
+                    o.status.step != rollout.status.step || o.status.phase == Phase::Initialized
+                }) =>
+            {
+                Some(WebhookKind::Rollout)
+            }
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            out.push((rollout.clone(), kind));
+        }
+    }
+    out
+}
