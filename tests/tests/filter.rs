@@ -8,6 +8,8 @@ use meshcanary_testkit::paths;
 use meshcanary_testkit::upstream::{self, Upstream};
 use serde_json::json;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Upstreams v1, v2, v3 and an Envoy in front of them running `config`.
@@ -255,18 +257,32 @@ async fn sticky_users_keep_their_variant_and_only_move_towards_the_canary() {
 async fn a_new_config_applies_live_without_failing_a_request() {
     let rig = Rig::start(reviews(1, &[10000, 0], json!({}))).await;
     let client = rig.client.clone();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let batches = Arc::new(AtomicUsize::new(0));
     let load = {
-        let stop = stop.clone();
+        let (stop, batches) = (stop.clone(), batches.clone());
         tokio::spawn(async move {
             let mut replies = Vec::new();
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            while !stop.load(Ordering::SeqCst) {
                 replies.extend(client.many(200, 8, |_| vec![]).await);
+                batches.fetch_add(1, Ordering::SeqCst);
             }
             replies
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The load is measured in batches, not seconds, so a busy machine cannot starve the check:
+    // at least one whole batch before the push, and two after traffic moved.
+    let batches_done = |at_least: usize| {
+        let batches = batches.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while batches.load(Ordering::SeqCst) < at_least {
+                assert!(Instant::now() < deadline, "the load stalled");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    batches_done(1).await;
     let pushed = Instant::now();
     rig.envoy
         .push(&filter_config(reviews(2, &[0, 10000], json!({}))));
@@ -281,8 +297,8 @@ async fn a_new_config_applies_live_without_failing_a_request() {
         assert!(Instant::now() < deadline, "traffic never moved to v2");
     }
     let moved = pushed.elapsed();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    batches_done(batches.load(Ordering::SeqCst) + 2).await;
+    stop.store(true, Ordering::SeqCst);
     let replies = load.await.unwrap();
     let failed: Vec<_> = replies
         .iter()
