@@ -274,9 +274,10 @@ impl Activity {
     /// When the connection will have been quiet for `limit`, unless something moves. While a
     /// request is handled the next look is a `limit` from now.
     fn quiet_until(&self, limit: Duration) -> Instant {
-        match self.is_busy() {
-            true => Instant::now() + limit,
-            false => self.last() + limit,
+        if self.is_busy() {
+            Instant::now() + limit
+        } else {
+            self.last() + limit
         }
     }
 

@@ -264,9 +264,10 @@ fn make_stable(route: &mut RouteConfig, canary: &str) {
 
 /// `prefix.field`, or `prefix` alone.
 fn join_field(prefix: &str, field: &str) -> String {
-    match field.is_empty() {
-        true => prefix.to_string(),
-        false => format!("{prefix}.{field}"),
+    if field.is_empty() {
+        prefix.to_string()
+    } else {
+        format!("{prefix}.{field}")
     }
 }
 

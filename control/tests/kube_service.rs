@@ -348,9 +348,10 @@ async fn wait_in_sync(cluster: &Cluster, service: &Service) -> Value {
         async || {
             let routes = service.routes().await;
             let live = cluster.plugin_config().await;
-            match live == routes["config"] {
-                true => Ok(live),
-                false => Err(format!("service {} / live {live}", routes["config"])),
+            if live == routes["config"] {
+                Ok(live)
+            } else {
+                Err(format!("service {} / live {live}", routes["config"]))
             }
         },
     )
@@ -823,9 +824,10 @@ async fn two_replicas_elect_one_leader_and_hand_over() {
         Duration::from_secs(4),
         async || {
             let answer = follower.get("/v1/rollouts/reviews-v2").await;
-            match answer.body["version"] == created["version"] {
-                true => Ok(answer.body),
-                false => Err(format!("{answer:?}")),
+            if answer.body["version"] == created["version"] {
+                Ok(answer.body)
+            } else {
+                Err(format!("{answer:?}"))
             }
         },
     )
@@ -1049,9 +1051,10 @@ async fn a_write_taken_during_the_takeover_reload_is_not_undone() {
         Duration::from_secs(4),
         async || {
             let answer = b.get("/v1/rollouts/reviews-v2").await;
-            match answer.body["version"] == created["version"] {
-                true => Ok(()),
-                false => Err(format!("{answer:?}")),
+            if answer.body["version"] == created["version"] {
+                Ok(())
+            } else {
+                Err(format!("{answer:?}"))
             }
         },
     )

@@ -415,9 +415,10 @@ async fn admin_get(http: &reqwest::Client, base_url: &str, path: &str) -> Result
         .text()
         .await
         .map_err(|error| Error::failed(what(), error))?;
-    match status.is_success() {
-        true => Ok(body),
-        false => Err(Error::failed(what(), format!("{status} {body}"))),
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(Error::failed(what(), format!("{status} {body}")))
     }
 }
 

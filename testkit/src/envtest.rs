@@ -50,9 +50,10 @@ impl Assets {
             .ok_or("KUBEBUILDER_ASSETS is not set")?;
         let binary = |name: &str| {
             let path = dir.join(name);
-            match path.is_file() {
-                true => Ok(path),
-                false => Err(format!("{} does not exist", path.display())),
+            if path.is_file() {
+                Ok(path)
+            } else {
+                Err(format!("{} does not exist", path.display()))
             }
         };
         let istio_crds = std::env::var_os("MESHCANARY_ISTIO_CRDS")
@@ -222,9 +223,10 @@ impl Envtest {
     /// `server` (default: this API server; give a proxy's `http://` URL to go through it).
     pub fn kubeconfig(&self, token: &str, namespace: Option<&str>, server: Option<&str>) -> String {
         let server = server.unwrap_or(&self.url);
-        let authority = match server.starts_with("https://") {
-            true => format!("\n    certificate-authority: {}", self.ca_file().display()),
-            false => String::new(),
+        let authority = if server.starts_with("https://") {
+            format!("\n    certificate-authority: {}", self.ca_file().display())
+        } else {
+            String::new()
         };
         let namespace = namespace
             .map(|ns| format!("\n    namespace: {ns}"))

@@ -254,12 +254,13 @@ pub fn set_module_digest(path: &Path, digest: &str) {
     let mut replaced = false;
     let lines: Vec<String> = text
         .lines()
-        .map(|line| match line.starts_with("  sha256: ") {
-            true => {
+        .map(|line| {
+            if line.starts_with("  sha256: ") {
                 replaced = true;
                 format!("  sha256: \"{digest}\"")
+            } else {
+                line.to_string()
             }
-            false => line.to_string(),
         })
         .collect();
     assert!(replaced, "{} has no `  sha256:` line", path.display());

@@ -179,9 +179,10 @@ fn scrape_config(target: &str, labels: &[(&str, &str)]) -> String {
         .iter()
         .map(|(name, value)| format!("      {name}: '{value}'\n"))
         .collect();
-    let labels = match labels.is_empty() {
-        true => String::new(),
-        false => format!("    labels:\n{labels}"),
+    let labels = if labels.is_empty() {
+        String::new()
+    } else {
+        format!("    labels:\n{labels}")
     };
     format!(
         "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\

@@ -209,9 +209,10 @@ async fn answer(
         .await
         .map(|collected| collected.to_bytes())
         .unwrap_or_default();
-    let (body, content_type) = match body.is_empty() {
-        true => (Bytes::from(name.clone()), "text/plain; charset=utf-8"),
-        false => (body, "application/octet-stream"),
+    let (body, content_type) = if body.is_empty() {
+        (Bytes::from(name.clone()), "text/plain; charset=utf-8")
+    } else {
+        (body, "application/octet-stream")
     };
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;

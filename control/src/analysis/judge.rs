@@ -124,7 +124,7 @@ pub enum Verdict {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Check {
-    /// The verdict.
+    /// Pass, fail or inconclusive: the worst of the individual checks.
     pub verdict: Verdict,
     /// One sentence per check, for people, with the measured numbers.
     pub reasons: Vec<String>,
@@ -257,9 +257,10 @@ fn success_rate(
         "{failures} {} (5xx, reset or gRPC server error) in {responses} responses",
         plural(failures, "failure", "failures")
     );
-    let (verdict, verb) = match rate < min {
-        true => (Verdict::Fail, "is below"),
-        false => (Verdict::Pass, "meets"),
+    let (verdict, verb) = if rate < min {
+        (Verdict::Fail, "is below")
+    } else {
+        (Verdict::Pass, "meets")
     };
     Some(Finding::new(
         verdict,
@@ -319,9 +320,10 @@ fn latency(
             ),
         ));
     }
-    let (verdict, verb) = match latency > max {
-        true => (Verdict::Fail, "is above the maximum"),
-        false => (Verdict::Pass, "is within the maximum"),
+    let (verdict, verb) = if latency > max {
+        (Verdict::Fail, "is above the maximum")
+    } else {
+        (Verdict::Pass, "is within the maximum")
     };
     Some(Finding::new(
         verdict,
@@ -373,21 +375,22 @@ fn comparison(
         percent(baseline_rate, Some(canary_rate)),
     );
     let alpha = number(thresholds.max_p_value);
-    let (verdict, comparison) = match p < thresholds.max_p_value {
-        true => (
+    let (verdict, comparison) = if p < thresholds.max_p_value {
+        (
             Verdict::Fail,
             format!(
                 "is significantly above {stable}: Fisher exact one-sided p = {} < {alpha}",
                 p_text(p)
             ),
-        ),
-        false => (
+        )
+    } else {
+        (
             Verdict::Pass,
             format!(
                 "is not significantly above {stable}: Fisher exact one-sided p = {} ≥ {alpha}",
                 p_text(p)
             ),
-        ),
+        )
     };
     (
         Some(Finding::new(verdict, format!("{rates} {comparison}"))),

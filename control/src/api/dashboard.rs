@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Redirect};
 use sha2::{Digest, Sha256};
 use std::sync::LazyLock;
 
-/// The page.
+/// The dashboard: one self-contained HTML page (script and style inline), served at `/`.
 pub const PAGE: &str = include_str!("dashboard.html");
 
 /// Where the page is served.

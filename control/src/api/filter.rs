@@ -13,7 +13,7 @@ use std::path::Path;
 /// The module's bytes and their sha256, read once at startup.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WasmArtifact {
-    /// The module.
+    /// The module exactly as read from `--wasm`, served by `GET /v1/filter.wasm`.
     pub bytes: Vec<u8>,
     /// Lowercase hex sha256 of `bytes`.
     pub sha256: String,

@@ -148,9 +148,12 @@ async fn json_errors(request: Request, next: Next) -> Response {
         .await
         .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_string())
         .unwrap_or_default();
-    let said = |fallback: &str| match text.is_empty() {
-        true => fallback.to_string(),
-        false => text.clone(),
+    let said = |fallback: &str| {
+        if text.is_empty() {
+            fallback.to_string()
+        } else {
+            text.clone()
+        }
     };
     let error = match status {
         StatusCode::METHOD_NOT_ALLOWED => Error::MethodNotAllowed {

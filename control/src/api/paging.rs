@@ -163,9 +163,10 @@ pub fn page(mut rollouts: Vec<Rollout>, query: &ListQuery) -> (Vec<Rollout>, Opt
     let mut page: Vec<Rollout> = rollouts.into_iter().skip(start).collect();
     let more = page.len() > query.limit;
     page.truncate(query.limit);
-    let next = match more {
-        true => page.last().map(Cursor::after),
-        false => None,
+    let next = if more {
+        page.last().map(Cursor::after)
+    } else {
+        None
     };
     (page, next)
 }

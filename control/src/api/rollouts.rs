@@ -4,6 +4,8 @@ use super::extract::{ApiJson, ApiPath, IfMatch};
 use super::paging::{self, ListQuery};
 use super::AppState;
 use crate::error::{Error, ErrorBody, Result};
+pub use crate::rollout::action::RolloutAction;
+use crate::rollout::action::UnknownAction;
 use crate::rollout::engine::Command;
 use crate::rollout::{Rollout, RolloutSpec, Weight};
 use crate::view::Propagation;
@@ -18,27 +20,11 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutView {
-    /// The rollout.
+    /// The rollout as stored: its spec, plan and status, flattened into this object.
     #[serde(flatten)]
     pub rollout: Rollout,
     /// How many proxies run the generation carrying `status.canaryWeight`.
     pub propagation: Propagation,
-}
-
-/// The actions `POST /v1/rollouts/{name}/{action}` takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum RolloutAction {
-    /// Stop where it is.
-    Pause,
-    /// Continue after a pause (a `pause` step moves on to the next step).
-    Resume,
-    /// Skip to 100 % canary (the take-over).
-    Promote,
-    /// Send all traffic back to stable at once; the rollout ends as `aborted`.
-    Abort,
-    /// Make a promoted canary the route's stable variant.
-    Finish,
 }
 
 fn view(state: &AppState, rollout: Rollout) -> RolloutView {
@@ -164,19 +150,13 @@ pub async fn action(
     ApiPath((name, action)): ApiPath<(String, String)>,
     IfMatch(version): IfMatch,
 ) -> Result<Response> {
-    let command = match action.as_str() {
-        "pause" => Command::Pause,
-        "resume" => Command::Resume,
-        "promote" => Command::Promote,
-        "abort" => Command::Abort,
-        "finish" => Command::Finish,
-        other => {
-            return Err(Error::NotFound(format!(
-                "no action {other:?}; use pause, resume, promote, abort or finish"
-            )))
-        }
-    };
-    let rollout = state.controller.command(&name, command, version).await?;
+    let action: RolloutAction = action
+        .parse()
+        .map_err(|error: UnknownAction| Error::NotFound(error.to_string()))?;
+    let rollout = state
+        .controller
+        .command(&name, action.into(), version)
+        .await?;
     Ok(with_etag(StatusCode::OK, view(&state, rollout)))
 }
 

@@ -45,7 +45,8 @@ pub struct Purpose {
 }
 
 impl Purpose {
-    /// A purpose.
+    /// `doing` is what the command does, in words ("pause rollout r1"); `subject` is what a 404
+    /// is about.
     pub fn new(doing: impl Into<String>, subject: Subject) -> Purpose {
         Purpose {
             doing: doing.into(),
@@ -86,7 +87,7 @@ pub enum CliError {
     Failed {
         /// What was being done.
         doing: String,
-        /// Why.
+        /// What the service or the connection said.
         reason: String,
     },
     /// The command line or a file it named is wrong, found after clap's checks (a token file that

@@ -17,6 +17,7 @@ pub mod watch;
 
 use crate::api::rollouts::{RolloutList, RolloutView};
 use crate::api::routes::{RoutesView, RuleAdded};
+use crate::rollout::action::RolloutAction;
 use crate::rollout::{Progressive, RolloutSpec, Step, Weight};
 use crate::time::{HumanDuration, Timestamp};
 use clap::{Args, Subcommand, ValueEnum};
@@ -524,11 +525,11 @@ async fn rollout(context: &Context, command: RolloutCommand) -> Result<u8, CliEr
                 Ok(render::status(&view, Timestamp::now()))
             })?;
         }
-        RolloutCommand::Pause(args) => act(context, &args.name, "pause", "paused").await?,
-        RolloutCommand::Resume(args) => act(context, &args.name, "resume", "resumed").await?,
-        RolloutCommand::Promote(args) => act(context, &args.name, "promote", "promoted").await?,
-        RolloutCommand::Abort(args) => act(context, &args.name, "abort", "aborted").await?,
-        RolloutCommand::Finish(args) => act(context, &args.name, "finish", "finished").await?,
+        RolloutCommand::Pause(args) => act(context, &args.name, RolloutAction::Pause).await?,
+        RolloutCommand::Resume(args) => act(context, &args.name, RolloutAction::Resume).await?,
+        RolloutCommand::Promote(args) => act(context, &args.name, RolloutAction::Promote).await?,
+        RolloutCommand::Abort(args) => act(context, &args.name, RolloutAction::Abort).await?,
+        RolloutCommand::Finish(args) => act(context, &args.name, RolloutAction::Finish).await?,
         RolloutCommand::SetWeight(args) => {
             let purpose = Purpose::new(
                 format!("set the canary weight of rollout {}", args.name),
@@ -562,22 +563,22 @@ async fn rollout(context: &Context, command: RolloutCommand) -> Result<u8, CliEr
     Ok(0)
 }
 
-/// `POST /v1/rollouts/{name}/{action}`, confirmed with `verb`.
-async fn act(context: &Context, name: &str, action: &str, verb: &str) -> Result<(), CliError> {
+/// `POST /v1/rollouts/{name}/{action}`, confirmed with what the rollout now is.
+async fn act(context: &Context, name: &str, action: RolloutAction) -> Result<(), CliError> {
     let purpose = Purpose::new(
-        format!("{action} rollout {name}"),
+        format!("{} rollout {name}", action.as_str()),
         Subject::Rollout(name.into()),
     );
     let value = context
         .client
         .send(
             Method::POST,
-            &["v1", "rollouts", name, action],
+            &["v1", "rollouts", name, action.as_str()],
             NO_BODY,
             &purpose,
         )
         .await?;
-    context.emit(&value, || confirm(verb, &value, &purpose))
+    context.emit(&value, || confirm(action.done(), &value, &purpose))
 }
 
 /// The one-line confirmation of a rollout the API answered with.

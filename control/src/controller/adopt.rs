@@ -19,7 +19,7 @@ use meshcanary_core::config::{CheckedConfig, FilterConfig};
 /// The config to start from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Starting {
-    /// The config.
+    /// The filter config the service serves and pushes from its first tick.
     pub config: FilterConfig,
     /// Where it came from, for the log.
     pub source: String,
@@ -92,9 +92,10 @@ pub fn starting_config(live: LiveConfig, given: Option<&FilterConfig>) -> Result
 /// Parses and validates `json`; an error names the field under `at`.
 fn checked(json: &[u8], at: &str) -> Result<FilterConfig> {
     let invalid = |error: meshcanary_core::ConfigError| {
-        let field = match error.field.is_empty() {
-            true => at.to_string(),
-            false => format!("{at}.{}", error.field),
+        let field = if error.field.is_empty() {
+            at.to_string()
+        } else {
+            format!("{at}.{}", error.field)
         };
         Error::invalid(
             field,

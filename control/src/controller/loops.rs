@@ -158,15 +158,16 @@ impl Controller {
     pub(super) fn observation(&self) -> Observation {
         let proxies = self.proxies.read_locked();
         Observation {
-            min_proxy_generation: match proxies.is_empty() {
-                true => None,
-                false => Some(
+            min_proxy_generation: if proxies.is_empty() {
+                None
+            } else {
+                Some(
                     proxies
                         .iter()
                         .map(|p| p.generation.unwrap_or(0))
                         .min()
                         .unwrap_or(0),
-                ),
+                )
             },
         }
     }

@@ -137,14 +137,16 @@ pub fn claim(
     LeaseSpec {
         holder_identity: Some(identity.to_string()),
         lease_duration_seconds: Some(whole_seconds(lease_duration)),
-        acquire_time: match renewing {
-            true => previous.acquire_time.clone().or(Some(MicroTime(now))),
-            false => Some(MicroTime(now)),
+        acquire_time: if renewing {
+            previous.acquire_time.clone().or(Some(MicroTime(now)))
+        } else {
+            Some(MicroTime(now))
         },
         renew_time: Some(MicroTime(now)),
-        lease_transitions: Some(match renewing || created {
-            true => transitions,
-            false => transitions.saturating_add(1),
+        lease_transitions: Some(if renewing || created {
+            transitions
+        } else {
+            transitions.saturating_add(1)
         }),
         ..previous
     }
@@ -297,14 +299,11 @@ impl Inner {
                 return false;
             }
             if next.is_leader != state.is_leader {
-                match next.is_leader {
-                    true => {
+                if next.is_leader {
                         tracing::info!(lease = %self.describe(), identity = %self.identity, "became leader")
-                    }
-                    false => {
+                    } else {
                         tracing::warn!(lease = %self.describe(), identity = %self.identity, leader = ?next.leader, "not leader")
                     }
-                }
             }
             *state = next;
             true
@@ -339,9 +338,10 @@ impl Inner {
                 self.publish(next);
                 leading
             };
-            let pause = match leading {
-                true => self.config.renew_interval,
-                false => self.config.retry_interval,
+            let pause = if leading {
+                self.config.renew_interval
+            } else {
+                self.config.retry_interval
             };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}

@@ -3,6 +3,7 @@
 //! what people ask for through the API. All three are pure: the clock and what the proxies report
 //! are passed in, and the caller persists the result and pushes the weights.
 
+use super::action::RolloutAction;
 use super::analysis_spec::{CheckRecord, DEFAULT_GATE_INTERVAL, MAX_CHECKS};
 use super::{Event, Hold, Phase, PlanStep, Rollout, WebhookKind, MAX_HISTORY};
 use crate::analysis::judge::Verdict;
@@ -47,7 +48,7 @@ pub enum Action {
     },
     /// Start step `index` (`index == plan.len()` never happens: the last step leads to promotion).
     EnterStep {
-        /// The step.
+        /// Index into the rollout's plan.
         index: usize,
     },
     /// Stop and wait for a person.
@@ -59,14 +60,14 @@ pub enum Action {
     },
     /// Give the canary 100 %.
     Promote {
-        /// Why.
+        /// What made it due ("every step passed", a person), written into the history.
         reason: String,
     },
     /// Make the canary the stable variant: the rollout succeeded.
     Finish,
     /// Put the canary back to 0 %: the rollout failed.
     RollBack {
-        /// Why.
+        /// What failed (a check, a gate, the timeout), written into the history and the hooks.
         reason: String,
     },
 }
@@ -92,11 +93,11 @@ impl Command {
     /// The name used in the API and logs.
     pub fn as_str(self) -> &'static str {
         match self {
-            Command::Pause => "pause",
-            Command::Resume => "resume",
-            Command::Promote => "promote",
-            Command::Abort => "abort",
-            Command::Finish => "finish",
+            Command::Pause => RolloutAction::Pause.as_str(),
+            Command::Resume => RolloutAction::Resume.as_str(),
+            Command::Promote => RolloutAction::Promote.as_str(),
+            Command::Abort => RolloutAction::Abort.as_str(),
+            Command::Finish => RolloutAction::Finish.as_str(),
             Command::SetWeight(_) => "set-weight",
         }
     }
@@ -124,9 +125,10 @@ pub fn next(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Act
                 }
                 return gate(rollout, WebhookKind::PreRollout, now);
             }
-            match rollout.plan.is_empty() {
-                true => promotion(rollout, now),
-                false => Action::EnterStep { index: 0 },
+            if rollout.plan.is_empty() {
+                promotion(rollout, now)
+            } else {
+                Action::EnterStep { index: 0 }
             }
         }
         Phase::Progressing => {
@@ -257,11 +259,14 @@ fn promotion(rollout: &Rollout, now: Timestamp) -> Action {
 
 fn progress_step(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Action {
     let status = &rollout.status;
-    let following = || match status.step + 1 < rollout.plan.len() {
-        true => Action::EnterStep {
-            index: status.step + 1,
-        },
-        false => promotion(rollout, now),
+    let following = || {
+        if status.step + 1 < rollout.plan.len() {
+            Action::EnterStep {
+                index: status.step + 1,
+            }
+        } else {
+            promotion(rollout, now)
+        }
     };
     match rollout.plan.get(status.step) {
         None => promotion(rollout, now),
@@ -274,11 +279,12 @@ fn progress_step(rollout: &Rollout, observation: &Observation, now: Timestamp) -
                         .analysis
                         .last_pass_at
                         .is_some_and(|at| at > status.step_started_at);
-                return match judged {
-                    true => following(),
-                    false => Action::Wait {
+                return if judged {
+                    following()
+                } else {
+                    Action::Wait {
                         until: next_check_at(rollout),
-                    },
+                    }
                 };
             }
             let timeout = rollout.spec.propagation_timeout();
@@ -539,11 +545,12 @@ pub fn command(rollout: &Rollout, command: Command, now: Timestamp) -> Result<Ro
         Command::Resume => match (phase, next.status.hold) {
             (Phase::Paused, Some(Hold::PauseStep)) => {
                 let index = next.status.step + 1;
-                let action = match index < next.plan.len() {
-                    true => Action::EnterStep { index },
-                    false => Action::Promote {
+                let action = if index < next.plan.len() {
+                    Action::EnterStep { index }
+                } else {
+                    Action::Promote {
                         reason: "every step passed".into(),
-                    },
+                    }
                 };
                 record(&mut next, "resumed by request".into(), now);
                 return Ok(apply(&next, &action, now));
@@ -1323,10 +1330,7 @@ mod tests {
                         for _ in 0..50 {
                             let generation = r.status.weight_generation;
                             let observation = Observation {
-                                min_proxy_generation: proxies.map(|current| match current {
-                                    true => generation,
-                                    false => generation.saturating_sub(1),
-                                }),
+                                min_proxy_generation: proxies.map(|current| if current { generation } else { generation.saturating_sub(1) }),
                             };
                             let action = next(&r, &observation, now);
                             let after = match &action {

@@ -6,6 +6,7 @@
 //! `progressive: {stepWeight, maxWeight, interval}` — then promotes: the canary gets 100 % and, on
 //! finishing, becomes the route's new stable variant.
 
+pub mod action;
 pub mod analysis_spec;
 pub mod engine;
 
@@ -416,7 +417,7 @@ pub enum Hold {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutStatus {
-    /// The phase.
+    /// Where the rollout is in its life: initialized, progressing, paused, promoting, or an end.
     pub phase: Phase,
     /// Why it is in this phase, for people.
     pub message: String,
@@ -454,7 +455,7 @@ pub struct RolloutStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
-    /// When.
+    /// When the service recorded it.
     pub at: Timestamp,
     /// Phase afterwards.
     pub phase: Phase,

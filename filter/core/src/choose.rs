@@ -68,7 +68,7 @@ pub struct Decision {
     pub route: usize,
     /// Index into that route's variants.
     pub variant: usize,
-    /// Why.
+    /// Which stage chose it: a QA rule, the sticky key, the request id, a random draw, a fallback.
     pub reason: Reason,
     /// With [`Reason::Assigned`]: the id drawn for the new visitor, to set in the route's sticky
     /// cookie on the response ([`crate::config::CheckedAssign::set_cookie`]).

@@ -88,10 +88,12 @@ pub const MAX_VARIANTS: usize = 16;
 pub const MAX_RULES: usize = 64;
 /// Longest route or variant name (they become stat labels).
 pub const MAX_NAME_LEN: usize = 64;
-/// Longest header, cookie or query parameter name.
+/// Longest header, cookie or query parameter name, and longest `Path` of an assigned cookie.
 pub const MAX_KEY_LEN: usize = 256;
-/// Longest value a rule compares against, and longest path prefix or salt.
+/// Longest value a rule compares against, and longest path prefix.
 pub const MAX_VALUE_LEN: usize = 4096;
+/// Longest sticky salt: it is hashed with the key on every request, so it stays short.
+pub const MAX_SALT_LEN: usize = 256;
 /// Longest host pattern (a DNS name is at most 253 characters).
 pub const MAX_HOST_LEN: usize = 253;
 
@@ -216,7 +218,7 @@ pub struct StickyConfig {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cookie: Option<String>,
     /// Mixed into the hash. Keep it to keep every user's variant; change it to draw a new cohort
-    /// (for example per release).
+    /// (for example per release). At most [`MAX_SALT_LEN`] bytes.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub salt: String,
     /// Only with `cookie`: a visitor who comes without the cookie gets one. The filter draws a
@@ -717,7 +719,7 @@ fn checked_sticky(field: &str, sticky: &StickyConfig) -> Result<CheckedSticky, C
             ))
         }
     };
-    check_len(&child(field, "salt"), &sticky.salt, MAX_KEY_LEN)?;
+    check_len(&child(field, "salt"), &sticky.salt, MAX_SALT_LEN)?;
     let assign = match (&sticky.assign, &source) {
         (None, _) => None,
         (Some(assign), ValueSource::Cookie(cookie)) => {
@@ -1423,6 +1425,12 @@ mod tests {
                 |v| v["routes"][0]["rules"][0]["exact"] = json!("x".repeat(4097)),
                 "routes[0].rules[0].exact",
                 "limit is 4096",
+            ),
+            (
+                "sticky salt too long",
+                |v| v["routes"][0]["sticky"]["salt"] = json!("s".repeat(MAX_SALT_LEN + 1)),
+                "routes[0].sticky.salt",
+                "is 257 bytes long, the limit is 256",
             ),
             (
                 "sticky with both",

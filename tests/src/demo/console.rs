@@ -63,9 +63,10 @@ impl Paint {
     }
 
     fn wrap(self, code: &str, text: &str) -> String {
-        match self.on {
-            true => format!("\x1b[{code}m{text}\x1b[0m"),
-            false => text.to_string(),
+        if self.on {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
         }
     }
 
@@ -140,9 +141,10 @@ impl Console {
         let terminal = std::io::stdout().is_terminal()
             && std::env::var("TERM").map_or(true, |term| term != "dumb");
         let color = terminal && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-        let columns = match terminal {
-            true => terminal_columns().unwrap_or(MAX_WIDTH),
-            false => MAX_WIDTH,
+        let columns = if terminal {
+            terminal_columns().unwrap_or(MAX_WIDTH)
+        } else {
+            MAX_WIDTH
         };
         let mut console = Console::new(
             Box::new(std::io::stdout()),

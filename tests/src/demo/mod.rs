@@ -148,22 +148,23 @@ pub struct Pace {
 impl Pace {
     /// The pace for `exit` mode or for people.
     pub fn new(exit: bool) -> Pace {
-        match exit {
+        if exit {
             // 2 s windows at 400 requests/s: 40 canary requests at 5 %, twice `minRequests`.
-            true => Pace {
+            Pace {
                 rate: 400,
                 users: 2000,
                 interval: Duration::from_secs(2),
                 release_deadline: Duration::from_secs(40),
                 breather: Duration::ZERO,
-            },
-            false => Pace {
+            }
+        } else {
+            Pace {
                 rate: 200,
                 users: 2000,
                 interval: Duration::from_secs(5),
                 release_deadline: Duration::from_secs(300),
                 breather: Duration::from_secs(2),
-            },
+            }
         }
     }
 }
@@ -296,9 +297,10 @@ fn summarize(console: &mut Console, results: &[ScenarioResult]) {
     console.blank();
     console.line(p.bold("Outcome"));
     for result in results {
-        let mark = match result.ok {
-            true => p.green("✓"),
-            false => p.red("✗"),
+        let mark = if result.ok {
+            p.green("✓")
+        } else {
+            p.red("✗")
         };
         let first = format!("  {mark} {:<8}  ", result.scenario.as_str());
         console.para(&first, &" ".repeat(14), &result.summary);

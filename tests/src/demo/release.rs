@@ -214,9 +214,10 @@ pub async fn release(
 ) -> Result<String, String> {
     let p = console.paint();
     let steps: Vec<String> = release.percents.iter().map(|p| format!("{p} %")).collect();
-    let title = match release.should_succeed() {
-        true => format!("Release {}: {}", release.canary, steps.join(" → ")),
-        false => format!("Release {}, which has a bug", release.canary),
+    let title = if release.should_succeed() {
+        format!("Release {}: {}", release.canary, steps.join(" → "))
+    } else {
+        format!("Release {}, which has a bug", release.canary)
     };
     console.line(p.bold(&format!("── {number}. {title} ──")));
     if let Some(upstream) = rig.upstream(&release.canary) {

@@ -94,9 +94,10 @@ impl TrafficShare {
             total,
             by_upstream,
             failed: failures(new).saturating_sub(failures(old)),
-            per_second: match seconds > 0.0 {
-                true => total as f64 / seconds,
-                false => 0.0,
+            per_second: if seconds > 0.0 {
+                total as f64 / seconds
+            } else {
+                0.0
             },
         }
     }
@@ -379,14 +380,15 @@ impl Rig {
         for line in text.lines() {
             console.para("    ", "      ", line);
         }
-        match output.status.success() {
-            true => Ok(text),
-            false => Err(format!(
+        if output.status.success() {
+            Ok(text)
+        } else {
+            Err(format!(
                 "meshcanary {} failed ({}): {}",
                 shown.join(" "),
                 output.status,
                 text.trim()
-            )),
+            ))
         }
     }
 
@@ -458,9 +460,10 @@ fn shell_word(arg: &str) -> String {
         && arg
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_=.,/:%@+".contains(c));
-    match plain {
-        true => arg.to_string(),
-        false => format!("'{}'", arg.replace('\'', r"'\''")),
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', r"'\''"))
     }
 }
 

@@ -220,9 +220,10 @@ pub fn panel(
     let limit = spec.analysis.as_ref().map_or(0, |a| a.failure_limit);
     let mut checks_line = format!(
         "  checks {}  failed {}/{limit}",
-        match verdicts.is_empty() {
-            true => "(none yet)".to_string(),
-            false => verdicts.join(""),
+        if verdicts.is_empty() {
+            "(none yet)".to_string()
+        } else {
+            verdicts.join("")
         },
         status.analysis.failed_checks
     );
@@ -259,9 +260,10 @@ pub fn idle_panel(traffic: &TrafficShare, paint: Paint) -> Vec<String> {
     vec![paint.dim(&format!(
         "  traffic {:.0}/s: {}; no rollout running. Ctrl-C stops the demo.",
         traffic.per_second,
-        match shares.is_empty() {
-            true => "none".to_string(),
-            false => shares.join(", "),
+        if shares.is_empty() {
+            "none".to_string()
+        } else {
+            shares.join(", ")
         }
     ))]
 }

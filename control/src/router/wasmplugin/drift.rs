@@ -772,9 +772,10 @@ mod tests {
             // The watch wakes up by itself only for a difference still settling: a reported
             // drift that lasts must not keep it spinning.
             let settling = [secs(2), secs(3), secs(7), secs(10), secs(13), secs(14)];
-            match settling.contains(&at) {
-                true => assert!(watch.settling_until.is_some(), "at {:?}", at - t0),
-                false => assert_eq!(watch.settling_until, None, "at {:?}", at - t0),
+            if settling.contains(&at) {
+                assert!(watch.settling_until.is_some(), "at {:?}", at - t0)
+            } else {
+                assert_eq!(watch.settling_until, None, "at {:?}", at - t0)
             }
         }
         assert_eq!(watch.settling_until, None);
