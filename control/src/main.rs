@@ -12,14 +12,6 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log format of `serve`: text or json.
-    #[arg(
-        long,
-        global = true,
-        env = "MESHCANARY_LOG_FORMAT",
-        default_value = "text"
-    )]
-    log_format: String,
 }
 
 // Parsed once per process; boxing the larger variant would buy nothing.
