@@ -117,3 +117,23 @@ impl Drop for LocalServer {
         self.task.abort();
     }
 }
+
+/// Whether the peer closes `stream` within `within`: a read that ends (EOF or reset), whatever it
+/// sent before. For tests of servers that must drop idle or slow connections.
+pub async fn closed_by_peer(
+    stream: &mut tokio::net::TcpStream,
+    within: std::time::Duration,
+) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut sink = vec![0u8; 64 * 1024];
+    tokio::time::timeout(within, async {
+        loop {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}

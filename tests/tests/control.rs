@@ -1065,22 +1065,6 @@ fn open_descriptors(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// Waits up to `within` for the server to close `stream` (a read that ends: EOF or reset).
-async fn closed_by_server(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
-    use tokio::io::AsyncReadExt;
-    let mut sink = [0u8; 4096];
-    tokio::time::timeout(within, async {
-        loop {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
-
 /// Issue 17 item 3, through the real binary: connections that send nothing or half a request
 /// head used to stay open for minutes, one file descriptor each (13 → 613 with 600 of them).
 /// With `--header-read-timeout 1s` they are closed within seconds and the descriptors come back,
@@ -1133,7 +1117,7 @@ async fn slow_and_idle_connections_are_closed_and_the_connection_count_is_capped
 
     for (i, stream) in held.iter_mut().enumerate() {
         assert!(
-            closed_by_server(stream, Duration::from_secs(5)).await,
+            meshcanary_testkit::closed_by_peer(stream, Duration::from_secs(5)).await,
             "connection {i} is still open\n{}",
             service.log()
         );

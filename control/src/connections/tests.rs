@@ -65,21 +65,6 @@ async fn get_ok(address: SocketAddr) -> String {
     .await
 }
 
-/// Waits up to `within` for the server to close `stream` (a read that ends: EOF or reset).
-async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
-    let mut sink = vec![0u8; 64 * 1024];
-    tokio::time::timeout(within, async {
-        loop {
-            match stream.read(&mut sink).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .is_ok()
-}
-
 /// Issue 17 item 3: idle connections and half-sent request heads stayed open for minutes. Now the
 /// header-read timeout closes both, and a normal client is served all along.
 #[tokio::test]
@@ -112,7 +97,7 @@ async fn idle_and_half_sent_connections_are_closed_while_clients_are_served() {
     });
     for (i, stream) in held.iter_mut().enumerate() {
         assert!(
-            closed_within(stream, Duration::from_secs(3)).await,
+            meshcanary_testkit::closed_by_peer(stream, Duration::from_secs(3)).await,
             "connection {i} ({}) is still open",
             if i % 2 == 1 { "half a head" } else { "idle" }
         );
@@ -142,7 +127,7 @@ async fn kept_alive_connections_serve_until_they_wait_too_long() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(closed_within(&mut stream, Duration::from_secs(3)).await);
+    assert!(meshcanary_testkit::closed_by_peer(&mut stream, Duration::from_secs(3)).await);
 }
 
 /// A client that asks for a large answer and stops reading is closed after the idle timeout: the
@@ -254,7 +239,7 @@ async fn shutdown_closes_idle_connections_and_returns() {
     let read = stream.read(&mut answer).await.unwrap();
     assert!(answer[..read].starts_with(b"HTTP/1.1 200"));
     let _ = server.stop.take().unwrap().send(());
-    assert!(closed_within(&mut stream, Duration::from_secs(3)).await);
+    assert!(meshcanary_testkit::closed_by_peer(&mut stream, Duration::from_secs(3)).await);
     tokio::time::timeout(Duration::from_secs(3), &mut server.task)
         .await
         .expect("serve returns")
