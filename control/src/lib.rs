@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod observer;
 pub mod options;
 pub mod retention;
+pub mod retirement;
 pub mod rollout;
 pub mod router;
 pub mod server;

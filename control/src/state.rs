@@ -4,7 +4,8 @@
 //! variant, and nothing that the filter would reject is ever accepted.
 
 use crate::error::{Error, Result};
-use crate::rollout::{Phase, Rollout, RolloutSpec};
+use crate::retirement::{self, Retirement};
+use crate::rollout::{engine, Phase, Rollout, RolloutSpec};
 use crate::time::Timestamp;
 use meshcanary_core::config::{
     CheckedConfig, FilterConfig, RouteConfig, RuleConfig, VariantConfig, TOTAL_WEIGHT,
@@ -20,6 +21,10 @@ pub struct ServiceState {
     pub filter: FilterConfig,
     /// Every rollout by name, finished ones included until deleted.
     pub rollouts: BTreeMap<String, Rollout>,
+    /// Variants that finished rollouts left at 0 %, to take off their routes when due. Kept apart
+    /// from the rollouts, so deleting a finished rollout does not keep its variant forever.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retirements: Vec<Retirement>,
 }
 
 impl ServiceState {
@@ -29,6 +34,7 @@ impl ServiceState {
         Ok(ServiceState {
             filter,
             rollouts: BTreeMap::new(),
+            retirements: Vec::new(),
         })
     }
 
@@ -157,8 +163,42 @@ impl ServiceState {
         }
         CheckedConfig::try_from(filter.clone())?;
         self.filter = filter;
+        let before = self
+            .rollouts
+            .get(&rollout.spec.name)
+            .map(|r| r.status.phase);
+        if rollout.status.phase.is_terminal() && !before.is_some_and(Phase::is_terminal) {
+            if let Some(due) = Retirement::after(&rollout, rollout.status.phase) {
+                self.retirements
+                    .retain(|r| (&r.route, &r.variant) != (&due.route, &due.variant));
+                self.retirements.push(due);
+            }
+        }
         self.rollouts.insert(rollout.spec.name.clone(), rollout);
         Ok(())
+    }
+
+    /// Carries out the retirements due at `now` (see [`crate::retirement`]): each variant leaves
+    /// its route with its QA rules, or stays for a reason; either way the rollout that left it
+    /// behind records it, if it is still kept. Returns when the next one is due.
+    pub fn retire_due(&mut self, now: Timestamp) -> Option<Timestamp> {
+        let (due, later): (Vec<Retirement>, Vec<Retirement>) =
+            std::mem::take(&mut self.retirements)
+                .into_iter()
+                .partition(|r| r.due_at <= now);
+        self.retirements = later;
+        for retirement in due {
+            let outcome = retirement::retire(&mut self.filter, &retirement, self.rollouts.values());
+            let Some(message) = outcome.describe(&retirement) else {
+                continue;
+            };
+            tracing::info!(rollout = %retirement.rollout, route = %retirement.route, variant = %retirement.variant, "{message}");
+            if let Some(rollout) = self.rollouts.get(&retirement.rollout) {
+                let noted = engine::note(rollout, message, now);
+                self.rollouts.insert(retirement.rollout.clone(), noted);
+            }
+        }
+        self.retirements.iter().map(|r| r.due_at).min()
     }
 
     /// Adds a QA rule to a route's live config.

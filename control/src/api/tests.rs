@@ -72,6 +72,8 @@ struct Harness {
     app: axum::Router,
     pushed: RecordingRouter,
     store: MemoryStore,
+    /// The engine loop does not run here; a test that needs its passes calls `tick`.
+    controller: Arc<Controller>,
 }
 
 async fn harness(protect_reads: bool) -> Harness {
@@ -100,7 +102,7 @@ async fn harness_with(protect_reads: bool, options: crate::options::ControllerOp
     .await
     .unwrap();
     let app = app(AppState {
-        controller,
+        controller: controller.clone(),
         token: Arc::from(TOKEN),
         protect_reads,
         wasm: Some(Arc::new(super::filter::WasmArtifact {
@@ -108,7 +110,12 @@ async fn harness_with(protect_reads: bool, options: crate::options::ControllerOp
             sha256: "00ff".into(),
         })),
     });
-    Harness { app, pushed, store }
+    Harness {
+        app,
+        pushed,
+        store,
+        controller,
+    }
 }
 
 async fn call(
@@ -170,6 +177,156 @@ async fn create_starts_the_rollout_and_pushes_its_weight() {
     let last = h.pushed.0.lock().unwrap().last().cloned().unwrap();
     assert_eq!(last.routes[0].variants[1].weight, 1000);
     assert_eq!(last.generation, 2);
+}
+
+/// Issue 20: finished variants stayed at 0 % forever, so after about 15 releases a route reached
+/// the filter's 16 variants and took no canary. Now each release retires the old stable.
+#[tokio::test]
+async fn fifty_releases_in_a_row_on_one_route_each_succeed() {
+    let h = harness(false).await;
+    for release in 1..=50 {
+        let (stable, canary, name) = (
+            format!("v{release}"),
+            format!("v{}", release + 1),
+            format!("r{release}"),
+        );
+        let spec = json!({"name": name, "route": "reviews", "stable": stable, "canary": canary,
+                          "steps": [{"setWeight": {"percent": 50}}, {"setWeight": {"percent": 100}}],
+                          "retireAfter": "0s"});
+        let (status, _, body) = call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(spec)).await;
+        assert_eq!(status, StatusCode::CREATED, "release {release}: {body}");
+        let mut variants = Vec::new();
+        for _ in 0..20 {
+            h.controller.tick().await.unwrap();
+            let (_, _, routes) = call(&h.app, "GET", "/v1/routes", None, None).await;
+            variants = routes["config"]["routes"][0]["variants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| {
+                    (
+                        v["name"].as_str().unwrap().to_string(),
+                        v["weight"].as_u64().unwrap(),
+                    )
+                })
+                .collect::<Vec<_>>();
+            assert!(variants.len() <= 2, "release {release}: {variants:?}");
+            if variants.len() == 1 {
+                break;
+            }
+        }
+        assert_eq!(variants, [(canary.clone(), 10000)], "release {release}");
+        let (_, _, body) = call(&h.app, "GET", &format!("/v1/rollouts/{name}"), None, None).await;
+        assert_eq!(
+            body["status"]["phase"], "succeeded",
+            "release {release}: {body}"
+        );
+        assert_eq!(
+            body["status"]["message"],
+            format!("retired {stable} from route reviews"),
+            "release {release}"
+        );
+    }
+    let last = h.pushed.0.lock().unwrap().last().cloned().unwrap();
+    let names: Vec<&str> = last.routes[0]
+        .variants
+        .iter()
+        .map(|v| v.name.as_str())
+        .collect();
+    assert_eq!(names, ["v51"], "what the proxies run");
+}
+
+/// A variant a finished rollout leaves behind waits out its grace; one that a QA rule sends
+/// requests to leaves with that rule, and the rollout's history says so.
+#[tokio::test]
+async fn a_rolled_back_canary_leaves_after_its_grace_with_its_rules() {
+    let h = harness(false).await;
+    let rule = json!({"header": "x-qa", "exact": "v3", "variant": "v3"});
+    let spec = json!({"name": "r1", "route": "reviews", "stable": "v1", "canary": "v3",
+                      "steps": [{"setWeight": {"percent": 10}}, {"pause": {}}],
+                      "retireAfter": "1s"});
+    let (status, _, body) = call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(spec)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _, body) = call(
+        &h.app,
+        "POST",
+        "/v1/routes/reviews/rules",
+        Some(TOKEN),
+        Some(rule),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _, body) = call(&h.app, "POST", "/v1/rollouts/r1/abort", Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let names = |routes: &Value| -> Vec<String> {
+        routes["config"]["routes"][0]["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    h.controller.tick().await.unwrap();
+    let (_, _, routes) = call(&h.app, "GET", "/v1/routes", None, None).await;
+    assert_eq!(
+        names(&routes),
+        ["v1", "v2", "v3"],
+        "within its grace, v3 stays"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    h.controller.tick().await.unwrap();
+    let (_, _, routes) = call(&h.app, "GET", "/v1/routes", None, None).await;
+    assert_eq!(names(&routes), ["v1", "v2"]);
+    assert_eq!(
+        routes["config"]["routes"][0]["rules"],
+        Value::Null,
+        "{routes}"
+    );
+    let (_, _, body) = call(&h.app, "GET", "/v1/rollouts/r1", None, None).await;
+    assert_eq!(body["status"]["phase"], "aborted");
+    assert_eq!(
+        body["status"]["message"],
+        "retired v3 from route reviews, with the QA rule that sent requests to it: header x-qa = \"v3\""
+    );
+}
+
+/// A variant that a running rollout uses is not retired behind its back: it stays, and the
+/// rollout that left it says why.
+#[tokio::test]
+async fn a_variant_in_use_stays_and_the_history_says_why() {
+    let h = harness(false).await;
+    let create = |name: &str, canary: &str| {
+        json!({"name": name, "route": "reviews", "stable": "v1", "canary": canary,
+               "steps": [{"setWeight": {"percent": 10}}, {"pause": {}}], "retireAfter": "0s"})
+    };
+    let (status, _, body) = call(
+        &h.app,
+        "POST",
+        "/v1/rollouts",
+        Some(TOKEN),
+        Some(create("r1", "v3")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    call(&h.app, "POST", "/v1/rollouts/r1/abort", Some(TOKEN), None).await;
+    // The same canary again, before the engine retired it.
+    let (status, _, body) = call(
+        &h.app,
+        "POST",
+        "/v1/rollouts",
+        Some(TOKEN),
+        Some(create("r2", "v3")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    h.controller.tick().await.unwrap();
+    let (_, _, body) = call(&h.app, "GET", "/v1/rollouts/r1", None, None).await;
+    assert_eq!(
+        body["status"]["message"],
+        "v3 stays on route reviews: rollout r2 (paused) uses it"
+    );
+    let (_, _, routes) = call(&h.app, "GET", "/v1/routes", None, None).await;
+    assert_eq!(routes["config"]["routes"][0]["variants"][2]["name"], "v3");
 }
 
 #[tokio::test]
@@ -921,6 +1078,9 @@ async fn lists_come_in_pages_and_finished_rollouts_are_retained_by_policy() {
         let path = format!("/v1/rollouts/{name}/abort");
         let (status, _, body) = call(&h.app, "POST", &path, Some(TOKEN), None).await;
         assert_eq!(status, StatusCode::OK, "{body}");
+        // Times are in milliseconds, and ties are ordered by name: each rollout gets its own
+        // millisecond, so "newest" means the same to the list, retention and this test.
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     let names = |body: &Value| -> Vec<String> {
         body["items"]

@@ -227,6 +227,10 @@ pub struct CreateArgs {
     /// pauses and says so (the service's default is 30s).
     #[arg(long, value_name = "DURATION", value_parser = steps::parse_duration, conflicts_with = "file")]
     pub propagation_timeout: Option<HumanDuration>,
+    /// How long after the rollout ends the variant it leaves at 0 % stays on the route before it
+    /// is retired (the service's default is 60s; 0s retires at once).
+    #[arg(long, value_name = "DURATION", value_parser = steps::parse_duration, conflicts_with = "file")]
+    pub retire_after: Option<HumanDuration>,
     /// Automated analysis.
     #[command(flatten)]
     pub analysis: analysis::AnalysisArgs,
@@ -681,6 +685,7 @@ fn spec_from_flags(args: &CreateArgs) -> Result<RolloutSpec, String> {
         timeout: args.timeout,
         auto_finish: !args.no_auto_finish,
         propagation_timeout: args.propagation_timeout,
+        retire_after: args.retire_after,
         analysis: args.analysis.spec(),
         // Webhooks need a name, a type and a URL each, and often a timeout, retries and metadata:
         // more than a flag reads well, so they are left to spec files.

@@ -27,8 +27,9 @@ pub(super) type Io = Vec<(Rollout, Action)>;
 
 impl Controller {
     /// Runs the engine over every running rollout once: records the answers of checks and gate
-    /// hooks that came in, advances each rollout as far as it can go now, and starts the IO the
-    /// engine asks for next in tasks of its own. Returns when it next needs to look.
+    /// hooks that came in, advances each rollout as far as it can go now, retires the variants
+    /// finished rollouts left behind once due, and starts the IO the engine asks for next in
+    /// tasks of its own. Returns when it next needs to look.
     ///
     /// A tick never waits for a hook, a metrics query or a proxy: those answer later, as
     /// observations, so a hook that hangs holds only its own rollout, and never an API call.
@@ -54,7 +55,8 @@ impl Controller {
                     let at = self.advance(state, &name, &observation, now, &mut io);
                     wake_at = earliest(wake_at, at);
                 }
-                Ok(wake_at)
+                // After the rollouts: one that ended in this pass schedules its retirement here.
+                Ok(earliest(wake_at, state.retire_due(now)))
             })
             .await;
         if wake_at.is_err() && !answers.is_empty() {

@@ -25,6 +25,9 @@ pub const MAX_NAME_LEN: usize = 63;
 pub const MAX_STEPS: usize = 100;
 /// How long a setWeight step waits, by default, for every proxy to run the new weight.
 pub const DEFAULT_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a variant that a finished rollout leaves behind at 0 % stays on its route before it
+/// is retired, when the spec sets no `retireAfter`.
+pub const DEFAULT_RETIRE_AFTER: Duration = Duration::from_secs(60);
 /// History entries kept per rollout (oldest dropped first).
 pub const MAX_HISTORY: usize = 200;
 /// The longest duration a rollout takes anywhere (timeout, pauses, intervals, hook timeouts):
@@ -71,6 +74,12 @@ pub struct RolloutSpec {
     /// at the end.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Webhook>,
+    /// How long after the rollout ends the variant it leaves at 0 % (the old stable after
+    /// success, the canary after a rollback or abort) stays on the route before it is retired:
+    /// removed from the route's variants with the QA rules that name it (default `60s`; `0s`
+    /// retires at once). The grace lets in-flight requests and dashboards settle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_after: Option<HumanDuration>,
 }
 
 fn default_true() -> bool {
@@ -258,6 +267,7 @@ impl RolloutSpec {
         };
         add("timeout".into(), self.timeout);
         add("propagationTimeout".into(), self.propagation_timeout);
+        add("retireAfter".into(), self.retire_after);
         for (i, step) in self.steps.iter().enumerate() {
             if let Step::Pause(pause) = step {
                 add(format!("steps[{i}].pause.duration"), pause.duration);
@@ -273,6 +283,11 @@ impl RolloutSpec {
             add(format!("webhooks[{i}].timeout"), hook.timeout);
         }
         out
+    }
+
+    /// The retirement grace in force.
+    pub fn retire_after(&self) -> Duration {
+        self.retire_after.map_or(DEFAULT_RETIRE_AFTER, |d| d.0)
     }
 
     /// The propagation timeout in force.

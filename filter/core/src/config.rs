@@ -137,8 +137,9 @@ pub struct RouteConfig {
     /// If set, the route also requires the request path (before `?`) to start with this prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path_prefix: Option<String>,
-    /// Two or more variants and their weights. The first one is the stable (baseline) variant: it gets
-    /// the traffic when anything goes wrong. Weights sum to 10000.
+    /// One or more variants and their weights. The first one is the stable (baseline) variant: it
+    /// gets the traffic when anything goes wrong. Weights sum to 10000. Between releases a route
+    /// may hold its stable variant alone (the control service retires the others).
     pub variants: Vec<VariantConfig>,
     /// QA rules, evaluated in order before any weight; the first that matches forces its variant,
     /// whatever that variant's weight (even 0).
@@ -616,19 +617,16 @@ fn check_path_prefix(field: &str, prefix: &str) -> Result<(), ConfigError> {
     check_len(field, prefix, MAX_VALUE_LEN)
 }
 
-/// `variants`: 2 to [`MAX_VARIANTS`] uniquely named variants whose weights sum to
+/// `variants`: 1 to [`MAX_VARIANTS`] uniquely named variants whose weights sum to
 /// [`TOTAL_WEIGHT`]; their names and the upper bound of each one's bucket range.
 fn checked_variants(
     field: &str,
     variants: &[VariantConfig],
 ) -> Result<(Vec<String>, Vec<u32>), ConfigError> {
-    if variants.len() < 2 {
+    if variants.is_empty() {
         return Err(ConfigError::new(
             field,
-            format!(
-                "needs at least 2 variants (a stable one first), found {}",
-                variants.len()
-            ),
+            "needs at least 1 variant (the stable one, first)",
         ));
     }
     if variants.len() > MAX_VARIANTS {
@@ -1283,10 +1281,10 @@ mod tests {
                 "sum to 9999",
             ),
             (
-                "one variant",
-                |v| v["routes"][0]["variants"] = json!([{"name": "v1", "weight": 10000}]),
+                "no variant",
+                |v| v["routes"][0]["variants"] = json!([]),
                 "routes[0].variants",
-                "at least 2 variants",
+                "at least 1 variant",
             ),
             (
                 "duplicate variant",
@@ -1847,7 +1845,7 @@ mod properties {
 
     /// Mostly a valid set: 2 to 4 names `v1`… whose weights sum to 10000; sometimes anything.
     fn variants() -> impl Strategy<Value = Vec<VariantConfig>> {
-        let valid = (2usize..=4, vec(0u32..=TOTAL_WEIGHT, 3)).prop_map(|(count, cuts)| {
+        let valid = (1usize..=4, vec(0u32..=TOTAL_WEIGHT, 3)).prop_map(|(count, cuts)| {
             let mut cuts: Vec<u32> = cuts.into_iter().take(count - 1).collect();
             cuts.sort_unstable();
             cuts.push(TOTAL_WEIGHT);
