@@ -3,7 +3,8 @@
 use super::extract::{ApiJson, ApiPath, IfMatch};
 use super::paging::{self, ListQuery};
 use super::AppState;
-use crate::error::{Error, ErrorBody, Result};
+use crate::api::error::ErrorBody;
+use crate::error::{Error, Result};
 use crate::rollout::engine::Command;
 use crate::rollout::{Rollout, RolloutSpec, Weight};
 use crate::view::Propagation;

@@ -7,6 +7,32 @@ use crate::error::Result;
 use async_trait::async_trait;
 use meshcanary_core::config::FilterConfig;
 
+/// Why a push did not go through, by the kind of target: the source of
+/// [`crate::Error::Push`].
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// Writing the ECDS file failed.
+    #[error(transparent)]
+    EcdsFile(std::io::Error),
+    /// The task writing the ECDS file did not finish: it panicked or was cancelled.
+    #[error(transparent)]
+    EcdsTask(tokio::task::JoinError),
+    /// Writing the WasmPlugin failed.
+    #[error(transparent)]
+    WasmPlugin(#[from] wasmplugin::WasmPluginError),
+}
+
+impl PushError {
+    /// The `error` label of a failed push on `meshcanary_control_pushes_total`: `ecds_file`, or
+    /// for a WasmPlugin [`wasmplugin::WasmPluginError::metric_label`].
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            PushError::EcdsFile(_) | PushError::EcdsTask(_) => "ecds_file",
+            PushError::WasmPlugin(error) => error.metric_label(),
+        }
+    }
+}
+
 /// What the router's target holds before the service has written anything, so that a service
 /// without saved state adopts a live config instead of overwriting it.
 #[derive(Debug, Clone, PartialEq)]
