@@ -60,7 +60,8 @@ impl MetricsObserver for NoProxies {
     async fn snapshots(
         &self,
         _route: &str,
-    ) -> std::result::Result<Vec<(String, crate::analysis::Snapshot)>, String> {
+    ) -> std::result::Result<Vec<(String, crate::analysis::Snapshot)>, crate::observer::ObserveError>
+    {
         Ok(Vec::new())
     }
     fn describe(&self) -> String {

@@ -77,6 +77,7 @@ impl Controller {
         let Err(error) = webhook::call_all(&self.http, &rollout, kind).await else {
             return;
         };
+        let error = error.to_string();
         if kind != WebhookKind::Rollout {
             return;
         }
