@@ -67,3 +67,61 @@ pub trait TrafficRouter: Send + Sync {
     /// Where it pushes, for logs and status.
     fn describe(&self) -> String;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::wasmplugin::WasmPluginError;
+    use super::*;
+
+    #[test]
+    fn a_push_failure_is_labelled_by_its_target_and_cause() {
+        let api = |code| {
+            kube::Error::Api(
+                kube::core::Status::failure("no", "")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let cases: [(PushError, &str); 6] = [
+            (
+                PushError::EcdsFile(std::io::Error::other("disk full")),
+                "ecds_file",
+            ),
+            (
+                WasmPluginError::Missing {
+                    namespace: "ns".into(),
+                    name: "p".into(),
+                    source: api(404),
+                }
+                .into(),
+                "wasmplugin_missing",
+            ),
+            (
+                WasmPluginError::PatchForbidden {
+                    message: "no".into(),
+                    source: api(403),
+                }
+                .into(),
+                "wasmplugin_forbidden",
+            ),
+            (WasmPluginError::Api(api(500)).into(), "wasmplugin_api"),
+            (
+                WasmPluginError::Contended { attempts: 5 }.into(),
+                "wasmplugin_conflict",
+            ),
+            (WasmPluginError::NoResourceVersion.into(), "wasmplugin_api"),
+        ];
+        for (error, label) in cases {
+            let error = crate::Error::Push {
+                target: "t".into(),
+                source: error,
+            };
+            assert_eq!(error.code(), "push_failed");
+            assert_eq!(error.metric_label(), label, "{error}");
+        }
+        assert_eq!(
+            crate::Error::Internal("x".into()).metric_label(),
+            "internal"
+        );
+    }
+}
