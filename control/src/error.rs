@@ -123,9 +123,9 @@ pub enum Error {
     Push {
         /// Where it was pushed.
         target: String,
-        /// Why it failed.
+        /// Why it failed (boxed: a kube error is large, and every `Result` carries the space).
         #[source]
-        source: PushError,
+        source: Box<PushError>,
     },
     /// Talking to another service (the Kubernetes API, a Lease) failed.
     #[error("{target}: {source}")]

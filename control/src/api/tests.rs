@@ -49,7 +49,7 @@ impl TrafficRouter for RecordingRouter {
         if self.1.load(Ordering::SeqCst) {
             return Err(crate::Error::Push {
                 target: self.describe(),
-                source: WasmPluginError::Contended { attempts: 5 }.into(),
+                source: Box::new(WasmPluginError::Contended { attempts: 5 }.into()),
             });
         }
         self.0.lock().unwrap().push(config.clone());

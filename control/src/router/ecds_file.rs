@@ -31,11 +31,11 @@ impl TrafficRouter for EcdsFileRouter {
             .await
             .map_err(|error| Error::Push {
                 target: self.describe(),
-                source: PushError::EcdsTask(error),
+                source: Box::new(PushError::EcdsTask(error)),
             })?
             .map_err(|error| Error::Push {
                 target: self.describe(),
-                source: PushError::EcdsFile(error),
+                source: Box::new(PushError::EcdsFile(error)),
             })
     }
 

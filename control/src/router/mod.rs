@@ -114,7 +114,7 @@ mod tests {
         for (error, label) in cases {
             let error = crate::Error::Push {
                 target: "t".into(),
-                source: error,
+                source: Box::new(error),
             };
             assert_eq!(error.code(), "push_failed");
             assert_eq!(error.metric_label(), label, "{error}");

@@ -89,7 +89,7 @@ impl WasmPluginRouter {
     fn push_error(&self, source: WasmPluginError) -> Error {
         Error::Push {
             target: self.describe(),
-            source: source.into(),
+            source: Box::new(source.into()),
         }
     }
 
