@@ -138,6 +138,22 @@ pub enum Error {
     },
 }
 
+/// An error and its causes in one line, outermost first, leaving out a cause whose text is
+/// already there: the service's errors show their cause in their own message (the API shows
+/// that message), and a cause that does not (`cannot listen on …`) still gets said.
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        cause = error.source();
+    }
+    parts.join(": ")
+}
+
 fn field_prefix(field: &str) -> String {
     if field.is_empty() {
         String::new()
@@ -217,6 +233,30 @@ impl From<meshcanary_core::ConfigError> for Error {
         Error::Invalid {
             field: error.field,
             reason: error.reason,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_are_said_once() {
+        let push = Error::Push {
+            target: "ECDS file /e.json".into(),
+            source: Box::new(PushError::EcdsFile(std::io::Error::other("disk full"))),
+        };
+        let bind = Error::Bind {
+            address: "127.0.0.1:1".into(),
+            source: std::io::Error::other("Address already in use"),
+        };
+        let cases = [
+            (push, "push to ECDS file /e.json: disk full"),
+            (bind, "cannot listen on 127.0.0.1:1: Address already in use"),
+        ];
+        for (error, want) in cases {
+            assert_eq!(with_causes(&error), want);
         }
     }
 }

@@ -12,7 +12,7 @@
 //! crypto provider in every crate that builds a reqwest client (the CLI, the observers, the
 //! tests), or pulls in aws-lc-rs; this one carries its provider in its own config.
 
-use crate::error::{Error, Result};
+use crate::error::{with_causes, Error, Result};
 use crate::rollout::analysis_spec::WEBHOOK_RETRY_PAUSE;
 use crate::rollout::{Rollout, Webhook, WebhookKind};
 use crate::view::percent;
@@ -141,7 +141,7 @@ pub enum NoAnswer {
     /// The connection or the exchange failed. Shown with its causes: hyper's "client error
     /// (Connect)" alone says little, its causes say "invalid peer certificate: UnknownIssuer" or
     /// "Connection refused".
-    #[error("{}", causes(.0))]
+    #[error("{}", with_causes(.0))]
     Transport(#[source] hyper_util::client::legacy::Error),
 }
 
@@ -294,20 +294,6 @@ fn builder() -> hyper_util::client::legacy::Builder {
         .pool_idle_timeout(POOL_IDLE)
         .pool_timer(TokioTimer::new());
     builder
-}
-
-/// An error and its causes, outermost first, leaving out a cause whose text is already there.
-fn causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![error.to_string()];
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        let text = error.to_string();
-        if !parts.iter().any(|part| part.contains(&text)) {
-            parts.push(text);
-        }
-        cause = error.source();
-    }
-    parts.join(": ")
 }
 
 /// A hook's URL as it may be shown (logs, a rollout's status, which anyone may read): scheme,

@@ -711,11 +711,9 @@ fn serve_on_a_taken_port_says_it_cannot_listen() {
     let run = finish_within(child, Duration::from_secs(20)).fails(1);
     assert_contains(
         &run.stderr,
-        &[
-            &format!("Error: cannot listen on {address}"),
-            "Caused by:",
-            "Address already in use",
-        ],
+        &[&format!(
+            "Error: cannot listen on {address}: Address already in use"
+        )],
     );
     assert!(!run.stderr.contains("state store"), "{run:#?}");
     assert!(!state.exists(), "the state store was opened: {run:#?}");
