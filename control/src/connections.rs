@@ -23,7 +23,7 @@
 //! On shutdown the listener closes, idle connections close at once and the others after the
 //! response they are working on.
 
-use crate::error::{ErrorBody, ErrorDetail};
+use crate::api::error::{ErrorBody, ErrorDetail};
 use axum::body::Body;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};

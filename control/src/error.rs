@@ -1,11 +1,8 @@
-//! The control service's error type, and how each error looks on the HTTP API:
-//! `{ "error": { "code", "message", "field" } }` with a fitting status. Server-side failures (5xx)
-//! are logged in full and answered with a generic message.
+//! The control service's error type: what went wrong, with its cause kept as the error's source,
+//! and a stable machine-readable [`Error::code`]. It knows nothing of HTTP: how an error looks on
+//! the API (its status and JSON body) is [`crate::api::error`]'s business.
 
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use serde::Serialize;
-use utoipa::ToSchema;
+use crate::router::PushError;
 
 /// Results in the control service.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -122,21 +119,39 @@ pub enum Error {
         reason: String,
     },
     /// Pushing the filter config failed.
-    #[error("push to {target}: {reason}")]
+    #[error("push to {target}: {source}")]
     Push {
         /// Where it was pushed.
         target: String,
-        /// Why it failed.
-        reason: String,
+        /// Why it failed (boxed: a kube error is large, and every `Result` carries the space).
+        #[source]
+        source: Box<PushError>,
     },
-    /// Talking to another service (Envoy admin, the control API) failed.
-    #[error("{target}: {reason}")]
+    /// Talking to another service (the Kubernetes API, a Lease) failed.
+    #[error("{target}: {source}")]
     Remote {
         /// Whom.
         target: String,
         /// Why.
-        reason: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// An error and its causes in one line, outermost first, leaving out a cause whose text is
+/// already there: the service's errors show their cause in their own message (the API shows
+/// that message), and a cause that does not (`cannot listen on …`) still gets said.
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![error.to_string()];
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        let text = error.to_string();
+        if !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        cause = error.source();
+    }
+    parts.join(": ")
 }
 
 fn field_prefix(field: &str) -> String {
@@ -156,26 +171,14 @@ impl Error {
         }
     }
 
-    /// The HTTP status for this error.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::Malformed { .. } => StatusCode::BAD_REQUEST,
-            Error::NotFound(_) => StatusCode::NOT_FOUND,
-            Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::VersionMismatch { .. } => StatusCode::PRECONDITION_FAILED,
-            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Error::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
-            Error::NotLeader { .. } | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::StateConflict { .. } => StatusCode::CONFLICT,
-            Error::Store { .. }
-            | Error::CorruptState { .. }
-            | Error::Internal(_)
-            | Error::Bind { .. }
-            | Error::File { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            Error::Push { .. } | Error::Remote { .. } => StatusCode::BAD_GATEWAY,
+    /// Talking to `target` failed because of `source`.
+    pub fn remote(
+        target: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Error {
+        Error::Remote {
+            target: target.into(),
+            source: source.into(),
         }
     }
 
@@ -204,7 +207,18 @@ impl Error {
         }
     }
 
-    fn field(&self) -> Option<&str> {
+    /// The label of this error on the service's metrics: for a failed push, what failed where
+    /// ([`PushError::metric_label`]: `ecds_file`, `wasmplugin_missing`, …), since every push
+    /// failure has the same [`Error::code`]; otherwise the code.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Push { source, .. } => source.metric_label(),
+            other => other.code(),
+        }
+    }
+
+    /// The path of the one field to blame, when there is one.
+    pub fn field(&self) -> Option<&str> {
         match self {
             Error::Invalid { field, .. } | Error::Malformed { field, .. } if !field.is_empty() => {
                 Some(field)
@@ -223,58 +237,26 @@ impl From<meshcanary_core::ConfigError> for Error {
     }
 }
 
-/// The JSON body of every error response.
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-pub struct ErrorBody {
-    /// The error.
-    pub error: ErrorDetail,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// What went wrong.
-#[derive(Debug, Serialize, serde::Deserialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable code: `invalid_field`, `malformed_request`, `not_found`, `method_not_allowed`,
-    /// `conflict`, `version_mismatch`, `unauthorized`, `request_timeout`, `payload_too_large`,
-    /// `too_many_connections`, `not_leader`, `not_ready`, `push_failed`, `upstream_failed`,
-    /// `internal`.
-    pub code: String,
-    /// For people.
-    pub message: String,
-    /// The offending field's path, when one field is to blame.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub field: Option<String>,
-}
-
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        let internal = status.is_server_error()
-            && status != StatusCode::BAD_GATEWAY
-            && status != StatusCode::SERVICE_UNAVAILABLE;
-        let message = if internal {
-            tracing::error!(error = %self, "request failed");
-            "internal error; the service log has the details".to_string()
-        } else {
-            if status.is_server_error() {
-                tracing::warn!(error = %self, "request failed");
-            }
-            self.to_string()
+    #[test]
+    fn causes_are_said_once() {
+        let push = Error::Push {
+            target: "ECDS file /e.json".into(),
+            source: Box::new(PushError::EcdsFile(std::io::Error::other("disk full"))),
         };
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code: self.code().to_string(),
-                message,
-                field: self.field().map(str::to_string),
-            },
+        let bind = Error::Bind {
+            address: "127.0.0.1:1".into(),
+            source: std::io::Error::other("Address already in use"),
         };
-        let mut response = (status, axum::Json(body)).into_response();
-        if let Error::MethodNotAllowed { allowed, .. } = &self {
-            if let Ok(allowed) = axum::http::HeaderValue::from_str(allowed) {
-                response
-                    .headers_mut()
-                    .insert(axum::http::header::ALLOW, allowed);
-            }
+        let cases = [
+            (push, "push to ECDS file /e.json: disk full"),
+            (bind, "cannot listen on 127.0.0.1:1: Address already in use"),
+        ];
+        for (error, want) in cases {
+            assert_eq!(with_causes(&error), want);
         }
-        response
     }
 }

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use meshcanary_control::cli;
+use meshcanary_control::error::with_causes;
 use meshcanary_control::server::{self, ServeArgs};
 use std::process::ExitCode;
 
@@ -50,7 +51,11 @@ async fn main() -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve { args, log_format } => {
             init_logging(&log_format);
-            server::serve(args).await?;
+            // One line, each cause once: the errors' messages already carry most of their causes,
+            // which anyhow's "Caused by:" would list again.
+            server::serve(args)
+                .await
+                .map_err(|error| anyhow::anyhow!(with_causes(&error)))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Client(command) => Ok(cli::run(command).await),

@@ -1,6 +1,7 @@
 //! The service's own Prometheus metrics (`GET /metrics`): pushes and their failures, rollouts by
 //! phase, each rollout's canary weight, the config generation and how many proxies run it.
 
+use crate::error::Error;
 use crate::rollout::{Phase, Rollout};
 use crate::view::Propagation;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -8,11 +9,6 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabel {
-    result: &'static str,
-}
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabel {
@@ -28,7 +24,9 @@ struct RolloutLabels {
 /// The registry and its metrics.
 pub struct Metrics {
     registry: Registry,
-    pushes: Family<ResultLabel, Counter>,
+    /// `result="ok"`, or `result="failed"` with its `error`: a failed push's series carries one
+    /// label more than a successful one's, so the `ok` series reads as it always has.
+    pushes: Family<Vec<(&'static str, &'static str)>, Counter>,
     rollouts: Family<PhaseLabel, Gauge>,
     canary_weight: Family<RolloutLabels, Gauge>,
     generation: Gauge,
@@ -39,7 +37,7 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Metrics {
         let mut registry = Registry::with_prefix("meshcanary_control");
-        let pushes = Family::<ResultLabel, Counter>::default();
+        let pushes = Family::<Vec<(&'static str, &'static str)>, Counter>::default();
         let rollouts = Family::<PhaseLabel, Gauge>::default();
         let canary_weight = Family::<RolloutLabels, Gauge>::default();
         let generation = Gauge::default();
@@ -47,7 +45,11 @@ impl Default for Metrics {
         let proxies_total = Gauge::default();
         registry.register(
             "pushes",
-            "Filter config pushes by result (ok, failed)",
+            "Filter config pushes by result (ok, failed); a failed push is labelled with its error: \
+             ecds_file (writing the ECDS file), wasmplugin_missing, wasmplugin_rejected \
+             (by the API server), wasmplugin_forbidden (RBAC), wasmplugin_conflict (changed \
+             under every retry), wasmplugin_api (any other API or transport failure), or the \
+             error's code (internal, upstream_failed, ...) for anything else",
             pushes.clone(),
         );
         registry.register("rollouts", "Rollouts by phase", rollouts.clone());
@@ -80,10 +82,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Counts a push.
-    pub fn pushed(&self, ok: bool) {
-        let result = if ok { "ok" } else { "failed" };
-        self.pushes.get_or_create(&ResultLabel { result }).inc();
+    /// Counts a push, and a failed one by [`Error::metric_label`].
+    pub fn pushed(&self, outcome: std::result::Result<(), &Error>) {
+        let labels = match outcome {
+            Ok(()) => vec![("result", "ok")],
+            Err(error) => vec![("result", "failed"), ("error", error.metric_label())],
+        };
+        self.pushes.get_or_create(&labels).inc();
     }
 
     /// The text exposition, with the gauges set from the current state.

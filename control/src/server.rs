@@ -378,10 +378,7 @@ async fn serve_in_kubernetes(
 ) -> Result<()> {
     let client = ::kube::Client::try_default()
         .await
-        .map_err(|error| Error::Remote {
-            target: "Kubernetes API".into(),
-            reason: format!("cannot build a client (in-cluster config or KUBECONFIG): {error}"),
-        })?;
+        .map_err(|source| Error::remote("Kubernetes API", NoKubeClient(source)))?;
     let identity = match &args.identity {
         Some(identity) => identity.clone(),
         None => std::env::var("HOSTNAME").map_err(|_| {
@@ -441,6 +438,11 @@ async fn serve_in_kubernetes(
     election.abort();
     outcome
 }
+
+/// No Kubernetes client could be made from the environment.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build a client (in-cluster config or KUBECONFIG): {0}")]
+struct NoKubeClient(#[source] ::kube::Error);
 
 /// Watches the WasmPlugin and tells the controller when its pluginConfig drifts.
 fn spawn_drift_watch(

@@ -12,7 +12,7 @@
 //! crypto provider in every crate that builds a reqwest client (the CLI, the observers, the
 //! tests), or pulls in aws-lc-rs; this one carries its provider in its own config.
 
-use crate::error::{Error, Result};
+use crate::error::{with_causes, Error, Result};
 use crate::rollout::analysis_spec::WEBHOOK_RETRY_PAUSE;
 use crate::rollout::{Rollout, Webhook, WebhookKind};
 use crate::view::percent;
@@ -63,6 +63,99 @@ pub struct Payload<'a> {
     pub metadata: &'a BTreeMap<String, String>,
 }
 
+/// Why calling a rollout's hooks failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The hook's URL is refused (a spec saved by an older version may hold anything).
+    #[error("hook {hook:?}: {reason}")]
+    BadUrl {
+        /// The hook's name.
+        hook: String,
+        /// Why its URL is refused, as [`check_url`] says it.
+        reason: String,
+    },
+    /// The payload could not be turned into JSON.
+    #[error(transparent)]
+    Payload(serde_json::Error),
+    /// Every attempt failed; the last one says how.
+    #[error("hook {hook:?} failed after {attempts} attempts: {last}")]
+    Failed {
+        /// The hook's name.
+        hook: String,
+        /// How many attempts were made (its retries plus one).
+        attempts: u32,
+        /// How the last attempt failed.
+        #[source]
+        last: AttemptError,
+    },
+}
+
+/// How one attempt at calling a hook failed. `shown` is the hook's URL as it may be shown
+/// ([`shown`]): without its path and query, which often carry a credential.
+#[derive(Debug, thiserror::Error)]
+pub enum AttemptError {
+    /// A 3xx: redirects are not followed.
+    #[error(
+        "{shown} answered {status}, a redirect{}: redirects are not followed — point the hook at the address that answers",
+        to.as_deref().map(|to| format!(" to {to}")).unwrap_or_default()
+    )]
+    Redirect {
+        /// The hook's URL, shown.
+        shown: String,
+        /// The answer's status.
+        status: StatusCode,
+        /// Where it pointed, shown as a hook's URL, if it said.
+        to: Option<String>,
+    },
+    /// Any other answer that is not 2xx.
+    #[error("{shown} answered {status}")]
+    Status {
+        /// The hook's URL, shown.
+        shown: String,
+        /// The answer's status.
+        status: StatusCode,
+    },
+    /// No answer at all.
+    #[error("{shown}: {source}")]
+    NoAnswer {
+        /// The hook's URL, shown.
+        shown: String,
+        /// Why.
+        #[source]
+        source: NoAnswer,
+    },
+}
+
+/// Why a request to a hook got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum NoAnswer {
+    /// The request could not be built.
+    #[error("cannot build the request: {0}")]
+    Request(#[source] axum::http::Error),
+    /// An `https://` hook, and no TLS to call it with.
+    #[error(transparent)]
+    Https(HttpsUnavailable),
+    /// Nothing came back within the attempt's timeout.
+    #[error("no answer within {}", crate::time::HumanDuration(*.0))]
+    Timeout(Duration),
+    /// The connection or the exchange failed. Shown with its causes: hyper's "client error
+    /// (Connect)" alone says little, its causes say "invalid peer certificate: UnknownIssuer" or
+    /// "Connection refused".
+    #[error("{}", with_causes(.0))]
+    Transport(#[source] hyper_util::client::legacy::Error),
+}
+
+/// Why `https://` hooks cannot be called; `http://` hooks work regardless.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum HttpsUnavailable {
+    /// No certificate verifier: no CA certificates to verify hooks with.
+    #[error("https hooks cannot be called: {0} (install the system's CA certificates, or give --webhook-ca-file)")]
+    NoVerifier(#[source] rustls::Error),
+    /// The TLS provider offers no protocol version that is safe to use.
+    #[error("https hooks cannot be called: {0}")]
+    NoProtocols(#[source] rustls::Error),
+}
+
 type Connector = HttpsConnector<HttpConnector>;
 type HyperClient = hyper_util::client::legacy::Client<Connector, Full<Bytes>>;
 
@@ -74,7 +167,7 @@ const POOL_IDLE: Duration = Duration::from_secs(30);
 pub struct Client {
     /// `Err` says why `https://` hooks cannot be called (no CA certificate to verify them
     /// with); `http://` hooks work regardless.
-    http: Arc<std::result::Result<HyperClient, String>>,
+    http: Arc<std::result::Result<HyperClient, HttpsUnavailable>>,
     plain: hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -97,26 +190,20 @@ impl Client {
     /// A client that trusts the system's CA certificates and `extra_roots`.
     pub fn new(extra_roots: Vec<CertificateDer<'static>>) -> Client {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls_platform_verifier::Verifier::new_with_extra_roots(
-            extra_roots,
-            provider.clone(),
-        )
-        .map_err(|error| {
-            format!(
-                "https hooks cannot be called: {error} (install the system's CA certificates, or give --webhook-ca-file)"
-            )
-        })
-        .and_then(|verifier| {
-            rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|error| format!("https hooks cannot be called: {error}"))
-                .map(|builder| {
-                    builder
-                        .dangerous()
-                        .with_custom_certificate_verifier(Arc::new(verifier))
-                        .with_no_client_auth()
-                })
-        });
+        let tls =
+            rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())
+                .map_err(HttpsUnavailable::NoVerifier)
+                .and_then(|verifier| {
+                    rustls::ClientConfig::builder_with_provider(provider)
+                        .with_safe_default_protocol_versions()
+                        .map_err(HttpsUnavailable::NoProtocols)
+                        .map(|builder| {
+                            builder
+                                .dangerous()
+                                .with_custom_certificate_verifier(Arc::new(verifier))
+                                .with_no_client_auth()
+                        })
+                });
         let http = tls.map(|config| {
             let connector = hyper_rustls::HttpsConnectorBuilder::new()
                 .with_tls_config(config)
@@ -157,7 +244,7 @@ impl Client {
         }
         let client = Client::new(roots);
         if let Err(error) = client.http.as_ref() {
-            return Err(Error::invalid("webhook-ca-file", error.clone()));
+            return Err(Error::invalid("webhook-ca-file", error.to_string()));
         }
         Ok(client)
     }
@@ -169,7 +256,7 @@ impl Client {
         url: &Uri,
         body: Vec<u8>,
         timeout: Duration,
-    ) -> std::result::Result<(StatusCode, Option<String>), String> {
+    ) -> std::result::Result<(StatusCode, Option<String>), NoAnswer> {
         let request = Request::post(url.clone())
             .header(header::CONTENT_TYPE, "application/json")
             .header(
@@ -177,17 +264,21 @@ impl Client {
                 concat!("meshcanary/", env!("CARGO_PKG_VERSION")),
             )
             .body(Full::new(Bytes::from(body)))
-            .map_err(|error| format!("cannot build the request: {error}"))?;
+            .map_err(NoAnswer::Request)?;
         let answer = match url.scheme_str() {
             Some("https") => {
-                let client = self.http.as_ref().as_ref().map_err(Clone::clone)?;
+                let client = self
+                    .http
+                    .as_ref()
+                    .as_ref()
+                    .map_err(|error| NoAnswer::Https(error.clone()))?;
                 tokio::time::timeout(timeout, client.request(request)).await
             }
             _ => tokio::time::timeout(timeout, self.plain.request(request)).await,
         };
         let response = answer
-            .map_err(|_| format!("no answer within {}", crate::time::HumanDuration(timeout)))?
-            .map_err(|error| causes(&error))?;
+            .map_err(|_| NoAnswer::Timeout(timeout))?
+            .map_err(NoAnswer::Transport)?;
         let location = response
             .headers()
             .get(header::LOCATION)
@@ -203,21 +294,6 @@ fn builder() -> hyper_util::client::legacy::Builder {
         .pool_idle_timeout(POOL_IDLE)
         .pool_timer(TokioTimer::new());
     builder
-}
-
-/// An error and its causes, outermost first: hyper's "client error (Connect)" alone says little,
-/// its causes say "invalid peer certificate: UnknownIssuer" or "Connection refused".
-fn causes(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts = vec![error.to_string()];
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        let text = error.to_string();
-        if !parts.iter().any(|part| part.contains(&text)) {
-            parts.push(text);
-        }
-        cause = error.source();
-    }
-    parts.join(": ")
 }
 
 /// A hook's URL as it may be shown (logs, a rollout's status, which anyone may read): scheme,
@@ -261,7 +337,11 @@ pub fn check_url(url: &str) -> std::result::Result<Uri, String> {
 
 /// Calls every hook of `kind` of `rollout` in order; the first that fails (after its retries)
 /// stops the rest and its error is returned.
-pub async fn call_all(client: &Client, rollout: &Rollout, kind: WebhookKind) -> Result<(), String> {
+pub async fn call_all(
+    client: &Client,
+    rollout: &Rollout,
+    kind: WebhookKind,
+) -> Result<(), WebhookError> {
     for hook in rollout.webhooks(kind) {
         call(client, rollout, hook).await?;
     }
@@ -269,7 +349,7 @@ pub async fn call_all(client: &Client, rollout: &Rollout, kind: WebhookKind) -> 
 }
 
 /// Calls one hook with its retries.
-pub async fn call(client: &Client, rollout: &Rollout, hook: &Webhook) -> Result<(), String> {
+pub async fn call(client: &Client, rollout: &Rollout, hook: &Webhook) -> Result<(), WebhookError> {
     let payload = Payload {
         hook: &hook.name,
         kind: hook.kind,
@@ -287,33 +367,40 @@ pub async fn call(client: &Client, rollout: &Rollout, hook: &Webhook) -> Result<
     };
     let shown = shown(&hook.url);
     // Specs are checked when created; one saved by an older version may still hold anything.
-    let url = check_url(&hook.url).map_err(|reason| format!("hook {:?}: {reason}", hook.name))?;
-    let body = serde_json::to_vec(&payload).map_err(|error| error.to_string())?;
-    let mut last_error = String::new();
-    for attempt in 0..=hook.retries {
-        if attempt > 0 {
-            tokio::time::sleep(WEBHOOK_RETRY_PAUSE).await;
-        }
-        match client.post(&url, body.clone(), hook.timeout()).await {
+    let url = check_url(&hook.url).map_err(|reason| WebhookError::BadUrl {
+        hook: hook.name.clone(),
+        reason,
+    })?;
+    let body = serde_json::to_vec(&payload).map_err(WebhookError::Payload)?;
+    let mut attempt = 0;
+    loop {
+        let failure = match client.post(&url, body.clone(), hook.timeout()).await {
             Ok((status, _)) if status.is_success() => return Ok(()),
-            Ok((status, location)) if status.is_redirection() => {
-                last_error = format!(
-                    "{shown} answered {status}, a redirect{}: redirects are not followed — point the hook at the address that answers",
-                    location
-                        .map(|to| format!(" to {}", shown_location(&url, &to)))
-                        .unwrap_or_default()
-                )
-            }
-            Ok((status, _)) => last_error = format!("{shown} answered {status}"),
-            Err(error) => last_error = format!("{shown}: {error}"),
+            Ok((status, location)) if status.is_redirection() => AttemptError::Redirect {
+                shown: shown.clone(),
+                status,
+                to: location.map(|to| shown_location(&url, &to)),
+            },
+            Ok((status, _)) => AttemptError::Status {
+                shown: shown.clone(),
+                status,
+            },
+            Err(source) => AttemptError::NoAnswer {
+                shown: shown.clone(),
+                source,
+            },
+        };
+        tracing::warn!(rollout = %rollout.spec.name, hook = %hook.name, attempt, error = %failure, "webhook failed");
+        if attempt >= hook.retries {
+            return Err(WebhookError::Failed {
+                hook: hook.name.clone(),
+                attempts: hook.retries + 1,
+                last: failure,
+            });
         }
-        tracing::warn!(rollout = %rollout.spec.name, hook = %hook.name, attempt, error = %last_error, "webhook failed");
+        attempt += 1;
+        tokio::time::sleep(WEBHOOK_RETRY_PAUSE).await;
     }
-    Err(format!(
-        "hook {:?} failed after {} attempts: {last_error}",
-        hook.name,
-        hook.retries + 1
-    ))
 }
 
 /// Where a redirect pointed, shown like a hook's URL: the path of a redirect on the same host is

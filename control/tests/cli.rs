@@ -686,6 +686,40 @@ fn an_unreachable_service_exits_3() {
     );
 }
 
+/// Issue 18 item 3: a port that is taken is a failure to listen, said as such, and found before
+/// the state store is touched (a replica that cannot listen must not take or change anything).
+#[test]
+fn serve_on_a_taken_port_says_it_cannot_listen() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let child = clean(&mut Command::new(BIN))
+        .env("MESHCANARY_TOKEN", TOKEN)
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .args(["serve", "--listen", &address, "--wasm"])
+        .arg(dir.path().join("meshcanary.wasm"))
+        .arg("--ecds-file")
+        .arg(dir.path().join("ecds.json"))
+        .arg("--state-dir")
+        .arg(&state)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let run = finish_within(child, Duration::from_secs(20)).fails(1);
+    assert_contains(
+        &run.stderr,
+        &[&format!(
+            "Error: cannot listen on {address}: Address already in use"
+        )],
+    );
+    assert!(!run.stderr.contains("state store"), "{run:#?}");
+    assert!(!state.exists(), "the state store was opened: {run:#?}");
+    drop(taken);
+}
+
 #[test]
 fn watching_a_rollout_that_succeeds_exits_0() {
     let service = Service::start();

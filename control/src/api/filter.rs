@@ -3,7 +3,8 @@
 //! (istio-agent checks the sha256 of modules fetched over http(s)).
 
 use super::AppState;
-use crate::error::{Error, ErrorBody, Result};
+use crate::api::error::ErrorBody;
+use crate::error::{Error, Result};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;

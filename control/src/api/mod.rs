@@ -8,6 +8,7 @@
 //! the dashboard page (`/dashboard`, `/` leads there), which holds no data itself.
 
 pub mod dashboard;
+pub mod error;
 pub mod extract;
 pub mod filter;
 pub mod paging;

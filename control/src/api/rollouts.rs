@@ -3,7 +3,8 @@
 use super::extract::{ApiJson, ApiPath, IfMatch};
 use super::paging::{self, ListQuery};
 use super::AppState;
-use crate::error::{Error, ErrorBody, Result};
+use crate::api::error::ErrorBody;
+use crate::error::{Error, Result};
 pub use crate::rollout::action::RolloutAction;
 use crate::rollout::action::UnknownAction;
 use crate::rollout::engine::Command;

@@ -2,7 +2,8 @@
 
 use super::extract::{ApiJson, ApiPath};
 use super::AppState;
-use crate::error::{Error, ErrorBody, Result};
+use crate::api::error::ErrorBody;
+use crate::error::{Error, Result};
 use crate::view::Propagation;
 use axum::extract::State;
 use axum::http::StatusCode;

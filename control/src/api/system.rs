@@ -1,7 +1,8 @@
 //! Health, readiness and the service's own metrics.
 
 use super::AppState;
-use crate::error::{Error, ErrorBody, Result};
+use crate::api::error::ErrorBody;
+use crate::error::{Error, Result};
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;

@@ -5,6 +5,7 @@ use super::{app, AppState};
 use crate::controller::Controller;
 use crate::error::Result;
 use crate::observer::{MetricsObserver, ProxyGeneration};
+use crate::router::wasmplugin::WasmPluginError;
 use crate::router::TrafficRouter;
 use crate::state::ServiceState;
 use crate::store::StateStore;
@@ -14,6 +15,7 @@ use axum::http::{header, Request, StatusCode};
 use http_body_util::BodyExt;
 use meshcanary_core::config::FilterConfig;
 use serde_json::{json, Value};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tower::ServiceExt;
 
@@ -36,12 +38,20 @@ impl StateStore for MemoryStore {
     }
 }
 
+/// Records what it is given; while `.1` is set, it fails every push instead, as a WasmPlugin
+/// that someone keeps changing would.
 #[derive(Clone, Default)]
-struct RecordingRouter(Arc<Mutex<Vec<FilterConfig>>>);
+struct RecordingRouter(Arc<Mutex<Vec<FilterConfig>>>, Arc<AtomicBool>);
 
 #[async_trait]
 impl TrafficRouter for RecordingRouter {
     async fn apply(&self, config: &FilterConfig) -> Result<()> {
+        if self.1.load(Ordering::SeqCst) {
+            return Err(crate::Error::Push {
+                target: self.describe(),
+                source: Box::new(WasmPluginError::Contended { attempts: 5 }.into()),
+            });
+        }
         self.0.lock().unwrap().push(config.clone());
         Ok(())
     }
@@ -60,7 +70,8 @@ impl MetricsObserver for NoProxies {
     async fn snapshots(
         &self,
         _route: &str,
-    ) -> std::result::Result<Vec<(String, crate::analysis::Snapshot)>, String> {
+    ) -> std::result::Result<Vec<(String, crate::analysis::Snapshot)>, crate::observer::ObserveError>
+    {
         Ok(Vec::new())
     }
     fn describe(&self) -> String {
@@ -789,6 +800,38 @@ async fn the_openapi_document_and_metrics_describe_the_service() {
     assert!(
         text.contains("meshcanary_control_pushes_total{result=\"ok\"} 2"),
         "{text}"
+    );
+}
+
+/// Issue 18 item 3: a failed push is counted with what failed, from the error's typed cause,
+/// and `/readyz` shows the error as it always did.
+#[tokio::test]
+async fn a_failed_push_is_counted_by_its_error() {
+    let h = harness(false).await;
+    h.pushed.1.store(true, Ordering::SeqCst);
+    let (status, _, body) = call(
+        &h.app,
+        "POST",
+        "/v1/rollouts",
+        Some(TOKEN),
+        Some(rollout("r1")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (_, _, metrics) = call(&h.app, "GET", "/metrics", None, None).await;
+    let text = metrics.as_str().unwrap();
+    for series in [
+        "meshcanary_control_pushes_total{result=\"ok\"} 1",
+        "meshcanary_control_pushes_total{result=\"failed\",error=\"wasmplugin_conflict\"} 1",
+    ] {
+        assert!(text.contains(series), "{series} missing from {text}");
+    }
+    let (status, _, body) = call(&h.app, "GET", "/readyz", None, None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "not_ready");
+    assert_eq!(
+        body["error"]["message"],
+        "not ready: push: push to recording: the WasmPlugin changed under every one of 5 attempts; will retry"
     );
 }
 

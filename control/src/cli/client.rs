@@ -1,7 +1,7 @@
 //! The HTTP client of the control API, and the CLI's errors: what failed, in words a person
 //! understands, with a hint at what to do and the exit code that goes with it.
 
-use crate::error::ErrorBody;
+use crate::api::error::ErrorBody;
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -77,6 +77,7 @@ impl Controller {
         let Err(error) = webhook::call_all(&self.http, &rollout, kind).await else {
             return;
         };
+        let error = error.to_string();
         if kind != WebhookKind::Rollout {
             return;
         }
@@ -107,13 +108,13 @@ impl Controller {
                     .store(filter.generation, Ordering::SeqCst);
                 *self.pushed_at.locked() = Some(std::time::Instant::now());
                 self.set_problem(PUSH, None);
-                self.metrics.pushed(true);
+                self.metrics.pushed(Ok(()));
                 tracing::info!(generation = filter.generation, target = %self.router.describe(), "pushed filter config");
                 true
             }
             Err(error) => {
                 self.set_problem(PUSH, Some(&error));
-                self.metrics.pushed(false);
+                self.metrics.pushed(Err(&error));
                 tracing::error!(%error, generation = filter.generation, "push failed; retrying");
                 false
             }

@@ -179,7 +179,10 @@ impl Controller {
                         continue;
                     };
                     tokio::spawn(async move {
-                        let outcome = webhook::call_all(&this.http, &rollout, kind).await;
+                        // The engine records the reason as text in the rollout's history.
+                        let outcome = webhook::call_all(&this.http, &rollout, kind)
+                            .await
+                            .map_err(|error| error.to_string());
                         this.observe_answer(Observed::Gate {
                             rollout: name,
                             kind,

@@ -32,6 +32,21 @@ use std::time::Duration;
 use tokio::sync::{watch, Mutex};
 use tokio::task::JoinHandle;
 
+/// Why a round of the election or the release of the Lease failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// A call to the API server failed: shown by the API server's message, or the transport
+    /// error.
+    #[error("{}", describe_error(.0))]
+    Api(#[source] kube::Error),
+    /// The round's calls did not finish within `renew_interval`.
+    #[error("the API server did not answer in time")]
+    Timeout,
+    /// Someone else wrote the Lease during every attempt to release it.
+    #[error("the lease kept changing while releasing it")]
+    Contended,
+}
+
 /// Timing of the election.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LeaseConfig {
@@ -281,10 +296,7 @@ impl LeaderElector {
         let _round = inner.round.lock().await;
         inner.publish(LeaderState::default());
         let result = inner.release_lease().await;
-        result.map_err(|reason| Error::Remote {
-            target: inner.describe(),
-            reason,
-        })
+        result.map_err(|source| Error::remote(inner.describe(), source))
     }
 }
 
@@ -322,14 +334,14 @@ impl Inner {
                 let outcome =
                     tokio::time::timeout(self.config.renew_interval, self.try_acquire_or_renew())
                         .await
-                        .unwrap_or_else(|_| Err("the API server did not answer in time".into()));
+                        .unwrap_or(Err(LeaseError::Timeout));
                 let next = match outcome {
                     Ok(next) => next,
-                    Err(reason) => {
+                    Err(error) => {
                         if was_leading {
-                            tracing::warn!(lease = %self.describe(), %reason, "renewal failed; stepping down");
+                            tracing::warn!(lease = %self.describe(), reason = %error, "renewal failed; stepping down");
                         } else {
-                            tracing::debug!(lease = %self.describe(), %reason, "cannot read the lease");
+                            tracing::debug!(lease = %self.describe(), reason = %error, "cannot read the lease");
                         }
                         LeaderState::default()
                     }
@@ -351,7 +363,7 @@ impl Inner {
     }
 
     /// One round: read the Lease, then renew, take or leave it.
-    async fn try_acquire_or_renew(&self) -> Result<LeaderState, String> {
+    async fn try_acquire_or_renew(&self) -> Result<LeaderState, LeaseError> {
         let leader = |is_leader: bool, holder: Option<&str>| LeaderState {
             is_leader,
             leader: holder.map(str::to_string),
@@ -365,7 +377,7 @@ impl Inner {
             .api
             .get_opt(&self.name)
             .await
-            .map_err(|e| describe_error(&e))?
+            .map_err(LeaseError::Api)?
         else {
             let lease = Lease {
                 metadata: ObjectMeta {
@@ -383,7 +395,7 @@ impl Inner {
                 Ok(_) => Ok(leader(true, Some(&self.identity))),
                 // Another replica created it first: it leads.
                 Err(e) if is_conflict(&e) => Ok(leader(false, self.winner().await.as_deref())),
-                Err(e) => Err(describe_error(&e)),
+                Err(e) => Err(LeaseError::Api(e)),
             };
         };
         let spec = lease.spec.clone().unwrap_or_default();
@@ -407,7 +419,7 @@ impl Inner {
                     }
                     // Someone wrote the Lease since we read it: whoever it is, we do not hold it.
                     Err(e) if is_conflict(&e) => Ok(leader(false, self.winner().await.as_deref())),
-                    Err(e) => Err(describe_error(&e)),
+                    Err(e) => Err(LeaseError::Api(e)),
                 }
             }
         }
@@ -426,13 +438,13 @@ impl Inner {
 
     /// Clears the holder if it is us; a few tries, since a 409 here may be a follower's read
     /// racing with ours.
-    async fn release_lease(&self) -> Result<(), String> {
+    async fn release_lease(&self) -> Result<(), LeaseError> {
         for _ in 0..3 {
             let Some(lease) = self
                 .api
                 .get_opt(&self.name)
                 .await
-                .map_err(|e| describe_error(&e))?
+                .map_err(LeaseError::Api)?
             else {
                 return Ok(());
             };
@@ -453,10 +465,10 @@ impl Inner {
                     return Ok(());
                 }
                 Err(e) if is_conflict(&e) => continue,
-                Err(e) => return Err(describe_error(&e)),
+                Err(e) => return Err(LeaseError::Api(e)),
             }
         }
-        Err("the lease kept changing while releasing it".into())
+        Err(LeaseError::Contended)
     }
 }
 

@@ -1,10 +1,47 @@
 //! Reads the filter's stats straight from Envoy admin endpoints (`/stats/prometheus`).
 
-use super::{MetricsObserver, ProxyGeneration};
-use crate::analysis::{parse_envoy_stats, Snapshot};
+use super::{MetricsObserver, ObserveError, ProxyGeneration};
+use crate::analysis::{parse_envoy_stats, AnalysisError, Snapshot};
 use async_trait::async_trait;
 use meshcanary_core::stats::GENERATION;
 use std::time::Duration;
+
+/// Why an Envoy admin endpoint could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvoyAdminError {
+    /// No answer, or the answer's body could not be read.
+    #[error("cannot read {url}: {source}")]
+    Unreachable {
+        /// The stats URL.
+        url: String,
+        /// The HTTP client's error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Envoy answered with a status other than 2xx.
+    #[error("cannot read {url}: answered {status}")]
+    Status {
+        /// The stats URL.
+        url: String,
+        /// Its answer.
+        status: reqwest::StatusCode,
+    },
+    /// The stats have no filter config generation: the filter is not loaded, or not yet.
+    #[error("no {} at {endpoint}: is the meshcanary filter loaded?", GENERATION)]
+    NoGeneration {
+        /// The admin endpoint.
+        endpoint: String,
+    },
+    /// The stats text could not be understood.
+    #[error("{endpoint}: {source}")]
+    Stats {
+        /// The admin endpoint.
+        endpoint: String,
+        /// What is wrong with the text.
+        #[source]
+        source: AnalysisError,
+    },
+}
 
 /// Scrapes a fixed list of Envoy admin endpoints.
 pub struct EnvoyAdminObserver {
@@ -29,27 +66,26 @@ impl EnvoyAdminObserver {
     }
 
     /// The filter's stats whose names match `filter` (Envoy's regex on stat names).
-    async fn stats(&self, endpoint: &str, filter: &str) -> Result<String, String> {
+    async fn stats(&self, endpoint: &str, filter: &str) -> Result<String, EnvoyAdminError> {
         let url = format!("{endpoint}/stats/prometheus?filter={filter}");
-        let response = self
-            .client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("cannot read {url}: {e}"))?;
-        if !response.status().is_success() {
-            return Err(format!("cannot read {url}: answered {}", response.status()));
+        let response = match self.client.get(&url).send().await {
+            Ok(response) => response,
+            Err(source) => return Err(EnvoyAdminError::Unreachable { url, source }),
+        };
+        let status = response.status();
+        if !status.is_success() {
+            return Err(EnvoyAdminError::Status { url, status });
         }
         response
             .text()
             .await
-            .map_err(|e| format!("cannot read {url}: {e}"))
+            .map_err(|source| EnvoyAdminError::Unreachable { url, source })
     }
 
-    async fn generation(&self, endpoint: &str) -> Result<u64, String> {
+    async fn generation(&self, endpoint: &str) -> Result<u64, EnvoyAdminError> {
         let text = self.stats(endpoint, GENERATION).await?;
-        parse_gauge(&text, GENERATION).ok_or_else(|| {
-            format!("no {GENERATION} at {endpoint}: is the meshcanary filter loaded?")
+        parse_gauge(&text, GENERATION).ok_or_else(|| EnvoyAdminError::NoGeneration {
+            endpoint: endpoint.to_string(),
         })
     }
 }
@@ -68,12 +104,15 @@ fn parse_gauge(text: &str, name: &str) -> Option<u64> {
 
 #[async_trait]
 impl MetricsObserver for EnvoyAdminObserver {
-    async fn snapshots(&self, route: &str) -> Result<Vec<(String, Snapshot)>, String> {
+    async fn snapshots(&self, route: &str) -> Result<Vec<(String, Snapshot)>, ObserveError> {
         let mut out = Vec::with_capacity(self.endpoints.len());
         for endpoint in &self.endpoints {
             let text = self.stats(endpoint, "meshcanary_").await?;
             let snapshot =
-                parse_envoy_stats(&text, route).map_err(|error| format!("{endpoint}: {error}"))?;
+                parse_envoy_stats(&text, route).map_err(|source| EnvoyAdminError::Stats {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
             out.push((endpoint.clone(), snapshot));
         }
         Ok(out)
@@ -88,7 +127,8 @@ impl MetricsObserver for EnvoyAdminObserver {
         for endpoint in &self.endpoints {
             let (generation, error) = match self.generation(endpoint).await {
                 Ok(generation) => (Some(generation), None),
-                Err(error) => (None, Some(error)),
+                // The answer is shown in the rollouts' propagation: a person reads it.
+                Err(error) => (None, Some(error.to_string())),
             };
             answers.push(ProxyGeneration {
                 proxy: endpoint.clone(),

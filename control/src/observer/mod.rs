@@ -22,6 +22,17 @@ pub struct ProxyGeneration {
     pub error: Option<String>,
 }
 
+/// Why the proxies' stats could not be read, by the observer that read them.
+#[derive(Debug, thiserror::Error)]
+pub enum ObserveError {
+    /// An Envoy admin endpoint could not be read.
+    #[error(transparent)]
+    EnvoyAdmin(#[from] envoy_admin::EnvoyAdminError),
+    /// The Prometheus query failed.
+    #[error(transparent)]
+    Prometheus(#[from] prometheus::PrometheusError),
+}
+
 /// Reads the filter's stats from the proxies.
 #[async_trait]
 pub trait MetricsObserver: Send + Sync {
@@ -30,7 +41,7 @@ pub trait MetricsObserver: Send + Sync {
 
     /// Every proxy's cumulative per-variant counters for `route`, keyed by proxy. An error when
     /// any proxy could not be read: a check that sees only part of the traffic must not pass.
-    async fn snapshots(&self, route: &str) -> Result<Vec<(String, Snapshot)>, String>;
+    async fn snapshots(&self, route: &str) -> Result<Vec<(String, Snapshot)>, ObserveError>;
 
     /// Where it reads from, for logs and status.
     fn describe(&self) -> String;

@@ -3,13 +3,66 @@
 //! Prometheus adds, `instance` and `pod`), so counter resets are handled per proxy exactly as with
 //! the Envoy admin observer.
 
-use super::{MetricsObserver, ProxyGeneration};
+use super::{MetricsObserver, ObserveError, ProxyGeneration};
 use crate::analysis::{Snapshot, VariantCounters};
 use async_trait::async_trait;
 use meshcanary_core::stats::{DURATION_MS, GENERATION, REQUESTS, RESPONSES};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// Why a Prometheus query gave no samples to use.
+#[derive(Debug, thiserror::Error)]
+pub enum PrometheusError {
+    /// No answer.
+    #[error("cannot query {url}: {source}")]
+    Unreachable {
+        /// The query endpoint.
+        url: String,
+        /// The HTTP client's error.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The answer is not the query API's JSON (a proxy's error page, a wrong URL).
+    #[error("{url} answered {status} with an unreadable body: {source}")]
+    Unreadable {
+        /// The query endpoint.
+        url: String,
+        /// The answer's status.
+        status: reqwest::StatusCode,
+        /// Why the body could not be read.
+        #[source]
+        source: reqwest::Error,
+    },
+    /// Prometheus refused the query, and said why.
+    #[error("{url} refused {promql:?}: {reason}")]
+    Refused {
+        /// The query endpoint.
+        url: String,
+        /// The query.
+        promql: String,
+        /// Prometheus's `error`.
+        reason: String,
+    },
+    /// A successful answer without `data`.
+    #[error("{url}: no data for {promql:?}")]
+    NoData {
+        /// The query endpoint.
+        url: String,
+        /// The query.
+        promql: String,
+    },
+    /// The answer is not an instant vector.
+    #[error("{url}: expected a vector for {promql:?}, got {result_type}")]
+    NotVector {
+        /// The query endpoint.
+        url: String,
+        /// The query.
+        promql: String,
+        /// What it was instead.
+        result_type: String,
+    },
+}
 
 /// Queries a Prometheus server.
 pub struct PrometheusObserver {
@@ -72,34 +125,43 @@ impl PrometheusObserver {
         }
     }
 
-    async fn query(&self, promql: &str) -> Result<Vec<Sample>, String> {
+    async fn query(&self, promql: &str) -> Result<Vec<Sample>, PrometheusError> {
         let url = format!("{}/api/v1/query", self.base_url);
-        let response = self
-            .client
-            .get(&url)
-            .query(&[("query", promql)])
-            .send()
-            .await
-            .map_err(|e| format!("cannot query {url}: {e}"))?;
+        let request = self.client.get(&url).query(&[("query", promql)]);
+        let response = match request.send().await {
+            Ok(response) => response,
+            Err(source) => return Err(PrometheusError::Unreachable { url, source }),
+        };
         let status = response.status();
-        let body: QueryResponse = response
-            .json()
-            .await
-            .map_err(|e| format!("{url} answered {status} with an unreadable body: {e}"))?;
+        let body: QueryResponse = match response.json().await {
+            Ok(body) => body,
+            Err(source) => {
+                return Err(PrometheusError::Unreadable {
+                    url,
+                    status,
+                    source,
+                })
+            }
+        };
         if body.status != "success" {
-            return Err(format!(
-                "{url} refused {promql:?}: {}",
-                body.error.unwrap_or_default()
-            ));
+            return Err(PrometheusError::Refused {
+                url,
+                promql: promql.to_string(),
+                reason: body.error.unwrap_or_default(),
+            });
         }
-        let data = body
-            .data
-            .ok_or_else(|| format!("{url}: no data for {promql:?}"))?;
+        let Some(data) = body.data else {
+            return Err(PrometheusError::NoData {
+                url,
+                promql: promql.to_string(),
+            });
+        };
         if data.result_type != "vector" {
-            return Err(format!(
-                "{url}: expected a vector for {promql:?}, got {}",
-                data.result_type
-            ));
+            return Err(PrometheusError::NotVector {
+                url,
+                promql: promql.to_string(),
+                result_type: data.result_type,
+            });
         }
         Ok(data.result)
     }
@@ -203,12 +265,12 @@ impl MetricsObserver for PrometheusObserver {
             Err(error) => vec![ProxyGeneration {
                 proxy: self.base_url.clone(),
                 generation: None,
-                error: Some(error),
+                error: Some(error.to_string()),
             }],
         }
     }
 
-    async fn snapshots(&self, route: &str) -> Result<Vec<(String, Snapshot)>, String> {
+    async fn snapshots(&self, route: &str) -> Result<Vec<(String, Snapshot)>, ObserveError> {
         // Route names are validated to letters, digits, '_' and '-': safe inside a PromQL string.
         let selector = format!("{{route=\"{route}\"}}");
         let requests = self.query(&format!("{REQUESTS}{selector}")).await?;
@@ -281,6 +343,7 @@ mod tests {
             .snapshots("reviews")
             .await
             .unwrap_err()
+            .to_string()
             .contains("cannot query http://127.0.0.1:9/api/v1/query"));
         let generations = observer.generations().await;
         assert!(generations[0].error.is_some());

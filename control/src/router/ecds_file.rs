@@ -1,7 +1,7 @@
 //! The standalone-Envoy router: renders the filter config into the ECDS file that Envoy's
 //! `path_config_source` watches, replacing it atomically so Envoy never reads half a file.
 
-use super::TrafficRouter;
+use super::{PushError, TrafficRouter};
 use crate::atomic_file::write_atomically;
 use crate::error::{Error, Result};
 use async_trait::async_trait;
@@ -31,11 +31,11 @@ impl TrafficRouter for EcdsFileRouter {
             .await
             .map_err(|error| Error::Push {
                 target: self.describe(),
-                reason: error.to_string(),
+                source: Box::new(PushError::EcdsTask(error)),
             })?
             .map_err(|error| Error::Push {
                 target: self.describe(),
-                reason: error.to_string(),
+                source: Box::new(PushError::EcdsFile(error)),
             })
     }
 

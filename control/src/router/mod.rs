@@ -7,6 +7,32 @@ use crate::error::Result;
 use async_trait::async_trait;
 use meshcanary_core::config::FilterConfig;
 
+/// Why a push did not go through, by the kind of target: the source of
+/// [`crate::Error::Push`].
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    /// Writing the ECDS file failed.
+    #[error(transparent)]
+    EcdsFile(std::io::Error),
+    /// The task writing the ECDS file did not finish: it panicked or was cancelled.
+    #[error(transparent)]
+    EcdsTask(tokio::task::JoinError),
+    /// Writing the WasmPlugin failed.
+    #[error(transparent)]
+    WasmPlugin(#[from] wasmplugin::WasmPluginError),
+}
+
+impl PushError {
+    /// The `error` label of a failed push on `meshcanary_control_pushes_total`: `ecds_file`, or
+    /// for a WasmPlugin [`wasmplugin::WasmPluginError::metric_label`].
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            PushError::EcdsFile(_) | PushError::EcdsTask(_) => "ecds_file",
+            PushError::WasmPlugin(error) => error.metric_label(),
+        }
+    }
+}
+
 /// What the router's target holds before the service has written anything, so that a service
 /// without saved state adopts a live config instead of overwriting it.
 #[derive(Debug, Clone, PartialEq)]
@@ -40,4 +66,62 @@ pub trait TrafficRouter: Send + Sync {
     }
     /// Where it pushes, for logs and status.
     fn describe(&self) -> String;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wasmplugin::WasmPluginError;
+    use super::*;
+
+    #[test]
+    fn a_push_failure_is_labelled_by_its_target_and_cause() {
+        let api = |code| {
+            kube::Error::Api(
+                kube::core::Status::failure("no", "")
+                    .with_code(code)
+                    .boxed(),
+            )
+        };
+        let cases: [(PushError, &str); 6] = [
+            (
+                PushError::EcdsFile(std::io::Error::other("disk full")),
+                "ecds_file",
+            ),
+            (
+                WasmPluginError::Missing {
+                    namespace: "ns".into(),
+                    name: "p".into(),
+                    source: api(404),
+                }
+                .into(),
+                "wasmplugin_missing",
+            ),
+            (
+                WasmPluginError::PatchForbidden {
+                    message: "no".into(),
+                    source: api(403),
+                }
+                .into(),
+                "wasmplugin_forbidden",
+            ),
+            (WasmPluginError::Api(api(500)).into(), "wasmplugin_api"),
+            (
+                WasmPluginError::Contended { attempts: 5 }.into(),
+                "wasmplugin_conflict",
+            ),
+            (WasmPluginError::NoResourceVersion.into(), "wasmplugin_api"),
+        ];
+        for (error, label) in cases {
+            let error = crate::Error::Push {
+                target: "t".into(),
+                source: Box::new(error),
+            };
+            assert_eq!(error.code(), "push_failed");
+            assert_eq!(error.metric_label(), label, "{error}");
+        }
+        assert_eq!(
+            crate::Error::Internal("x".into()).metric_label(),
+            "internal"
+        );
+    }
 }

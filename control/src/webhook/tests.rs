@@ -125,6 +125,17 @@ async fn a_redirect_is_a_failure_and_is_not_followed() {
         .await
         .expect_err("a redirect must not pass a gate");
     assert!(
+        matches!(
+            &error,
+            WebhookError::Failed {
+                last: AttemptError::Redirect { .. },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    let error = error.to_string();
+    assert!(
         error.contains("answered 302 Found, a redirect to \"/approved\" on the same host")
             && error.contains("redirects are not followed"),
         "{error}"
@@ -139,7 +150,8 @@ async fn a_redirect_is_a_failure_and_is_not_followed() {
     let rollout = rollout_with_hook(&format!("{base}/elsewhere"));
     let error = call_all(&client, &rollout, WebhookKind::ConfirmPromotion)
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(
         error.contains("307 Temporary Redirect, a redirect to http://other.example:81/…"),
         "{error}"
@@ -171,7 +183,8 @@ async fn https_hooks_are_verified_against_the_trusted_cas() {
     let rollout = rollout_with_hook(&format!("https://localhost:{port}/hooks/approve"));
     let error = call_all(&Client::default(), &rollout, WebhookKind::ConfirmPromotion)
         .await
-        .expect_err("the test CA is not a system root");
+        .expect_err("the test CA is not a system root")
+        .to_string();
     assert!(
         error.contains(&format!("https://localhost:{port}/…"))
             && error.contains("certificate")

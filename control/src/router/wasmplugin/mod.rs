@@ -86,26 +86,110 @@ impl WasmPluginRouter {
         self
     }
 
-    fn push_error(&self, reason: impl Into<String>) -> Error {
+    fn push_error(&self, source: WasmPluginError) -> Error {
         Error::Push {
             target: self.describe(),
-            reason: reason.into(),
+            source: Box::new(source.into()),
         }
     }
 
-    fn map_error(&self, error: &kube::Error) -> Error {
-        match crate::kube::api_status(error) {
-            Some((404, _, _)) => self.push_error(format!(
-                "WasmPlugin {}/{} does not exist; install it first (meshcanary only writes its spec.pluginConfig)",
-                self.namespace, self.name
-            )),
-            Some((422, _, message)) => self.push_error(format!(
-                "the API server rejected the pluginConfig: {message}"
-            )),
-            Some((403, _, message)) => self.push_error(format!(
-                "not allowed: {message} (the service account needs get and patch on wasmplugins.extensions.istio.io)"
-            )),
-            _ => self.push_error(describe_error(error)),
+    /// A failed push call, said in terms of what to do about it.
+    fn map_error(&self, error: kube::Error) -> Error {
+        let source = match crate::kube::api_status(&error) {
+            Some((404, _, _)) => WasmPluginError::Missing {
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+                source: error,
+            },
+            Some((422, _, message)) => WasmPluginError::Rejected {
+                message: message.to_string(),
+                source: error,
+            },
+            Some((403, _, message)) => WasmPluginError::PatchForbidden {
+                message: message.to_string(),
+                source: error,
+            },
+            _ => WasmPluginError::Api(error),
+        };
+        self.push_error(source)
+    }
+}
+
+/// Why pushing to or reading the `WasmPlugin` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WasmPluginError {
+    /// The `WasmPlugin` does not exist (404); the service never creates it.
+    #[error("WasmPlugin {namespace}/{name} does not exist; install it first (meshcanary only writes its spec.pluginConfig)")]
+    Missing {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+        /// The API server's answer.
+        #[source]
+        source: kube::Error,
+    },
+    /// The API server refused the config (422): the CRD's schema or an admission webhook.
+    #[error("the API server rejected the pluginConfig: {message}")]
+    Rejected {
+        /// What the API server said.
+        message: String,
+        /// The API server's answer.
+        #[source]
+        source: kube::Error,
+    },
+    /// The service account may not write the `WasmPlugin` (403).
+    #[error("not allowed: {message} (the service account needs get and patch on wasmplugins.extensions.istio.io)")]
+    PatchForbidden {
+        /// What the API server said.
+        message: String,
+        /// The API server's answer.
+        #[source]
+        source: kube::Error,
+    },
+    /// The service account may not read the `WasmPlugin` (403).
+    #[error(
+        "not allowed to read it: {message} (a Role in its namespace must grant the service \
+         account get, list, watch and patch on it, as envoy-config/istio/bookinfo/rbac.yaml does)"
+    )]
+    ReadForbidden {
+        /// What the API server said.
+        message: String,
+        /// The API server's answer.
+        #[source]
+        source: kube::Error,
+    },
+    /// Any other failed call: shown by the API server's message, or the transport error.
+    #[error("{}", describe_error(.0))]
+    Api(#[source] kube::Error),
+    /// The config could not be turned into JSON.
+    #[error("cannot serialise the config: {0}")]
+    Serialise(#[source] serde_json::Error),
+    /// The API server answered without a `resourceVersion`, which every write is conditional on.
+    #[error("the API server returned no resourceVersion")]
+    NoResourceVersion,
+    /// Someone else wrote the `WasmPlugin` during every read-patch round trip.
+    #[error("the WasmPlugin changed under every one of {attempts} attempts; will retry")]
+    Contended {
+        /// How many round trips were tried.
+        attempts: usize,
+    },
+}
+
+impl WasmPluginError {
+    /// The `error` label of a failed push: `wasmplugin_missing`, `wasmplugin_rejected`,
+    /// `wasmplugin_forbidden`, `wasmplugin_conflict` (changed under every attempt),
+    /// `wasmplugin_api` (any other failed call) or `internal` (the config did not serialise).
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            WasmPluginError::Missing { .. } => "wasmplugin_missing",
+            WasmPluginError::Rejected { .. } => "wasmplugin_rejected",
+            WasmPluginError::PatchForbidden { .. } | WasmPluginError::ReadForbidden { .. } => {
+                "wasmplugin_forbidden"
+            }
+            WasmPluginError::Contended { .. } => "wasmplugin_conflict",
+            WasmPluginError::Api(_) | WasmPluginError::NoResourceVersion => "wasmplugin_api",
+            WasmPluginError::Serialise(_) => "internal",
         }
     }
 }
@@ -123,7 +207,7 @@ impl TrafficRouter for WasmPluginRouter {
             });
         }
         let desired = serde_json::to_value(config)
-            .map_err(|error| self.push_error(format!("cannot serialise the config: {error}")))?;
+            .map_err(|error| self.push_error(WasmPluginError::Serialise(error)))?;
         let apply = PatchParams::apply(FIELD_MANAGER).force();
         let merge = PatchParams {
             field_manager: Some(FIELD_MANAGER.to_string()),
@@ -134,9 +218,9 @@ impl TrafficRouter for WasmPluginRouter {
                 .api
                 .get(&self.name)
                 .await
-                .map_err(|error| self.map_error(&error))?;
+                .map_err(|error| self.map_error(error))?;
             let Some(version) = live.metadata.resource_version.clone() else {
-                return Err(self.push_error("the API server returned no resourceVersion"));
+                return Err(self.push_error(WasmPluginError::NoResourceVersion));
             };
             let written = match self
                 .api
@@ -152,7 +236,7 @@ impl TrafficRouter for WasmPluginRouter {
                     tracing::info!(target = %self.describe(), attempt, "WasmPlugin changed while pushing; re-reading");
                     continue;
                 }
-                Err(error) => return Err(self.map_error(&error)),
+                Err(error) => return Err(self.map_error(error)),
             };
             // Keys someone else added to pluginConfig survive an apply (they are not ours):
             // remove them, still conditional on the version just written.
@@ -161,7 +245,7 @@ impl TrafficRouter for WasmPluginRouter {
                 .pointer("/spec/pluginConfig")
                 .unwrap_or(&Value::Null);
             let Some(written_version) = written.metadata.resource_version.as_deref() else {
-                return Err(self.push_error("the API server returned no resourceVersion"));
+                return Err(self.push_error(WasmPluginError::NoResourceVersion));
             };
             let Some(patch) = plugin_config_patch(current, &desired, written_version) else {
                 return Ok(());
@@ -175,30 +259,25 @@ impl TrafficRouter for WasmPluginRouter {
                 Err(error) if is_conflict(&error) => {
                     tracing::info!(target = %self.describe(), attempt, "WasmPlugin changed while pushing; re-reading");
                 }
-                Err(error) => return Err(self.map_error(&error)),
+                Err(error) => return Err(self.map_error(error)),
             }
         }
-        Err(self.push_error(format!(
-            "the WasmPlugin changed under every one of {MAX_CONFLICT_RETRIES} attempts; will retry"
-        )))
+        Err(self.push_error(WasmPluginError::Contended {
+            attempts: MAX_CONFLICT_RETRIES,
+        }))
     }
 
     async fn live(&self) -> Result<LiveConfig> {
-        let object = self
-            .api
-            .get_opt(&self.name)
-            .await
-            .map_err(|error| Error::Remote {
-                target: self.describe(),
-                reason: match crate::kube::api_status(&error) {
-                    Some((403, _, message)) => format!(
-                        "not allowed to read it: {message} (a Role in its namespace must grant the \
-                         service account get, list, watch and patch on it, as \
-                         envoy-config/istio/bookinfo/rbac.yaml does)"
-                    ),
-                    _ => describe_error(&error),
+        let object = self.api.get_opt(&self.name).await.map_err(|error| {
+            let source = match crate::kube::api_status(&error) {
+                Some((403, _, message)) => WasmPluginError::ReadForbidden {
+                    message: message.to_string(),
+                    source: error,
                 },
-            })?;
+                _ => WasmPluginError::Api(error),
+            };
+            Error::remote(self.describe(), source)
+        })?;
         let Some(object) = object else {
             return Ok(LiveConfig::TargetMissing(format!(
                 "{} does not exist",
