@@ -15,7 +15,7 @@ pub enum Error {
     Invalid {
         /// Field path, e.g. `steps[1].setWeight.percent`.
         field: String,
-        /// Why.
+        /// What is wrong with the value and what would be right, for the person who sent it.
         reason: String,
     },
     /// The request body is not the JSON expected (400).
@@ -35,7 +35,7 @@ pub enum Error {
     /// `If-Match` did not match the current version (412).
     #[error("{what} is at version {current}, not {expected}: re-read it and retry")]
     VersionMismatch {
-        /// The resource.
+        /// The resource, e.g. `rollout r1`.
         what: String,
         /// The version the client expected.
         expected: String,
@@ -53,7 +53,7 @@ pub enum Error {
     MethodNotAllowed {
         /// The method asked for.
         method: String,
-        /// The path.
+        /// The request's path, as sent.
         path: String,
         /// The methods the path accepts, as in `Allow`.
         allowed: String,
@@ -85,16 +85,16 @@ pub enum Error {
     /// The API's address could not be listened on.
     #[error("cannot listen on {address}")]
     Bind {
-        /// The address.
+        /// The `--listen` address, e.g. `0.0.0.0:8080`.
         address: String,
-        /// Why.
+        /// What the OS said (in use, not permitted, no such address).
         #[source]
         source: std::io::Error,
     },
     /// A file the service was pointed at (token, routes, module) could not be read.
     #[error("cannot read {path}: {source}")]
     File {
-        /// The file.
+        /// The file's path, as given on the command line.
         path: String,
         /// The IO error.
         source: std::io::Error,
@@ -115,7 +115,7 @@ pub enum Error {
     CorruptState {
         /// The file involved.
         path: String,
-        /// Why.
+        /// What does not parse or check, with the field.
         reason: String,
     },
     /// Pushing the filter config failed.
@@ -130,9 +130,9 @@ pub enum Error {
     /// Talking to another service (the Kubernetes API, a Lease) failed.
     #[error("{target}: {source}")]
     Remote {
-        /// Whom.
+        /// Which service or object, e.g. `WasmPlugin istio-system/meshcanary`.
         target: String,
-        /// Why.
+        /// What went wrong talking to it.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },

@@ -38,11 +38,11 @@ pub struct Payload<'a> {
     pub hook: &'a str,
     /// When it is called.
     pub kind: WebhookKind,
-    /// The rollout.
+    /// The rollout's name.
     pub rollout: &'a str,
-    /// Its route.
+    /// The filter route it changes.
     pub route: &'a str,
-    /// Its phase.
+    /// Its phase when the hook is called, e.g. `progressing`.
     pub phase: &'static str,
     /// The stable variant.
     pub stable: &'a str,
@@ -120,7 +120,7 @@ pub enum AttemptError {
     NoAnswer {
         /// The hook's URL, shown.
         shown: String,
-        /// Why.
+        /// What failed: the connection, TLS, or the attempt's timeout.
         #[source]
         source: NoAnswer,
     },

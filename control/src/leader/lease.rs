@@ -82,7 +82,7 @@ pub struct LeaderState {
 
 /// Where the election reads the time.
 pub trait Clock: Send + Sync + 'static {
-    /// Now.
+    /// The current time (a test's clock can stand still or jump).
     fn now(&self) -> Timestamp;
 }
 
