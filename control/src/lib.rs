@@ -9,7 +9,8 @@
 //!
 //! The decisions are pure: [`rollout::engine`] maps (rollout, observation, now) to the next action.
 //! IO sits at the edges: [`store`], [`router`], [`observer`], [`api`] and the loops in [`controller`].
-//! The same binary is the CLI ([`cli`]) that people use against the HTTP API.
+//! The same binary is the CLI ([`cli`]) that people use against the HTTP API. [`crd`] defines
+//! rollouts as a Kubernetes resource (`MeshRollout`) and generates its CustomResourceDefinition.
 
 pub mod analysis;
 pub mod api;
@@ -17,6 +18,7 @@ pub mod atomic_file;
 pub mod cli;
 pub mod connections;
 pub mod controller;
+pub mod crd;
 pub mod error;
 pub mod kube;
 pub mod leader;

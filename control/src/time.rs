@@ -125,6 +125,39 @@ impl utoipa::PartialSchema for Timestamp {
 
 impl utoipa::ToSchema for Timestamp {}
 
+/// The pattern a [`HumanDuration`] matches in the MeshRollout CRD's schema: numbers (with an
+/// optional fraction) each followed by one of humantime's units, e.g. `500ms`, `1h 30m`, `1.5h`.
+/// The API server uses it to refuse `soon` or `5 minutes later` at `kubectl apply`; the parser
+/// stays the judge of the rest (limits, overflow).
+pub const DURATION_PATTERN: &str = r"^\s*([0-9]+(\.[0-9]+)?\s*(nanos|nsec|ns|usec|us|µs|millis|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|wks|wk|w|months|month|M|years|year|yrs|yr|y)\s*)+$";
+
+impl schemars::JsonSchema for HumanDuration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "HumanDuration".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "description": "A duration such as `500ms`, `30s`, `5m` or `1h 30m`.",
+            "pattern": DURATION_PATTERN,
+        })
+    }
+}
+
+impl schemars::JsonSchema for Timestamp {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Timestamp".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "string",
+            "format": "date-time",
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -913,3 +913,21 @@ fn rollout_list_pages_through_the_api() {
         "{refused:#?}"
     );
 }
+
+/// `meshcanary crd` prints, offline, exactly the CRD that ships (what `make crd` writes).
+#[test]
+fn crd_prints_the_shipped_custom_resource_definition() {
+    let output = clean(&mut Command::new(BIN))
+        .arg("crd")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let shipped =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../envoy-config/istio/meshrollout-crd.yaml");
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        std::fs::read_to_string(&shipped).unwrap(),
+        "regenerate it with `make crd`"
+    );
+}

@@ -14,6 +14,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use meshcanary_control::crd::MeshRollout;
 use meshcanary_control::leader::lease::{LeaderElector, LeaderState, LeaseConfig};
 use meshcanary_control::rollout::RolloutSpec;
 use meshcanary_control::router::wasmplugin::drift::{
@@ -935,7 +936,8 @@ fn as_service_account(
 
 /// The RBAC that `envoy-config/istio/` ships lets the ServiceAccount do exactly what the service
 /// does (the other tests do it as that ServiceAccount) and nothing else: no other WasmPlugin, no
-/// other ConfigMap or Lease, no listing, no Secrets, nothing in other namespaces.
+/// other ConfigMap or Lease, no listing, no Secrets, nothing in other namespaces; MeshRollouts in
+/// its own namespace only, never created or deleted by it, and not their CRD.
 #[tokio::test]
 async fn the_service_account_may_do_what_the_service_needs_and_nothing_more() {
     let Some(cluster) = Cluster::start().await else {
@@ -978,11 +980,47 @@ async fn the_service_account_may_do_what_the_service_needs_and_nothing_more() {
         &sys,
         "--from-literal=a=b",
     ]);
+    // A MeshRollout in the service's namespace and one in another; an Event to write.
+    let files = tempfile::tempdir().unwrap();
+    let rollout_file = files.path().join("rollout.json");
+    std::fs::write(
+        &rollout_file,
+        json!({"apiVersion": "meshcanary.io/v1alpha1", "kind": "MeshRollout",
+            "metadata": {"name": "reviews-v2"},
+            "spec": {"target": {"wasmPlugin": WASMPLUGIN}, "route": "reviews", "stable": "v1", "canary": "v2",
+                "steps": [{"setWeight": {"percent": 10}}]}})
+        .to_string(),
+    )
+    .unwrap();
+    let event_file = |namespace: &str| {
+        let path = files.path().join(format!("event-{namespace}.json"));
+        std::fs::write(
+            &path,
+            json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "reviews-v2.1"},
+                "involvedObject": {"apiVersion": "meshcanary.io/v1alpha1", "kind": "MeshRollout",
+                    "name": "reviews-v2", "namespace": namespace},
+                "reason": "WeightSet", "message": "canary at 10%", "type": "Normal"})
+            .to_string(),
+        )
+        .unwrap();
+        path.display().to_string()
+    };
+    let (sys_event, other_event) = (event_file(&sys), event_file(&other_ns));
+    let rollout_file = rollout_file.display().to_string();
+    for namespace in [&sys, &other_ns] {
+        admin.kubectl_ok(&["create", "-n", namespace, "-f", &rollout_file]);
+    }
     let kubeconfig = cluster.installed.service_account_kubeconfig(None);
     let patch = r#"{"spec":{"pluginConfig":{"generation":9}}}"#;
     let words = |line: &str| -> Vec<String> {
         line.split_whitespace()
-            .map(|w| w.replace("PATCH", patch))
+            .map(|w| {
+                w.replace("PATCH", patch)
+                    .replace("MRO_SPEC", r#"{"spec":{"paused":true}}"#)
+                    .replace("ROLLOUT_FILE", &rollout_file)
+                    .replace("SYS_EVENT", &sys_event)
+                    .replace("OTHER_EVENT", &other_event)
+            })
             .collect()
     };
     // (kubectl arguments, allowed?)
@@ -999,7 +1037,27 @@ async fn the_service_account_may_do_what_the_service_needs_and_nothing_more() {
         ),
         (format!("get configmap {STATE} -n {sys}"), true),
         (format!("get lease {LEASE} -n {sys}"), true),
+        // MeshRollouts in its namespace: follow them, edit them (their status: below), and say
+        // what happened in Events.
+        (format!("get meshrollouts -n {sys}"), true),
+        (format!("get mro reviews-v2 -n {sys}"), true),
+        (
+            format!("patch mro reviews-v2 -n {sys} --type merge -p MRO_SPEC"),
+            true,
+        ),
+        (format!("create -n {sys} -f SYS_EVENT"), true),
         // What it must not.
+        (format!("create -n {sys} -f ROLLOUT_FILE"), false),
+        (format!("delete mro reviews-v2 -n {sys}"), false),
+        (format!("get meshrollouts -n {other_ns}"), false),
+        (
+            format!("patch mro reviews-v2 -n {other_ns} --type merge -p MRO_SPEC"),
+            false,
+        ),
+        (format!("create -n {other_ns} -f OTHER_EVENT"), false),
+        (format!("get events -n {sys}"), false),
+        ("delete crd meshrollouts.meshcanary.io".to_string(), false),
+        ("get crd meshrollouts.meshcanary.io".to_string(), false),
         (format!("get wasmplugins -n {apps}"), false),
         (format!("get wasmplugin another-plugin -n {apps}"), false),
         (
@@ -1043,6 +1101,25 @@ async fn the_service_account_may_do_what_the_service_needs_and_nothing_more() {
                 "failed, but not for RBAC: kubectl {line}: {stderr}"
             )),
             _ => {}
+        }
+    }
+    // The status subresource, written as the service writes it (kubectl would read the
+    // subresource first, which the service never needs): in its namespace, and nowhere else.
+    let status = Patch::Merge(json!({"status": {"phase": "paused", "step": 0}}));
+    for (namespace, allowed) in [(&sys, true), (&other_ns, false)] {
+        let rollouts: Api<MeshRollout> =
+            Api::namespaced(cluster.service_account.clone(), namespace);
+        match (
+            rollouts
+                .patch_status("reviews-v2", &PatchParams::default(), &status)
+                .await,
+            allowed,
+        ) {
+            (Ok(_), true) => {}
+            (Err(kube::Error::Api(s)), false) if s.code == 403 => {}
+            (outcome, _) => wrong.push(format!(
+                "patch meshrollouts/status in {namespace} (allowed: {allowed}): {outcome:?}"
+            )),
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}\n{HOW_TO_GET}");

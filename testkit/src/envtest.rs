@@ -25,6 +25,11 @@ pub const HOW_TO_GET: &str = "`make test` builds them from ../shared/envtest whe
     setup-envtest), `export KUBEBUILDER_ASSETS=<that path>`, and put Istio's CRDs (istio/istio \
     manifests/charts/base/files/crd-all.gen.yaml) at $KUBEBUILDER_ASSETS/istio-crds.yaml";
 
+/// The MeshRollout CRD's name.
+pub const MESHROLLOUT_CRD: &str = "meshrollouts.meshcanary.io";
+/// Where the project ships it, relative to the workspace root.
+pub const MESHROLLOUT_CRD_FILE: &str = "envoy-config/istio/meshrollout-crd.yaml";
+
 /// How long the server may take to answer `/readyz` "ok" (about 3 s on a quiet 2-core machine).
 const READY_WITHIN: Duration = Duration::from_secs(60);
 
@@ -200,8 +205,9 @@ impl Envtest {
         .expect("write the admin kubeconfig");
         envtest.wait_ready();
         envtest.install_istio_crds();
+        envtest.install_meshrollout_crd();
         eprintln!(
-            "envtest: kube-apiserver at {} ready with Istio's CRDs in {:.1} s ({})",
+            "envtest: kube-apiserver at {} ready with Istio's CRDs and the MeshRollout CRD in {:.1} s ({})",
             envtest.url,
             started.elapsed().as_secs_f64(),
             envtest.dir.display()
@@ -397,6 +403,27 @@ current-context: envtest
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The project's own CRD (`envoy-config/istio/meshrollout-crd.yaml`), as a cluster admin
+    /// installs it, once per server and before any test applies the manifests: the tests that
+    /// share a server all `kubectl apply -k` a kustomization that lists it, and two client-side
+    /// applies that both find it missing would race to create it.
+    fn install_meshrollout_crd(&self) {
+        let crd = crate::workspace_root().join(MESHROLLOUT_CRD_FILE);
+        self.kubectl_ok(&["apply", "-f", &crd.display().to_string()]);
+        self.wait_established(MESHROLLOUT_CRD);
+    }
+
+    /// Waits until the API server serves the resource of CRD `name` (its `Established`
+    /// condition): creating objects of a CRD that is not yet established fails.
+    pub fn wait_established(&self, name: &str) {
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            &format!("crd/{name}"),
+        ]);
     }
 
     fn install_istio_crds(&self) {

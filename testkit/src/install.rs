@@ -1,7 +1,7 @@
 //! The project's manifests installed into a real API server the way a user installs them: a copy
 //! of `envoy-config/` (the user's checkout, so commands that edit files edit the copy), a
-//! `token.env`, the WasmPlugin's digest set, then `kubectl apply -k` of `envoy-config/istio` and
-//! of `envoy-config/istio/bookinfo`.
+//! `token.env`, the WasmPlugin's digest set, then `kubectl apply -k` of `envoy-config/istio` (the
+//! MeshRollout CRD with it, waited for until Established) and of `envoy-config/istio/bookinfo`.
 //!
 //! [`Namespaces::Shipped`] applies them unchanged (the control service in `meshcanary-system`,
 //! bookinfo's objects in `default`). [`Namespaces::Fresh`] gives a test namespaces of its own
@@ -125,6 +125,10 @@ impl<'a> Installed<'a> {
         };
         self.envtest
             .kubectl_ok(&["apply", "-k", &dir.display().to_string()]);
+        // The kustomization carries the cluster-scoped MeshRollout CRD; it must be served before
+        // anything creates a MeshRollout.
+        self.envtest
+            .wait_established(crate::envtest::MESHROLLOUT_CRD);
     }
 
     /// (Re-)applies `envoy-config/istio/bookinfo` into the managed namespace, as installed.

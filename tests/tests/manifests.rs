@@ -249,7 +249,11 @@ fn is_object_name(name: &str) -> bool {
 fn is_cluster_scoped(kind: &str) -> bool {
     matches!(
         kind,
-        "Namespace" | "ClusterRole" | "ClusterRoleBinding" | "Kustomization"
+        "Namespace"
+            | "ClusterRole"
+            | "ClusterRoleBinding"
+            | "CustomResourceDefinition"
+            | "Kustomization"
     )
 }
 
@@ -1086,6 +1090,20 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
             scope(managed, "extensions.istio.io", "wasmplugins"),
             strings(&["get", "list", "watch", "patch"]),
         ),
+        // MeshRollouts are created by their owners; the service follows them and writes status.
+        (
+            scope(own, "meshcanary.io", "meshrollouts"),
+            strings(&["get", "list", "watch", "patch", "update"]),
+        ),
+        (
+            scope(own, "meshcanary.io", "meshrollouts/status"),
+            strings(&["patch", "update"]),
+        ),
+        (scope(own, "", "events"), strings(&["create", "patch"])),
+        (
+            scope(own, "events.k8s.io", "events"),
+            strings(&["create", "patch"]),
+        ),
     ]
     .into_iter()
     .collect();
@@ -1687,6 +1705,8 @@ const BREAKAGES: &[(&str, Edit, &str)] = &[
     ("a binding to a missing Role", Set("RoleBinding", CONTROL, "/roleRef/name", r#""missing""#), "no such Role"),
     ("a ClusterRoleBinding", Set("RoleBinding", "meshcanary-wasmplugin", "/kind", r#""ClusterRoleBinding""#), "grants cluster-wide"),
     ("delete on the state ConfigMap", Set("Role", CONTROL, "/rules/1/verbs", r#"["get", "update", "delete"]"#), "grants [\"delete\"] on /configmaps"),
+    ("create on MeshRollouts", Set("Role", CONTROL, "/rules/4/verbs", r#"["get", "list", "watch", "patch", "update", "create"]"#), "grants [\"create\"] on meshcanary.io/meshrollouts"),
+    ("no status writes", Set("Role", CONTROL, "/rules/5/verbs", r#"["get"]"#), "does not grant [\"patch\", \"update\"] on meshcanary.io/meshrollouts/status"),
     ("list on ConfigMaps", Set("Role", CONTROL, "/rules/0/verbs", r#"["create", "list"]"#), "grants [\"list\"] on /configmaps"),
     ("every ConfigMap readable", Remove("Role", CONTROL, "/rules/1/resourceNames"), "on configmaps not restricted by name"),
     ("create restricted by name", Set("Role", CONTROL, "/rules/0/resourceNames", r#"["meshcanary-state"]"#), "which RBAC cannot do"),

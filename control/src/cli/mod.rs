@@ -9,6 +9,7 @@
 
 pub mod analysis;
 pub mod client;
+pub mod crd;
 pub mod qa_token;
 pub mod render;
 pub mod rules;
@@ -38,6 +39,8 @@ pub enum ClientCommand {
     Route(RouteArgs),
     /// Mint a signed QA token for a route's signed rule (offline; the key from MESHCANARY_QA_KEY).
     QaToken(qa_token::QaTokenArgs),
+    /// Print the MeshRollout CustomResourceDefinition as YAML (offline), for `kubectl apply -f -`.
+    Crd(crd::CrdArgs),
 }
 
 /// How to reach the service and how to print; accepted after any client subcommand.
@@ -438,6 +441,7 @@ async fn execute(command: ClientCommand) -> Result<u8, CliError> {
             Ok(0)
         }
         ClientCommand::QaToken(args) => qa_token::run(&args),
+        ClientCommand::Crd(args) => crd::run(&args),
     }
 }
 

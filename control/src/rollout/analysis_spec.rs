@@ -6,6 +6,8 @@
 use crate::analysis::judge::{Check, Thresholds, Verdict};
 use crate::error::{Error, Result};
 use crate::time::{HumanDuration, Timestamp};
+use kube::KubeSchema;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -18,8 +20,11 @@ pub const DEFAULT_GATE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Automated analysis: every `interval` while the rollout progresses, the canary's success rate and
 /// latency over the last window are judged, and compared with the stable variant's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, KubeSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "has(self.minSuccessRate) || has(self.maxLatencyMs) || !has(self.compareWithStable) || self.compareWithStable"
+).message("judges nothing: set minSuccessRate, maxLatencyMs or compareWithStable"))]
 pub struct AnalysisSpec {
     /// The window: a check runs this often while the rollout progresses (default `30s`).
     #[serde(default = "default_interval")]
@@ -27,12 +32,15 @@ pub struct AnalysisSpec {
     /// Minimum success rate in percent (responses that are neither 5xx, resets nor gRPC server
     /// errors), e.g. `99`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
     pub min_success_rate: Option<f64>,
     /// Maximum latency in milliseconds at `latencyPercentile`, e.g. `500`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("exclusiveMinimum" = true, "minimum" = 0))]
     pub max_latency_ms: Option<f64>,
     /// The latency percentile judged (default `99`).
     #[serde(default = "default_percentile")]
+    #[schemars(range(max = 100), extend("exclusiveMinimum" = true, "minimum" = 0))]
     pub latency_percentile: f64,
     /// Canary responses a window needs; with fewer the check is inconclusive (default `20`).
     #[serde(default = "default_min_requests")]
@@ -44,6 +52,7 @@ pub struct AnalysisSpec {
     /// Significance level of that comparison: the chance a check fails a canary that is as good as
     /// stable (default `0.01`).
     #[serde(default = "default_p_value")]
+    #[schemars(extend("exclusiveMinimum" = true, "minimum" = 0, "exclusiveMaximum" = true, "maximum" = 1))]
     pub max_p_value: f64,
     /// Stable responses a window needs for the comparison; with fewer it is skipped (default `20`).
     #[serde(default = "default_min_requests")]
@@ -51,9 +60,11 @@ pub struct AnalysisSpec {
     /// Failed checks that roll the rollout back (Flagger's threshold, Kurator's checkFailedTimes;
     /// default `2`).
     #[serde(default = "default_failure_limit")]
+    #[schemars(range(min = 1))]
     pub failure_limit: u32,
     /// Inconclusive checks in a row after which the rollout pauses and says why (default `3`).
     #[serde(default = "default_inconclusive_limit")]
+    #[schemars(range(min = 1))]
     pub inconclusive_limit: u32,
 }
 
@@ -177,7 +188,7 @@ impl AnalysisSpec {
 }
 
 /// When a webhook is called.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum WebhookKind {
     /// Before the first step; the rollout starts only after it answers 2xx (after `failureLimit`
@@ -217,22 +228,25 @@ pub const WEBHOOK_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// An HTTP hook. It receives a JSON POST (rollout, route, phase, weights, last verdict, metadata);
 /// any 2xx answer is success.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Webhook {
     /// A name for logs and status.
+    #[schemars(length(min = 1))]
     pub name: String,
     /// When it is called.
     #[serde(rename = "type")]
     pub kind: WebhookKind,
     /// `http://` or `https://` URL to POST to. Redirects are not followed: a 3xx answer is a
     /// failure.
+    #[schemars(regex(pattern = r"^https?://[^/?#@]+([/?#].*)?$"))]
     pub url: String,
     /// Per attempt (default `5s`, from `100ms` to `1m`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<HumanDuration>,
     /// Extra attempts after a failure (default `2`), 500 ms apart.
     #[serde(default = "default_retries")]
+    #[schemars(range(max = 10))]
     pub retries: u32,
     /// Passed through in the payload.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

@@ -14,7 +14,9 @@ pub use analysis_spec::{AnalysisSpec, AnalysisStatus, CheckRecord, Webhook, Webh
 
 use crate::error::{Error, Result};
 use crate::time::{HumanDuration, Timestamp};
+use kube::KubeSchema;
 use meshcanary_core::config::TOTAL_WEIGHT;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::ToSchema;
@@ -97,17 +99,62 @@ pub enum Step {
     Pause(PauseStep),
 }
 
+/// The MeshRollout CRD's schema of a step: an object with optional `setWeight` and `pause` and a
+/// CEL rule that exactly one is given. The derived schema would say the same with `oneOf`, which
+/// the API server reports without the step's path (`<nil>: "spec.steps[0]" must validate one and
+/// only one schema`) and which stops it from running the CEL rules of the rest of the object.
+impl JsonSchema for Step {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Step".into()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "One step of a rollout: exactly one of `setWeight` (set the canary's share of the route) and `pause` (wait, for a while or until resumed).",
+            "type": "object",
+            "properties": {
+                "setWeight": generator.subschema_for::<Weight>(),
+                "pause": generator.subschema_for::<PauseStep>(),
+            },
+            "x-kubernetes-validations": [{
+                "rule": "has(self.setWeight) != has(self.pause)",
+                "message": "give exactly one of \"setWeight\" and \"pause\"",
+            }],
+        })
+    }
+}
+
 /// A weight, in percent (up to two decimals) or basis points. Exactly one is given.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+///
+/// In the MeshRollout CRD the API server checks the same: the ranges in the schema, the rest in
+/// CEL (the rules below); [`Weight::checked`] stays the reference.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, ToSchema, KubeSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.percent) != has(self.basisPoints)")
+        .message("give exactly one of \"percent\" and \"basisPoints\""),
+    validation = Rule::new(WEIGHT_TWO_DECIMALS)
+        .message("has more than two decimals (the resolution is 0.01 %)")
+        .field_path(".percent"),
+)]
 pub struct Weight {
     /// Percent of the route's traffic, 0 to 100, at most two decimals (`12.5`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
     pub percent: Option<f64>,
     /// Basis points of the route's traffic, 0 to 10000 (1 = 0.01 %).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 10_000))]
     pub basis_points: Option<u32>,
 }
+
+/// CEL: `percent`, when given and in range, has at most two decimals — within the same 1e-6 of
+/// a whole number of basis points that [`Weight::checked`] allows (squared: CEL has no `abs`
+/// without the math library).
+const WEIGHT_TWO_DECIMALS: &str =
+    "!has(self.percent) || self.percent < 0.0 || self.percent > 100.0 || \
+    (self.percent * 100.0 - double(int(self.percent * 100.0 + 0.5))) * \
+    (self.percent * 100.0 - double(int(self.percent * 100.0 + 0.5))) <= 0.000000000001";
 
 impl Weight {
     /// A weight in basis points.
@@ -160,7 +207,9 @@ impl Weight {
 }
 
 /// A pause step.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema, JsonSchema,
+)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PauseStep {
     /// How long to wait; without it the rollout waits for `resume`.
@@ -169,12 +218,17 @@ pub struct PauseStep {
 }
 
 /// The Flagger-style shorthand (percentages).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema, KubeSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.maxWeight >= self.stepWeight")
+    .message("must not be below stepWeight")
+    .field_path(".maxWeight"))]
 pub struct Progressive {
     /// Percent added at each step.
+    #[schemars(range(max = 100), extend("exclusiveMinimum" = true, "minimum" = 0))]
     pub step_weight: f64,
     /// The last weight before promotion, in percent.
+    #[schemars(range(min = 0, max = 100))]
     pub max_weight: f64,
     /// How long each weight holds before the next.
     pub interval: HumanDuration,
@@ -360,7 +414,7 @@ fn check_name(name: &str) -> Result<()> {
 }
 
 /// Where a rollout is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Phase {
     /// Created, not started yet.
@@ -411,7 +465,7 @@ impl Phase {
 }
 
 /// Why a paused rollout is paused; decides what `resume` does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum Hold {
     /// A `pause` step without duration: resume moves to the next step.
@@ -467,7 +521,7 @@ pub struct RolloutStatus {
 }
 
 /// One entry of a rollout's history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Event {
     /// When the service recorded it.
