@@ -103,6 +103,11 @@ pub struct MeshRolloutSpec {
     /// at the end.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub webhooks: Vec<Webhook>,
+    /// How long after the rollout ends the variant it leaves at 0 % (the old stable after
+    /// success, the canary after a rollback or abort) stays on the route before it is retired,
+    /// with the QA rules that name it (default `60s`; `0s` retires at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retire_after: Option<HumanDuration>,
     /// Hold the rollout where it is (a GitOps pause: set it in Git, the rollout pauses; clear it,
     /// it resumes). Default `false`.
     #[serde(default)]
@@ -149,6 +154,7 @@ impl MeshRolloutSpec {
             propagation_timeout: self.propagation_timeout,
             analysis: self.analysis.clone(),
             webhooks: self.webhooks.clone(),
+            retire_after: self.retire_after,
         }
     }
 
@@ -166,6 +172,7 @@ impl MeshRolloutSpec {
             propagation_timeout: spec.propagation_timeout,
             analysis: spec.analysis.clone(),
             webhooks: spec.webhooks.clone(),
+            retire_after: spec.retire_after,
             paused,
         }
     }
