@@ -595,11 +595,11 @@ fn checked_hosts(field: &str, hosts: &[String]) -> Result<Vec<HostPattern>, Conf
             format!("{} hosts exceed the limit of {MAX_HOSTS}", hosts.len()),
         ));
     }
-    hosts
-        .iter()
-        .enumerate()
-        .map(|(i, host)| checked_host(&item(field, i), host))
-        .collect()
+    let mut checked = Vec::with_capacity(hosts.len());
+    for (i, host) in hosts.iter().enumerate() {
+        checked.push(checked_host(&item(field, i), host)?);
+    }
+    Ok(checked)
 }
 
 /// `pathPrefix`: a path (no query or fragment) of bounded length.
@@ -689,11 +689,11 @@ fn checked_rules(
             format!("{} rules exceed the limit of {MAX_RULES}", rules.len()),
         ));
     }
-    rules
-        .iter()
-        .enumerate()
-        .map(|(i, rule)| checked_rule(&item(field, i), rule, variants))
-        .collect()
+    let mut checked = Vec::with_capacity(rules.len());
+    for (i, rule) in rules.iter().enumerate() {
+        checked.push(checked_rule(&item(field, i), rule, variants)?);
+    }
+    Ok(checked)
 }
 
 /// `sticky`: exactly one key source, a bounded salt, and an assignment only for a cookie.
