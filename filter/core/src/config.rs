@@ -488,43 +488,35 @@ impl TryFrom<FilterConfig> for CheckedConfig {
 
     fn try_from(raw: FilterConfig) -> Result<Self, ConfigError> {
         let variant_header = match &raw.variant_header {
-            Some(name) => checked_header_name("variantHeader", name)?,
+            Some(name) => checked_header_name(&Field::Top("variantHeader"), name)?,
             None => DEFAULT_VARIANT_HEADER.to_string(),
         };
         if RESERVED_HEADERS.contains(&variant_header.as_str()) {
-            return Err(ConfigError::new(
-                "variantHeader",
-                format!(
-                    "{variant_header:?} is a header Envoy or HTTP itself uses; pick another name"
-                ),
-            ));
+            return Err(Field::Top("variantHeader").error(format!(
+                "{variant_header:?} is a header Envoy or HTTP itself uses; pick another name"
+            )));
         }
         let response_header = raw
             .response_header
             .as_deref()
-            .map(|name| checked_header_name("responseHeader", name))
+            .map(|name| checked_header_name(&Field::Top("responseHeader"), name))
             .transpose()?;
+        let routes_field = Field::Top("routes");
         if raw.routes.len() > MAX_ROUTES {
-            return Err(ConfigError::new(
-                "routes",
-                format!(
-                    "{} routes exceed the limit of {MAX_ROUTES}",
-                    raw.routes.len()
-                ),
-            ));
+            return Err(routes_field.error(format!(
+                "{} routes exceed the limit of {MAX_ROUTES}",
+                raw.routes.len()
+            )));
         }
         let mut routes: Vec<CheckedRoute> = Vec::with_capacity(raw.routes.len());
         for (index, route) in raw.routes.iter().enumerate() {
-            let field = format!("routes[{index}]");
+            let field = routes_field.index(index);
             let checked = checked_route(&field, route)?;
             if let Some(earlier) = routes.iter().position(|r| r.name == checked.name) {
-                return Err(ConfigError::new(
-                    child(&field, "name"),
-                    format!(
-                        "{:?} is already the name of routes[{earlier}]",
-                        checked.name
-                    ),
-                ));
+                return Err(field.key("name").error(format!(
+                    "{:?} is already the name of routes[{earlier}]",
+                    checked.name
+                )));
             }
             check_reachable(&field, &checked, &routes)?;
             routes.push(checked);
@@ -552,19 +544,24 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-request-id",
 ];
 
-fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, ConfigError> {
+// Each part of a route's validation (the `checked_*` and `check_*` functions below that take a
+// part of `RouteConfig`) is `#[inline(never)]`: called once each, LLVM inlines them all into
+// one large function, and that made the filter's module 428 bytes larger than these separate
+// functions (bench/findings.md, the module's size).
+#[inline(never)]
+fn checked_route(field: &Field<'_>, route: &RouteConfig) -> Result<CheckedRoute, ConfigError> {
     // In this order, so that the first error in the config is the one reported.
-    check_label(&child(field, "name"), &route.name)?;
-    let hosts = checked_hosts(&child(field, "hosts"), &route.hosts)?;
+    check_label(&field.key("name"), &route.name)?;
+    let hosts = checked_hosts(&field.key("hosts"), &route.hosts)?;
     if let Some(prefix) = &route.path_prefix {
-        check_path_prefix(&child(field, "pathPrefix"), prefix)?;
+        check_path_prefix(&field.key("pathPrefix"), prefix)?;
     }
     let (variants, bucket_upper_bounds) =
-        checked_variants(&child(field, "variants"), &route.variants)?;
-    let rules = checked_rules(&child(field, "rules"), &route.rules, &variants)?;
+        checked_variants(&field.key("variants"), &route.variants)?;
+    let rules = checked_rules(&field.key("rules"), &route.rules, &variants)?;
     let (sticky, salt) = match &route.sticky {
         Some(sticky) => {
-            let checked = checked_sticky(&child(field, "sticky"), sticky)?;
+            let checked = checked_sticky(&field.key("sticky"), sticky)?;
             (Some(checked), sticky.salt.clone())
         }
         None => (None, String::new()),
@@ -583,184 +580,162 @@ fn checked_route(field: &str, route: &RouteConfig) -> Result<CheckedRoute, Confi
 }
 
 /// `hosts`: 1 to [`MAX_HOSTS`] patterns, each valid.
-fn checked_hosts(field: &str, hosts: &[String]) -> Result<Vec<HostPattern>, ConfigError> {
+#[inline(never)]
+fn checked_hosts(field: &Field<'_>, hosts: &[String]) -> Result<Vec<HostPattern>, ConfigError> {
     if hosts.is_empty() {
-        return Err(ConfigError::new(
-            field,
-            "at least one host is required (use \"*\" for any host)",
-        ));
+        return Err(field.error("at least one host is required (use \"*\" for any host)"));
     }
     if hosts.len() > MAX_HOSTS {
-        return Err(ConfigError::new(
-            field,
-            format!("{} hosts exceed the limit of {MAX_HOSTS}", hosts.len()),
-        ));
+        return Err(field.error(format!(
+            "{} hosts exceed the limit of {MAX_HOSTS}",
+            hosts.len()
+        )));
     }
-    hosts
-        .iter()
-        .enumerate()
-        .map(|(i, host)| checked_host(&item(field, i), host))
-        .collect()
+    let mut checked = Vec::with_capacity(hosts.len());
+    for (i, host) in hosts.iter().enumerate() {
+        checked.push(checked_host(&field.index(i), host)?);
+    }
+    Ok(checked)
 }
 
 /// `pathPrefix`: a path (no query or fragment) of bounded length.
-fn check_path_prefix(field: &str, prefix: &str) -> Result<(), ConfigError> {
+#[inline(never)]
+fn check_path_prefix(field: &Field<'_>, prefix: &str) -> Result<(), ConfigError> {
     if !prefix.starts_with('/') {
-        return Err(ConfigError::new(field, "must start with '/'"));
+        return Err(field.error("must start with '/'"));
     }
     if prefix.bytes().any(|byte| matches!(byte, b'?' | b'#')) {
-        return Err(ConfigError::new(
-            field,
-            "must not contain '?' or '#': it is compared with the path only",
-        ));
+        return Err(field.error("must not contain '?' or '#': it is compared with the path only"));
     }
     check_len(field, prefix, MAX_VALUE_LEN)
 }
 
 /// `variants`: 1 to [`MAX_VARIANTS`] uniquely named variants whose weights sum to
 /// [`TOTAL_WEIGHT`]; their names and the upper bound of each one's bucket range.
+#[inline(never)]
 fn checked_variants(
-    field: &str,
+    field: &Field<'_>,
     variants: &[VariantConfig],
 ) -> Result<(Vec<String>, Vec<u32>), ConfigError> {
     if variants.is_empty() {
-        return Err(ConfigError::new(
-            field,
-            "needs at least 1 variant (the stable one, first)",
-        ));
+        return Err(field.error("needs at least 1 variant (the stable one, first)"));
     }
     if variants.len() > MAX_VARIANTS {
-        return Err(ConfigError::new(
-            field,
-            format!(
-                "{} variants exceed the limit of {MAX_VARIANTS}",
-                variants.len()
-            ),
-        ));
+        return Err(field.error(format!(
+            "{} variants exceed the limit of {MAX_VARIANTS}",
+            variants.len()
+        )));
     }
     let mut names: Vec<String> = Vec::with_capacity(variants.len());
     let mut bucket_upper_bounds = Vec::with_capacity(variants.len());
     let mut total: u32 = 0;
     for (i, variant) in variants.iter().enumerate() {
-        let variant_field = item(field, i);
-        check_label(&child(&variant_field, "name"), &variant.name)?;
+        let variant_field = field.index(i);
+        check_label(&variant_field.key("name"), &variant.name)?;
         if let Some(earlier) = names.iter().position(|n| *n == variant.name) {
-            return Err(ConfigError::new(
-                child(&variant_field, "name"),
-                format!(
-                    "{:?} is already the name of variants[{earlier}]",
-                    variant.name
-                ),
-            ));
+            return Err(variant_field.key("name").error(format!(
+                "{:?} is already the name of variants[{earlier}]",
+                variant.name
+            )));
         }
         if variant.weight > TOTAL_WEIGHT {
-            return Err(ConfigError::new(
-                child(&variant_field, "weight"),
-                format!(
-                    "{} exceeds {TOTAL_WEIGHT} (weights are basis points: 10000 = 100 %)",
-                    variant.weight
-                ),
-            ));
+            return Err(variant_field.key("weight").error(format!(
+                "{} exceeds {TOTAL_WEIGHT} (weights are basis points: 10000 = 100 %)",
+                variant.weight
+            )));
         }
         total += variant.weight;
         names.push(variant.name.clone());
         bucket_upper_bounds.push(total);
     }
     if total != TOTAL_WEIGHT {
-        return Err(ConfigError::new(
-            field,
-            format!("weights sum to {total}, they must sum to {TOTAL_WEIGHT} (basis points)"),
-        ));
+        return Err(field.error(format!(
+            "weights sum to {total}, they must sum to {TOTAL_WEIGHT} (basis points)"
+        )));
     }
     Ok((names, bucket_upper_bounds))
 }
 
 /// `rules`: at most [`MAX_RULES`], each valid and naming one of `variants`.
+#[inline(never)]
 fn checked_rules(
-    field: &str,
+    field: &Field<'_>,
     rules: &[RuleConfig],
     variants: &[String],
 ) -> Result<Vec<CheckedRule>, ConfigError> {
     if rules.len() > MAX_RULES {
-        return Err(ConfigError::new(
-            field,
-            format!("{} rules exceed the limit of {MAX_RULES}", rules.len()),
-        ));
+        return Err(field.error(format!(
+            "{} rules exceed the limit of {MAX_RULES}",
+            rules.len()
+        )));
     }
-    rules
-        .iter()
-        .enumerate()
-        .map(|(i, rule)| checked_rule(&item(field, i), rule, variants))
-        .collect()
+    let mut checked = Vec::with_capacity(rules.len());
+    for (i, rule) in rules.iter().enumerate() {
+        checked.push(checked_rule(&field.index(i), rule, variants)?);
+    }
+    Ok(checked)
 }
 
 /// `sticky`: exactly one key source, a bounded salt, and an assignment only for a cookie.
-fn checked_sticky(field: &str, sticky: &StickyConfig) -> Result<CheckedSticky, ConfigError> {
+#[inline(never)]
+fn checked_sticky(field: &Field<'_>, sticky: &StickyConfig) -> Result<CheckedSticky, ConfigError> {
     let source = match (&sticky.header, &sticky.cookie) {
         (Some(header), None) => {
-            ValueSource::Header(checked_header_name(&child(field, "header"), header)?)
+            ValueSource::Header(checked_header_name(&field.key("header"), header)?)
         }
         (None, Some(cookie)) => {
-            check_cookie_name(&child(field, "cookie"), cookie)?;
+            check_cookie_name(&field.key("cookie"), cookie)?;
             ValueSource::Cookie(cookie.clone())
         }
         _ => {
-            return Err(ConfigError::new(
-                one_of_field(
-                    field,
-                    &[
-                        ("header", sticky.header.is_some()),
-                        ("cookie", sticky.cookie.is_some()),
-                    ],
-                ),
-                "set exactly one of \"header\" and \"cookie\"",
-            ))
+            return Err(one_of_field(
+                field,
+                &[
+                    ("header", sticky.header.is_some()),
+                    ("cookie", sticky.cookie.is_some()),
+                ],
+            )
+            .error("set exactly one of \"header\" and \"cookie\""))
         }
     };
-    check_len(&child(field, "salt"), &sticky.salt, MAX_SALT_LEN)?;
+    check_len(&field.key("salt"), &sticky.salt, MAX_SALT_LEN)?;
     let assign = match (&sticky.assign, &source) {
         (None, _) => None,
         (Some(assign), ValueSource::Cookie(cookie)) => {
-            Some(checked_assign(&child(field, "assign"), cookie, assign)?)
+            Some(checked_assign(&field.key("assign"), cookie, assign)?)
         }
         (Some(_), _) => {
-            return Err(ConfigError::new(
-                child(field, "assign"),
-                "only a cookie can be assigned; use \"cookie\" as the sticky key",
-            ))
+            return Err(field
+                .key("assign")
+                .error("only a cookie can be assigned; use \"cookie\" as the sticky key"))
         }
     };
     Ok(CheckedSticky { source, assign })
 }
 
+#[inline(never)]
 fn checked_assign(
-    field: &str,
+    field: &Field<'_>,
     cookie: &str,
     assign: &AssignConfig,
 ) -> Result<CheckedAssign, ConfigError> {
     let mut attributes = String::new();
     if let Some(age) = assign.max_age {
         if !(1..=MAX_COOKIE_AGE).contains(&age) {
-            return Err(ConfigError::new(
-                child(field, "maxAge"),
-                format!(
-                    "{age} is outside 1..={MAX_COOKIE_AGE} seconds (400 days); leave it out for a session cookie"
-                ),
-            ));
+            return Err(field.key("maxAge").error(format!(
+                "{age} is outside 1..={MAX_COOKIE_AGE} seconds (400 days); leave it out for a session cookie"
+            )));
         }
         attributes.push_str(&format!("; Max-Age={age}"));
     }
     let path = assign.path.as_deref().unwrap_or("/");
-    let path_field = child(field, "path");
+    let path_field = field.key("path");
     if !path.starts_with('/') {
-        return Err(ConfigError::new(path_field, "must start with '/'"));
+        return Err(path_field.error("must start with '/'"));
     }
     check_len(&path_field, path, MAX_KEY_LEN)?;
     if let Some(bad) = path.chars().find(|c| !c.is_ascii_graphic() || *c == ';') {
-        return Err(ConfigError::new(
-            path_field,
-            format!("{bad:?} cannot be in a cookie's Path"),
-        ));
+        return Err(path_field.error(format!("{bad:?} cannot be in a cookie's Path")));
     }
     attributes.push_str("; Path=");
     attributes.push_str(path);
@@ -772,16 +747,14 @@ fn checked_assign(
     }
     let same_site = assign.same_site.as_deref().unwrap_or("Lax");
     if !["Strict", "Lax", "None"].contains(&same_site) {
-        return Err(ConfigError::new(
-            child(field, "sameSite"),
-            format!("{same_site:?} is not one of \"Strict\", \"Lax\" and \"None\""),
-        ));
+        return Err(field.key("sameSite").error(format!(
+            "{same_site:?} is not one of \"Strict\", \"Lax\" and \"None\""
+        )));
     }
     if same_site == "None" && !assign.secure {
-        return Err(ConfigError::new(
-            child(field, "sameSite"),
-            "\"None\" needs \"secure\": true (browsers drop the cookie otherwise)",
-        ));
+        return Err(field
+            .key("sameSite")
+            .error("\"None\" needs \"secure\": true (browsers drop the cookie otherwise)"));
     }
     attributes.push_str("; SameSite=");
     attributes.push_str(same_site);
@@ -791,48 +764,44 @@ fn checked_assign(
     })
 }
 
+#[inline(never)]
 fn checked_rule(
-    field: &str,
+    field: &Field<'_>,
     rule: &RuleConfig,
     variants: &[String],
 ) -> Result<CheckedRule, ConfigError> {
     let source = match (&rule.header, &rule.cookie, &rule.query) {
         (Some(header), None, None) => {
-            ValueSource::Header(checked_header_name(&child(field, "header"), header)?)
+            ValueSource::Header(checked_header_name(&field.key("header"), header)?)
         }
         (None, Some(cookie), None) => {
-            check_cookie_name(&child(field, "cookie"), cookie)?;
+            check_cookie_name(&field.key("cookie"), cookie)?;
             ValueSource::Cookie(cookie.clone())
         }
         (None, None, Some(query)) => {
-            let query_field = child(field, "query");
+            let query_field = field.key("query");
             if query.is_empty() {
-                return Err(ConfigError::new(query_field, "must not be empty"));
+                return Err(query_field.error("must not be empty"));
             }
             if query
                 .bytes()
                 .any(|byte| matches!(byte, b'&' | b'=' | b'#' | b'?'))
             {
-                return Err(ConfigError::new(
-                    query_field,
-                    "must not contain '&', '=', '#' or '?'",
-                ));
+                return Err(query_field.error("must not contain '&', '=', '#' or '?'"));
             }
             check_len(&query_field, query, MAX_KEY_LEN)?;
             ValueSource::Query(query.clone())
         }
         _ => {
-            return Err(ConfigError::new(
-                one_of_field(
-                    field,
-                    &[
-                        ("header", rule.header.is_some()),
-                        ("cookie", rule.cookie.is_some()),
-                        ("query", rule.query.is_some()),
-                    ],
-                ),
-                "set exactly one of \"header\", \"cookie\" and \"query\"",
-            ))
+            return Err(one_of_field(
+                field,
+                &[
+                    ("header", rule.header.is_some()),
+                    ("cookie", rule.cookie.is_some()),
+                    ("query", rule.query.is_some()),
+                ],
+            )
+            .error("set exactly one of \"header\", \"cookie\" and \"query\""))
         }
     };
     if !rule.token_keys.is_empty() {
@@ -840,59 +809,50 @@ fn checked_rule(
     }
     let matcher = match (&rule.exact, &rule.prefix, rule.present) {
         (Some(exact), None, None) => {
-            check_len(&child(field, "exact"), exact, MAX_VALUE_LEN)?;
+            check_len(&field.key("exact"), exact, MAX_VALUE_LEN)?;
             ValueMatch::Exact(exact.clone())
         }
         (None, Some(prefix), None) => {
-            let prefix_field = child(field, "prefix");
+            let prefix_field = field.key("prefix");
             if prefix.is_empty() {
-                return Err(ConfigError::new(
-                    prefix_field,
-                    "must not be empty; use \"present\": true to match any value",
-                ));
+                return Err(prefix_field
+                    .error("must not be empty; use \"present\": true to match any value"));
             }
             check_len(&prefix_field, prefix, MAX_VALUE_LEN)?;
             ValueMatch::Prefix(prefix.clone())
         }
         (None, None, Some(true)) => ValueMatch::Present,
         (None, None, Some(false)) => {
-            return Err(ConfigError::new(
-                child(field, "present"),
-                "only true is supported: a rule matches something the request carries",
-            ))
+            return Err(field
+                .key("present")
+                .error("only true is supported: a rule matches something the request carries"))
         }
         _ => {
-            return Err(ConfigError::new(
-                one_of_field(
-                    field,
-                    &[
-                        ("exact", rule.exact.is_some()),
-                        ("prefix", rule.prefix.is_some()),
-                        ("present", rule.present.is_some()),
-                    ],
-                ),
-                "set exactly one of \"exact\", \"prefix\" and \"present\"",
-            ))
+            return Err(one_of_field(
+                field,
+                &[
+                    ("exact", rule.exact.is_some()),
+                    ("prefix", rule.prefix.is_some()),
+                    ("present", rule.present.is_some()),
+                ],
+            )
+            .error("set exactly one of \"exact\", \"prefix\" and \"present\""))
         }
     };
     if rule.variant.is_empty() {
-        return Err(ConfigError::new(
-            child(field, "variant"),
-            "is required: the variant a matching request goes to",
-        ));
+        return Err(field
+            .key("variant")
+            .error("is required: the variant a matching request goes to"));
     }
     let variant = variants
         .iter()
         .position(|name| *name == rule.variant)
         .ok_or_else(|| {
-            ConfigError::new(
-                child(field, "variant"),
-                format!(
-                    "{:?} is not a variant of this route (variants: {})",
-                    rule.variant,
-                    variants.join(", ")
-                ),
-            )
+            field.key("variant").error(format!(
+                "{:?} is not a variant of this route (variants: {})",
+                rule.variant,
+                variants.join(", ")
+            ))
         })?;
     Ok(CheckedRule {
         source,
@@ -901,45 +861,38 @@ fn checked_rule(
     })
 }
 
+#[inline(never)]
 fn checked_signed_rule(
-    field: &str,
+    field: &Field<'_>,
     rule: &RuleConfig,
     source: ValueSource,
 ) -> Result<CheckedRule, ConfigError> {
     if rule.exact.is_some() || rule.prefix.is_some() || rule.present.is_some() {
-        return Err(ConfigError::new(
-            field,
+        return Err(field.error(
             "a signed rule (\"tokenKeys\") compares no value: remove \"exact\", \"prefix\" and \"present\"",
         ));
     }
     if !rule.variant.is_empty() {
-        return Err(ConfigError::new(
-            child(field, "variant"),
-            "a signed rule sends a request to its token's variant: remove \"variant\"",
-        ));
+        return Err(field
+            .key("variant")
+            .error("a signed rule sends a request to its token's variant: remove \"variant\""));
     }
-    let keys_field = child(field, "tokenKeys");
+    let keys_field = field.key("tokenKeys");
     if rule.token_keys.len() > MAX_TOKEN_KEYS {
-        return Err(ConfigError::new(
-            keys_field,
-            format!(
-                "{} keys exceed the limit of {MAX_TOKEN_KEYS}",
-                rule.token_keys.len()
-            ),
-        ));
+        return Err(keys_field.error(format!(
+            "{} keys exceed the limit of {MAX_TOKEN_KEYS}",
+            rule.token_keys.len()
+        )));
     }
     let mut keys: Vec<TokenKey> = Vec::with_capacity(rule.token_keys.len());
     for (i, text) in rule.token_keys.iter().enumerate() {
-        let key_field = item(&keys_field, i);
-        let key = TokenKey::parse(text).map_err(|reason| ConfigError::new(&key_field, reason))?;
+        let key_field = keys_field.index(i);
+        let key = TokenKey::parse(text).map_err(|reason| key_field.error(reason))?;
         if let Some(earlier) = keys.iter().position(|k| k.id == key.id) {
-            return Err(ConfigError::new(
-                key_field,
-                format!(
-                    "key id {:?} is already the id of tokenKeys[{earlier}]",
-                    key.id
-                ),
-            ));
+            return Err(key_field.error(format!(
+                "key id {:?} is already the id of tokenKeys[{earlier}]",
+                key.id
+            )));
         }
         keys.push(key);
     }
@@ -952,8 +905,9 @@ fn checked_signed_rule(
 
 /// A later route whose every host is already claimed by an earlier route with a path prefix that
 /// covers it would never see a request; that is almost always a mistake in the config.
+#[inline(never)]
 fn check_reachable(
-    field: &str,
+    field: &Field<'_>,
     route: &CheckedRoute,
     earlier: &[CheckedRoute],
 ) -> Result<(), ConfigError> {
@@ -970,69 +924,98 @@ fn check_reachable(
                 .any(|theirs| theirs == host || *theirs == HostPattern::Any)
         });
         if prefix_covers && hosts_covered {
-            return Err(ConfigError::new(
-                child(field, "hosts"),
-                format!(
-                    "route {:?} is unreachable: routes[{index}] ({:?}) comes first and matches all its requests",
-                    route.name, other.name
-                ),
-            ));
+            return Err(field.key("hosts").error(format!(
+                "route {:?} is unreachable: routes[{index}] ({:?}) comes first and matches all its requests",
+                route.name, other.name
+            )));
         }
     }
     Ok(())
 }
 
-/// `field.name`: the path of a field inside `field`. One small function instead of a `format!`
-/// at each of the many places that name a field keeps the filter's module smaller.
-fn child(field: &str, name: &str) -> String {
-    let mut path = String::with_capacity(field.len() + 1 + name.len());
-    path.push_str(field);
-    path.push('.');
-    path.push_str(name);
-    path
+/// Where a value sits in the config, as an error names it: `routes[2].variants[1].weight`.
+///
+/// Validation passes these down as it descends and writes one out only when an error names it:
+/// a valid config allocates no paths, and the filter's module carries one path writer instead
+/// of a `format!` or a string built at each of the many places that name a field.
+#[derive(Clone, Copy)]
+enum Field<'a> {
+    /// A key of the document itself.
+    Top(&'static str),
+    /// A key of an object.
+    Key(&'a Field<'a>, &'static str),
+    /// An element of a list.
+    Index(&'a Field<'a>, usize),
 }
 
-/// `field[index]`: the path of an element of the list `field`.
-fn item(field: &str, index: usize) -> String {
-    format!("{field}[{index}]")
+impl Field<'_> {
+    /// The key `name` of this object.
+    fn key(&self, name: &'static str) -> Field<'_> {
+        Field::Key(self, name)
+    }
+
+    /// The element `index` of this list.
+    fn index(&self, index: usize) -> Field<'_> {
+        Field::Index(self, index)
+    }
+
+    /// The error saying that this field is wrong, and why.
+    fn error(&self, reason: impl Into<String>) -> ConfigError {
+        let mut path = String::new();
+        self.write(&mut path);
+        ConfigError::new(path, reason)
+    }
+
+    fn write(&self, path: &mut String) {
+        match self {
+            Field::Top(name) => path.push_str(name),
+            Field::Key(object, name) => {
+                object.write(path);
+                path.push('.');
+                path.push_str(name);
+            }
+            Field::Index(list, index) => {
+                list.write(path);
+                path.push('[');
+                path.push_str(&index.to_string());
+                path.push(']');
+            }
+        }
+    }
 }
 
 /// Where an "exactly one of these keys" error points: at the second key given when several are
 /// (the one that conflicts), else at the first key (none is given, and it is one way to fix it).
 /// Naming a key, not the object, lets an API that took the object as its whole body name a field.
-fn one_of_field(object: &str, keys: &[(&str, bool)]) -> String {
+fn one_of_field<'a>(object: &'a Field<'a>, keys: &[(&'static str, bool)]) -> Field<'a> {
     let mut given = keys.iter().filter(|(_, set)| *set).map(|(key, _)| *key);
     let key = match (given.next(), given.next()) {
         (Some(_), Some(second)) => second,
         _ => keys.first().map_or("", |(key, _)| *key),
     };
-    child(object, key)
+    object.key(key)
 }
 
-fn check_len(field: &str, value: &str, max: usize) -> Result<(), ConfigError> {
+fn check_len(field: &Field<'_>, value: &str, max: usize) -> Result<(), ConfigError> {
     if value.len() > max {
-        return Err(ConfigError::new(
-            field,
-            format!("is {} bytes long, the limit is {max}", value.len()),
-        ));
+        return Err(field.error(format!("is {} bytes long, the limit is {max}", value.len())));
     }
     Ok(())
 }
 
 /// Route and variant names end up in stat names, where `.`, `;` and `=` would break tag extraction.
-fn check_label(field: &str, name: &str) -> Result<(), ConfigError> {
+fn check_label(field: &Field<'_>, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() {
-        return Err(ConfigError::new(field, "must not be empty"));
+        return Err(field.error("must not be empty"));
     }
     check_len(field, name, MAX_NAME_LEN)?;
     if let Some(bad) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
     {
-        return Err(ConfigError::new(
-            field,
-            format!("{name:?} contains {bad:?}; use letters, digits, '_' and '-'"),
-        ));
+        return Err(field.error(format!(
+            "{name:?} contains {bad:?}; use letters, digits, '_' and '-'"
+        )));
     }
     Ok(())
 }
@@ -1059,41 +1042,39 @@ fn is_token_char(c: char) -> bool {
         )
 }
 
-fn checked_header_name(field: &str, name: &str) -> Result<String, ConfigError> {
+fn checked_header_name(field: &Field<'_>, name: &str) -> Result<String, ConfigError> {
     if name.is_empty() {
-        return Err(ConfigError::new(field, "must not be empty"));
+        return Err(field.error("must not be empty"));
     }
     if name.starts_with(':') {
-        return Err(ConfigError::new(
-            field,
-            format!("{name:?} is a pseudo-header; use a regular header name"),
-        ));
+        return Err(field.error(format!(
+            "{name:?} is a pseudo-header; use a regular header name"
+        )));
     }
     check_len(field, name, MAX_KEY_LEN)?;
     if let Some(bad) = name.chars().find(|c| !is_token_char(*c)) {
-        return Err(ConfigError::new(
-            field,
-            format!("{name:?} is not a valid header name: {bad:?} is not allowed"),
-        ));
+        return Err(field.error(format!(
+            "{name:?} is not a valid header name: {bad:?} is not allowed"
+        )));
     }
     Ok(name.to_ascii_lowercase())
 }
 
-fn check_cookie_name(field: &str, name: &str) -> Result<(), ConfigError> {
+fn check_cookie_name(field: &Field<'_>, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() {
-        return Err(ConfigError::new(field, "must not be empty"));
+        return Err(field.error("must not be empty"));
     }
     check_len(field, name, MAX_KEY_LEN)?;
     if let Some(bad) = name.chars().find(|c| !is_token_char(*c)) {
-        return Err(ConfigError::new(
-            field,
-            format!("{name:?} is not a valid cookie name: {bad:?} is not allowed"),
-        ));
+        return Err(field.error(format!(
+            "{name:?} is not a valid cookie name: {bad:?} is not allowed"
+        )));
     }
     Ok(())
 }
 
-fn checked_host(field: &str, host: &str) -> Result<HostPattern, ConfigError> {
+#[inline(never)]
+fn checked_host(field: &Field<'_>, host: &str) -> Result<HostPattern, ConfigError> {
     if host == "*" {
         return Ok(HostPattern::Any);
     }
@@ -1104,29 +1085,23 @@ fn checked_host(field: &str, host: &str) -> Result<HostPattern, ConfigError> {
     };
     let name = name.strip_suffix('.').unwrap_or(name);
     if name.is_empty() {
-        return Err(ConfigError::new(field, "must not be empty"));
+        return Err(field.error("must not be empty"));
     }
     let colon = name.bytes().rposition(|byte| byte == b':');
     if let Some(port) = colon.and_then(|colon| name.get(colon + 1..)) {
         if port.chars().all(|c| c.is_ascii_digit()) {
-            return Err(ConfigError::new(
-                field,
-                format!(
-                    "{host:?} has a port; ports are ignored when matching, list the host without \":{port}\""
-                ),
-            ));
+            return Err(field.error(format!(
+                "{host:?} has a port; ports are ignored when matching, list the host without \":{port}\""
+            )));
         }
     }
     if let Some(bad) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '.' || *c == '_'))
     {
-        return Err(ConfigError::new(
-            field,
-            format!(
-                "{host:?} is not a host name or pattern: {bad:?} is not allowed (use a name, \"*.suffix\" or \"*\")"
-            ),
-        ));
+        return Err(field.error(format!(
+            "{host:?} is not a host name or pattern: {bad:?} is not allowed (use a name, \"*.suffix\" or \"*\")"
+        )));
     }
     let lower = name.to_ascii_lowercase();
     Ok(if pattern {
@@ -1781,7 +1756,7 @@ mod tests {
             ("*", "anything", true),
         ];
         for (pattern, host, expected) in cases {
-            let checked = checked_host("h", pattern).unwrap();
+            let checked = checked_host(&Field::Top("h"), pattern).unwrap();
             assert_eq!(
                 checked.matches(host.as_bytes()),
                 *expected,
