@@ -274,6 +274,54 @@ async fn promote_from_the_middle_takes_over_at_once() {
     );
 }
 
+/// Issue 20, standalone: a release retires the old stable after its grace. Real Envoy runs the
+/// route with its one variant (the filter accepts it), every request lands on the new stable, and
+/// the next release brings a variant back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_retires_the_old_stable_and_envoy_serves_the_route_alone() {
+    let rig = Rig::start().await;
+    let api = rig.api();
+    let fails = || {
+        rig.envoy.metric(
+            "envoy_extension_config_discovery_http_filter_meshcanary_config_fail",
+            &[],
+        )
+    };
+    let fails_before = fails().await;
+    let mut release = spec("v2-release", vec![weight(100)]);
+    release["retireAfter"] = json!("1s");
+    api.create_rollout(&release).await;
+    api.wait_for_rollout("v2-release", "retired v1", |v| {
+        v.rollout.status.phase == Phase::Succeeded
+            && v.rollout.status.message == "retired v1 from route reviews"
+    })
+    .await;
+    assert_eq!(
+        reviews_weights(&api.routes().await.config),
+        vec![("v2".into(), 10000)]
+    );
+    rig.wait_for_envoy().await;
+    assert_eq!(
+        fails().await,
+        fails_before,
+        "Envoy refused the one-variant route"
+    );
+    assert_share(rig.canary_share(400).await, 100.0, 0.0, "after v1 retired");
+
+    // Back the other way: v1 is added again at 0 % and takes over.
+    let mut back = json!({"name": "v1-again", "route": "reviews", "stable": "v2", "canary": "v1",
+                          "steps": [weight(100)], "retireAfter": "0s"});
+    back["autoFinish"] = json!(true);
+    api.create_rollout(&back).await;
+    api.wait_for_rollout("v1-again", "retired v2", |v| {
+        v.rollout.status.phase == Phase::Succeeded
+            && v.rollout.status.message == "retired v2 from route reviews"
+    })
+    .await;
+    rig.wait_for_envoy().await;
+    assert_share(rig.canary_share(400).await, 0.0, 0.0, "after v2 retired");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abort_sends_all_traffic_back_to_stable_within_two_seconds() {
     let rig = Rig::start().await;
