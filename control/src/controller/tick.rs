@@ -38,6 +38,7 @@ impl Controller {
         let observation = self.observation();
         let answers = std::mem::take(&mut *self.observed.locked());
         let mut io = Io::new();
+        let mut running = Vec::new();
         let wake_at = self
             .mutate(|state, now| {
                 io.clear();
@@ -50,6 +51,7 @@ impl Controller {
                     .filter(|r| !r.status.phase.is_terminal())
                     .map(|r| r.spec.name.clone())
                     .collect();
+                running.clone_from(&names);
                 let mut wake_at: Option<Timestamp> = None;
                 for name in names {
                     let at = self.advance(state, &name, &observation, now, &mut io);
@@ -64,6 +66,11 @@ impl Controller {
             self.observed.locked().extend(answers);
         }
         let wake_at = wake_at?;
+        // An analysis window belongs to one run of a rollout: once it ends (or is deleted) its
+        // window goes, so a new run under the same name starts its own.
+        self.windows
+            .locked()
+            .retain(|name, _| running.contains(name));
         self.start_io(io);
         Ok(wake_at)
     }
