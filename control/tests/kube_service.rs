@@ -1231,6 +1231,54 @@ async fn a_restarted_instance_resumes_from_the_cluster() {
     );
 }
 
+/// Issue 20, Kubernetes mode: a finished release retires the old stable from the WasmPlugin's
+/// pluginConfig (after `retireAfter`); variants no rollout left behind stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_retires_the_old_stable_from_the_wasmplugin() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let service = cluster.serve("a", "reapply").await;
+    cluster.wait_leader(&service).await;
+    let mut spec = rollout_spec("reviews-v2", json!([{"setWeight": {"percent": 100}}]));
+    spec["retireAfter"] = json!("1s");
+    service
+        .write(Method::POST, "/v1/rollouts", Some(spec))
+        .await;
+    wait_rollout(&service, "reviews-v2", "succeeded", 0).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let names = |config: &Value| -> Vec<String> {
+        config["routes"][0]["variants"]
+            .as_array()
+            .map(|variants| {
+                variants
+                    .iter()
+                    .filter_map(|v| v["name"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    loop {
+        let live = cluster.plugin_config().await;
+        // The shipped config also has v3 at 0 %: no rollout left it behind, so it stays.
+        if names(&live) == ["v2", "v3"] {
+            assert_eq!(live["routes"][0]["variants"][0]["weight"], 10000);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "v1 never left the WasmPlugin: {live}\n{}",
+            service.process.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = service.rollout("reviews-v2").await;
+    assert_eq!(
+        done["status"]["message"], "retired v1 from route reviews",
+        "{done:#}"
+    );
+}
+
 /// A service started with the Deployment's own arguments (no `--routes`) and no saved state
 /// adopts the WasmPlugin's live pluginConfig and never overwrites it; started before its
 /// WasmPlugin exists, it waits (not ready, refusing writes, saying why) and then takes the
