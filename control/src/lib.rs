@@ -25,6 +25,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observer;
 pub mod options;
+pub mod reconcile;
 pub mod retention;
 pub mod retirement;
 pub mod rollout;
