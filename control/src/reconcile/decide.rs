@@ -5,6 +5,7 @@
 use crate::crd::{CheckedMeshRollout, MeshRolloutStatus};
 use crate::error::Error;
 use crate::rollout::{Hold, Phase, Rollout};
+use crate::time::Timestamp;
 
 /// The WasmPlugin this service drives (`--wasmplugin` in `--kube-namespace`): a MeshRollout
 /// targeting another one is refused.
@@ -27,8 +28,12 @@ pub struct Observed<'a> {
     pub deleting: bool,
     /// `metadata.finalizers` holds [`FINALIZER`](super::FINALIZER).
     pub has_finalizer: bool,
-    /// The status as stored (the service's last write, or nothing).
+    /// The status as stored (the service's last write, or nothing). A watch event may carry an
+    /// older one than the service last wrote.
     pub status: Option<&'a MeshRolloutStatus>,
+    /// The run this leader started or reported for the resource (its creation time), if any:
+    /// what the status says once the write shows up in the watch.
+    pub run: Option<Timestamp>,
 }
 
 /// Why a resource is refused: a condition reason and the message naming the field.
@@ -77,13 +82,17 @@ pub enum Decision {
     Refuse(Refusal),
 }
 
-/// Whether `status` (the resource's, as the service wrote it) reports `rollout`'s run: the run
-/// is named by its creation time, which the status carries in `progress.createdAt`. A rollout of
-/// the same name created through the API, or an earlier run, is not the resource's.
-pub fn reports(status: Option<&MeshRolloutStatus>, rollout: &Rollout) -> bool {
-    status
-        .and_then(|s| s.progress.as_ref())
-        .is_some_and(|p| p.created_at == rollout.status.created_at)
+/// Whether `rollout` is `resource`'s run: the run is named by its creation time, which the
+/// status carries in `progress.createdAt` and the leader remembers for the runs it started (a
+/// watch event may predate the status write). A rollout of the same name created through the
+/// API, or an earlier run, is not the resource's.
+pub fn owns(resource: &Observed<'_>, rollout: &Rollout) -> bool {
+    let created = rollout.status.created_at;
+    resource.run == Some(created)
+        || resource
+            .status
+            .and_then(|s| s.progress.as_ref())
+            .is_some_and(|p| p.created_at == created)
 }
 
 /// What to do with `resource`, given the service's rollout of the same name (`None`: the state
@@ -93,7 +102,7 @@ pub fn decide(
     rollout: Option<&Rollout>,
     service: &ServiceTarget,
 ) -> Decision {
-    let owned = rollout.filter(|r| reports(resource.status, r));
+    let owned = rollout.filter(|r| owns(resource, r));
     if resource.deleting {
         if !resource.has_finalizer {
             return Decision::Nothing;
@@ -262,10 +271,14 @@ mod tests {
         let unpaused_again = resource(json!({"paused": false}), 3);
         let new_canary = resource(json!({"canary": "v3"}), 2);
         let other_plugin = resource(json!({"target": {"wasmPlugin": "ratings"}}), 1);
-        let other_ns =
-            resource(json!({"target": {"wasmPlugin": "reviews-canary", "namespace": "x"}}), 1);
-        let same_ns =
-            resource(json!({"target": {"wasmPlugin": "reviews-canary", "namespace": "shop"}}), 1);
+        let other_ns = resource(
+            json!({"target": {"wasmPlugin": "reviews-canary", "namespace": "x"}}),
+            1,
+        );
+        let same_ns = resource(
+            json!({"target": {"wasmPlugin": "reviews-canary", "namespace": "shop"}}),
+            1,
+        );
         let invalid = resource(json!({"steps": [{"pause": {"duration": "366d"}}]}), 1);
 
         let running = rollout(&base, 0, Phase::Progressing);
@@ -291,37 +304,69 @@ mod tests {
             bool, // deleting
             bool, // has the finalizer
             Option<&'a Rollout>,
+            Option<Timestamp>, // the run the leader knows
             Decision,
         );
         let rows: Vec<Row> = vec![
-            ("new resource: create", &base, None, false, false, None, Decision::Create { pause: false }),
-            ("new resource asking to hold: create paused", &paused_spec, None, false, false, None, Decision::Create { pause: true }),
-            ("a namespace equal to the service's is fine", &same_ns, None, false, false, None, Decision::Create { pause: false }),
-            ("refused before: retried", &base, Some(&refused_at_1), false, true, None, Decision::Create { pause: false }),
-            ("finished and retired from the state: not run again", &base, Some(&succeeded_at_1), false, true, None, Decision::Nothing),
-            ("finished, retired, then a new spec: runs", &new_canary, Some(&succeeded_at_1), false, true, None, Decision::Create { pause: false }),
-            ("running, unchanged: report", &base, Some(&running_at_1), false, true, Some(&running), Decision::WriteStatus),
-            ("paused set: pause", &paused_spec, Some(&running_at_1), false, true, Some(&running), Decision::Pause),
-            ("paused set, already paused by a step: report", &paused_spec, Some(&running_at_1), false, true, Some(&paused_by_step), Decision::WriteStatus),
-            ("paused cleared: resume", &unpaused_again, Some(&paused_at_2), false, true, Some(&paused_by_request), Decision::Resume),
-            ("paused cleared, but held by a pause step: report", &unpaused_again, Some(&paused_at_2), false, true, Some(&paused_by_step), Decision::WriteStatus),
-            ("same generation, paused by a person: not undone", &base, Some(&running_at_1), false, true, Some(&paused_by_request), Decision::WriteStatus),
-            ("paused set on a finished run: report", &paused_spec, Some(&succeeded_at_1), false, true, Some(&succeeded), Decision::WriteStatus),
-            ("new canary while running: abort and replace", &new_canary, Some(&running_at_1), false, true, Some(&running), Decision::Replace { abort: true, pause: false }),
-            ("new canary after success: replace", &new_canary, Some(&succeeded_at_1), false, true, Some(&succeeded), Decision::Replace { abort: false, pause: false }),
-            ("a finished run of the same name it did not start: replace", &base, None, false, false, Some(&succeeded), Decision::Replace { abort: false, pause: false }),
-            ("the same rollout started through the API: taken over", &base, None, false, false, Some(&other_run), Decision::WriteStatus),
-            ("another running rollout of that name: refused", &base, None, false, false, Some(&other_spec_running), Decision::Refuse(Refusal { reason: "Refused", message: "metadata.name: rollout reviews-v2 is already running with another spec (created through the API); abort it or name this resource differently".into() })),
-            ("invalid spec: refused naming the field", &invalid, None, false, false, None, Decision::Refuse(Refusal { reason: "InvalidSpec", message: "spec.steps[0].pause.duration: 1year 18h is longer than the limit of 365 days".into() })),
-            ("another WasmPlugin: refused", &other_plugin, None, false, false, None, Decision::Refuse(Refusal { reason: "InvalidSpec", message: "spec.target.wasmPlugin: \"ratings\" is not the WasmPlugin this service drives (shop/reviews-canary)".into() })),
-            ("another namespace: refused", &other_ns, None, false, false, None, Decision::Refuse(Refusal { reason: "InvalidSpec", message: "spec.target.namespace: \"x\" is not the namespace of the WasmPlugin this service drives (shop/reviews-canary)".into() })),
-            ("deleted while running: abort, then release", &base, Some(&running_at_1), true, true, Some(&running), Decision::Finalize { abort: true }),
-            ("deleted after success: release", &base, Some(&succeeded_at_1), true, true, Some(&succeeded), Decision::Finalize { abort: false }),
-            ("deleted, the running rollout is another run: release only", &base, Some(&running_at_1), true, true, Some(&other_run), Decision::Finalize { abort: false }),
-            ("deleted, refused before: release", &invalid, Some(&refused_at_1), true, true, None, Decision::Finalize { abort: false }),
-            ("deleted without our finalizer: nothing", &base, Some(&running_at_1), true, false, Some(&running), Decision::Nothing),
+            ("new resource: create", &base, None, false, false, None, None, Decision::Create { pause: false }),
+            ("new resource asking to hold: create paused", &paused_spec, None, false, false, None, None, Decision::Create { pause: true }),
+            ("a namespace equal to the service's is fine", &same_ns, None, false, false, None, None, Decision::Create { pause: false }),
+            ("refused before: retried", &base, Some(&refused_at_1), false, true, None, None, Decision::Create { pause: false }),
+            ("finished and retired from the state: not run again", &base, Some(&succeeded_at_1), false, true, None, None, Decision::Nothing),
+            ("finished, retired, then a new spec: runs", &new_canary, Some(&succeeded_at_1), false, true, None, None, Decision::Create { pause: false }),
+            ("running, unchanged: report", &base, Some(&running_at_1), false, true, Some(&running), None, Decision::WriteStatus),
+            ("paused set: pause", &paused_spec, Some(&running_at_1), false, true, Some(&running), None, Decision::Pause),
+            ("paused set, already paused by a step: report", &paused_spec, Some(&running_at_1), false, true, Some(&paused_by_step), None, Decision::WriteStatus),
+            ("paused cleared: resume", &unpaused_again, Some(&paused_at_2), false, true, Some(&paused_by_request), None, Decision::Resume),
+            ("paused cleared, but held by a pause step: report", &unpaused_again, Some(&paused_at_2), false, true, Some(&paused_by_step), None, Decision::WriteStatus),
+            ("same generation, paused by a person: not undone", &base, Some(&running_at_1), false, true, Some(&paused_by_request), None, Decision::WriteStatus),
+            ("paused set on a finished run: report", &paused_spec, Some(&succeeded_at_1), false, true, Some(&succeeded), None, Decision::WriteStatus),
+            ("new canary while running: abort and replace", &new_canary, Some(&running_at_1), false, true, Some(&running), None, Decision::Replace { abort: true, pause: false }),
+            ("new canary after success: replace", &new_canary, Some(&succeeded_at_1), false, true, Some(&succeeded), None, Decision::Replace { abort: false, pause: false }),
+            ("a finished run of the same name it did not start: replace", &base, None, false, false, Some(&succeeded), None, Decision::Replace { abort: false, pause: false }),
+            ("the same rollout started through the API: taken over", &base, None, false, false, Some(&other_run), None, Decision::WriteStatus),
+            ("another running rollout of that name: refused", &base, None, false, false, Some(&other_spec_running), None, Decision::Refuse(Refusal { reason: "Refused", message: "metadata.name: rollout reviews-v2 is already running with another spec (created through the API); abort it or name this resource differently".into() })),
+            ("invalid spec: refused naming the field", &invalid, None, false, false, None, None, Decision::Refuse(Refusal { reason: "InvalidSpec", message: "spec.steps[0].pause.duration: 1year 18h is longer than the limit of 365 days".into() })),
+            ("another WasmPlugin: refused", &other_plugin, None, false, false, None, None, Decision::Refuse(Refusal { reason: "InvalidSpec", message: "spec.target.wasmPlugin: \"ratings\" is not the WasmPlugin this service drives (shop/reviews-canary)".into() })),
+            ("another namespace: refused", &other_ns, None, false, false, None, None, Decision::Refuse(Refusal { reason: "InvalidSpec", message: "spec.target.namespace: \"x\" is not the namespace of the WasmPlugin this service drives (shop/reviews-canary)".into() })),
+            ("deleted while running: abort, then release", &base, Some(&running_at_1), true, true, Some(&running), None, Decision::Finalize { abort: true }),
+            ("deleted after success: release", &base, Some(&succeeded_at_1), true, true, Some(&succeeded), None, Decision::Finalize { abort: false }),
+            ("deleted, the running rollout is another run: release only", &base, Some(&running_at_1), true, true, Some(&other_run), None, Decision::Finalize { abort: false }),
+            ("deleted, refused before: release", &invalid, Some(&refused_at_1), true, true, None, None, Decision::Finalize { abort: false }),
+            ("deleted without our finalizer: nothing", &base, Some(&running_at_1), true, false, Some(&running), None, Decision::Nothing),
         ];
-        for (what, resource, status, deleting, has_finalizer, rollout, want) in rows {
+        let (run, early) = (
+            Some(running.status.created_at),
+            rollout(&base, 0, Phase::Succeeded),
+        );
+        let more: Vec<Row> = vec![
+            (
+                "a watch event older than the status write, the run this leader started: report",
+                &base,
+                None,
+                false,
+                true,
+                Some(&early),
+                run,
+                Decision::WriteStatus,
+            ),
+            (
+                "the same, a new spec: replace",
+                &new_canary,
+                None,
+                false,
+                true,
+                Some(&running),
+                run,
+                Decision::Replace {
+                    abort: true,
+                    pause: false,
+                },
+            ),
+        ];
+        for (what, resource, status, deleting, has_finalizer, rollout, run, want) in
+            rows.into_iter().chain(more)
+        {
             let checked = CheckedMeshRollout::try_from(resource);
             let observed = Observed {
                 checked: &checked,
@@ -329,6 +374,7 @@ mod tests {
                 deleting,
                 has_finalizer,
                 status,
+                run,
             };
             assert_eq!(decide(&observed, rollout, &service()), want, "{what}");
         }

@@ -140,7 +140,11 @@ mod tests {
         let done = entry(Phase::Succeeded, 2, "succeeded");
         let aborted = entry(Phase::Aborted, 1, "aborted");
 
-        let first = with_history(Phase::Progressing, 0, vec![created.clone(), started.clone()]);
+        let first = with_history(
+            Phase::Progressing,
+            0,
+            vec![created.clone(), started.clone()],
+        );
         let at_pause = with_history(
             Phase::Paused,
             1,
@@ -162,7 +166,12 @@ mod tests {
         let stopped = with_history(
             Phase::Aborted,
             1,
-            vec![created.clone(), started.clone(), paused.clone(), aborted.clone()],
+            vec![
+                created.clone(),
+                started.clone(),
+                paused.clone(),
+                aborted.clone(),
+            ],
         );
         let reasons = |before: Option<&Rollout>, after: &Rollout| -> Vec<(&'static str, bool)> {
             notes(before, after)
@@ -171,16 +180,36 @@ mod tests {
                 .collect()
         };
         let rows: Vec<(&str, Option<&Rollout>, &Rollout, Vec<(&str, bool)>)> = vec![
-            ("a new run: its whole history", None, &first, vec![("Progressing", false), ("Progressing", false)]),
+            (
+                "a new run: its whole history",
+                None,
+                &first,
+                vec![("Progressing", false), ("Progressing", false)],
+            ),
             ("nothing new: nothing", Some(&first), &first, vec![]),
-            ("a pause step", Some(&first), &at_pause, vec![("Paused", false)]),
+            (
+                "a pause step",
+                Some(&first),
+                &at_pause,
+                vec![("Paused", false)],
+            ),
             (
                 "resumed to the end",
                 Some(&at_pause),
                 &finished,
-                vec![("Resumed", false), ("StepStarted", false), ("Promoted", false), ("Succeeded", false)],
+                vec![
+                    ("Resumed", false),
+                    ("StepStarted", false),
+                    ("Promoted", false),
+                    ("Succeeded", false),
+                ],
             ),
-            ("aborted", Some(&at_pause), &stopped, vec![("Aborted", true)]),
+            (
+                "aborted",
+                Some(&at_pause),
+                &stopped,
+                vec![("Aborted", true)],
+            ),
         ];
         for (what, before, after, want) in rows {
             assert_eq!(reasons(before, after), want, "{what}");

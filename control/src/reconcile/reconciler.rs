@@ -125,12 +125,23 @@ impl Reconciler {
             deleting: resource.metadata.deletion_timestamp.is_some(),
             has_finalizer,
             status: resource.status.as_ref(),
+            run: tracked
+                .get(&name)
+                .and_then(|t| t.reported.as_ref())
+                .map(|r| r.status.created_at),
         };
         let decision = decide(&observed, rollout.as_ref(), &self.target);
         tracing::debug!(mrollout = %name, ?decision, "reconciling MeshRollout");
         let reference = resource.object_ref(&());
         let outcome = self
-            .act(resource, &checked, decision, has_finalizer, &reference, tracked)
+            .act(
+                resource,
+                &checked,
+                decision,
+                has_finalizer,
+                &reference,
+                tracked,
+            )
             .await;
         if let Err(error) = outcome {
             // Retried on the resource's next change, or the next term.
@@ -192,7 +203,10 @@ impl Reconciler {
             }
             Decision::Replace { abort, pause } => {
                 let Some(spec) = spec else { return Ok(()) };
-                let why = format!("MeshRollout {name} generation {} asks for a new run", generation.unwrap_or(0));
+                let why = format!(
+                    "MeshRollout {name} generation {} asks for a new run",
+                    generation.unwrap_or(0)
+                );
                 let old = self.controller.get(&name).await.ok();
                 match self.controller.replace(spec, &why).await {
                     Ok(_) => {}
@@ -211,9 +225,11 @@ impl Reconciler {
                         "the spec changed: the running rollout is aborted at {} and a new run starts",
                         crate::view::percent(weight)
                     );
-                    self.publish(reference, &Note::warning("Aborted", note)).await;
+                    self.publish(reference, &Note::warning("Aborted", note))
+                        .await;
                 }
-                self.publish(reference, &Note::normal("Progressing", why)).await;
+                self.publish(reference, &Note::normal("Progressing", why))
+                    .await;
                 if pause {
                     self.controller.command(&name, Command::Pause, None).await?;
                 }
@@ -224,7 +240,9 @@ impl Reconciler {
                 self.controller.command(&name, Command::Pause, None).await?;
             }
             Decision::Resume => {
-                self.controller.command(&name, Command::Resume, None).await?;
+                self.controller
+                    .command(&name, Command::Resume, None)
+                    .await?;
             }
             Decision::WriteStatus => {}
         }
@@ -245,8 +263,7 @@ impl Reconciler {
         for (name, entry) in tracked.iter_mut() {
             match self.report(name, entry).await {
                 Ok(()) => {}
-                Err(Error::Remote { source, .. })
-                    if matches!(source.downcast_ref::<kube::Error>(), Some(kube::Error::Api(status)) if status.code == 404) =>
+                Err(Error::Remote { source, .. }) if matches!(source.downcast_ref::<kube::Error>(), Some(kube::Error::Api(status)) if status.code == 404) =>
                 {
                     gone.push(name.clone());
                 }
@@ -266,7 +283,9 @@ impl Reconciler {
         let Ok(rollout) = self.controller.get(name).await else {
             return Ok(());
         };
-        let propagation = self.controller.propagation(rollout.status.weight_generation);
+        let propagation = self
+            .controller
+            .propagation(rollout.status.weight_generation);
         let propagation = PropagationStatus {
             weight_generation: rollout.status.weight_generation,
             applied: (propagation.total > 0).then_some(propagation.applied == propagation.total),
@@ -313,7 +332,10 @@ impl Reconciler {
             )
             .await
             .map_err(|source| {
-                Error::remote(format!("status of MeshRollout {}/{name}", self.namespace), source)
+                Error::remote(
+                    format!("status of MeshRollout {}/{name}", self.namespace),
+                    source,
+                )
             })?;
         Ok(())
     }
@@ -367,7 +389,11 @@ impl Reconciler {
             "metadata": {"name": name, "finalizers": finalizers},
         });
         self.api
-            .patch(name, &PatchParams::apply(FIELD_MANAGER), &Patch::Apply(body))
+            .patch(
+                name,
+                &PatchParams::apply(FIELD_MANAGER),
+                &Patch::Apply(body),
+            )
             .await
             .map_err(|source| {
                 Error::remote(
