@@ -373,3 +373,66 @@ async fn a_spec_the_service_refuses_is_reported_naming_the_field() {
     cluster.apply("ratings-v2", json!({"steps": steps})).await;
     cluster.wait_phase("ratings-v2", "progressing").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_canary_in_the_spec_aborts_the_running_run_and_starts_a_new_one() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let _service = cluster.serve().await;
+    let steps = json!([{"setWeight": {"percent": 50}}, {"pause": {"duration": "1h"}}]);
+    cluster.apply("reviews", json!({"steps": steps})).await;
+    eventually("v2 at 50 %", Duration::from_secs(10), async || {
+        let object = cluster.mesh_rollout("reviews").await;
+        match (&object["status"]["step"], &object["status"]["canaryWeight"]) {
+            (step, weight) if step == 1 && weight == 5000 => Ok(()),
+            _ => Err(object["status"].to_string()),
+        }
+    })
+    .await;
+    let first = cluster.mesh_rollout("reviews").await;
+    // A new release in Git: v3.
+    cluster
+        .apply("reviews", json!({"canary": "v3", "steps": steps}))
+        .await;
+    let second = eventually("v3's run at 50 %", Duration::from_secs(10), async || {
+        let object = cluster.mesh_rollout("reviews").await;
+        let status = &object["status"];
+        if status["observedGeneration"] == 2
+            && status["step"] == 1
+            && status["canaryWeight"] == 5000
+        {
+            Ok(object)
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await;
+    assert_ne!(
+        second["status"]["progress"]["createdAt"], first["status"]["progress"]["createdAt"],
+        "a new run"
+    );
+    let config = cluster.plugin_config().await;
+    let variants = &config["routes"][0]["variants"];
+    let weight = |name: &str| {
+        variants
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .map(|v| v["weight"].clone())
+    };
+    assert_eq!(
+        weight("v2"),
+        Some(json!(0)),
+        "the old canary is back to 0: {config}"
+    );
+    assert_eq!(weight("v3"), Some(json!(5000)), "{config}");
+    let history = second["status"]["history"].to_string();
+    assert!(
+        history.contains("replaces the previous run (v2 aborted at 50%)"),
+        "{history}"
+    );
+    let reasons = cluster.event_reasons("reviews").await;
+    assert!(reasons.contains(&"Aborted".to_string()), "{reasons:?}");
+}
