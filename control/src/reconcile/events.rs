@@ -179,7 +179,8 @@ mod tests {
                 .map(|n| (n.reason, n.warning))
                 .collect()
         };
-        let rows: Vec<(&str, Option<&Rollout>, &Rollout, Vec<(&str, bool)>)> = vec![
+        type Row<'a> = (&'a str, Option<&'a Rollout>, &'a Rollout, Vec<(&'a str, bool)>);
+        let rows: Vec<Row> = vec![
             (
                 "a new run: its whole history",
                 None,
