@@ -369,9 +369,10 @@ async fn a_spec_the_service_refuses_is_reported_naming_the_field() {
         let reasons = cluster.event_reasons(name).await;
         assert!(reasons.contains(&reason.to_string()), "{reasons:?}");
     }
-    // Fixed in Git: the next apply runs it.
+    // Fixed in Git: the next apply runs it (to the end: one step, no analysis).
     cluster.apply("ratings-v2", json!({"steps": steps})).await;
-    cluster.wait_phase("ratings-v2", "progressing").await;
+    let ran = cluster.wait_phase("ratings-v2", "succeeded").await;
+    assert_eq!(ran["status"]["observedGeneration"], 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

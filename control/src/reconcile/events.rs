@@ -179,7 +179,12 @@ mod tests {
                 .map(|n| (n.reason, n.warning))
                 .collect()
         };
-        type Row<'a> = (&'a str, Option<&'a Rollout>, &'a Rollout, Vec<(&'a str, bool)>);
+        type Row<'a> = (
+            &'a str,
+            Option<&'a Rollout>,
+            &'a Rollout,
+            Vec<(&'a str, bool)>,
+        );
         let rows: Vec<Row> = vec![
             (
                 "a new run: its whole history",
