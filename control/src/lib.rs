@@ -10,7 +10,8 @@
 //! The decisions are pure: [`rollout::engine`] maps (rollout, observation, now) to the next action.
 //! IO sits at the edges: [`store`], [`router`], [`observer`], [`api`] and the loops in [`controller`].
 //! The same binary is the CLI ([`cli`]) that people use against the HTTP API. [`crd`] defines
-//! rollouts as a Kubernetes resource (`MeshRollout`) and generates its CustomResourceDefinition.
+//! rollouts as a Kubernetes resource (`MeshRollout`) and generates its CustomResourceDefinition;
+//! [`reconcile`] runs them.
 
 pub mod analysis;
 pub mod api;
@@ -25,6 +26,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observer;
 pub mod options;
+pub mod reconcile;
 pub mod retention;
 pub mod retirement;
 pub mod rollout;

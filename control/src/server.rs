@@ -11,6 +11,7 @@ use crate::observer::envoy_admin::EnvoyAdminObserver;
 use crate::observer::prometheus::PrometheusObserver;
 use crate::observer::MetricsObserver;
 use crate::options::ControllerOptions;
+use crate::reconcile::{Reconciler, ServiceTarget};
 use crate::retention::{self, Retention};
 use crate::router::ecds_file::EcdsFileRouter;
 use crate::router::wasmplugin::drift::{watch_drift, DriftEvent};
@@ -368,7 +369,8 @@ impl Api {
 }
 
 /// Kubernetes mode: state in a ConfigMap, pushes to a WasmPlugin, one leader among the replicas,
-/// and a watch on the WasmPlugin for edits made outside the service.
+/// a watch on the WasmPlugin for edits made outside the service, and the leader reconciling the
+/// MeshRollouts of the service's namespace.
 async fn serve_in_kubernetes(
     args: &ServeArgs,
     wasmplugin: &str,
@@ -399,6 +401,7 @@ async fn serve_in_kubernetes(
     let (leadership, election) = elector.spawn();
     tracing::info!(%identity, lease = %args.leader_lease, wasmplugin = %format!("{}/{wasmplugin}", args.kube_namespace), "Kubernetes mode");
     let mut drift_watch = None;
+    let mut reconciler = None;
     let outcome = async {
         let (expected_tx, expected_rx) =
             tokio::sync::watch::channel(options.initial.clone().unwrap_or_default());
@@ -417,6 +420,18 @@ async fn serve_in_kubernetes(
             leadership,
         )
         .await?;
+        // MeshRollouts live in the service's own namespace (the shipped RBAC grants them there).
+        let mesh_rollouts = Reconciler::new(
+            controller.clone(),
+            client.clone(),
+            &args.state_configmap_namespace,
+            ServiceTarget {
+                wasm_plugin: wasmplugin.to_string(),
+                namespace: args.kube_namespace.clone(),
+            },
+            &identity,
+        );
+        reconciler = Some(tokio::spawn(mesh_rollouts.run()));
         drift_watch = Some(spawn_drift_watch(
             controller.clone(),
             client,
@@ -430,6 +445,9 @@ async fn serve_in_kubernetes(
     .await;
     if let Some(drift_watch) = drift_watch {
         drift_watch.abort();
+    }
+    if let Some(reconciler) = reconciler {
+        reconciler.abort();
     }
     // Hand the Lease over at once instead of letting it expire, however we got here.
     if let Err(error) = elector.release().await {

@@ -31,6 +31,55 @@ impl Controller {
         Ok(rollout)
     }
 
+    /// Ends rollout `spec.name`'s current run — aborting it first if it still runs (traffic back
+    /// to stable) — takes it out of the state and starts `spec` under the same name, all in one
+    /// write: a MeshRollout whose spec asks for a new run. `why` goes into the new run's history.
+    pub async fn replace(self: &Arc<Self>, spec: RolloutSpec, why: &str) -> Result<Rollout> {
+        let name = spec.name.clone();
+        let observation = self.observation();
+        let mut io = Io::new();
+        let rollout = self
+            .mutate_then(
+                |state, now| {
+                    io.clear();
+                    let old = state
+                        .rollouts
+                        .get(&name)
+                        .cloned()
+                        .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))?;
+                    let ended = if old.status.phase.is_terminal() {
+                        format!("{} {}", old.spec.canary, old.status.phase.as_str())
+                    } else {
+                        let aborted = engine::command(&old, Command::Abort, now)?;
+                        state.put_rollout(aborted)?;
+                        format!(
+                            "{} aborted at {}",
+                            old.spec.canary,
+                            engine::percent(old.status.canary_weight)
+                        )
+                    };
+                    state.delete_rollout(&name)?;
+                    state.create_rollout(spec.clone(), now)?;
+                    if let Some(created) = state.rollouts.get(&name) {
+                        let noted = engine::noted(
+                            created,
+                            format!("{why}: replaces the previous run ({ended})"),
+                            now,
+                        );
+                        state.rollouts.insert(name.clone(), noted);
+                    }
+                    self.advance(state, &name, &observation, now, &mut io);
+                    Ok(())
+                },
+                |state, ()| state.rollouts.get(&name).cloned(),
+            )
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))?;
+        tracing::info!(rollout = %name, canary = %rollout.spec.canary, "replaced rollout: {why}");
+        self.start_io(io);
+        Ok(rollout)
+    }
+
     /// One rollout.
     pub async fn get(&self, name: &str) -> Result<Rollout> {
         self.state

@@ -15,7 +15,7 @@
 //!
 //! The API server enforces what the schema can say (ranges, patterns, lengths, CEL rules with
 //! messages naming the field); the conversion to the checked spec enforces everything, as the
-//! HTTP API does. Nothing here talks to a cluster: the reconciler that does is a later slice.
+//! HTTP API does. Nothing here talks to a cluster: [`crate::reconcile`] does.
 //!
 //! [`Rollout`]: crate::rollout::Rollout
 

@@ -1,0 +1,439 @@
+//! MeshRollouts reconciled by the whole service in Kubernetes mode, against a real
+//! kube-apiserver: `meshcanary serve` runs with the shipped Deployment's arguments as the shipped
+//! ServiceAccount (exactly its RBAC), in namespaces of the test's own; the test applies
+//! MeshRollouts as a GitOps tool would (server-side apply under the field manager `argocd`) and
+//! reads what the service made of them: the status, the Events, the WasmPlugin's pluginConfig.
+//!
+//! No proxies run here (no `--prometheus-url`), so a weight counts as applied once written.
+
+use futures::StreamExt;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, WatchEvent, WatchParams};
+use meshcanary_control::crd::MeshRollout;
+use meshcanary_testkit::install::WASMPLUGIN;
+use meshcanary_testkit::service::ServiceProcess;
+use meshcanary_testkit::wait::eventually;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use cluster::Cluster;
+
+/// The GitOps tool's field manager.
+const GITOPS: &str = "argocd";
+
+impl Cluster {
+    /// Starts `meshcanary serve` as pod `a`, managing this test's namespace, and waits until it
+    /// answers (a single replica leads at once).
+    async fn serve(&self) -> ServiceProcess {
+        let mut command = self.installed.pod_command("a");
+        command
+            .set_flag("--kube-namespace", self.apps())
+            .remove_flag("--prometheus-url");
+        let process = self.installed.run_pod_via(
+            std::path::Path::new(env!("CARGO_BIN_EXE_meshcanary")),
+            &command,
+            "a",
+            None,
+        );
+        process.wait_ready(Duration::from_secs(20)).await.unwrap();
+        process
+    }
+
+    /// The MeshRollouts of the service's namespace, as the administrator.
+    fn mesh_rollouts(&self) -> Api<MeshRollout> {
+        Api::namespaced(self.admin.clone(), self.system())
+    }
+
+    /// Server-side applies MeshRollout `name` with `spec` (merged over a v1 → v2 rollout of route
+    /// `reviews` on the test's WasmPlugin) as the GitOps tool, never forcing: a conflict with
+    /// the service's writes fails the test.
+    async fn apply(&self, name: &str, spec: Value) {
+        let mut full = json!({
+            "target": {"wasmPlugin": WASMPLUGIN, "namespace": self.apps()},
+            "route": "reviews", "stable": "v1", "canary": "v2",
+        });
+        for (key, value) in spec.as_object().unwrap() {
+            full[key] = value.clone();
+        }
+        let body = json!({
+            "apiVersion": "meshcanary.io/v1alpha1", "kind": "MeshRollout",
+            "metadata": {"name": name}, "spec": full,
+        });
+        self.mesh_rollouts()
+            .patch(name, &PatchParams::apply(GITOPS), &Patch::Apply(body))
+            .await
+            .unwrap_or_else(|e| panic!("apply MeshRollout {name} as {GITOPS}: {e}"));
+    }
+
+    /// The MeshRollout as stored, as JSON (`Null` once gone).
+    async fn mesh_rollout(&self, name: &str) -> Value {
+        match self.mesh_rollouts().get_opt(name).await.unwrap() {
+            Some(object) => serde_json::to_value(object).unwrap(),
+            None => Value::Null,
+        }
+    }
+
+    /// Waits until `name`'s status says `phase`; returns the resource.
+    async fn wait_phase(&self, name: &str, phase: &str) -> Value {
+        eventually(
+            &format!("MeshRollout {name} {phase}"),
+            Duration::from_secs(15),
+            async || {
+                let object = self.mesh_rollout(name).await;
+                if object["status"]["phase"] == phase {
+                    Ok(object)
+                } else {
+                    Err(object["status"].to_string())
+                }
+            },
+        )
+        .await
+    }
+
+    /// The reasons of the Events about MeshRollout `name`, in the order they were first seen.
+    async fn event_reasons(&self, name: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.admin.clone(), self.system());
+        let mut list: Vec<Event> = events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .collect();
+        list.sort_by_key(|e| e.event_time.as_ref().map(|t| t.0));
+        list.into_iter().filter_map(|e| e.reason).collect()
+    }
+
+    /// Every v2 weight the WasmPlugin's pluginConfig had since it was installed, in order (a
+    /// watch replays every version): what istiod would have sent to the proxies.
+    async fn canary_weights(&self) -> Vec<u64> {
+        let since = self.installed_plugin["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let params = WatchParams::default()
+            .fields(&format!("metadata.name={WASMPLUGIN}"))
+            .timeout(5);
+        let mut events = self.plugins().watch(&params, &since).await.unwrap().boxed();
+        let mut weights: Vec<u64> = Vec::new();
+        while let Ok(Some(event)) =
+            tokio::time::timeout(Duration::from_millis(500), events.next()).await
+        {
+            if let WatchEvent::Modified(object) = event.unwrap() {
+                let weight = v2_weight(&object.data["spec"]["pluginConfig"]);
+                if let Some(weight) = weight.filter(|w| weights.last() != Some(w)) {
+                    weights.push(weight);
+                }
+            }
+        }
+        weights
+    }
+}
+
+/// Variant v2's weight on route `reviews` (`None` without a config or a v2).
+fn v2_weight(config: &Value) -> Option<u64> {
+    config["routes"][0]["variants"]
+        .as_array()?
+        .iter()
+        .find(|v| v["name"] == "v2")?["weight"]
+        .as_u64()
+}
+
+/// The condition of `type_` in a MeshRollout's status.
+fn condition<'a>(object: &'a Value, type_: &str) -> &'a Value {
+    object["status"]["conditions"]
+        .as_array()
+        .and_then(|conditions| conditions.iter().find(|c| c["type"] == type_))
+        .unwrap_or(&Value::Null)
+}
+
+/// The top-level fields `manager` owns in `object` (`f:spec`, `f:status`, `f:metadata`).
+fn owners(object: &Value, manager: &str) -> Vec<String> {
+    object["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry["manager"] == manager)
+        .flat_map(|entry| entry["fieldsV1"].as_object().unwrap().keys().cloned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_applied_mesh_rollout_runs_to_success_with_its_status_and_events() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let _service = cluster.serve().await;
+    cluster
+        .apply(
+            "reviews-v2",
+            json!({"steps": [{"setWeight": {"percent": 50}}, {"setWeight": {"percent": 100}}]}),
+        )
+        .await;
+    let done = cluster.wait_phase("reviews-v2", "succeeded").await;
+    let status = &done["status"];
+    assert_eq!(status["observedGeneration"], 1, "{status}");
+    assert_eq!(status["canaryWeight"], 10000, "{status}");
+    assert_eq!(status["canaryPercent"], "100%", "{status}");
+    assert_eq!(condition(&done, "Succeeded")["status"], "True", "{status}");
+    assert_eq!(
+        condition(&done, "Progressing")["status"],
+        "False",
+        "{status}"
+    );
+    assert_eq!(condition(&done, "Succeeded")["observedGeneration"], 1);
+    assert_eq!(
+        done["metadata"]["finalizers"],
+        json!(["meshcanary.io/rollout"]),
+        "the service's finalizer"
+    );
+    // The proxies were sent 50 %, then 100 %.
+    let weights = cluster.canary_weights().await;
+    assert_eq!(weights, [0, 5000, 10000], "{weights:?}");
+    // GitOps owns the spec, the service the status and its finalizer; nobody conflicted.
+    assert_eq!(owners(&done, GITOPS), ["f:spec"]);
+    let ours = owners(&done, "meshcanary");
+    assert!(
+        ours.contains(&"f:status".to_string()) && ours.contains(&"f:metadata".to_string()),
+        "{ours:?}"
+    );
+    let reasons = eventually(
+        "the Events of the rollout",
+        Duration::from_secs(5),
+        async || {
+            let reasons = cluster.event_reasons("reviews-v2").await;
+            if reasons.contains(&"Succeeded".to_string()) {
+                Ok(reasons)
+            } else {
+                Err(format!("{reasons:?}"))
+            }
+        },
+    )
+    .await;
+    for reason in ["Progressing", "StepStarted", "Succeeded"] {
+        assert!(
+            reasons.contains(&reason.to_string()),
+            "{reason} in {reasons:?}"
+        );
+    }
+    // Applying the same spec again (GitOps' periodic sync) starts nothing new.
+    cluster
+        .apply(
+            "reviews-v2",
+            json!({"steps": [{"setWeight": {"percent": 50}}, {"setWeight": {"percent": 100}}]}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let again = cluster.mesh_rollout("reviews-v2").await;
+    assert_eq!(again["status"]["phase"], "succeeded");
+    assert_eq!(
+        again["status"]["progress"]["createdAt"], done["status"]["progress"]["createdAt"],
+        "the same run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spec_paused_holds_the_rollout_and_clearing_it_continues() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let _service = cluster.serve().await;
+    let steps = json!([{"setWeight": {"percent": 50}}, {"pause": {"duration": "3s"}}, {"setWeight": {"percent": 100}}]);
+    cluster.apply("reviews-v2", json!({"steps": steps})).await;
+    eventually("at the timed pause", Duration::from_secs(10), async || {
+        let object = cluster.mesh_rollout("reviews-v2").await;
+        match (&object["status"]["phase"], &object["status"]["step"]) {
+            (phase, step) if phase == "progressing" && step == 1 => Ok(()),
+            _ => Err(object["status"].to_string()),
+        }
+    })
+    .await;
+    // The GitOps tool pauses it in Git, while the service writes the status: no conflict.
+    cluster
+        .apply("reviews-v2", json!({"steps": steps, "paused": true}))
+        .await;
+    let paused = cluster.wait_phase("reviews-v2", "paused").await;
+    assert_eq!(
+        paused["status"]["observedGeneration"], 2,
+        "{}",
+        paused["status"]
+    );
+    assert_eq!(condition(&paused, "Paused")["reason"], "PauseRequested");
+    // It holds past the end of the 3 s pause step.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let held = cluster.mesh_rollout("reviews-v2").await;
+    assert_eq!(held["status"]["phase"], "paused", "{}", held["status"]);
+    assert_eq!(held["status"]["canaryWeight"], 5000);
+    cluster
+        .apply("reviews-v2", json!({"steps": steps, "paused": false}))
+        .await;
+    let done = cluster.wait_phase("reviews-v2", "succeeded").await;
+    assert_eq!(done["status"]["observedGeneration"], 3);
+    let reasons = cluster.event_reasons("reviews-v2").await;
+    for reason in ["Paused", "Resumed"] {
+        assert!(
+            reasons.contains(&reason.to_string()),
+            "{reason} in {reasons:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_running_mesh_rollout_aborts_it_and_releases_the_finalizer() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let _service = cluster.serve().await;
+    let steps = json!([{"setWeight": {"percent": 50}}, {"pause": {"duration": "1h"}}]);
+    cluster.apply("reviews-v2", json!({"steps": steps})).await;
+    eventually(
+        "50 % on the WasmPlugin",
+        Duration::from_secs(10),
+        async || {
+            let config = cluster.plugin_config().await;
+            match v2_weight(&config) {
+                Some(5000) => Ok(()),
+                _ => Err(config.to_string()),
+            }
+        },
+    )
+    .await;
+    cluster
+        .mesh_rollouts()
+        .delete("reviews-v2", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually(
+        "the resource is gone",
+        Duration::from_secs(10),
+        async || match cluster.mesh_rollout("reviews-v2").await {
+            Value::Null => Ok(()),
+            object => Err(object["metadata"].to_string()),
+        },
+    )
+    .await;
+    let config = cluster.plugin_config().await;
+    assert_eq!(
+        v2_weight(&config),
+        Some(0),
+        "traffic back to stable: {config}"
+    );
+    let reasons = cluster.event_reasons("reviews-v2").await;
+    assert!(reasons.contains(&"Aborted".to_string()), "{reasons:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spec_the_service_refuses_is_reported_naming_the_field() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let _service = cluster.serve().await;
+    let steps = json!([{"setWeight": {"percent": 50}}]);
+    // Accepted by the schema, but the filter config has no route "ratings".
+    cluster
+        .apply("ratings-v2", json!({"route": "ratings", "steps": steps}))
+        .await;
+    // And another WasmPlugin than the service's.
+    cluster
+        .apply(
+            "elsewhere",
+            json!({"target": {"wasmPlugin": "other-plugin"}, "steps": steps}),
+        )
+        .await;
+    for (name, reason, field) in [
+        ("ratings-v2", "Refused", "spec.route: "),
+        ("elsewhere", "InvalidSpec", "spec.target.wasmPlugin: "),
+    ] {
+        let object = eventually(
+            &format!("{name} refused"),
+            Duration::from_secs(10),
+            async || {
+                let object = cluster.mesh_rollout(name).await;
+                if condition(&object, "Progressing")["reason"] == reason {
+                    Ok(object)
+                } else {
+                    Err(object["status"].to_string())
+                }
+            },
+        )
+        .await;
+        let progressing = condition(&object, "Progressing");
+        assert_eq!(progressing["status"], "False");
+        let message = progressing["message"].as_str().unwrap();
+        assert!(message.starts_with(field), "{message}");
+        assert_eq!(object["status"]["observedGeneration"], 1);
+        let reasons = cluster.event_reasons(name).await;
+        assert!(reasons.contains(&reason.to_string()), "{reasons:?}");
+    }
+    // Fixed in Git: the next apply runs it (to the end: one step, no analysis).
+    cluster.apply("ratings-v2", json!({"steps": steps})).await;
+    let ran = cluster.wait_phase("ratings-v2", "succeeded").await;
+    assert_eq!(ran["status"]["observedGeneration"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_canary_in_the_spec_aborts_the_running_run_and_starts_a_new_one() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let _service = cluster.serve().await;
+    let steps = json!([{"setWeight": {"percent": 50}}, {"pause": {"duration": "1h"}}]);
+    cluster.apply("reviews", json!({"steps": steps})).await;
+    eventually("v2 at 50 %", Duration::from_secs(10), async || {
+        let object = cluster.mesh_rollout("reviews").await;
+        match (&object["status"]["step"], &object["status"]["canaryWeight"]) {
+            (step, weight) if step == 1 && weight == 5000 => Ok(()),
+            _ => Err(object["status"].to_string()),
+        }
+    })
+    .await;
+    let first = cluster.mesh_rollout("reviews").await;
+    // A new release in Git: v3.
+    cluster
+        .apply("reviews", json!({"canary": "v3", "steps": steps}))
+        .await;
+    let second = eventually("v3's run at 50 %", Duration::from_secs(10), async || {
+        let object = cluster.mesh_rollout("reviews").await;
+        let status = &object["status"];
+        if status["observedGeneration"] == 2
+            && status["step"] == 1
+            && status["canaryWeight"] == 5000
+        {
+            Ok(object)
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await;
+    assert_ne!(
+        second["status"]["progress"]["createdAt"], first["status"]["progress"]["createdAt"],
+        "a new run"
+    );
+    let config = cluster.plugin_config().await;
+    let variants = &config["routes"][0]["variants"];
+    let weight = |name: &str| {
+        variants
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .map(|v| v["weight"].clone())
+    };
+    assert_eq!(
+        weight("v2"),
+        Some(json!(0)),
+        "the old canary is back to 0: {config}"
+    );
+    assert_eq!(weight("v3"), Some(json!(5000)), "{config}");
+    let history = second["status"]["history"].to_string();
+    assert!(
+        history.contains("replaces the previous run (v2 aborted at 50%)"),
+        "{history}"
+    );
+    let reasons = cluster.event_reasons("reviews").await;
+    assert!(reasons.contains(&"Aborted".to_string()), "{reasons:?}");
+}
