@@ -22,6 +22,9 @@ pub struct Retirement {
     pub variant: String,
     /// The rollout that left it behind; its history records what became of it.
     pub rollout: String,
+    /// When that run of the rollout was created: a later run under the same name (a
+    /// MeshRollout's new release) is another run, and its history is not this one's to write.
+    pub run: Timestamp,
     /// When the grace is over.
     pub due_at: Timestamp,
 }
@@ -39,6 +42,7 @@ impl Retirement {
             route: rollout.spec.route.clone(),
             variant: variant.clone(),
             rollout: rollout.spec.name.clone(),
+            run: rollout.status.created_at,
             due_at: rollout.status.updated_at.plus(rollout.spec.retire_after()),
         })
     }
@@ -195,6 +199,7 @@ mod tests {
             route: "reviews".into(),
             variant: variant.into(),
             rollout: "r1".into(),
+            run: T0,
             due_at: T0,
         }
     }

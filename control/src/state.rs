@@ -193,7 +193,8 @@ impl ServiceState {
                 continue;
             };
             tracing::info!(rollout = %retirement.rollout, route = %retirement.route, variant = %retirement.variant, "{message}");
-            if let Some(rollout) = self.rollouts.get(&retirement.rollout) {
+            let same_run = |r: &&Rollout| r.status.created_at == retirement.run;
+            if let Some(rollout) = self.rollouts.get(&retirement.rollout).filter(same_run) {
                 let noted = engine::note(rollout, message, now);
                 self.rollouts.insert(retirement.rollout.clone(), noted);
             }

@@ -61,7 +61,7 @@ impl Controller {
                     state.delete_rollout(&name)?;
                     state.create_rollout(spec.clone(), now)?;
                     if let Some(created) = state.rollouts.get(&name) {
-                        let noted = engine::noted(
+                        let noted = engine::note(
                             created,
                             format!("{why}: replaces the previous run ({ended})"),
                             now,

@@ -646,14 +646,6 @@ fn set_phase(rollout: &mut Rollout, phase: Phase, now: Timestamp) {
     status.phase = phase;
 }
 
-/// `rollout` with `message` in its history (and as its message), nothing else changed: what the
-/// service records about a rollout from outside the engine (a MeshRollout replacing a run).
-pub fn noted(rollout: &Rollout, message: String, now: Timestamp) -> Rollout {
-    let mut next = rollout.clone();
-    record(&mut next, message, now);
-    next
-}
-
 fn record(rollout: &mut Rollout, message: String, now: Timestamp) {
     let status = &mut rollout.status;
     status.message = message.clone();
