@@ -1,6 +1,7 @@
 //! Where the filter config goes: the seam between the service and the proxies.
 
 pub mod ecds_file;
+pub mod routing_objects;
 pub mod wasmplugin;
 
 use crate::error::Result;
