@@ -544,6 +544,9 @@ struct ControlService {
     /// `--kube-namespace` and `--wasmplugin`: the WasmPlugin the service patches.
     plugin_namespace: String,
     plugin_name: String,
+    /// The VirtualServices and DestinationRules `--routing-objects` keeps current (`<route>[=<name>]`,
+    /// comma-separated), by name, in `plugin_namespace`.
+    routing_objects: Vec<String>,
     /// `--leader-lease`.
     lease: String,
     /// `--state-configmap`.
@@ -888,6 +891,15 @@ fn check_control_service(tree: &Tree, problems: &mut Vec<String>) -> Option<Cont
         service_port,
         plugin_namespace: flag_value("kube-namespace"),
         plugin_name: flag_value("wasmplugin"),
+        routing_objects: flag_value("routing-objects")
+            .split(',')
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                item.split_once('=')
+                    .map_or(item, |(_, name)| name)
+                    .to_string()
+            })
+            .collect(),
         lease: flag_value("leader-lease"),
         state_configmap: flag_value("state-configmap"),
     })
@@ -1047,13 +1059,20 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
             let names = texts(rule, "/resourceNames");
             let verbs = texts(rule, "/verbs");
             for resource in texts(rule, "/resources") {
-                let used = match resource {
-                    "configmaps" => &service.state_configmap,
-                    "leases" => &service.lease,
-                    "wasmplugins" => &service.plugin_name,
+                let used: Vec<&str> = match resource {
+                    "configmaps" => vec![&service.state_configmap],
+                    "leases" => vec![&service.lease],
+                    "wasmplugins" => vec![&service.plugin_name],
+                    "virtualservices" | "destinationrules" => {
+                        service.routing_objects.iter().map(String::as_str).collect()
+                    }
                     _ => continue,
                 };
-                if !names.is_empty() && names != [used.as_str()] {
+                let mut sorted_names = names.clone();
+                sorted_names.sort_unstable();
+                let mut sorted_used = used.clone();
+                sorted_used.sort_unstable();
+                if !names.is_empty() && sorted_names != sorted_used {
                     problems.push(format!(
                         "{}: {resource} restricted to {names:?}, but the service uses {used:?}",
                         role.at()
@@ -1100,12 +1119,25 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
             strings(&["patch", "update"]),
         ),
         (scope(own, "", "events"), strings(&["create", "patch"])),
+        // `--routing-objects`: each route's VirtualService and DestinationRule, read and patched.
+        (
+            scope(managed, "networking.istio.io", "virtualservices"),
+            strings(&["get", "patch"]),
+        ),
+        (
+            scope(managed, "networking.istio.io", "destinationrules"),
+            strings(&["get", "patch"]),
+        ),
         (
             scope(own, "events.k8s.io", "events"),
             strings(&["create", "patch"]),
         ),
     ]
     .into_iter()
+    .filter(|(scope, _)| {
+        !service.routing_objects.is_empty()
+            || !matches!(scope.2.as_str(), "virtualservices" | "destinationrules")
+    })
     .collect();
     for (scope, verbs) in &granted {
         let wanted = expected.get(scope).cloned().unwrap_or_default();
