@@ -1068,13 +1068,17 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
                     }
                     _ => continue,
                 };
+                let shown = match used.as_slice() {
+                    [one] => format!("{one:?}"),
+                    all => format!("{all:?}"),
+                };
                 let mut sorted_names = names.clone();
                 sorted_names.sort_unstable();
                 let mut sorted_used = used.clone();
                 sorted_used.sort_unstable();
                 if !names.is_empty() && sorted_names != sorted_used {
                     problems.push(format!(
-                        "{}: {resource} restricted to {names:?}, but the service uses {used:?}",
+                        "{}: {resource} restricted to {names:?}, but the service uses {shown}",
                         role.at()
                     ));
                 }
@@ -1086,7 +1090,7 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
                 }
                 if names.is_empty() && verbs.iter().any(|verb| *verb != "create") {
                     problems.push(format!(
-                        "{}: {verbs:?} on {resource} not restricted by name to {used:?}",
+                        "{}: {verbs:?} on {resource} not restricted by name to {shown}",
                         role.at()
                     ));
                 }
@@ -1747,6 +1751,10 @@ const BREAKAGES: &[(&str, Edit, &str)] = &[
     ("update on WasmPlugins", Set("Role", "meshcanary-wasmplugin", "/rules/0/verbs", r#"["get", "list", "watch", "patch", "update"]"#), "grants [\"update\"] on extensions.istio.io/wasmplugins"),
     ("every WasmPlugin patchable", Remove("Role", "meshcanary-wasmplugin", "/rules/0/resourceNames"), "on wasmplugins not restricted by name"),
     ("a wildcard resource", Set("Role", "meshcanary-wasmplugin", "/rules/0/resources", r#"["*"]"#), "wildcard resources"),
+    ("every VirtualService patchable", Remove("Role", "meshcanary-wasmplugin", "/rules/1/resourceNames"), "on virtualservices not restricted by name"),
+    ("another VirtualService by name", Set("Role", "meshcanary-wasmplugin", "/rules/1/resourceNames", r#"["ratings"]"#), "but the service uses \"reviews\""),
+    ("update on routing objects", Set("Role", "meshcanary-wasmplugin", "/rules/1/verbs", r#"["get", "patch", "update"]"#), "grants [\"update\"] on networking.istio.io/destinationrules"),
+    ("routing objects in the wrong API group", Set("Role", "meshcanary-wasmplugin", "/rules/1/apiGroups", r#"["extensions.istio.io"]"#), "does not grant [\"get\", \"patch\"] on networking.istio.io/virtualservices"),
     ("Secrets readable", Set("Role", CONTROL, "/rules/1/resources", r#"["configmaps", "secrets"]"#), "on /secrets"),
     ("WasmPlugins granted in another namespace", Other(|t| { for kind in ["Role", "RoleBinding"] { doc_mut(t, kind, "meshcanary-wasmplugin")["metadata"]["namespace"] = json!("bookinfo"); } }), "in namespace \"bookinfo\""),
     ("another lease name", Flag("--leader-lease=other"), "the service uses \"other\""),

@@ -292,11 +292,22 @@ mod tests {
                "route": [{"destination": {"host": "reviews", "subset": "v3"}}], "timeout": "2s"})
     }
 
+    /// What happens, the DestinationRule and VirtualService specs, the route's variants, and the
+    /// specs wanted (`None`: no change).
+    type Case = (
+        &'static str,
+        Value,
+        Value,
+        &'static [&'static str],
+        Option<Value>,
+        Option<Value>,
+    );
+
     #[test]
     fn the_specs_follow_the_route_and_keep_what_is_not_ours() {
         let (dr, vs) = shipped();
         let foreign_subset = json!({"name": "legacy", "labels": {"version": "v0"}, "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}});
-        let cases: Vec<(&str, Value, Value, &[&str], Option<Value>, Option<Value>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "a new canary gets a subset and a header route before the default",
                 dr.clone(),

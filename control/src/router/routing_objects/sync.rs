@@ -368,7 +368,9 @@ mod tests {
 
     #[test]
     fn the_flag_names_a_route_and_optionally_its_objects() {
-        let cases: [(&str, Result<(&str, &str), &str>); 6] = [
+        // The flag, and the route and name it gives or a part of the error.
+        type Expected = Result<(&'static str, &'static str), &'static str>;
+        let cases: [(&str, Expected); 6] = [
             ("reviews", Ok(("reviews", "reviews"))),
             ("reviews=reviews-vs", Ok(("reviews", "reviews-vs"))),
             ("reviews=a.b-1", Ok(("reviews", "a.b-1"))),
