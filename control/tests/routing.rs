@@ -4,14 +4,16 @@
 //! control service's ServiceAccount with exactly the shipped RBAC, while the test plays the
 //! cluster's other clients as an administrator.
 
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use meshcanary_control::router::routing_objects::sync::{
     destination_rule_resource, virtual_service_resource, RoutingObjectsRouter,
 };
 use meshcanary_control::router::wasmplugin::WasmPluginRouter;
 use meshcanary_control::router::TrafficRouter;
 use meshcanary_core::config::FilterConfig;
+use meshcanary_testkit::envtest::Envtest;
 use meshcanary_testkit::install::WASMPLUGIN;
+use meshcanary_testkit::interpose::Interposer;
 use serde_json::{json, Value};
 
 #[path = "support/cluster.rs"]
@@ -60,7 +62,10 @@ impl Cluster {
 
     /// The router the service runs with `--routing-objects=<objects>`, as its ServiceAccount.
     fn router(&self, objects: &str) -> RoutingObjectsRouter {
-        let client = self.service_account.clone();
+        self.router_as(self.service_account.clone(), objects)
+    }
+
+    fn router_as(&self, client: kube::Client, objects: &str) -> RoutingObjectsRouter {
         RoutingObjectsRouter::new(
             Box::new(WasmPluginRouter::new(
                 client.clone(),
@@ -257,5 +262,91 @@ async fn the_service_account_may_touch_reviews_routing_only() {
         cluster.plugin_config().await,
         Value::Null,
         "the filter config is not pushed without its routing"
+    );
+
+    // Its own objects missing: the push fails naming the one to install.
+    cluster
+        .destination_rules(&cluster.admin)
+        .delete("reviews", &DeleteParams::default())
+        .await
+        .unwrap();
+    let error = cluster
+        .router("reviews")
+        .apply(&config(2, &["v1", "v2"]))
+        .await
+        .unwrap_err()
+        .to_string();
+    let missing = format!(
+        "DestinationRule {}/reviews does not exist; install it first",
+        cluster.apps()
+    );
+    assert!(error.contains(&missing), "{error}");
+    assert_eq!(cluster.plugin_config().await, Value::Null);
+}
+
+#[tokio::test]
+async fn a_concurrent_edit_is_kept_and_the_patch_recomputed() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let proxy = Interposer::start(cluster.installed.envtest).await;
+    let client = Envtest::client_from(
+        &cluster
+            .installed
+            .service_account_kubeconfig(Some(&proxy.url)),
+    )
+    .await;
+    let router = cluster.router_as(client, "reviews");
+    // Between our read and our write of the VirtualService, someone adds a route of their own
+    // (a merge patch replaces the whole list, as ours does).
+    let mut http = cluster.reviews_vs().await["spec"]["http"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let foreign = json!({"name": "jason", "match": [{"headers": {"end-user": {"exact": "jason"}}}],
+                         "route": [{"destination": {"host": "reviews", "subset": "v3"}}]});
+    http.insert(0, foreign.clone());
+    let admin = cluster.virtual_services(&cluster.admin);
+    proxy.before_next(
+        axum::http::Method::PATCH,
+        "/virtualservices/",
+        move || async move {
+            admin
+                .patch(
+                    "reviews",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"http": http}})),
+                )
+                .await
+                .unwrap();
+        },
+    );
+    router
+        .apply(&config(2, &["v1", "v2", "v3", "v4"]))
+        .await
+        .unwrap();
+
+    let vs = cluster.reviews_vs().await;
+    assert_eq!(
+        names(&vs["spec"]["http"]),
+        [
+            "jason",
+            "variant-v2",
+            "variant-v3",
+            "variant-v1",
+            "variant-v4",
+            "stable"
+        ],
+        "the concurrent edit survived and ours went on top of it"
+    );
+    let statuses: Vec<u16> = proxy
+        .requests_to("PATCH", "/virtualservices/")
+        .iter()
+        .map(|request| request.status)
+        .collect();
+    assert_eq!(
+        statuses,
+        [409, 200],
+        "the stale patch was refused, then redone"
     );
 }
