@@ -48,7 +48,8 @@ impl Default for Metrics {
             "Filter config pushes by result (ok, failed); a failed push is labelled with its error: \
              ecds_file (writing the ECDS file), wasmplugin_missing, wasmplugin_rejected \
              (by the API server), wasmplugin_forbidden (RBAC), wasmplugin_conflict (changed \
-             under every retry), wasmplugin_api (any other API or transport failure), or the \
+             under every retry), wasmplugin_api (any other API or transport failure), \
+             routing_objects (a route's VirtualService or DestinationRule), or the \
              error's code (internal, upstream_failed, ...) for anything else",
             pushes.clone(),
         );

@@ -14,8 +14,10 @@ use crate::options::ControllerOptions;
 use crate::reconcile::{Reconciler, ServiceTarget};
 use crate::retention::{self, Retention};
 use crate::router::ecds_file::EcdsFileRouter;
+use crate::router::routing_objects::sync::{RoutingObjects, RoutingObjectsRouter};
 use crate::router::wasmplugin::drift::{watch_drift, DriftEvent};
 use crate::router::wasmplugin::WasmPluginRouter;
+use crate::router::TrafficRouter;
 use crate::store::configmap::ConfigMapStore;
 use crate::store::file::FileStore;
 use crate::time::HumanDuration;
@@ -57,6 +59,18 @@ pub struct ServeArgs {
     /// Kubernetes mode: the WasmPlugin whose spec.pluginConfig the service writes.
     #[arg(long, env = "MESHCANARY_WASMPLUGIN")]
     pub wasmplugin: Option<String>,
+    /// Kubernetes mode: keep the VirtualService and DestinationRule of a filter route in line
+    /// with its variants (a subset and a header route per variant, the default route on the
+    /// stable), `<route>[=<name>]`, the objects' name defaulting to the route's; they live in
+    /// --kube-namespace. Repeat, or comma-separate, for several routes.
+    #[arg(
+        long = "routing-objects",
+        env = "MESHCANARY_ROUTING_OBJECTS",
+        value_name = "ROUTE[=NAME]",
+        value_delimiter = ',',
+        conflicts_with = "ecds_file"
+    )]
+    pub routing_objects: Vec<RoutingObjects>,
     /// Kubernetes mode: the WasmPlugin's namespace.
     #[arg(long, env = "MESHCANARY_KUBE_NAMESPACE", default_value = "default")]
     pub kube_namespace: String,
@@ -405,8 +419,18 @@ async fn serve_in_kubernetes(
     let outcome = async {
         let (expected_tx, expected_rx) =
             tokio::sync::watch::channel(options.initial.clone().unwrap_or_default());
-        let router = WasmPluginRouter::new(client.clone(), &args.kube_namespace, wasmplugin)
-            .with_expected(expected_tx);
+        let mut router: Box<dyn TrafficRouter> = Box::new(
+            WasmPluginRouter::new(client.clone(), &args.kube_namespace, wasmplugin)
+                .with_expected(expected_tx),
+        );
+        if !args.routing_objects.is_empty() {
+            router = Box::new(RoutingObjectsRouter::new(
+                router,
+                client.clone(),
+                &args.kube_namespace,
+                args.routing_objects.clone(),
+            ));
+        }
         let store = ConfigMapStore::new(
             client.clone(),
             &args.state_configmap_namespace,
@@ -414,7 +438,7 @@ async fn serve_in_kubernetes(
         );
         let controller = Controller::start_with_leadership(
             Box::new(store),
-            Box::new(router),
+            router,
             observer,
             options,
             leadership,
@@ -518,6 +542,52 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn routing_objects_are_for_kubernetes_mode_only() {
+        let parse = |extra: &[&str]| {
+            let base = ["serve", "--wasm", "m.wasm"];
+            Serve::try_parse_from(base.iter().chain(extra)).map(|serve| serve.args)
+        };
+        let args = parse(&[
+            "--wasmplugin=p",
+            "--routing-objects=reviews,ratings=ratings-vs",
+            "--routing-objects",
+            "details",
+        ])
+        .unwrap();
+        let objects: Vec<(&str, &str)> = args
+            .routing_objects
+            .iter()
+            .map(|o| (o.route.as_str(), o.name.as_str()))
+            .collect();
+        assert_eq!(
+            objects,
+            [
+                ("reviews", "reviews"),
+                ("ratings", "ratings-vs"),
+                ("details", "details")
+            ]
+        );
+        let error = parse(&["--ecds-file=e.yaml", "--routing-objects=reviews"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("--routing-objects") && error.contains("--ecds-file"),
+            "{error}"
+        );
+        let error = parse(&["--wasmplugin=p", "--routing-objects=reviews=Bad"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not a Kubernetes object name"), "{error}");
+    }
 
     #[test]
     fn tokens_are_counted_in_characters_and_must_fit_a_header() {

@@ -544,6 +544,9 @@ struct ControlService {
     /// `--kube-namespace` and `--wasmplugin`: the WasmPlugin the service patches.
     plugin_namespace: String,
     plugin_name: String,
+    /// The VirtualServices and DestinationRules `--routing-objects` keeps current (`<route>[=<name>]`,
+    /// comma-separated), by name, in `plugin_namespace`.
+    routing_objects: Vec<String>,
     /// `--leader-lease`.
     lease: String,
     /// `--state-configmap`.
@@ -888,6 +891,15 @@ fn check_control_service(tree: &Tree, problems: &mut Vec<String>) -> Option<Cont
         service_port,
         plugin_namespace: flag_value("kube-namespace"),
         plugin_name: flag_value("wasmplugin"),
+        routing_objects: flag_value("routing-objects")
+            .split(',')
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                item.split_once('=')
+                    .map_or(item, |(_, name)| name)
+                    .to_string()
+            })
+            .collect(),
         lease: flag_value("leader-lease"),
         state_configmap: flag_value("state-configmap"),
     })
@@ -1047,15 +1059,26 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
             let names = texts(rule, "/resourceNames");
             let verbs = texts(rule, "/verbs");
             for resource in texts(rule, "/resources") {
-                let used = match resource {
-                    "configmaps" => &service.state_configmap,
-                    "leases" => &service.lease,
-                    "wasmplugins" => &service.plugin_name,
+                let used: Vec<&str> = match resource {
+                    "configmaps" => vec![&service.state_configmap],
+                    "leases" => vec![&service.lease],
+                    "wasmplugins" => vec![&service.plugin_name],
+                    "virtualservices" | "destinationrules" => {
+                        service.routing_objects.iter().map(String::as_str).collect()
+                    }
                     _ => continue,
                 };
-                if !names.is_empty() && names != [used.as_str()] {
+                let shown = match used.as_slice() {
+                    [one] => format!("{one:?}"),
+                    all => format!("{all:?}"),
+                };
+                let mut sorted_names = names.clone();
+                sorted_names.sort_unstable();
+                let mut sorted_used = used.clone();
+                sorted_used.sort_unstable();
+                if !names.is_empty() && sorted_names != sorted_used {
                     problems.push(format!(
-                        "{}: {resource} restricted to {names:?}, but the service uses {used:?}",
+                        "{}: {resource} restricted to {names:?}, but the service uses {shown}",
                         role.at()
                     ));
                 }
@@ -1067,7 +1090,7 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
                 }
                 if names.is_empty() && verbs.iter().any(|verb| *verb != "create") {
                     problems.push(format!(
-                        "{}: {verbs:?} on {resource} not restricted by name to {used:?}",
+                        "{}: {verbs:?} on {resource} not restricted by name to {shown}",
                         role.at()
                     ));
                 }
@@ -1100,12 +1123,25 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
             strings(&["patch", "update"]),
         ),
         (scope(own, "", "events"), strings(&["create", "patch"])),
+        // `--routing-objects`: each route's VirtualService and DestinationRule, read and patched.
+        (
+            scope(managed, "networking.istio.io", "virtualservices"),
+            strings(&["get", "patch"]),
+        ),
+        (
+            scope(managed, "networking.istio.io", "destinationrules"),
+            strings(&["get", "patch"]),
+        ),
         (
             scope(own, "events.k8s.io", "events"),
             strings(&["create", "patch"]),
         ),
     ]
     .into_iter()
+    .filter(|(scope, _)| {
+        !service.routing_objects.is_empty()
+            || !matches!(scope.2.as_str(), "virtualservices" | "destinationrules")
+    })
     .collect();
     for (scope, verbs) in &granted {
         let wanted = expected.get(scope).cloned().unwrap_or_default();
@@ -1715,6 +1751,10 @@ const BREAKAGES: &[(&str, Edit, &str)] = &[
     ("update on WasmPlugins", Set("Role", "meshcanary-wasmplugin", "/rules/0/verbs", r#"["get", "list", "watch", "patch", "update"]"#), "grants [\"update\"] on extensions.istio.io/wasmplugins"),
     ("every WasmPlugin patchable", Remove("Role", "meshcanary-wasmplugin", "/rules/0/resourceNames"), "on wasmplugins not restricted by name"),
     ("a wildcard resource", Set("Role", "meshcanary-wasmplugin", "/rules/0/resources", r#"["*"]"#), "wildcard resources"),
+    ("every VirtualService patchable", Remove("Role", "meshcanary-wasmplugin", "/rules/1/resourceNames"), "on virtualservices not restricted by name"),
+    ("another VirtualService by name", Set("Role", "meshcanary-wasmplugin", "/rules/1/resourceNames", r#"["ratings"]"#), "but the service uses \"reviews\""),
+    ("update on routing objects", Set("Role", "meshcanary-wasmplugin", "/rules/1/verbs", r#"["get", "patch", "update"]"#), "grants [\"update\"] on networking.istio.io/destinationrules"),
+    ("routing objects in the wrong API group", Set("Role", "meshcanary-wasmplugin", "/rules/1/apiGroups", r#"["extensions.istio.io"]"#), "does not grant [\"get\", \"patch\"] on networking.istio.io/virtualservices"),
     ("Secrets readable", Set("Role", CONTROL, "/rules/1/resources", r#"["configmaps", "secrets"]"#), "on /secrets"),
     ("WasmPlugins granted in another namespace", Other(|t| { for kind in ["Role", "RoleBinding"] { doc_mut(t, kind, "meshcanary-wasmplugin")["metadata"]["namespace"] = json!("bookinfo"); } }), "in namespace \"bookinfo\""),
     ("another lease name", Flag("--leader-lease=other"), "the service uses \"other\""),

@@ -11,7 +11,10 @@
 //! - [`crate::store::configmap::ConfigMapStore`] keeps the service state in one ConfigMap, so a
 //!   restarted or rescheduled pod resumes where the last one stopped;
 //! - [`crate::leader::lease::LeaderElector`] elects one active replica with a
-//!   `coordination.k8s.io/v1` Lease, so several replicas can run while exactly one of them writes.
+//!   `coordination.k8s.io/v1` Lease, so several replicas can run while exactly one of them writes;
+//! - [`crate::router::routing_objects::sync::RoutingObjectsRouter`] keeps the Istio
+//!   `VirtualService` and `DestinationRule` of each `--routing-objects` route in line with its
+//!   variants before each push.
 //!
 //! Every write carries the `metadata.resourceVersion` it was computed from: the API server refuses
 //! it with 409 Conflict if anyone wrote in between, so no write is ever lost silently.
@@ -20,7 +23,8 @@
 //! `list`, `watch` (with the field selector `metadata.name=<plugin>`) and `patch` on its one
 //! `wasmplugins.extensions.istio.io`; `get` and `update` on its state ConfigMap and its Lease, and
 //! `create` on `configmaps` and `coordination.k8s.io` `leases` of its own namespace (RBAC cannot
-//! restrict `create` by name).
+//! restrict `create` by name); with `--routing-objects`, `get` and `patch` on each of those
+//! `virtualservices` and `destinationrules.networking.istio.io`, by name.
 
 /// The field manager meshcanary's writes are recorded under in `metadata.managedFields`.
 pub const FIELD_MANAGER: &str = "meshcanary";

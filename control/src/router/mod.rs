@@ -1,6 +1,7 @@
 //! Where the filter config goes: the seam between the service and the proxies.
 
 pub mod ecds_file;
+pub mod routing_objects;
 pub mod wasmplugin;
 
 use crate::error::Result;
@@ -20,15 +21,20 @@ pub enum PushError {
     /// Writing the WasmPlugin failed.
     #[error(transparent)]
     WasmPlugin(#[from] wasmplugin::WasmPluginError),
+    /// Bringing a route's `VirtualService` and `DestinationRule` in line failed.
+    #[error(transparent)]
+    RoutingObjects(#[from] routing_objects::sync::RoutingObjectsError),
 }
 
 impl PushError {
     /// The `error` label of a failed push on `meshcanary_control_pushes_total`: `ecds_file`, or
-    /// for a WasmPlugin [`wasmplugin::WasmPluginError::metric_label`].
+    /// for a WasmPlugin [`wasmplugin::WasmPluginError::metric_label`], `routing_objects` for a
+    /// route's `VirtualService` or `DestinationRule`.
     pub fn metric_label(&self) -> &'static str {
         match self {
             PushError::EcdsFile(_) | PushError::EcdsTask(_) => "ecds_file",
             PushError::WasmPlugin(error) => error.metric_label(),
+            PushError::RoutingObjects(error) => error.metric_label(),
         }
     }
 }
@@ -82,7 +88,7 @@ mod tests {
                     .boxed(),
             )
         };
-        let cases: [(PushError, &str); 6] = [
+        let cases: [(PushError, &str); 7] = [
             (
                 PushError::EcdsFile(std::io::Error::other("disk full")),
                 "ecds_file",
@@ -110,6 +116,14 @@ mod tests {
                 "wasmplugin_conflict",
             ),
             (WasmPluginError::NoResourceVersion.into(), "wasmplugin_api"),
+            (
+                super::routing_objects::sync::RoutingObjectsError::Missing {
+                    object: "VirtualService ns/reviews".into(),
+                    source: api(404),
+                }
+                .into(),
+                "routing_objects",
+            ),
         ];
         for (error, label) in cases {
             let error = crate::Error::Push {
