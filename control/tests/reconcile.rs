@@ -162,6 +162,44 @@ fn owners(object: &Value, manager: &str) -> Vec<String> {
         .collect()
 }
 
+/// The walkthrough's example (`examples/istio-bookinfo/reviews-v2-rollout.yaml`), applied as
+/// shipped but for its namespaces: the API server's schema and the service both take it, and it
+/// starts — its first step's 10 % is on the WasmPlugin, and its analysis holds it there while no
+/// proxy reports (none runs here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_walkthroughs_example_rollout_starts() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let _service = cluster.serve().await;
+    let path = meshcanary_testkit::workspace_root()
+        .join("examples/istio-bookinfo/reviews-v2-rollout.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut object: Value = serde_saphyr::from_str(&text).unwrap();
+    object["metadata"]["namespace"] = json!(cluster.system());
+    object["spec"]["target"]["namespace"] = json!(cluster.apps());
+    let name = object["metadata"]["name"].as_str().unwrap().to_string();
+    cluster
+        .mesh_rollouts()
+        .patch(&name, &PatchParams::apply(GITOPS), &Patch::Apply(object))
+        .await
+        .unwrap_or_else(|e| panic!("apply {}: {e}", path.display()));
+    let started = eventually("the example at 10 %", Duration::from_secs(15), async || {
+        let object = cluster.mesh_rollout(&name).await;
+        if object["status"]["canaryWeight"] == 1000 {
+            Ok(object)
+        } else {
+            Err(object["status"].to_string())
+        }
+    })
+    .await;
+    assert_eq!(started["status"]["phase"], "progressing", "{started:#}");
+    assert!(
+        cluster.canary_weights().await.contains(&1000),
+        "the WasmPlugin carried 10 %"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_applied_mesh_rollout_runs_to_success_with_its_status_and_events() {
     let Some(cluster) = Cluster::start().await else {
