@@ -56,7 +56,8 @@ pub struct Installed<'a> {
     pub apps: String,
     /// The API token in `token.env` (the Secret behind `MESHCANARY_TOKEN`).
     pub api_token: String,
-    /// The user's checkout: a copy of `envoy-config/` under `<checkout>/envoy-config`.
+    /// The user's checkout: copies of `envoy-config/` and `examples/istio-bookinfo/` under
+    /// `<checkout>`.
     pub checkout: tempfile::TempDir,
 }
 
@@ -237,17 +238,19 @@ impl<'a> Installed<'a> {
     }
 }
 
-/// A fresh copy of `envoy-config/` in a temporary directory, without a developer's local
-/// `token.env`.
+/// A fresh copy of `envoy-config/` and of the walkthrough's `examples/istio-bookinfo/` in a
+/// temporary directory, without a developer's local `token.env`.
 fn new_checkout() -> tempfile::TempDir {
     let checkout = tempfile::Builder::new()
         .prefix("meshcanary-checkout-")
         .tempdir()
         .expect("a temporary directory");
-    copy_tree(
-        &crate::workspace_root().join("envoy-config"),
-        &checkout.path().join("envoy-config"),
-    );
+    for tree in ["envoy-config", "examples/istio-bookinfo"] {
+        copy_tree(
+            &crate::workspace_root().join(tree),
+            &checkout.path().join(tree),
+        );
+    }
     let _ = std::fs::remove_file(checkout.path().join("envoy-config/istio/token.env"));
     checkout
 }

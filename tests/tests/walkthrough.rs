@@ -102,6 +102,9 @@ const COMMANDS: &[(&str, Treat)] = &[
     ("tar -czf plugin.tar.gz plugin.wasm", Skip("the OCI option needs a registry and oras")),
     // 8. GitOps: the upgrade path.
     ("kubectl apply set-last-applied -n default -f envoy-config/istio/bookinfo/wasmplugin.yaml", Run),
+    // 8. Releases in Git: the service's leader runs the MeshRollout.
+    ("kubectl apply -f examples/istio-bookinfo/reviews-v2-rollout.yaml", Run),
+    ("kubectl -n meshcanary-system get mro reviews-v2", Run),
     // Clean up.
     ("kubectl delete -n default -k envoy-config/istio/bookinfo", Run),
     // Deleting a Namespace waits for the namespace controller, which a bare API server lacks.
@@ -600,6 +603,25 @@ async fn the_walkthrough_works_as_written() {
         }
         if command.starts_with("kubectl apply set-last-applied") {
             kept_weight = Some(live_canary_weight(&plugins).await);
+        }
+        if command.starts_with("kubectl -n meshcanary-system get mro reviews-v2") {
+            assert!(output.contains("reviews-v2"), "{output}");
+            // The leader took the resource over from step 4's finished run and runs it.
+            let phase = eventually(
+                "the MeshRollout's status",
+                Duration::from_secs(15),
+                async || {
+                    let (_, phase) = shell.run(
+                        "kubectl -n meshcanary-system get mro reviews-v2 -o jsonpath='{.status.phase}'",
+                    );
+                    match phase.trim() {
+                        "progressing" | "paused" => Ok(phase.trim().to_string()),
+                        other => Err(format!("phase {other:?}")),
+                    }
+                },
+            )
+            .await;
+            ran.push(format!("  MeshRollout reviews-v2: {phase}"));
         }
     }
     drop(traffic);
