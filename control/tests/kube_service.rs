@@ -15,9 +15,8 @@
 //! sits between one replica and the server.
 
 use axum::http::Method;
-use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use meshcanary_control::router::wasmplugin::wasmplugin_resource;
 use meshcanary_testkit::envtest::Envtest;
 use meshcanary_testkit::install::WASMPLUGIN;
@@ -107,32 +106,6 @@ impl Cluster {
             },
         )
         .await;
-    }
-
-    /// Every pluginConfig the WasmPlugin had since it was installed, in order, replayed by a
-    /// watch from the installed resourceVersion: what istiod would have sent to the proxies.
-    async fn plugin_config_history(&self) -> Vec<Value> {
-        let since = self.installed_plugin["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let params = WatchParams::default()
-            .fields(&format!("metadata.name={WASMPLUGIN}"))
-            .timeout(5);
-        let mut events = self.plugins().watch(&params, &since).await.unwrap().boxed();
-        let mut configs: Vec<Value> = Vec::new();
-        // The replay comes at once; the live tail is of no interest.
-        while let Ok(Some(event)) =
-            tokio::time::timeout(Duration::from_millis(500), events.next()).await
-        {
-            if let WatchEvent::Modified(object) = event.unwrap() {
-                let config = object.data["spec"]["pluginConfig"].clone();
-                if !config.is_null() && configs.last() != Some(&config) {
-                    configs.push(config);
-                }
-            }
-        }
-        configs
     }
 }
 

@@ -6,9 +6,8 @@
 //!
 //! No proxies run here (no `--prometheus-url`), so a weight counts as applied once written.
 
-use futures::StreamExt;
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use meshcanary_control::crd::MeshRollout;
 use meshcanary_testkit::install::WASMPLUGIN;
 use meshcanary_testkit::service::ServiceProcess;
@@ -108,28 +107,16 @@ impl Cluster {
         list.into_iter().filter_map(|e| e.reason).collect()
     }
 
-    /// Every v2 weight the WasmPlugin's pluginConfig had since it was installed, in order (a
-    /// watch replays every version): what istiod would have sent to the proxies.
+    /// Every v2 weight the WasmPlugin's pluginConfig had since it was installed, in order: what
+    /// istiod would have sent to the proxies.
     async fn canary_weights(&self) -> Vec<u64> {
-        let since = self.installed_plugin["metadata"]["resourceVersion"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let params = WatchParams::default()
-            .fields(&format!("metadata.name={WASMPLUGIN}"))
-            .timeout(5);
-        let mut events = self.plugins().watch(&params, &since).await.unwrap().boxed();
-        let mut weights: Vec<u64> = Vec::new();
-        while let Ok(Some(event)) =
-            tokio::time::timeout(Duration::from_millis(500), events.next()).await
-        {
-            if let WatchEvent::Modified(object) = event.unwrap() {
-                let weight = v2_weight(&object.data["spec"]["pluginConfig"]);
-                if let Some(weight) = weight.filter(|w| weights.last() != Some(w)) {
-                    weights.push(weight);
-                }
-            }
-        }
+        let mut weights: Vec<u64> = self
+            .plugin_config_history()
+            .await
+            .iter()
+            .filter_map(v2_weight)
+            .collect();
+        weights.dedup();
         weights
     }
 }

@@ -4,12 +4,14 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of it.
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, WatchEvent, WatchParams};
 use meshcanary_control::router::wasmplugin::wasmplugin_resource;
 use meshcanary_testkit::envtest::Envtest;
 use meshcanary_testkit::install::{Installed, Namespaces, Options, WASMPLUGIN};
 use serde_json::Value;
+use std::time::Duration;
 
 /// The installed project and the clients of a test.
 pub struct Cluster {
@@ -24,6 +26,32 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// Every pluginConfig the WasmPlugin had since it was installed, in order, replayed by a
+    /// watch from the installed resourceVersion: what istiod would have sent to the proxies.
+    pub async fn plugin_config_history(&self) -> Vec<Value> {
+        let since = self.installed_plugin["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let params = WatchParams::default()
+            .fields(&format!("metadata.name={WASMPLUGIN}"))
+            .timeout(5);
+        let mut events = self.plugins().watch(&params, &since).await.unwrap().boxed();
+        let mut configs: Vec<Value> = Vec::new();
+        // The replay comes at once; the live tail is of no interest.
+        while let Ok(Some(event)) =
+            tokio::time::timeout(Duration::from_millis(500), events.next()).await
+        {
+            if let WatchEvent::Modified(object) = event.unwrap() {
+                let config = object.data["spec"]["pluginConfig"].clone();
+                if !config.is_null() && configs.last() != Some(&config) {
+                    configs.push(config);
+                }
+            }
+        }
+        configs
+    }
+
     /// Installs the project (bookinfo's objects too) into fresh namespaces of the binary's shared
     /// server; `None` (the test skips) without the server's binaries.
     pub async fn start() -> Option<Cluster> {
