@@ -37,5 +37,6 @@ pub mod store;
 pub mod time;
 pub mod view;
 pub mod webhook;
+pub mod workloads;
 
 pub use error::{Error, Result};

@@ -4,7 +4,9 @@
 
 use crate::retention::Retention;
 use crate::webhook;
+use crate::workloads::WorkloadScaler;
 use meshcanary_core::config::FilterConfig;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The default [`ControllerOptions::proxy_grace`].
@@ -23,6 +25,9 @@ pub struct ControllerOptions {
     pub webhooks: webhook::Client,
     /// Which finished rollouts are kept (`--retain-finished*`).
     pub retention: Retention,
+    /// Scales the Deployments rollouts name in `workloads` (Kubernetes mode); without it a
+    /// rollout with `workloads` is refused.
+    pub scaler: Option<Arc<dyn WorkloadScaler>>,
 }
 
 impl Default for ControllerOptions {
@@ -32,6 +37,7 @@ impl Default for ControllerOptions {
             proxy_grace: DEFAULT_PROXY_GRACE,
             webhooks: webhook::Client::default(),
             retention: Retention::default(),
+            scaler: None,
         }
     }
 }

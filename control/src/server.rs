@@ -22,6 +22,7 @@ use crate::store::configmap::ConfigMapStore;
 use crate::store::file::FileStore;
 use crate::time::HumanDuration;
 use crate::webhook;
+use crate::workloads::deployments::DeploymentScaler;
 use clap::Args;
 use futures::StreamExt;
 use meshcanary_core::config::FilterConfig;
@@ -222,6 +223,8 @@ impl ServeArgs {
                 self.retain_finished_for.0,
                 self.retain_finished_bytes,
             )?,
+            // Kubernetes mode sets it once it has a client.
+            scaler: None,
         })
     }
 }
@@ -416,6 +419,12 @@ async fn serve_in_kubernetes(
     tracing::info!(%identity, lease = %args.leader_lease, wasmplugin = %format!("{}/{wasmplugin}", args.kube_namespace), "Kubernetes mode");
     let mut drift_watch = None;
     let mut reconciler = None;
+    // The Deployments rollouts name in `workloads` live beside the WasmPlugin.
+    let mut options = options;
+    options.scaler = Some(Arc::new(DeploymentScaler::new(
+        client.clone(),
+        &args.kube_namespace,
+    )));
     let outcome = async {
         let (expected_tx, expected_rx) =
             tokio::sync::watch::channel(options.initial.clone().unwrap_or_default());

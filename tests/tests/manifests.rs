@@ -963,6 +963,10 @@ fn check_token_secret(
 /// A grant: in which namespace, on which API group and resource.
 type Scope = (String, String, String);
 
+/// The Deployments behind reviews' variants in Istio's bookinfo sample, which its rollouts name in
+/// `workloads`: the only ones the service may read and scale.
+const SCALED_DEPLOYMENTS: [&str; 3] = ["reviews-v1", "reviews-v2", "reviews-v3"];
+
 fn scope(namespace: &str, group: &str, resource: &str) -> Scope {
     (
         namespace.to_string(),
@@ -1066,6 +1070,7 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
                     "virtualservices" | "destinationrules" => {
                         service.routing_objects.iter().map(String::as_str).collect()
                     }
+                    "deployments" | "deployments/scale" => SCALED_DEPLOYMENTS.to_vec(),
                     _ => continue,
                 };
                 let shown = match used.as_slice() {
@@ -1136,11 +1141,20 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
             scope(own, "events.k8s.io", "events"),
             strings(&["create", "patch"]),
         ),
+        // Rollouts with `workloads`: the Deployments behind the variants, read and scaled.
+        (scope(managed, "apps", "deployments"), strings(&["get"])),
+        (
+            scope(managed, "apps", "deployments/scale"),
+            strings(&["patch"]),
+        ),
     ]
     .into_iter()
     .filter(|(scope, _)| {
         !service.routing_objects.is_empty()
-            || !matches!(scope.2.as_str(), "virtualservices" | "destinationrules")
+            || !matches!(
+                scope.2.as_str(),
+                "virtualservices" | "destinationrules" | "deployments" | "deployments/scale"
+            )
     })
     .collect();
     for (scope, verbs) in &granted {

@@ -190,6 +190,27 @@ async fn create_starts_the_rollout_and_pushes_its_weight() {
     assert_eq!(last.generation, 2);
 }
 
+/// Standalone mode has no Deployments: a rollout naming some is refused, naming the field, and
+/// nothing is created.
+#[tokio::test]
+async fn standalone_refuses_a_rollout_with_workloads() {
+    let h = harness(false).await;
+    let mut spec = rollout("r1");
+    spec["workloads"] = json!({"stable": "reviews-v1", "canary": "reviews-v2"});
+    let (status, _, body) = call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(spec)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "workloads");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs Kubernetes mode (--wasmplugin)"),
+        "{body}"
+    );
+    let (status, _, _) = call(&h.app, "GET", "/v1/rollouts/r1", Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
 /// Issue 20: finished variants stayed at 0 % forever, so after about 15 releases a route reached
 /// the filter's 16 variants and took no canary. Now each release retires the old stable.
 #[tokio::test]

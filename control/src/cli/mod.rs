@@ -694,6 +694,8 @@ fn spec_from_flags(args: &CreateArgs) -> Result<RolloutSpec, String> {
         // Webhooks need a name, a type and a URL each, and often a timeout, retries and metadata:
         // more than a flag reads well, so they are left to spec files.
         webhooks: Vec::new(),
+        // Likewise the Deployments behind the variants.
+        workloads: None,
     })
 }
 

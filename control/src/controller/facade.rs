@@ -11,6 +11,12 @@ const STATE_CONFLICT_RETRIES: usize = 3;
 impl Controller {
     /// Creates a rollout; the engine starts it at once.
     pub async fn create(self: &Arc<Self>, spec: RolloutSpec) -> Result<Rollout> {
+        if spec.workloads.is_some() && self.options.scaler.is_none() {
+            return Err(Error::invalid(
+                "workloads",
+                "scaling Deployments needs Kubernetes mode (--wasmplugin); this service runs standalone, with no Deployments to scale",
+            ));
+        }
         let name = spec.name.clone();
         let observation = self.observation();
         let mut io = Io::new();
@@ -209,6 +215,13 @@ impl Controller {
             // The hooks this write calls are known before retention deletes anything, so a
             // rollout that finishes in it still gets its notification.
             let notify = notifications(&current, &next);
+            let scale_downs: Vec<(String, u32)> = next
+                .rollouts
+                .iter()
+                .flat_map(|(name, rollout)| {
+                    engine::scale_downs(current.rollouts.get(name), rollout)
+                })
+                .collect();
             crate::retention::apply_logged(&self.retention, &mut next, now);
             let resync = *self.resync.locked();
             if next == *current && resync.is_none() && !reloaded {
@@ -252,6 +265,7 @@ impl Controller {
             for notification in notify {
                 let _ = self.notify_tx.send(notification);
             }
+            self.scale_in_background(scale_downs);
             *current = next;
             if push_needed && self.push(&current.filter).await && resync.is_some() {
                 *self.resync.locked() = None;

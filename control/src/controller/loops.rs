@@ -151,8 +151,73 @@ impl Controller {
             *proxies = answers;
             changed
         };
-        if changed {
+        let workloads_changed = self.observe_workloads().await;
+        if changed || workloads_changed {
             self.wake.notify_one();
+        }
+    }
+
+    /// Reads the replicas of the Deployments the running rollouts name in `workloads`; whether
+    /// anything changed. A Deployment that cannot be read is left out (the engine then waits for
+    /// it, and pauses the rollout when its ready timeout runs out).
+    async fn observe_workloads(&self) -> bool {
+        let Some(scaler) = &self.options.scaler else {
+            return false;
+        };
+        {
+            // One read per Deployment a second is plenty for replicas that take seconds to start.
+            let mut last = self.workloads_read_at.locked();
+            if last.is_some_and(|at| at.elapsed() < WORKLOADS_INTERVAL) {
+                return false;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        // A write holding the state (it may be pushing) is not waited for: the next round reads.
+        let Ok(state) = self.state.try_lock() else {
+            return false;
+        };
+        let names: std::collections::BTreeSet<String> = {
+            state
+                .rollouts
+                .values()
+                .filter(|r| !r.status.phase.is_terminal())
+                .filter_map(|r| r.spec.workloads.as_ref())
+                .flat_map(|w| [w.stable.clone(), w.canary.clone()])
+                .collect()
+        };
+        drop(state);
+        let mut read = std::collections::BTreeMap::new();
+        for name in names {
+            match scaler.ready(&name).await {
+                Ok(replicas) => {
+                    read.insert(name, replicas);
+                }
+                Err(error) => {
+                    tracing::warn!(deployment = %name, %error, "cannot read the Deployment")
+                }
+            }
+        }
+        let mut workloads = self.workloads.write_locked();
+        let changed = *workloads != read;
+        *workloads = read;
+        changed
+    }
+
+    /// Scales each Deployment to its replicas in a task of its own; a failure is logged.
+    pub(super) fn scale_in_background(&self, scales: Vec<(String, u32)>) {
+        let Some(scaler) = &self.options.scaler else {
+            return;
+        };
+        for (name, replicas) in scales {
+            let scaler = scaler.clone();
+            tokio::spawn(async move {
+                match scaler.scale(&name, replicas).await {
+                    Ok(()) => tracing::info!(deployment = %name, replicas, "scaled Deployment"),
+                    Err(error) => {
+                        tracing::error!(deployment = %name, replicas, %error, "cannot scale the Deployment")
+                    }
+                }
+            });
         }
     }
 
@@ -170,6 +235,7 @@ impl Controller {
                         .unwrap_or(0),
                 )
             },
+            workloads: self.workloads.read_locked().clone(),
         }
     }
 

@@ -34,7 +34,7 @@ use crate::observer::{MetricsObserver, ProxyGeneration};
 use crate::options::ControllerOptions;
 use crate::retention::Retention;
 use crate::rollout::engine::{self, Action, Command, Observation};
-use crate::rollout::{CheckRecord, Phase, Rollout, RolloutSpec, WebhookKind};
+use crate::rollout::{CheckRecord, Phase, Replicas, Rollout, RolloutSpec, WebhookKind};
 use crate::router::TrafficRouter;
 use crate::state::ServiceState;
 use crate::store::StateStore;
@@ -54,6 +54,8 @@ pub const OBSERVE_INTERVAL: Duration = Duration::from_millis(200);
 const ENGINE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a follower reloads the leader's state to serve fresh reads.
 const FOLLOWER_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the Deployments of rollouts with `workloads` are read.
+const WORKLOADS_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a failed push is retried.
 pub const PUSH_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -64,6 +66,9 @@ pub struct Controller {
     router: Box<dyn TrafficRouter>,
     observer: Box<dyn MetricsObserver>,
     proxies: RwLock<Vec<ProxyGeneration>>,
+    /// The replicas of the Deployments running rollouts name in `workloads`, as last read.
+    workloads: RwLock<std::collections::BTreeMap<String, Replicas>>,
+    workloads_read_at: std::sync::Mutex<Option<std::time::Instant>>,
     pushed_generation: AtomicU64,
     wake: Notify,
     // Ticks run one at a time (the engine loop ticks; a tick of its own must not overlap a
@@ -146,6 +151,8 @@ impl Controller {
             router,
             observer,
             proxies: RwLock::new(Vec::new()),
+            workloads: RwLock::new(std::collections::BTreeMap::new()),
+            workloads_read_at: std::sync::Mutex::new(None),
             pushed_generation: AtomicU64::new(0),
             wake: Notify::new(),
             tick_lock: Mutex::new(()),

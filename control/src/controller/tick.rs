@@ -118,6 +118,7 @@ impl Controller {
                         .map(|at| at.plus(engine::gate_deadline(&rollout, kind)));
                     break;
                 }
+                Action::ScaleCanary { .. } => io.push((rollout.clone(), action.clone())),
                 _ => {}
             }
             let span =
@@ -198,6 +199,11 @@ impl Controller {
                         });
                     });
                 }
+                Action::ScaleCanary {
+                    deployment,
+                    replicas,
+                    ..
+                } => self.scale_in_background(vec![(deployment, replicas)]),
                 _ => {}
             }
         }

@@ -155,6 +155,8 @@ impl MeshRolloutSpec {
             analysis: self.analysis.clone(),
             webhooks: self.webhooks.clone(),
             retire_after: self.retire_after,
+            // Not in the MeshRollout schema yet: only API rollouts scale Deployments.
+            workloads: None,
         }
     }
 

@@ -263,6 +263,8 @@ impl MeshRolloutStatus {
                 last_gate_at: analysis.last_gate_at,
                 gate_called_at: analysis.gate_called_at,
             },
+            // MeshRollouts carry no workloads yet.
+            workloads: Default::default(),
         })
     }
 
@@ -297,6 +299,7 @@ fn hold_reason(hold: Option<Hold>) -> &'static str {
         Some(Hold::HandWeight) => "WeightSetByHand",
         Some(Hold::Propagation) => "PropagationTimedOut",
         Some(Hold::Inconclusive) => "AnalysisInconclusive",
+        Some(Hold::Workload) => "CanaryNotReady",
         None => "Paused",
     }
 }

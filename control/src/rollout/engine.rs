@@ -5,22 +5,27 @@
 
 use super::action::RolloutAction;
 use super::analysis_spec::{CheckRecord, DEFAULT_GATE_INTERVAL, MAX_CHECKS};
-use super::{Event, Hold, Phase, PlanStep, Rollout, WebhookKind, MAX_HISTORY};
+use super::{Event, Hold, Phase, PlanStep, Replicas, Rollout, ScaleDown, WebhookKind, MAX_HISTORY};
 use crate::analysis::judge::Verdict;
 use crate::error::{Error, Result};
 use crate::time::{HumanDuration, Timestamp};
 use meshcanary_core::config::TOTAL_WEIGHT;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Added to the longest time gate hooks can take before their call counts as lost.
 const GATE_DEADLINE_MARGIN: Duration = Duration::from_secs(5);
 
-/// What the service knows about the proxies when it asks the engine.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What the service knows about the proxies (and the rollouts' Deployments) when it asks the
+/// engine.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Observation {
     /// The lowest config generation any watched proxy runs; `None` when no proxy is watched (the
     /// push is then taken as applied once written).
     pub min_proxy_generation: Option<u64>,
+    /// The replicas of the Deployments running rollouts name in `workloads`, by name; a
+    /// Deployment not read yet is missing.
+    pub workloads: BTreeMap<String, Replicas>,
 }
 
 impl Observation {
@@ -69,6 +74,18 @@ pub enum Action {
     RollBack {
         /// What failed (a check, a gate, the timeout), written into the history and the hooks.
         reason: String,
+    },
+    /// Scale the canary's Deployment (`workloads.canary`) to `replicas` (IO: its `scale`
+    /// subresource); the weight that needs them waits until they are ready.
+    ScaleCanary {
+        /// The Deployment.
+        deployment: String,
+        /// The replicas `weight` needs.
+        replicas: u32,
+        /// The canary's full size they are a share of.
+        full: u32,
+        /// The weight (basis points) waiting for them.
+        weight: u32,
     },
 }
 
@@ -126,9 +143,9 @@ pub fn next(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Act
                 return gate(rollout, WebhookKind::PreRollout, now);
             }
             if rollout.plan.is_empty() {
-                promotion(rollout, now)
+                promotion(rollout, observation, now)
             } else {
-                Action::EnterStep { index: 0 }
+                enter(rollout, observation, 0, now)
             }
         }
         Phase::Progressing => {
@@ -190,7 +207,15 @@ pub fn next(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Act
                 action => action,
             }
         }
-        Phase::Promoting if rollout.spec.auto_finish => Action::Finish,
+        Phase::Promoting if rollout.spec.auto_finish => {
+            // The old stable is scaled down on finishing: not before the canary can take it all.
+            // Promoting cannot pause, so a canary that never gets ready keeps it promoting.
+            match canary_gate(rollout, observation, TOTAL_WEIGHT, now) {
+                None => Action::Finish,
+                Some(Action::Pause { .. }) => Action::Wait { until: None },
+                Some(action) => action,
+            }
+        }
         Phase::Paused
         | Phase::Promoting
         | Phase::Succeeded
@@ -236,8 +261,9 @@ fn gate(rollout: &Rollout, kind: WebhookKind, now: Timestamp) -> Action {
     }
 }
 
-/// Every step is done: promote once the last check passed and the confirm-promotion hooks agree.
-fn promotion(rollout: &Rollout, now: Timestamp) -> Action {
+/// Every step is done: promote once the last check passed, the confirm-promotion hooks agree and
+/// the canary's Deployment (with `workloads`) has its full size ready.
+fn promotion(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Action {
     let status = &rollout.status;
     if rollout.spec.analysis.is_some() && status.analysis.last_verdict != Some(Verdict::Pass) {
         // Never promote on a failed, inconclusive or missing last check: wait for the next one.
@@ -252,8 +278,98 @@ fn promotion(rollout: &Rollout, now: Timestamp) -> Action {
     if gated && !status.analysis.promotion_confirmed {
         return gate(rollout, WebhookKind::ConfirmPromotion, now);
     }
+    if let Some(action) = canary_gate(rollout, observation, TOTAL_WEIGHT, now) {
+        return action;
+    }
     Action::Promote {
         reason: "every step passed".into(),
+    }
+}
+
+/// Enters step `index`; a `setWeight` step first needs its canary replicas ready.
+fn enter(rollout: &Rollout, observation: &Observation, index: usize, now: Timestamp) -> Action {
+    if let Some(PlanStep::SetWeight(weight)) = rollout.plan.get(index) {
+        if let Some(action) = canary_gate(rollout, observation, *weight, now) {
+            return action;
+        }
+    }
+    Action::EnterStep { index }
+}
+
+/// With `workloads`, what must happen before the canary gets `weight`: scale its Deployment up,
+/// wait for the replicas to be ready, or, when they are not ready within the ready timeout,
+/// pause. `None` when the weight may go on (or the rollout names no Deployments).
+fn canary_gate(
+    rollout: &Rollout,
+    observation: &Observation,
+    weight: u32,
+    now: Timestamp,
+) -> Option<Action> {
+    let workloads = rollout.spec.workloads.as_ref()?;
+    let status = &rollout.status.workloads;
+    let full = match workloads.replicas.or(status.full) {
+        Some(full) => full,
+        // The stable's size, once read; at least one replica.
+        None => match observation.workloads.get(&workloads.stable) {
+            Some(stable) => stable.desired.max(1),
+            None => return Some(Action::Wait { until: None }),
+        },
+    };
+    let needed = workloads.needed(full, weight);
+    if status.requested < needed {
+        return Some(Action::ScaleCanary {
+            deployment: workloads.canary.clone(),
+            replicas: needed,
+            full,
+            weight,
+        });
+    }
+    let ready = observation
+        .workloads
+        .get(&workloads.canary)
+        .map_or(0, |replicas| replicas.ready);
+    if ready >= needed {
+        return None;
+    }
+    let timeout = workloads.ready_timeout();
+    let deadline = status
+        .requested_at
+        .unwrap_or(rollout.status.step_started_at)
+        .plus(timeout);
+    Some(if now >= deadline {
+        Action::Pause {
+            hold: Hold::Workload,
+            reason: format!(
+                "{} has {ready}/{needed} ready replicas after {}; weight {} waits for them (resume to scale and wait again)",
+                workloads.canary,
+                humantime::format_duration(timeout),
+                percent(weight)
+            ),
+        }
+    } else {
+        Action::Wait {
+            until: Some(deadline),
+        }
+    })
+}
+
+/// The Deployments to scale, and to how many replicas, because `after` ended where `before` had
+/// not: after success the old stable (with `scaleDown: zero`), after a rollback or an abort the
+/// canary, to 0.
+pub fn scale_downs(before: Option<&Rollout>, after: &Rollout) -> Vec<(String, u32)> {
+    let Some(workloads) = &after.spec.workloads else {
+        return Vec::new();
+    };
+    let phase = after.status.phase;
+    if before.is_some_and(|b| b.status.phase == phase) {
+        return Vec::new();
+    }
+    match phase {
+        Phase::Succeeded if workloads.scale_down == ScaleDown::Zero => {
+            vec![(workloads.stable.clone(), 0)]
+        }
+        Phase::RolledBack | Phase::Aborted => vec![(workloads.canary.clone(), 0)],
+        _ => Vec::new(),
     }
 }
 
@@ -261,15 +377,13 @@ fn progress_step(rollout: &Rollout, observation: &Observation, now: Timestamp) -
     let status = &rollout.status;
     let following = || {
         if status.step + 1 < rollout.plan.len() {
-            Action::EnterStep {
-                index: status.step + 1,
-            }
+            enter(rollout, observation, status.step + 1, now)
         } else {
-            promotion(rollout, now)
+            promotion(rollout, observation, now)
         }
     };
     match rollout.plan.get(status.step) {
-        None => promotion(rollout, now),
+        None => promotion(rollout, observation, now),
         Some(PlanStep::SetWeight(weight)) => {
             if observation.carries(status.weight_generation) {
                 // With analysis, each weight is judged before the next: a check must pass after
@@ -511,6 +625,20 @@ pub fn apply(rollout: &Rollout, action: &Action, now: Timestamp) -> Rollout {
             set_phase(&mut next, Phase::RolledBack, now);
             format!("rolled back: {reason}")
         }
+        Action::ScaleCanary {
+            deployment,
+            replicas,
+            full,
+            weight,
+        } => {
+            status.workloads.requested = *replicas;
+            status.workloads.full = Some(*full);
+            status.workloads.requested_at = Some(now);
+            format!(
+                "scaling Deployment {deployment} to {replicas} of {full} replicas; weight {} waits for them to be ready",
+                percent(*weight)
+            )
+        }
     };
     record(&mut next, message, now);
     next
@@ -543,6 +671,13 @@ pub fn command(rollout: &Rollout, command: Command, now: Timestamp) -> Result<Ro
             }
         },
         Command::Resume => match (phase, next.status.hold) {
+            (Phase::Paused, Some(Hold::PauseStep)) if next.spec.workloads.is_some() => {
+                // The engine enters the next step (a progressing pause step without duration
+                // moves on), once its canary replicas are ready.
+                next.status.hold = None;
+                set_phase(&mut next, Phase::Progressing, now);
+                "resumed by request".to_string()
+            }
             (Phase::Paused, Some(Hold::PauseStep)) => {
                 let index = next.status.step + 1;
                 let action = if index < next.plan.len() {
@@ -570,8 +705,20 @@ pub fn command(rollout: &Rollout, command: Command, now: Timestamp) -> Result<Ro
                 if hold == Some(Hold::Inconclusive) {
                     next.status.analysis.inconclusive_streak = 0;
                 }
+                if hold == Some(Hold::Workload) {
+                    // Ask for the replicas again, and wait for them afresh.
+                    next.status.workloads.requested = 0;
+                    next.status.workloads.requested_at = None;
+                }
+                // A canary that was not ready for the first step held the rollout before it
+                // ever progressed: it starts again, entering that step.
+                let phase = if hold == Some(Hold::Workload) && next.status.progressed_ms == 0 {
+                    Phase::Initialized
+                } else {
+                    Phase::Progressing
+                };
                 next.status.hold = None;
-                set_phase(&mut next, Phase::Progressing, now);
+                set_phase(&mut next, phase, now);
                 "resumed by request".to_string()
             }
             (Phase::Promoting, _) => {
@@ -700,6 +847,7 @@ mod tests {
 
     const APPLIED: Observation = Observation {
         min_proxy_generation: None,
+        workloads: BTreeMap::new(),
     };
 
     /// Runs the engine until it waits, like the service does, and returns the rollout.
@@ -790,9 +938,11 @@ mod tests {
         r.status.weight_generation = 5;
         let behind = Observation {
             min_proxy_generation: Some(4),
+            ..Observation::default()
         };
         let caught_up = Observation {
             min_proxy_generation: Some(5),
+            ..Observation::default()
         };
         assert_eq!(
             next(&r, &behind, at(3)),
@@ -1224,6 +1374,9 @@ mod tests {
             proxies: Option<bool>,
             verdict: Verdict,
             gate_ok: bool,
+            /// The canary's Deployment (with `workloads`) has every replica asked for ready, or
+            /// none.
+            ready: bool,
         },
         /// A person's command (not `SetWeight`: a person may set any weight).
         Person(Command),
@@ -1244,15 +1397,15 @@ mod tests {
             Just(Command::Finish),
         ];
         prop_oneof![
-            8 => (0u64..40, proptest::option::of(any::<bool>()), verdict, any::<bool>()).prop_map(
-                |(seconds, proxies, verdict, gate_ok)| Happening::Time { seconds, proxies, verdict, gate_ok }
+            8 => (0u64..40, proptest::option::of(any::<bool>()), verdict, any::<bool>(), any::<bool>()).prop_map(
+                |(seconds, proxies, verdict, gate_ok, ready)| Happening::Time { seconds, proxies, verdict, gate_ok, ready }
             ),
             1 => command.prop_map(Happening::Person),
         ]
     }
 
     /// A rollout with analysis on: rising weights with pauses between them, maybe gates, a
-    /// timeout and manual finish.
+    /// timeout, manual finish and Deployments to scale.
     fn analysed_rollout() -> impl proptest::strategy::Strategy<Value = Rollout> {
         use proptest::prelude::*;
         let step = (0u32..=100, 0u8..4);
@@ -1264,8 +1417,9 @@ mod tests {
             any::<bool>(),
             any::<bool>(),
             any::<bool>(),
+            any::<bool>(),
         )
-            .prop_map(|(steps, failures, inconclusive, pre, confirm, timeout, auto_finish)| {
+            .prop_map(|(steps, failures, inconclusive, pre, confirm, timeout, auto_finish, workloads)| {
                 let mut percents: Vec<u32> = steps.iter().map(|(percent, _)| *percent).collect();
                 percents.sort_unstable();
                 let mut plan = Vec::new();
@@ -1293,6 +1447,9 @@ mod tests {
                 });
                 if timeout {
                     extra["timeout"] = json!("5m");
+                }
+                if workloads {
+                    extra["workloads"] = json!({"stable": "reviews-v1", "canary": "reviews-v2", "readyTimeout": "1m"});
                 }
                 rollout(extra)
             })
@@ -1325,12 +1482,17 @@ mod tests {
                             r = after;
                         }
                     }
-                    Happening::Time { seconds, proxies, verdict, gate_ok } => {
+                    Happening::Time { seconds, proxies, verdict, gate_ok, ready } => {
                         now = now.plus(Duration::from_secs(seconds));
                         for _ in 0..50 {
                             let generation = r.status.weight_generation;
+                            let requested = r.status.workloads.requested;
                             let observation = Observation {
                                 min_proxy_generation: proxies.map(|current| if current { generation } else { generation.saturating_sub(1) }),
+                                workloads: BTreeMap::from([
+                                    ("reviews-v1".to_string(), Replicas { desired: 3, ready: 3 }),
+                                    ("reviews-v2".to_string(), Replicas { desired: requested, ready: if ready { requested } else { 0 } }),
+                                ]),
                             };
                             let action = next(&r, &observation, now);
                             let after = match &action {
@@ -1359,6 +1521,14 @@ mod tests {
                                 _ => apply(&r, &action, now),
                             };
                             proptest::prop_assert!(!regressed(&r, &after), "{action:?}: {r:?} -> {after:?}");
+                            if let Some(workloads) = &after.spec.workloads {
+                                // The engine raises the weight only onto enough ready replicas.
+                                if after.status.canary_weight > r.status.canary_weight {
+                                    let ready = observation.workloads["reviews-v2"].ready;
+                                    let needed = workloads.needed(3, after.status.canary_weight);
+                                    proptest::prop_assert!(ready >= needed, "{action:?} with {ready}/{needed} ready: {r:?}");
+                                }
+                            }
                             let mut after = after;
                             // The service pushes every new weight as the next generation.
                             if after.status.canary_weight != r.status.canary_weight {
@@ -1370,6 +1540,208 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// What the service reads: the stable `reviews-v1` at 3 replicas, the canary `reviews-v2`
+    /// with `ready` of `desired`.
+    fn scaled(desired: u32, ready: u32) -> Observation {
+        Observation {
+            min_proxy_generation: None,
+            workloads: BTreeMap::from([
+                (
+                    "reviews-v1".to_string(),
+                    Replicas {
+                        desired: 3,
+                        ready: 3,
+                    },
+                ),
+                ("reviews-v2".to_string(), Replicas { desired, ready }),
+            ]),
+        }
+    }
+
+    fn with_workloads(extra: serde_json::Value) -> Rollout {
+        let mut workloads = json!({"stable": "reviews-v1", "canary": "reviews-v2"});
+        for (k, v) in extra.as_object().unwrap() {
+            workloads[k] = v.clone();
+        }
+        rollout(json!({"workloads": workloads,
+            "steps": [{"setWeight": {"percent": 10}}, {"setWeight": {"percent": 50}}, {"pause": {}}]}))
+    }
+
+    fn scale(replicas: u32, full: u32, weight: u32) -> Action {
+        Action::ScaleCanary {
+            deployment: "reviews-v2".into(),
+            replicas,
+            full,
+            weight,
+        }
+    }
+
+    #[test]
+    fn each_weight_waits_for_its_canary_replicas() {
+        let fresh = with_workloads(json!({}));
+        let asked = apply(&fresh, &scale(1, 3, 1000), at(0));
+        assert_eq!(
+            (
+                asked.status.workloads.requested,
+                asked.status.workloads.full
+            ),
+            (1, Some(3))
+        );
+        assert_eq!(asked.status.canary_weight, 0, "the weight waits");
+        assert!(
+            asked
+                .status
+                .message
+                .contains("scaling Deployment reviews-v2 to 1 of 3 replicas; weight 10% waits"),
+            "{}",
+            asked.status.message
+        );
+        let at_10 = apply(&asked, &Action::EnterStep { index: 0 }, at(1));
+        let sized = with_workloads(json!({"replicas": 10, "minReplicas": 2}));
+        let cases: Vec<(&str, &Rollout, Observation, Timestamp, Action)> = vec![
+            ("the stable's size is not read yet", &fresh, Observation::default(), at(0), Action::Wait { until: None }),
+            ("the first weight scales the canary first, to the stable's size's share", &fresh, scaled(0, 0), at(0), scale(1, 3, 1000)),
+            ("replicas and minReplicas from the spec", &sized, scaled(0, 0), at(0), scale(2, 10, 1000)),
+            ("then waits for them to be ready", &asked, scaled(1, 0), at(10), Action::Wait { until: Some(at(300)) }),
+            ("ready: the weight goes on", &asked, scaled(1, 1), at(10), Action::EnterStep { index: 0 }),
+            ("not ready in time: pause", &asked, scaled(1, 0), at(300), Action::Pause {
+                hold: Hold::Workload,
+                reason: "reviews-v2 has 0/1 ready replicas after 5m; weight 10% waits for them (resume to scale and wait again)".into(),
+            }),
+            ("the next weight scales up again", &at_10, scaled(1, 1), at(2), scale(2, 3, 5000)),
+        ];
+        for (name, r, observation, now, expected) in cases {
+            assert_eq!(next(r, &observation, now), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn promotion_and_finish_wait_for_the_full_size_and_the_ends_scale_down() {
+        let r = with_workloads(json!({"readyTimeout": "1m"}));
+        let r = settle(r, &scaled(3, 3), at(0));
+        assert_eq!((r.status.step, r.status.phase), (2, Phase::Paused));
+        // Resuming the last pause step promotes, once the canary has all 3 replicas.
+        let resumed = command(&r, Command::Resume, at(1)).unwrap();
+        assert_eq!(
+            next(&resumed, &scaled(2, 2), at(1)),
+            scale(3, 3, TOTAL_WEIGHT)
+        );
+        let asked = apply(&resumed, &scale(3, 3, TOTAL_WEIGHT), at(1));
+        assert_eq!(
+            next(&asked, &scaled(3, 2), at(2)),
+            Action::Wait {
+                until: Some(at(61))
+            }
+        );
+        assert!(matches!(
+            next(&asked, &scaled(3, 3), at(2)),
+            Action::Promote { .. }
+        ));
+        // A person's promotion gives the canary 100 % at once; finishing (which scales the old
+        // stable down) still waits for it to be ready.
+        let promoted = command(&r, Command::Promote, at(1)).unwrap();
+        assert_eq!(
+            next(&promoted, &scaled(2, 2), at(1)),
+            scale(3, 3, TOTAL_WEIGHT)
+        );
+        let promoted = apply(&promoted, &scale(3, 3, TOTAL_WEIGHT), at(1));
+        assert_eq!(
+            next(&promoted, &scaled(3, 1), at(100)),
+            Action::Wait { until: None }
+        );
+        assert_eq!(next(&promoted, &scaled(3, 3), at(100)), Action::Finish);
+        let done = apply(&promoted, &Action::Finish, at(100));
+        let aborted = command(&r, Command::Abort, at(1)).unwrap();
+        let rolled_back = apply(
+            &r,
+            &Action::RollBack {
+                reason: "failed".into(),
+            },
+            at(1),
+        );
+        let mut kept = done.clone();
+        kept.spec.workloads.as_mut().unwrap().scale_down = ScaleDown::Keep;
+        let plain = settle(rollout(json!({})), &APPLIED, at(0));
+        let plain_aborted = command(&plain, Command::Abort, at(1)).unwrap();
+        type Case<'a> = (
+            &'a str,
+            Option<&'a Rollout>,
+            &'a Rollout,
+            Vec<(String, u32)>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "success scales the old stable to 0",
+                Some(&promoted),
+                &done,
+                vec![("reviews-v1".into(), 0)],
+            ),
+            ("scaleDown keep leaves it", Some(&promoted), &kept, vec![]),
+            (
+                "an abort scales the canary to 0",
+                Some(&r),
+                &aborted,
+                vec![("reviews-v2".into(), 0)],
+            ),
+            (
+                "so does a rollback",
+                Some(&r),
+                &rolled_back,
+                vec![("reviews-v2".into(), 0)],
+            ),
+            ("only once", Some(&aborted), &aborted, vec![]),
+            ("a running rollout scales nothing down", None, &r, vec![]),
+            (
+                "nor one without workloads",
+                Some(&plain),
+                &plain_aborted,
+                vec![],
+            ),
+        ];
+        for (name, before, after, expected) in cases {
+            assert_eq!(scale_downs(before, after), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn resuming_a_canary_that_was_not_ready_asks_again() {
+        let r = with_workloads(json!({"readyTimeout": "10s"}));
+        let r = apply(&r, &scale(1, 3, 1000), at(0));
+        let Action::Pause { hold, reason } = next(&r, &scaled(1, 0), at(10)) else {
+            panic!()
+        };
+        assert!(
+            reason.starts_with("reviews-v2 has 0/1 ready replicas after 10s"),
+            "{reason}"
+        );
+        let paused = apply(&r, &Action::Pause { hold, reason }, at(10));
+        assert_eq!(paused.status.phase, Phase::Paused);
+        let resumed = command(&paused, Command::Resume, at(20)).unwrap();
+        assert_eq!(next(&resumed, &scaled(1, 0), at(20)), scale(1, 3, 1000));
+        let resumed = apply(&resumed, &scale(1, 3, 1000), at(20));
+        assert_eq!(
+            next(&resumed, &scaled(1, 1), at(21)),
+            Action::EnterStep { index: 0 },
+            "the first weight is not skipped"
+        );
+        // Later in the rollout, resuming waits at the step it held at, then enters the next.
+        let at_10 = settle(resumed, &scaled(1, 1), at(21));
+        assert_eq!((at_10.status.step, at_10.status.canary_weight), (0, 1000));
+        let at_10 = apply(&at_10, &scale(2, 3, 5000), at(22));
+        let held = settle(at_10, &scaled(2, 1), at(40));
+        assert_eq!(
+            (held.status.phase, held.status.hold),
+            (Phase::Paused, Some(Hold::Workload))
+        );
+        let resumed = command(&held, Command::Resume, at(50)).unwrap();
+        assert_eq!(next(&resumed, &scaled(2, 1), at(50)), scale(2, 3, 5000));
+        let resumed = apply(&resumed, &scale(2, 3, 5000), at(50));
+        assert_eq!(
+            next(&resumed, &scaled(2, 2), at(51)),
+            Action::EnterStep { index: 1 }
+        );
     }
 
     #[test]

@@ -9,8 +9,10 @@
 pub mod action;
 pub mod analysis_spec;
 pub mod engine;
+pub mod workloads_spec;
 
 pub use analysis_spec::{AnalysisSpec, AnalysisStatus, CheckRecord, Webhook, WebhookKind};
+pub use workloads_spec::{Replicas, ScaleDown, WorkloadStatus, Workloads};
 
 use crate::error::{Error, Result};
 use crate::time::{HumanDuration, Timestamp};
@@ -82,6 +84,11 @@ pub struct RolloutSpec {
     /// retires at once). The grace lets in-flight requests and dashboards settle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retire_after: Option<HumanDuration>,
+    /// Kubernetes mode: the Deployments behind the stable and canary variants. The rollout then
+    /// scales the canary up before each weight, applies the weight only once enough of its
+    /// replicas are ready, and scales down what it leaves behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<Workloads>,
 }
 
 fn default_true() -> bool {
@@ -291,6 +298,9 @@ impl RolloutSpec {
         for (i, webhook) in self.webhooks.iter().enumerate() {
             webhook.check(&format!("webhooks[{i}]"))?;
         }
+        if let Some(workloads) = &self.workloads {
+            workloads.check("workloads")?;
+        }
         for (field, duration) in self.durations() {
             if duration.0 > MAX_DURATION {
                 return Err(Error::invalid(
@@ -322,6 +332,9 @@ impl RolloutSpec {
         add("timeout".into(), self.timeout);
         add("propagationTimeout".into(), self.propagation_timeout);
         add("retireAfter".into(), self.retire_after);
+        if let Some(workloads) = &self.workloads {
+            add("workloads.readyTimeout".into(), workloads.ready_timeout);
+        }
         for (i, step) in self.steps.iter().enumerate() {
             if let Step::Pause(pause) = step {
                 add(format!("steps[{i}].pause.duration"), pause.duration);
@@ -480,6 +493,9 @@ pub enum Hold {
     /// Too many analysis checks in a row were inconclusive (no traffic, stats unreadable): resume
     /// starts counting afresh.
     Inconclusive,
+    /// The canary's Deployment did not have the replicas a weight needs ready in time: resume
+    /// asks for them again and waits afresh.
+    Workload,
 }
 
 /// Where a rollout stands.
@@ -518,6 +534,9 @@ pub struct RolloutStatus {
     /// Analysis checks and gates.
     #[serde(default)]
     pub analysis: AnalysisStatus,
+    /// The scaling of the canary's Deployment (with `workloads`).
+    #[serde(default)]
+    pub workloads: WorkloadStatus,
 }
 
 /// One entry of a rollout's history.
@@ -578,6 +597,7 @@ impl Rollout {
                     message: "created".into(),
                 }],
                 analysis: AnalysisStatus::default(),
+                workloads: WorkloadStatus::default(),
             },
             version: 1,
         })

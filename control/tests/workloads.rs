@@ -1,0 +1,361 @@
+//! Rollouts that scale the Deployments behind their variants (`workloads`), against a real
+//! kube-apiserver (`meshcanary_testkit::envtest`, namespaces per test): the controller runs in
+//! process with the Kubernetes seams the service uses (WasmPlugin router, ConfigMap store,
+//! Deployment scaler), all as the control service's ServiceAccount with exactly the shipped RBAC.
+//!
+//! No kubelet or Deployment controller runs here, so the test plays them as an administrator: it
+//! creates bookinfo's reviews Deployments and writes `status.readyReplicas` through the status
+//! subresource when it decides the replicas are ready. No proxies are watched either: a weight
+//! counts as applied once written to the WasmPlugin.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use meshcanary_control::controller::Controller;
+use meshcanary_control::observer::envoy_admin::EnvoyAdminObserver;
+use meshcanary_control::options::ControllerOptions;
+use meshcanary_control::rollout::engine::Command;
+use meshcanary_control::rollout::{Rollout, RolloutSpec};
+use meshcanary_control::router::wasmplugin::WasmPluginRouter;
+use meshcanary_control::store::configmap::ConfigMapStore;
+use meshcanary_control::workloads::deployments::DeploymentScaler;
+use meshcanary_control::workloads::WorkloadScaler;
+use meshcanary_testkit::install::WASMPLUGIN;
+use meshcanary_testkit::wait::eventually;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use cluster::Cluster;
+
+/// How long the engine may take to react to what the test did.
+const REACT: Duration = Duration::from_secs(10);
+
+impl Cluster {
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.admin.clone(), self.apps())
+    }
+
+    /// Creates Deployment `name` (app `app`, version `version`) with `replicas`, none ready.
+    async fn create_deployment(&self, name: &str, app: &str, version: &str, replicas: i32) {
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": {"app": app, "version": version}},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": app, "version": version}},
+                "template": {
+                    "metadata": {"labels": {"app": app, "version": version}},
+                    "spec": {"containers": [{"name": app, "image": format!("docker.io/istio/examples-bookinfo-{app}-{version}:1.20.2")}]},
+                },
+            },
+        }))
+        .unwrap();
+        self.deployments()
+            .create(&PostParams::default(), &deployment)
+            .await
+            .unwrap();
+    }
+
+    /// Plays the Deployment controller and kubelet: `ready` of Deployment `name`'s replicas are
+    /// ready.
+    async fn mark_ready(&self, name: &str, ready: i32) {
+        let status = json!({"status": {"replicas": ready, "readyReplicas": ready, "availableReplicas": ready}});
+        self.deployments()
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(&status))
+            .await
+            .unwrap();
+    }
+
+    /// Deployment `name`'s `spec.replicas`.
+    async fn replicas(&self, name: &str) -> i32 {
+        let deployment = self.deployments().get(name).await.unwrap();
+        deployment.spec.replicas.unwrap_or(1)
+    }
+
+    /// Waits until Deployment `name` is scaled to `replicas`.
+    async fn wait_replicas(&self, name: &str, replicas: i32) {
+        eventually(
+            &format!("{name} is scaled to {replicas}"),
+            REACT,
+            async || match self.replicas(name).await {
+                got if got == replicas => Ok(()),
+                got => Err(format!("spec.replicas {got}")),
+            },
+        )
+        .await;
+    }
+
+    /// bookinfo's reviews Deployments: v1 (the stable) at 3 replicas, all ready; v2 (the
+    /// canary) at 0.
+    async fn reviews(&self) {
+        self.create_deployment("reviews-v1", "reviews", "v1", 3)
+            .await;
+        self.mark_ready("reviews-v1", 3).await;
+        self.create_deployment("reviews-v2", "reviews", "v2", 0)
+            .await;
+    }
+
+    /// The controller of Kubernetes mode, as the ServiceAccount, with its loops running.
+    async fn controller(&self) -> Service {
+        let client = self.service_account.clone();
+        let options = ControllerOptions {
+            scaler: Some(Arc::new(DeploymentScaler::new(client.clone(), self.apps()))),
+            ..ControllerOptions::default()
+        };
+        let controller = Controller::start(
+            Box::new(ConfigMapStore::new(
+                client.clone(),
+                self.system(),
+                "meshcanary-state",
+            )),
+            Box::new(WasmPluginRouter::new(client, self.apps(), WASMPLUGIN)),
+            Box::new(EnvoyAdminObserver::new(Vec::new())),
+            options,
+        )
+        .await
+        .unwrap();
+        let loops = tokio::spawn(controller.clone().run());
+        Service { controller, loops }
+    }
+
+    /// The canary's (v2's) weight on route reviews in the WasmPlugin, in basis points.
+    async fn canary_weight(&self) -> u64 {
+        let config = self.plugin_config().await;
+        config["routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|route| route["name"] == "reviews")
+            .and_then(|route| {
+                route["variants"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|variant| variant["name"] == "v2")
+            })
+            .map_or(0, |variant| variant["weight"].as_u64().unwrap())
+    }
+}
+
+/// The controller and its loops, stopped when dropped.
+struct Service {
+    controller: Arc<Controller>,
+    loops: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        self.loops.abort();
+    }
+}
+
+impl Service {
+    async fn create(&self, steps: Value, workloads: Value) -> Rollout {
+        let spec: RolloutSpec = serde_json::from_value(json!({
+            "name": "reviews-v2", "route": "reviews", "stable": "v1", "canary": "v2",
+            "steps": steps, "workloads": workloads,
+        }))
+        .unwrap();
+        self.controller.create(spec).await.unwrap()
+    }
+
+    async fn rollout(&self) -> Rollout {
+        self.controller.get("reviews-v2").await.unwrap()
+    }
+
+    /// Waits until the rollout is in `phase` and returns it.
+    async fn wait_phase(&self, phase: &str) -> Rollout {
+        eventually(&format!("rollout is {phase}"), REACT, async || {
+            let rollout = self.rollout().await;
+            match rollout.status.phase.as_str() {
+                now if now == phase => Ok(rollout),
+                now => Err(format!("{now}: {}", rollout.status.message)),
+            }
+        })
+        .await
+    }
+}
+
+#[tokio::test]
+async fn each_weight_waits_for_ready_canary_replicas_and_success_scales_the_old_stable_down() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster.reviews().await;
+    let service = cluster.controller().await;
+    service
+        .create(
+            json!([{"setWeight": {"percent": 10}}, {"pause": {}}, {"setWeight": {"percent": 50}}]),
+            json!({"stable": "reviews-v1", "canary": "reviews-v2"}),
+        )
+        .await;
+
+    // 10 % of the stable's 3 replicas, rounded up: the canary is scaled to 1 ...
+    cluster.wait_replicas("reviews-v2", 1).await;
+    // ... and the weight does not move while that replica is not ready.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster.canary_weight().await, 0);
+    let waiting = service.rollout().await;
+    assert_eq!(waiting.status.canary_weight, 0);
+    assert!(
+        waiting
+            .status
+            .message
+            .contains("scaling Deployment reviews-v2 to 1 of 3 replicas; weight 10% waits"),
+        "{}",
+        waiting.status.message
+    );
+
+    cluster.mark_ready("reviews-v2", 1).await;
+    let paused = service.wait_phase("paused").await;
+    assert_eq!(paused.status.canary_weight, 1000);
+    assert_eq!(cluster.canary_weight().await, 1000);
+    assert_eq!(
+        cluster.replicas("reviews-v1").await,
+        3,
+        "the stable is untouched"
+    );
+
+    // Resumed: 50 % needs 2 replicas, then promotion needs all 3.
+    service
+        .controller
+        .command("reviews-v2", Command::Resume, None)
+        .await
+        .unwrap();
+    cluster.wait_replicas("reviews-v2", 2).await;
+    assert_eq!(cluster.canary_weight().await, 1000);
+    cluster.mark_ready("reviews-v2", 2).await;
+    cluster.wait_replicas("reviews-v2", 3).await;
+    assert_eq!(
+        cluster.canary_weight().await,
+        5000,
+        "50 % on 2 ready replicas"
+    );
+    assert_eq!(service.rollout().await.status.phase.as_str(), "progressing");
+    cluster.mark_ready("reviews-v2", 3).await;
+    let done = service.wait_phase("succeeded").await;
+    assert_eq!(done.status.canary_weight, 10000);
+
+    // scaleDown zero (the default): the old stable goes to 0; the canary keeps its 3.
+    cluster.wait_replicas("reviews-v1", 0).await;
+    assert_eq!(cluster.replicas("reviews-v2").await, 3);
+}
+
+#[tokio::test]
+async fn a_canary_that_never_gets_ready_pauses_the_rollout_and_an_abort_scales_it_to_zero() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster.reviews().await;
+    let service = cluster.controller().await;
+    service
+        .create(
+            json!([{"setWeight": {"percent": 50}}, {"setWeight": {"percent": 100}}]),
+            json!({"stable": "reviews-v1", "canary": "reviews-v2", "readyTimeout": "2s"}),
+        )
+        .await;
+    cluster.wait_replicas("reviews-v2", 2).await;
+    cluster.mark_ready("reviews-v2", 1).await;
+
+    let paused = service.wait_phase("paused").await;
+    assert_eq!(
+        paused.status.message,
+        "reviews-v2 has 1/2 ready replicas after 2s; weight 50% waits for them (resume to scale and wait again)"
+    );
+    assert_eq!(paused.status.canary_weight, 0);
+    assert_eq!(cluster.canary_weight().await, 0);
+
+    let aborted = service
+        .controller
+        .command("reviews-v2", Command::Abort, None)
+        .await
+        .unwrap();
+    assert_eq!(aborted.status.phase.as_str(), "aborted");
+    cluster.wait_replicas("reviews-v2", 0).await;
+    assert_eq!(
+        cluster.replicas("reviews-v1").await,
+        3,
+        "the stable is untouched"
+    );
+}
+
+#[tokio::test]
+async fn a_rollback_scales_the_canary_to_zero() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster.reviews().await;
+    let service = cluster.controller().await;
+    // The rollout's timeout runs out during its hour-long pause: it rolls back.
+    let mut spec: RolloutSpec = serde_json::from_value(json!({
+        "name": "reviews-v2", "route": "reviews", "stable": "v1", "canary": "v2",
+        "steps": [{"setWeight": {"percent": 10}}, {"pause": {"duration": "1h"}}],
+        "timeout": "3s",
+        "workloads": {"stable": "reviews-v1", "canary": "reviews-v2", "minReplicas": 2},
+    }))
+    .unwrap();
+    spec.auto_finish = true;
+    service.controller.create(spec).await.unwrap();
+    cluster.wait_replicas("reviews-v2", 2).await;
+    cluster.mark_ready("reviews-v2", 2).await;
+    eventually("10 % is applied", REACT, async || {
+        match cluster.canary_weight().await {
+            1000 => Ok(()),
+            other => Err(format!("{other}")),
+        }
+    })
+    .await;
+    let rolled_back = service.wait_phase("rolledBack").await;
+    assert!(
+        rolled_back.status.message.contains("timed out"),
+        "{}",
+        rolled_back.status.message
+    );
+    cluster.wait_replicas("reviews-v2", 0).await;
+    assert_eq!(cluster.canary_weight().await, 0);
+    assert_eq!(
+        cluster.replicas("reviews-v1").await,
+        3,
+        "the stable is untouched"
+    );
+}
+
+#[tokio::test]
+async fn the_service_account_may_scale_only_reviews_deployments() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster.reviews().await;
+    cluster
+        .create_deployment("ratings-v1", "ratings", "v1", 1)
+        .await;
+    let scaler = DeploymentScaler::new(cluster.service_account.clone(), cluster.apps());
+
+    let error = scaler.scale("ratings-v1", 0).await.unwrap_err().to_string();
+    assert!(
+        error.contains(&format!(
+            "not allowed to scale Deployment {}/ratings-v1",
+            cluster.apps()
+        )) && error.contains("deployments/scale"),
+        "{error}"
+    );
+    let error = scaler.ready("ratings-v1").await.unwrap_err().to_string();
+    assert!(error.contains("not allowed to get Deployment"), "{error}");
+    assert_eq!(cluster.replicas("ratings-v1").await, 1);
+
+    // reviews' own Deployments it may read and scale, through the scale subresource alone.
+    scaler.scale("reviews-v2", 2).await.unwrap();
+    assert_eq!(cluster.replicas("reviews-v2").await, 2);
+    let replicas = scaler.ready("reviews-v1").await.unwrap();
+    assert_eq!((replicas.desired, replicas.ready), (3, 3));
+    let patch = json!({"spec": {"replicas": 5}});
+    let whole = Api::<Deployment>::namespaced(cluster.service_account.clone(), cluster.apps())
+        .patch("reviews-v2", &PatchParams::default(), &Patch::Merge(&patch))
+        .await;
+    assert!(
+        matches!(&whole, Err(kube::Error::Api(status)) if status.code == 403),
+        "{whole:?}"
+    );
+}
