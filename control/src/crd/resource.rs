@@ -10,7 +10,8 @@
 use super::status::MeshRolloutStatus;
 use crate::error::{Error, Result};
 use crate::rollout::{
-    AnalysisSpec, PlanStep, Progressive, RolloutSpec, Step, Webhook, MAX_NAME_LEN, MAX_STEPS,
+    AnalysisSpec, PlanStep, Progressive, RolloutSpec, Step, Webhook, Workloads, MAX_NAME_LEN,
+    MAX_STEPS,
 };
 use crate::time::HumanDuration;
 use kube::{CustomResource, KubeSchema, ResourceExt};
@@ -108,6 +109,11 @@ pub struct MeshRolloutSpec {
     /// with the QA rules that name it (default `60s`; `0s` retires at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retire_after: Option<HumanDuration>,
+    /// The Deployments behind the stable and canary (Kubernetes mode): the rollout scales the
+    /// canary up before each weight, moves the weight only onto ready replicas, and scales down
+    /// what it leaves behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<Workloads>,
     /// Hold the rollout where it is (a GitOps pause: set it in Git, the rollout pauses; clear it,
     /// it resumes). Default `false`.
     #[serde(default)]
@@ -155,8 +161,7 @@ impl MeshRolloutSpec {
             analysis: self.analysis.clone(),
             webhooks: self.webhooks.clone(),
             retire_after: self.retire_after,
-            // Not in the MeshRollout schema yet: only API rollouts scale Deployments.
-            workloads: None,
+            workloads: self.workloads.clone(),
         }
     }
 
@@ -175,6 +180,7 @@ impl MeshRolloutSpec {
             analysis: spec.analysis.clone(),
             webhooks: spec.webhooks.clone(),
             retire_after: spec.retire_after,
+            workloads: spec.workloads.clone(),
             paused,
         }
     }

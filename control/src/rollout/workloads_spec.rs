@@ -5,6 +5,7 @@
 use crate::error::{Error, Result};
 use crate::time::{HumanDuration, Timestamp};
 use meshcanary_core::config::TOTAL_WEIGHT;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use utoipa::ToSchema;
@@ -14,12 +15,14 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The Deployments behind the stable and canary variants (Istio's bookinfo convention:
 /// `reviews-v1`, `reviews-v2`), in the WasmPlugin's namespace.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Workloads {
     /// The stable variant's Deployment.
+    #[schemars(length(min = 1, max = 253))]
     pub stable: String,
     /// The canary variant's Deployment.
+    #[schemars(length(min = 1, max = 253))]
     pub canary: String,
     /// The canary's full size, at 100 %; by default the stable's `spec.replicas` when the
     /// rollout first scales.
@@ -27,6 +30,7 @@ pub struct Workloads {
     pub replicas: Option<u32>,
     /// The fewest canary replicas at any weight (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub min_replicas: Option<u32>,
     /// What happens to the old stable's Deployment after success (default `zero`).
     #[serde(default)]
@@ -38,7 +42,9 @@ pub struct Workloads {
 }
 
 /// What happens to the old stable's Deployment after a successful rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema, JsonSchema,
+)]
 #[serde(rename_all = "camelCase")]
 pub enum ScaleDown {
     /// Scale it to 0 replicas.
