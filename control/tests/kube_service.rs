@@ -1570,7 +1570,10 @@ async fn drift_is_seen_within_seconds_after_an_api_server_restart() {
         )
         .await;
         eprintln!("round {round} (compacted: {compact}): drift re-applied {seen:?} after the API server was back");
-        assert!(seen < Duration::from_secs(6), "round {round}: {seen:?}");
+        // The backoff itself (at most 2 s between attempts) is pinned by drift.rs's unit test;
+        // this bound is a coarse guard on the whole path (watch, list, push), loose enough for a
+        // loaded 2-core CI machine, where it measured 7.4 s once (usually 2-4 s).
+        assert!(seen < Duration::from_secs(12), "round {round}: {seen:?}");
     }
 }
 
