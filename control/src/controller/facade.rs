@@ -11,29 +11,12 @@ const STATE_CONFLICT_RETRIES: usize = 3;
 impl Controller {
     /// Creates a rollout; the engine starts it at once.
     pub async fn create(self: &Arc<Self>, spec: RolloutSpec) -> Result<Rollout> {
-        if spec.workloads.is_some() && self.options.scaler.is_none() {
-            return Err(Error::invalid(
-                "workloads",
-                "scaling Deployments needs Kubernetes mode (--wasmplugin); this service runs standalone, with no Deployments to scale",
-            ));
-        }
-        let name = spec.name.clone();
-        let observation = self.observation();
-        let mut io = Io::new();
         let rollout = self
-            .mutate_then(
-                |state, now| {
-                    io.clear();
-                    state.create_rollout(spec.clone(), now)?;
-                    self.advance(state, &name, &observation, now, &mut io);
-                    Ok(())
-                },
-                |state, ()| state.rollouts.get(&name).cloned(),
-            )
-            .await?
-            .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))?;
-        tracing::info!(rollout = %name, route = %rollout.spec.route, "created rollout");
-        self.start_io(io);
+            .start_run(&spec, |state, now| {
+                state.create_rollout(spec.clone(), now).map(|_| ())
+            })
+            .await?;
+        tracing::info!(rollout = %rollout.spec.name, route = %rollout.spec.route, "created rollout");
         Ok(rollout)
     }
 
@@ -42,46 +25,70 @@ impl Controller {
     /// write: a MeshRollout whose spec asks for a new run. `why` goes into the new run's history.
     pub async fn replace(self: &Arc<Self>, spec: RolloutSpec, why: &str) -> Result<Rollout> {
         let name = spec.name.clone();
+        let rollout = self
+            .start_run(&spec, |state, now| {
+                let old = state
+                    .rollouts
+                    .get(&name)
+                    .cloned()
+                    .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))?;
+                let ended = if old.status.phase.is_terminal() {
+                    format!("{} {}", old.spec.canary, old.status.phase.as_str())
+                } else {
+                    let aborted = engine::command(&old, Command::Abort, now)?;
+                    state.put_rollout(aborted)?;
+                    format!(
+                        "{} aborted at {}",
+                        old.spec.canary,
+                        engine::percent(old.status.canary_weight)
+                    )
+                };
+                state.delete_rollout(&name)?;
+                state.create_rollout(spec.clone(), now)?;
+                if let Some(created) = state.rollouts.get(&name) {
+                    let noted = engine::note(
+                        created,
+                        format!("{why}: replaces the previous run ({ended})"),
+                        now,
+                    );
+                    state.rollouts.insert(name.clone(), noted);
+                }
+                Ok(())
+            })
+            .await?;
+        tracing::info!(rollout = %name, canary = %rollout.spec.canary, "replaced rollout: {why}");
+        Ok(rollout)
+    }
+
+    /// Starts a run of rollout `spec`: `put` brings it into the state (a create, a replace), the
+    /// engine advances it in the same write, and the IO it asks for starts once that write is
+    /// saved. Answers with the rollout as the write left it.
+    async fn start_run(
+        self: &Arc<Self>,
+        spec: &RolloutSpec,
+        mut put: impl FnMut(&mut ServiceState, Timestamp) -> Result<()>,
+    ) -> Result<Rollout> {
+        if spec.workloads.is_some() && self.options.scaler.is_none() {
+            return Err(Error::invalid(
+                "workloads",
+                "scaling Deployments needs Kubernetes mode (--wasmplugin); this service runs standalone, with no Deployments to scale",
+            ));
+        }
+        let name = &spec.name;
         let observation = self.observation();
         let mut io = Io::new();
         let rollout = self
             .mutate_then(
                 |state, now| {
                     io.clear();
-                    let old = state
-                        .rollouts
-                        .get(&name)
-                        .cloned()
-                        .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))?;
-                    let ended = if old.status.phase.is_terminal() {
-                        format!("{} {}", old.spec.canary, old.status.phase.as_str())
-                    } else {
-                        let aborted = engine::command(&old, Command::Abort, now)?;
-                        state.put_rollout(aborted)?;
-                        format!(
-                            "{} aborted at {}",
-                            old.spec.canary,
-                            engine::percent(old.status.canary_weight)
-                        )
-                    };
-                    state.delete_rollout(&name)?;
-                    state.create_rollout(spec.clone(), now)?;
-                    if let Some(created) = state.rollouts.get(&name) {
-                        let noted = engine::note(
-                            created,
-                            format!("{why}: replaces the previous run ({ended})"),
-                            now,
-                        );
-                        state.rollouts.insert(name.clone(), noted);
-                    }
-                    self.advance(state, &name, &observation, now, &mut io);
+                    put(state, now)?;
+                    self.advance(state, name, &observation, now, &mut io);
                     Ok(())
                 },
-                |state, ()| state.rollouts.get(&name).cloned(),
+                |state, ()| state.rollouts.get(name).cloned(),
             )
             .await?
             .ok_or_else(|| Error::NotFound(format!("rollout {name} not found")))?;
-        tracing::info!(rollout = %name, canary = %rollout.spec.canary, "replaced rollout: {why}");
         self.start_io(io);
         Ok(rollout)
     }
