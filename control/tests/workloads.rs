@@ -289,14 +289,13 @@ async fn a_rollback_scales_the_canary_to_zero() {
     cluster.reviews().await;
     let service = cluster.controller().await;
     // The rollout's timeout runs out during its hour-long pause: it rolls back.
-    let mut spec: RolloutSpec = serde_json::from_value(json!({
+    let spec: RolloutSpec = serde_json::from_value(json!({
         "name": "reviews-v2", "route": "reviews", "stable": "v1", "canary": "v2",
         "steps": [{"setWeight": {"percent": 10}}, {"pause": {"duration": "1h"}}],
         "timeout": "3s",
         "workloads": {"stable": "reviews-v1", "canary": "reviews-v2", "minReplicas": 2},
     }))
     .unwrap();
-    spec.auto_finish = true;
     service.controller.create(spec).await.unwrap();
     cluster.wait_replicas("reviews-v2", 2).await;
     cluster.mark_ready("reviews-v2", 2).await;
