@@ -107,6 +107,24 @@ impl Cluster {
         list.into_iter().filter_map(|e| e.reason).collect()
     }
 
+    /// Waits until Events with each of `reasons` exist about MeshRollout `name` (they are
+    /// published after the status that causes them is written).
+    async fn wait_events(&self, name: &str, reasons: &[&str]) {
+        eventually(
+            &format!("{name}'s Events {reasons:?}"),
+            Duration::from_secs(10),
+            async || {
+                let seen = self.event_reasons(name).await;
+                if reasons.iter().all(|r| seen.iter().any(|s| s == r)) {
+                    Ok(())
+                } else {
+                    Err(format!("{seen:?}"))
+                }
+            },
+        )
+        .await;
+    }
+
     /// Every v2 weight the WasmPlugin's pluginConfig had since it was installed, in order: what
     /// istiod would have sent to the proxies.
     async fn canary_weights(&self) -> Vec<u64> {
@@ -298,13 +316,9 @@ async fn spec_paused_holds_the_rollout_and_clearing_it_continues() {
         .await;
     let done = cluster.wait_phase("reviews-v2", "succeeded").await;
     assert_eq!(done["status"]["observedGeneration"], 3);
-    let reasons = cluster.event_reasons("reviews-v2").await;
-    for reason in ["Paused", "Resumed"] {
-        assert!(
-            reasons.contains(&reason.to_string()),
-            "{reason} in {reasons:?}"
-        );
-    }
+    cluster
+        .wait_events("reviews-v2", &["Paused", "Resumed"])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,8 +361,7 @@ async fn deleting_a_running_mesh_rollout_aborts_it_and_releases_the_finalizer() 
         Some(0),
         "traffic back to stable: {config}"
     );
-    let reasons = cluster.event_reasons("reviews-v2").await;
-    assert!(reasons.contains(&"Aborted".to_string()), "{reasons:?}");
+    cluster.wait_events("reviews-v2", &["Aborted"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,8 +404,7 @@ async fn a_spec_the_service_refuses_is_reported_naming_the_field() {
         let message = progressing["message"].as_str().unwrap();
         assert!(message.starts_with(field), "{message}");
         assert_eq!(object["status"]["observedGeneration"], 1);
-        let reasons = cluster.event_reasons(name).await;
-        assert!(reasons.contains(&reason.to_string()), "{reasons:?}");
+        cluster.wait_events(name, &[reason]).await;
     }
     // Fixed in Git: the next apply runs it (to the end: one step, no analysis).
     cluster.apply("ratings-v2", json!({"steps": steps})).await;
@@ -459,6 +471,5 @@ async fn a_new_canary_in_the_spec_aborts_the_running_run_and_starts_a_new_one() 
         history.contains("replaces the previous run (v2 aborted at 50%)"),
         "{history}"
     );
-    let reasons = cluster.event_reasons("reviews").await;
-    assert!(reasons.contains(&"Aborted".to_string()), "{reasons:?}");
+    cluster.wait_events("reviews", &["Aborted"]).await;
 }
