@@ -201,6 +201,29 @@ pub fn choose(
     })
 }
 
+/// The request header that asks the proxy to mirror a request, holding the variant the copy goes
+/// to. The filter writes it on the requests it picks and removes it from every other request, so a
+/// client can neither trigger a copy nor pick where it goes.
+pub const MIRROR_HEADER: &str = "x-meshcanary-mirror";
+
+/// The variant (index into the route's variants) a request placed by `decision` on `route` is
+/// also copied to, if any: the route mirrors, the request is on another variant than the mirror
+/// (a request the mirror variant serves itself is not copied to it), and a draw of `inputs` falls
+/// in the mirrored share. The draw is asked for only when the first two hold, and without
+/// randomness nothing is copied.
+pub fn mirror(
+    route: &CheckedRoute,
+    decision: &Decision,
+    inputs: &mut impl Inputs,
+) -> Option<usize> {
+    let mirror = route.mirror.as_ref()?;
+    if decision.variant == mirror.to {
+        return None;
+    }
+    let bucket = inputs.random_bucket()?;
+    (bucket < mirror.basis_points).then_some(mirror.to)
+}
+
 /// The variant a signed QA token opens on `route`, or why it opens none.
 fn opened_variant(
     route: &CheckedRoute,
@@ -328,6 +351,61 @@ mod tests {
 
     fn config(value: serde_json::Value) -> CheckedConfig {
         CheckedConfig::from_json(value.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn mirrors_a_share_of_the_source_variant_only() {
+        let checked = config(json!({"routes": [{
+            "name": "reviews", "hosts": ["reviews"],
+            "variants": [{"name": "v1", "weight": 9000}, {"name": "v2", "weight": 0}, {"name": "v3", "weight": 1000}],
+            "mirror": {"name": "v2", "weight": 2500}
+        }, {
+            "name": "plain", "hosts": ["plain"], "variants": [{"name": "v1", "weight": 10000}]
+        }]}));
+        let placed = |route, variant| Decision {
+            route,
+            variant,
+            reason: Reason::Random,
+            visitor: None,
+            token_rejection: None,
+        };
+        let reviews = &checked.routes[0];
+        // (route, variant placed on, draw) -> copied to
+        let cases: Vec<(usize, usize, Option<u32>, Option<usize>)> = vec![
+            (0, 0, Some(0), Some(1)),
+            (0, 0, Some(2499), Some(1)),
+            (0, 0, Some(2500), None),
+            (0, 0, Some(9999), None),
+            (0, 0, None, None),
+            // Requests on any variant but the mirror's own are candidates.
+            (0, 2, Some(2499), Some(1)),
+            (0, 2, Some(2500), None),
+            // Requests the mirror variant serves are never copied to it, whatever the draw.
+            (0, 1, Some(0), None),
+            // A route without mirror copies nothing.
+            (1, 0, Some(0), None),
+        ];
+        for (route, variant, draw, want) in cases {
+            let mut asked = 0;
+            let mut inputs = || {
+                asked += 1;
+                draw
+            };
+            let got = mirror(&checked.routes[route], &placed(route, variant), &mut inputs);
+            assert_eq!(got, want, "route {route} variant {variant} draw {draw:?}");
+            // The draw is only taken when it decides something.
+            let decides = route == 0 && variant != 1;
+            assert_eq!(
+                asked,
+                usize::from(decides),
+                "route {route} variant {variant}"
+            );
+        }
+        // Over many draws, the copied share is the configured one.
+        let copied = (0..TOTAL_WEIGHT)
+            .filter(|bucket| mirror(reviews, &placed(0, 0), &mut || Some(*bucket)).is_some())
+            .count();
+        assert_eq!(copied, 2500);
     }
 
     fn reviews(weights: [u32; 2], salt: &str) -> CheckedConfig {

@@ -154,6 +154,15 @@ pub struct RouteConfig {
     /// config on live traffic: the stats show what the split would be.
     #[serde(default, skip_serializing_if = "is_false")]
     pub dry_run: bool,
+    /// Traffic mirroring: the variant `name` receives a copy of `weight` basis points (1 to
+    /// 10000) of the requests placed on the route's other variants; the copies' responses are
+    /// discarded, clients only ever see the variant they were placed on. The filter writes `name`
+    /// into the `x-meshcanary-mirror` request header of each request it picks (and removes any
+    /// value a client sent), and the proxy's route mirrors on that header: the standalone
+    /// bootstrap has a `request_mirror_policies` entry per variant, while in a mesh the
+    /// VirtualService's `mirror` does the copying.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirror: Option<VariantConfig>,
 }
 
 /// A variant of a route and its share of traffic.
@@ -322,6 +331,17 @@ pub struct CheckedRoute {
     pub salt: String,
     /// See [`RouteConfig::dry_run`].
     pub dry_run: bool,
+    /// See [`RouteConfig::mirror`].
+    pub mirror: Option<CheckedMirror>,
+}
+
+/// A validated [`RouteConfig::mirror`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckedMirror {
+    /// The variant that receives the copies: an index into [`CheckedRoute::variants`].
+    pub to: usize,
+    /// Share of the other variants' requests copied, in basis points (1 to 10000).
+    pub basis_points: u32,
 }
 
 /// A host pattern of a route.
@@ -566,6 +586,11 @@ fn checked_route(field: &Field<'_>, route: &RouteConfig) -> Result<CheckedRoute,
         }
         None => (None, String::new()),
     };
+    let mirror = route
+        .mirror
+        .as_ref()
+        .map(|mirror| checked_mirror(&field.key("mirror"), mirror, &variants))
+        .transpose()?;
     Ok(CheckedRoute {
         name: route.name.clone(),
         hosts,
@@ -576,6 +601,26 @@ fn checked_route(field: &Field<'_>, route: &RouteConfig) -> Result<CheckedRoute,
         sticky,
         salt,
         dry_run: route.dry_run,
+        mirror,
+    })
+}
+
+/// `mirror`: a variant of the route and a share in `1..=10000`.
+fn checked_mirror(
+    field: &Field<'_>,
+    mirror: &VariantConfig,
+    variants: &[String],
+) -> Result<CheckedMirror, ConfigError> {
+    let to = variants
+        .iter()
+        .position(|v| *v == mirror.name)
+        .ok_or_else(|| field.key("name").error("is not a variant of the route"))?;
+    if !(1..=TOTAL_WEIGHT).contains(&mirror.weight) {
+        return Err(field.key("weight").error("must be 1 to 10000"));
+    }
+    Ok(CheckedMirror {
+        to,
+        basis_points: mirror.weight,
     })
 }
 
@@ -1254,6 +1299,36 @@ mod tests {
                 |v| v["routes"][0]["variants"][1]["weight"] = json!(999),
                 "routes[0].variants",
                 "sum to 9999",
+            ),
+            (
+                "mirror to an unknown variant",
+                |v| v["routes"][0]["mirror"] = json!({"name": "v3", "weight": 100}),
+                "routes[0].mirror.name",
+                "is not a variant of the route",
+            ),
+            (
+                "mirror of nothing",
+                |v| v["routes"][0]["mirror"] = json!({"name": "v2", "weight": 0}),
+                "routes[0].mirror.weight",
+                "must be 1 to 10000",
+            ),
+            (
+                "mirror of more than everything",
+                |v| v["routes"][0]["mirror"] = json!({"name": "v2", "weight": 10001}),
+                "routes[0].mirror.weight",
+                "must be 1 to 10000",
+            ),
+            (
+                "mirror without a share",
+                |v| v["routes"][0]["mirror"] = json!({"name": "v2"}),
+                "routes[0].mirror",
+                "missing field `weight`",
+            ),
+            (
+                "unknown mirror field",
+                |v| v["routes"][0]["mirror"] = json!({"name": "v2", "weight": 1, "from": "v1"}),
+                "routes[0].mirror.from",
+                "unknown field `from`",
             ),
             (
                 "no variant",
@@ -1949,6 +2024,14 @@ mod properties {
             })
     }
 
+    fn mirror() -> impl Strategy<Value = VariantConfig> {
+        (
+            mostly(&["v2", "v3"], &["v9", ""]),
+            prop_oneof![4 => 1u32..=TOTAL_WEIGHT, 1 => Just(0u32), 1 => Just(TOTAL_WEIGHT + 1)],
+        )
+            .prop_map(|(name, weight)| VariantConfig { name, weight })
+    }
+
     fn route() -> impl Strategy<Value = RouteConfig> {
         let hosts = prop_oneof![
             9 => vec(
@@ -1967,17 +2050,20 @@ mod properties {
             variants(),
             vec(rule(), 0..3),
             option::of(sticky()),
-            any::<bool>(),
+            (any::<bool>(), option::of(mirror())),
         )
             .prop_map(
-                |(name, hosts, path_prefix, variants, rules, sticky, dry_run)| RouteConfig {
-                    name,
-                    hosts,
-                    path_prefix,
-                    variants,
-                    rules,
-                    sticky,
-                    dry_run,
+                |(name, hosts, path_prefix, variants, rules, sticky, (dry_run, mirror))| {
+                    RouteConfig {
+                        name,
+                        hosts,
+                        path_prefix,
+                        variants,
+                        rules,
+                        sticky,
+                        dry_run,
+                        mirror,
+                    }
                 },
             )
     }

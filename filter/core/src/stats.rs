@@ -16,6 +16,7 @@
 //! | `meshcanary_config_rejected_total` | counter | — |
 //! | `meshcanary_unmatched_total` | counter | — |
 //! | `meshcanary_qa_tokens_rejected_total` | counter | route, reason (`malformed`, `unknown_key`, `bad_signature`, `expired`, `unknown_variant`) |
+//! | `meshcanary_mirrored_total` | counter | route, variant (the one receiving the copies) |
 
 use crate::choose::{Decision, Reason};
 use crate::config::{CheckedConfig, ValueMatch};
@@ -41,6 +42,11 @@ pub const UNMATCHED: &str = "meshcanary_unmatched_total";
 /// Signed QA tokens refused, per route and reason ([`Rejection`]); defined for routes with a
 /// signed rule.
 pub const TOKENS_REJECTED: &str = "meshcanary_qa_tokens_rejected_total";
+
+/// Requests the filter asked the proxy to copy to a mirror variant, per route and that variant;
+/// defined for routes with `mirror`. The copies' responses are the proxy's to count (the
+/// standalone bootstrap's `<route>-<variant>-mirror` clusters).
+pub const MIRRORED: &str = "meshcanary_mirrored_total";
 
 /// How a request ended, the `class` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +245,8 @@ pub struct VariantMetrics<Id> {
     pub decisions: [Id; 6],
     /// `meshcanary_request_duration_ms`.
     pub duration_ms: Id,
+    /// `meshcanary_mirrored_total`, for the route's mirror variant only.
+    pub mirrored: Option<Id>,
 }
 
 /// Stats that do not depend on the config: defined once per root context, before it is parsed.
@@ -345,7 +353,7 @@ impl<Id: Copy> RouteMetrics<Id> {
                 None
             });
             let mut per_route = Vec::with_capacity(route.variants.len());
-            for variant in &route.variants {
+            for (index, variant) in route.variants.iter().enumerate() {
                 let labels = [
                     ("route", route.name.as_str()),
                     ("variant", variant.as_str()),
@@ -373,11 +381,18 @@ impl<Id: Copy> RouteMetrics<Id> {
                         DECISIONS,
                     )?;
                 }
+                let mirrored = match route.mirror {
+                    Some(mirror) if mirror.to == index => {
+                        Some(define(MetricKind::Counter, None, MIRRORED)?)
+                    }
+                    _ => None,
+                };
                 per_route.push(VariantMetrics {
                     requests,
                     responses,
                     decisions,
                     duration_ms,
+                    mirrored,
                 });
             }
             variants.push(per_route);
@@ -386,6 +401,15 @@ impl<Id: Copy> RouteMetrics<Id> {
             variants,
             token_rejections,
         })
+    }
+
+    /// Records that a request on route `route` was copied to its variant `to` (the route's
+    /// mirror variant; any other records nothing).
+    pub fn record_mirror(&self, sink: &mut impl MetricSink<Id = Id>, route: usize, to: usize) {
+        let metrics = self.variants.get(route).and_then(|route| route.get(to));
+        if let Some(id) = metrics.and_then(|metrics| metrics.mirrored) {
+            sink.increment(id);
+        }
     }
 
     /// Records one completed request. Unknown indices (which a decision from the same config never
@@ -741,6 +765,41 @@ mod tests {
             MetricKind::Histogram,
             "route=.=reviews;.;variant=.=v1;.;meshcanary_request_duration_ms".into()
         )));
+    }
+
+    #[test]
+    fn counts_mirrored_requests_under_the_mirror_variant() {
+        let config = CheckedConfig::from_json(
+            br#"{"routes": [
+                {"name": "reviews", "hosts": ["reviews"], "variants": [{"name": "v1", "weight": 10000}, {"name": "v2", "weight": 0}],
+                 "mirror": {"name": "v2", "weight": 2000}},
+                {"name": "ratings", "hosts": ["ratings"], "variants": [{"name": "v1", "weight": 10000}]}
+            ]}"#,
+        )
+        .unwrap();
+        let mut sink = RecordingSink::default();
+        let metrics = RouteMetrics::define(&mut sink, &config).unwrap();
+        let mirrored = tagged_name(&[("route", "reviews"), ("variant", "v2")], MIRRORED);
+        let defined: Vec<&str> = sink
+            .names
+            .iter()
+            .filter(|(_, name)| name.ends_with(MIRRORED))
+            .map(|(_, name)| name.as_str())
+            .collect();
+        assert_eq!(
+            defined,
+            [mirrored.as_str()],
+            "only the mirroring route has one"
+        );
+        assert_eq!(sink.counter(&mirrored), 0, "defined at zero");
+        metrics.record_mirror(&mut sink, 0, 1);
+        metrics.record_mirror(&mut sink, 0, 1);
+        // Not the mirror variant, a route without mirror, or out of range: nothing.
+        metrics.record_mirror(&mut sink, 0, 0);
+        metrics.record_mirror(&mut sink, 1, 0);
+        metrics.record_mirror(&mut sink, 7, 1);
+        assert_eq!(sink.counter(&mirrored), 2);
+        assert_eq!(sink.counters.values().sum::<u64>(), 2);
     }
 
     #[test]

@@ -14,7 +14,7 @@
 mod host;
 mod random;
 
-use meshcanary_core::choose::{choose, Decision, Inputs};
+use meshcanary_core::choose::{choose, mirror, Decision, Inputs, MIRROR_HEADER};
 use meshcanary_core::config::{CheckedConfig, DEFAULT_VARIANT_HEADER};
 use meshcanary_core::header_map::HeaderPairs;
 use meshcanary_core::request::RequestView;
@@ -191,8 +191,10 @@ impl Context for FilterStream {}
 impl HttpContext for FilterStream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         let Some(active) = self.active.clone() else {
-            // No config was ever accepted: still never let a client choose its variant.
+            // No config was ever accepted: still never let a client choose its variant, nor
+            // have its request copied.
             set_request_header(DEFAULT_VARIANT_HEADER, None);
+            set_request_header(MIRROR_HEADER, None);
             return Action::Continue;
         };
         let config = &active.config;
@@ -213,14 +215,24 @@ impl HttpContext for FilterStream {
             let route = config.routes.get(d.route)?;
             Some((route, route.variants.get(d.variant)?))
         });
-        match variant {
-            Some((route, variant)) if !route.dry_run => {
+        let mut copy_to = None;
+        match (variant, decision) {
+            (Some((route, variant)), Some(decision)) if !route.dry_run => {
                 // Replaces any value the client sent, and (ABI 0.2.1) clears the route cache so
                 // routes matching this header see the new value.
                 set_request_header(&config.variant_header, Some(variant));
+                copy_to = mirror(route, &decision, &mut inputs).and_then(|to| {
+                    active
+                        .metrics
+                        .record_mirror(&mut HostMetrics, decision.route, to);
+                    route.variants.get(to)
+                });
             }
             _ => set_request_header(&config.variant_header, None),
         }
+        // Written only on the requests picked for a copy, and removed from every other one: a
+        // client's own value never reaches the proxy's mirror policy.
+        set_request_header(MIRROR_HEADER, copy_to.map(String::as_str));
         if decision.is_none() {
             HostMetrics.increment(active.unmatched);
         }
