@@ -160,6 +160,7 @@ impl ServiceState {
             if rollout.status.phase == Phase::Succeeded {
                 make_stable(route, &rollout.spec.canary);
             }
+            set_mirror(route, &rollout.spec.canary, rollout.mirror());
         }
         CheckedConfig::try_from(filter.clone())?;
         self.filter = filter;
@@ -292,6 +293,21 @@ fn set_canary_weight(
         }
     }
     Ok(())
+}
+
+/// Mirrors `share` basis points of the route's other requests to `canary`, or, without a share,
+/// ends a mirror to `canary` (a mirror to another variant is not the rollout's to end).
+fn set_mirror(route: &mut RouteConfig, canary: &str, share: Option<u32>) {
+    match share {
+        Some(weight) => {
+            route.mirror = Some(VariantConfig {
+                name: canary.to_string(),
+                weight,
+            });
+        }
+        None if route.mirror.as_ref().is_some_and(|m| m.name == canary) => route.mirror = None,
+        None => {}
+    }
 }
 
 /// Moves `canary` to the front of the route: the first variant is the stable one, which gets the
@@ -450,6 +466,76 @@ mod tests {
             weights(&s, "reviews"),
             vec![("v2".into(), 10000), ("v1".into(), 0)]
         );
+    }
+
+    #[test]
+    fn the_route_mirrors_during_a_mirror_step_only() {
+        let mirror = |s: &ServiceState| {
+            s.route("reviews")
+                .unwrap()
+                .mirror
+                .as_ref()
+                .map(|m| (m.name.clone(), m.weight))
+        };
+        let steps = json!({"steps": [
+            {"mirror": {"percent": 20, "duration": "1m"}}, {"setWeight": {"percent": 10}},
+            {"mirror": {"basisPoints": 50}}
+        ]});
+        let mut s = state();
+        let r = s
+            .create_rollout(spec(steps.clone()), Timestamp(1))
+            .unwrap()
+            .clone();
+        assert_eq!(mirror(&s), None, "not before it starts");
+        let r = apply(&r, &Action::EnterStep { index: 0 }, Timestamp(2));
+        s.put_rollout(r.clone()).unwrap();
+        assert_eq!(mirror(&s), Some(("v2".into(), 2000)));
+        assert_eq!(
+            weights(&s, "reviews")[1],
+            ("v2".into(), 0),
+            "copies, no weight"
+        );
+        // Paused in the step, it keeps mirroring.
+        let paused = command(&r, Command::Pause, Timestamp(3)).unwrap();
+        s.put_rollout(paused.clone()).unwrap();
+        assert_eq!(mirror(&s), Some(("v2".into(), 2000)));
+        let resumed = command(&paused, Command::Resume, Timestamp(4)).unwrap();
+        let r = apply(&resumed, &Action::EnterStep { index: 1 }, Timestamp(5));
+        s.put_rollout(r.clone()).unwrap();
+        assert_eq!(mirror(&s), None, "the next step ends it");
+        // A mirror step without duration pauses the rollout and mirrors until resumed.
+        let r = apply(&r, &Action::EnterStep { index: 2 }, Timestamp(6));
+        assert_eq!(r.status.phase, Phase::Paused);
+        s.put_rollout(r.clone()).unwrap();
+        assert_eq!(mirror(&s), Some(("v2".into(), 50)));
+        // Every end of the rollout ends the mirror.
+        let ends: Vec<Rollout> = vec![
+            command(&r, Command::Abort, Timestamp(7)).unwrap(),
+            apply(&r, &Action::RollBack { reason: "x".into() }, Timestamp(7)),
+            command(&r, Command::Promote, Timestamp(7)).unwrap(),
+        ];
+        for end in ends {
+            let mut s = s.clone();
+            s.put_rollout(end.clone()).unwrap();
+            assert_eq!(mirror(&s), None, "{:?}", end.status.phase);
+        }
+        // A mirror the rollout did not set is left alone.
+        let mut other = state();
+        other.filter.routes[0].variants.push(VariantConfig {
+            name: "v3".into(),
+            weight: 0,
+        });
+        other.filter.routes[0].mirror = Some(VariantConfig {
+            name: "v3".into(),
+            weight: 100,
+        });
+        let r = other
+            .create_rollout(spec(steps), Timestamp(1))
+            .unwrap()
+            .clone();
+        let r = apply(&r, &Action::EnterStep { index: 1 }, Timestamp(2));
+        other.put_rollout(r).unwrap();
+        assert_eq!(mirror(&other), Some(("v3".into(), 100)));
     }
 
     #[test]

@@ -102,6 +102,13 @@ async fn valid_meshrollouts_round_trip_through_the_typed_client() {
     let cases = [
         manifest("reviews-v2", json!({})),
         manifest(
+            "reviews-v3",
+            json!({"steps": [
+                {"mirror": {"percent": 12.5, "duration": "1m"}}, {"mirror": {"basisPoints": 1}},
+                {"setWeight": {"percent": 10}}
+            ]}),
+        ),
+        manifest(
             "ratings-v3",
             json!({
                 "steps": null,
@@ -245,14 +252,35 @@ async fn invalid_meshrollouts_are_refused_with_the_field_named() {
             "a",
             json!({"steps": [{}]}),
             "spec.steps[0]",
-            "give exactly one of \"setWeight\" and \"pause\"",
+            "give exactly one of \"setWeight\", \"pause\" and \"mirror\"",
         ),
         (
             "a step that is both",
             "a",
             json!({"steps": [{"pause": {}}, {"pause": {}, "setWeight": {"percent": 1}}]}),
             "spec.steps[1]",
-            "give exactly one of \"setWeight\" and \"pause\"",
+            "give exactly one of \"setWeight\", \"pause\" and \"mirror\"",
+        ),
+        (
+            "a step that pauses and mirrors",
+            "a",
+            json!({"steps": [{"pause": {}, "mirror": {"percent": 5}}]}),
+            "spec.steps[0]",
+            "give exactly one of \"setWeight\", \"pause\" and \"mirror\"",
+        ),
+        (
+            "a mirror of nothing",
+            "a",
+            json!({"steps": [{"mirror": {"percent": 0, "duration": "1m"}}]}),
+            "spec.steps[0].mirror.percent",
+            "greater than 0",
+        ),
+        (
+            "a mirror of percent and basis points",
+            "a",
+            json!({"steps": [{"mirror": {"percent": 5, "basisPoints": 500}}]}),
+            "spec.steps[0].mirror",
+            "give exactly one of \"percent\" and \"basisPoints\"",
         ),
         (
             "a duration in words",

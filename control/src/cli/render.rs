@@ -146,12 +146,21 @@ pub fn step_position(step: usize, plan_len: usize) -> String {
     format!("{}/{plan_len}", (step + 1).min(plan_len))
 }
 
-/// A plan step for people: `set weight 10%`, `pause until resumed`, `pause 30s`.
+/// A plan step for people: `set weight 10%`, `pause until resumed`, `pause 30s`,
+/// `mirror 20% for 1m`.
 pub fn describe_step(step: &PlanStep) -> String {
     match step {
         PlanStep::SetWeight(bp) => format!("set weight {}", percent(*bp)),
         PlanStep::Pause(None) => "pause until resumed".into(),
         PlanStep::Pause(Some(duration)) => format!("pause {duration}"),
+        PlanStep::Mirror {
+            basis_points,
+            duration: None,
+        } => format!("mirror {} until resumed", percent(*basis_points)),
+        PlanStep::Mirror {
+            basis_points,
+            duration: Some(duration),
+        } => format!("mirror {} for {duration}", percent(*basis_points)),
     }
 }
 
@@ -440,10 +449,11 @@ fn plan_section(view: &RolloutView, now: Timestamp) -> Section {
         .enumerate()
         .map(|(i, step)| {
             let mut text = describe_step(step);
-            // A running timed pause says how long it still holds.
-            if let (PlanStep::Pause(Some(duration)), true) =
-                (step, i == status.step && status.phase == Phase::Progressing)
-            {
+            // A running timed pause or mirror says how long it still holds.
+            if let (Some(Some(duration)), true) = (
+                step.holds(),
+                i == status.step && status.phase == Phase::Progressing,
+            ) {
                 let ends = status.step_started_at.plus(duration.0);
                 text.push_str(&format!(" ({} left)", short_duration(ends.since(now))));
             }
@@ -755,6 +765,20 @@ mod tests {
         let steps = [
             (PlanStep::SetWeight(1250), "set weight 12.5%"),
             (PlanStep::Pause(None), "pause until resumed"),
+            (
+                PlanStep::Mirror {
+                    basis_points: 2000,
+                    duration: Some(crate::time::HumanDuration(Duration::from_secs(60))),
+                },
+                "mirror 20% for 1m",
+            ),
+            (
+                PlanStep::Mirror {
+                    basis_points: 5,
+                    duration: None,
+                },
+                "mirror 0.05% until resumed",
+            ),
             (
                 PlanStep::Pause(Some(crate::time::HumanDuration(Duration::from_secs(90)))),
                 "pause 1m 30s",

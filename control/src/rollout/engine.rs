@@ -420,17 +420,20 @@ fn progress_step(rollout: &Rollout, observation: &Observation, now: Timestamp) -
                 }
             }
         }
-        Some(PlanStep::Pause(Some(duration))) => {
-            let until = status.step_started_at.plus(duration.0);
-            if now >= until {
-                following()
-            } else {
-                Action::Wait { until: Some(until) }
+        // Pauses and mirrors hold alike.
+        Some(step) => match step.holds() {
+            Some(Some(duration)) => {
+                let until = status.step_started_at.plus(duration.0);
+                if now >= until {
+                    following()
+                } else {
+                    Action::Wait { until: Some(until) }
+                }
             }
-        }
-        // A pause without duration pauses the rollout when entered; if it is progressing here it
-        // was resumed, so move on.
-        Some(PlanStep::Pause(None)) => following(),
+            // A hold without duration pauses the rollout when entered; if it is progressing here
+            // it was resumed, so move on.
+            _ => following(),
+        },
     }
 }
 
@@ -597,6 +600,26 @@ pub fn apply(rollout: &Rollout, action: &Action, now: Timestamp) -> Rollout {
                     next.status.hold = Some(Hold::PauseStep);
                     format!("step {}/{total}: paused until resumed", index + 1)
                 }
+                Some(PlanStep::Mirror {
+                    basis_points,
+                    duration: Some(duration),
+                }) => format!(
+                    "step {}/{total}: mirroring {} of the route's requests to the canary for {duration}",
+                    index + 1,
+                    percent(basis_points)
+                ),
+                Some(PlanStep::Mirror {
+                    basis_points,
+                    duration: None,
+                }) => {
+                    set_phase(&mut next, Phase::Paused, now);
+                    next.status.hold = Some(Hold::PauseStep);
+                    format!(
+                        "step {}/{total}: mirroring {} of the route's requests to the canary until resumed",
+                        index + 1,
+                        percent(basis_points)
+                    )
+                }
                 None => format!("step {}/{total}", index + 1),
             }
         }
@@ -691,13 +714,14 @@ pub fn command(rollout: &Rollout, command: Command, now: Timestamp) -> Result<Ro
                 return Ok(apply(&next, &action, now));
             }
             (Phase::Paused, hold) => {
-                // A timed pause keeps the time it had left; a setWeight step waits afresh.
+                // A timed pause or mirror keeps the time it had left; a setWeight step waits
+                // afresh.
                 let paused_for = next
                     .status
                     .paused_at
                     .map_or(std::time::Duration::ZERO, |at| now.since(at));
-                match (next.plan.get(next.status.step), hold) {
-                    (Some(PlanStep::Pause(Some(_))), _) => {
+                match next.plan.get(next.status.step).and_then(PlanStep::holds) {
+                    Some(Some(_)) => {
                         next.status.step_started_at = next.status.step_started_at.plus(paused_for);
                     }
                     _ => next.status.step_started_at = now,
@@ -926,6 +950,73 @@ mod tests {
         assert_eq!(next(&r, &APPLIED, at(99)), Action::Wait { until: None });
         assert!(r.status.history.len() >= 7);
         assert!(r.version > 7);
+    }
+
+    #[test]
+    fn a_mirror_step_holds_like_a_pause_and_mirrors_while_it_runs() {
+        let r = rollout(json!({"steps": [
+            {"mirror": {"percent": 20, "duration": "60s"}}, {"setWeight": {"percent": 10}},
+            {"mirror": {"percent": 5}}, {"setWeight": {"percent": 50}}
+        ]}));
+        assert_eq!(r.mirror(), None, "initialized");
+        let r = apply(&r, &next(&r, &APPLIED, at(0)), at(0));
+        assert_eq!(
+            (
+                r.status.phase,
+                r.status.step,
+                r.status.canary_weight,
+                r.mirror()
+            ),
+            (Phase::Progressing, 0, 0, Some(2000))
+        );
+        assert!(
+            r.status.message.contains("mirroring 20%"),
+            "{}",
+            r.status.message
+        );
+        // (when, expected) for the timed mirror step.
+        let cases = [
+            (
+                at(1),
+                Action::Wait {
+                    until: Some(at(60)),
+                },
+            ),
+            (
+                at(59),
+                Action::Wait {
+                    until: Some(at(60)),
+                },
+            ),
+            (at(60), Action::EnterStep { index: 1 }),
+        ];
+        for (now, expected) in cases {
+            assert_eq!(next(&r, &APPLIED, now), expected, "{now:?}");
+        }
+        // Paused for 100 s in the step: it keeps mirroring, and the 30 s it had left.
+        let paused = command(&r, Command::Pause, at(30)).unwrap();
+        assert_eq!(paused.mirror(), Some(2000));
+        let resumed = command(&paused, Command::Resume, at(130)).unwrap();
+        assert_eq!(
+            next(&resumed, &APPLIED, at(131)),
+            Action::Wait {
+                until: Some(at(160))
+            }
+        );
+        let r = apply(&r, &Action::EnterStep { index: 1 }, at(60));
+        assert_eq!((r.status.canary_weight, r.mirror()), (1000, None));
+        // The untimed mirror step pauses the rollout until someone resumes it.
+        let r = apply(&r, &next(&r, &APPLIED, at(61)), at(61));
+        assert_eq!(
+            (r.status.phase, r.status.hold, r.mirror()),
+            (Phase::Paused, Some(Hold::PauseStep), Some(500))
+        );
+        assert_eq!(next(&r, &APPLIED, at(999)), Action::Wait { until: None });
+        let r = command(&r, Command::Resume, at(1000)).unwrap();
+        assert_eq!(
+            (r.status.step, r.status.canary_weight, r.mirror()),
+            (3, 5000, None)
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! A rollout belongs to one route of the filter config, names its stable and canary variant, and
 //! moves the canary's weight through a list of steps — or the Flagger-style shorthand
 //! `progressive: {stepWeight, maxWeight, interval}` — then promotes: the canary gets 100 % and, on
-//! finishing, becomes the route's new stable variant.
+//! finishing, becomes the route's new stable variant. A `mirror` step copies a share of the
+//! route's other requests to the canary for a while (its responses are discarded), before the
+//! canary serves anyone.
 
 pub mod action;
 pub mod analysis_spec;
@@ -104,6 +106,11 @@ pub enum Step {
     SetWeight(Weight),
     /// Wait: `{"pause": {}}` until someone resumes, `{"pause": {"duration": "5m"}}` for a while.
     Pause(PauseStep),
+    /// Copy a share of the requests the route's other variants serve to the canary, and discard
+    /// the copies' responses, while the step lasts: `{"mirror": {"percent": 20, "duration":
+    /// "5m"}}`. It holds like a pause (without `duration`, until resumed); the next step ends the
+    /// mirror.
+    Mirror(MirrorStep),
 }
 
 /// The MeshRollout CRD's schema of a step: an object with optional `setWeight` and `pause` and a
@@ -117,15 +124,16 @@ impl JsonSchema for Step {
 
     fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
-            "description": "One step of a rollout: exactly one of `setWeight` (set the canary's share of the route) and `pause` (wait, for a while or until resumed).",
+            "description": "One step of a rollout: exactly one of `setWeight` (set the canary's share of the route), `pause` (wait, for a while or until resumed) and `mirror` (copy a share of the route's requests to the canary, for a while or until resumed).",
             "type": "object",
             "properties": {
                 "setWeight": generator.subschema_for::<Weight>(),
                 "pause": generator.subschema_for::<PauseStep>(),
+                "mirror": generator.subschema_for::<MirrorStep>(),
             },
             "x-kubernetes-validations": [{
-                "rule": "has(self.setWeight) != has(self.pause)",
-                "message": "give exactly one of \"setWeight\" and \"pause\"",
+                "rule": "[has(self.setWeight), has(self.pause), has(self.mirror)].filter(given, given).size() == 1",
+                "message": "give exactly one of \"setWeight\", \"pause\" and \"mirror\"",
             }],
         })
     }
@@ -224,6 +232,55 @@ pub struct PauseStep {
     pub duration: Option<HumanDuration>,
 }
 
+/// A mirror step: the share of requests copied (in percent or basis points, exactly one, more
+/// than 0) and how long the step holds.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, ToSchema, KubeSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.percent) != has(self.basisPoints)")
+        .message("give exactly one of \"percent\" and \"basisPoints\""),
+    validation = Rule::new(WEIGHT_TWO_DECIMALS)
+        .message("has more than two decimals (the resolution is 0.01 %)")
+        .field_path(".percent"),
+)]
+pub struct MirrorStep {
+    /// Percent of the requests on the route's other variants copied to the canary, more than 0
+    /// and at most 100, at most two decimals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 100), extend("exclusiveMinimum" = true, "minimum" = 0))]
+    pub percent: Option<f64>,
+    /// The same share in basis points, 1 to 10000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10_000))]
+    pub basis_points: Option<u32>,
+    /// How long the step mirrors; without it, until someone resumes the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<HumanDuration>,
+}
+
+impl MirrorStep {
+    /// Validates the share and converts it to basis points; `field` names the step in errors.
+    fn checked(&self, field: &str) -> Result<u32> {
+        let share = Weight {
+            percent: self.percent,
+            basis_points: self.basis_points,
+        }
+        .checked(field)?;
+        if share == 0 {
+            let key = if self.percent.is_some() {
+                "percent"
+            } else {
+                "basisPoints"
+            };
+            return Err(Error::invalid(
+                format!("{field}.{key}"),
+                "must be more than 0 (a step that mirrors nothing is a pause)",
+            ));
+        }
+        Ok(share)
+    }
+}
+
 /// The Flagger-style shorthand (percentages).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema, KubeSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -249,6 +306,27 @@ pub enum PlanStep {
     SetWeight(u32),
     /// Wait this long, or (without a duration) until resumed.
     Pause(Option<HumanDuration>),
+    /// Copy this share (basis points) of the route's other requests to the canary, for this
+    /// long or (without a duration) until resumed.
+    Mirror {
+        /// Share of the requests copied, in basis points.
+        #[serde(rename = "basisPoints")]
+        basis_points: u32,
+        /// How long the step holds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        duration: Option<HumanDuration>,
+    },
+}
+
+impl PlanStep {
+    /// For a step that holds (a pause, a mirror): for how long, `None` inside meaning until
+    /// resumed. `None` for a `setWeight` step.
+    pub fn holds(&self) -> Option<Option<HumanDuration>> {
+        match *self {
+            PlanStep::SetWeight(_) => None,
+            PlanStep::Pause(duration) | PlanStep::Mirror { duration, .. } => Some(duration),
+        }
+    }
 }
 
 impl RolloutSpec {
@@ -288,6 +366,10 @@ impl RolloutSpec {
                         weight.checked(&format!("steps[{i}].setWeight")).map(PlanStep::SetWeight)
                     }
                     Step::Pause(pause) => Ok(PlanStep::Pause(pause.duration)),
+                    Step::Mirror(mirror) => Ok(PlanStep::Mirror {
+                        basis_points: mirror.checked(&format!("steps[{i}].mirror"))?,
+                        duration: mirror.duration,
+                    }),
                 })
                 .collect::<Result<Vec<_>>>()?,
             ([], Some(progressive)) => progressive.expand()?,
@@ -336,8 +418,10 @@ impl RolloutSpec {
             add("workloads.readyTimeout".into(), workloads.ready_timeout);
         }
         for (i, step) in self.steps.iter().enumerate() {
-            if let Step::Pause(pause) = step {
-                add(format!("steps[{i}].pause.duration"), pause.duration);
+            match step {
+                Step::Pause(pause) => add(format!("steps[{i}].pause.duration"), pause.duration),
+                Step::Mirror(mirror) => add(format!("steps[{i}].mirror.duration"), mirror.duration),
+                Step::SetWeight(_) => {}
             }
         }
         if let Some(progressive) = &self.progressive {
@@ -608,6 +692,19 @@ impl Rollout {
         self.spec.webhooks.iter().filter(move |w| w.kind == kind)
     }
 
+    /// The share of requests (basis points) copied to the canary now: while the rollout runs a
+    /// `mirror` step (progressing, or paused in it). Leaving the step, or the rollout ending,
+    /// ends the mirror.
+    pub fn mirror(&self) -> Option<u32> {
+        if !matches!(self.status.phase, Phase::Progressing | Phase::Paused) {
+            return None;
+        }
+        match self.plan.get(self.status.step) {
+            Some(PlanStep::Mirror { basis_points, .. }) => Some(*basis_points),
+            _ => None,
+        }
+    }
+
     /// Time spent progressing so far.
     pub fn progressed(&self, now: Timestamp) -> Duration {
         let running = self
@@ -635,6 +732,7 @@ mod tests {
     #[test]
     fn plans_from_steps_and_shorthand() {
         let steps = spec(json!({"steps": [
+            {"mirror": {"percent": 20, "duration": "1m"}}, {"mirror": {"basisPoints": 5}},
             {"setWeight": {"percent": 10}}, {"pause": {}}, {"setWeight": {"basisPoints": 5000}},
             {"pause": {"duration": "30s"}}, {"setWeight": {"percent": 12.5}}
         ]}))
@@ -642,6 +740,14 @@ mod tests {
         assert_eq!(
             steps.plan().unwrap(),
             vec![
+                PlanStep::Mirror {
+                    basis_points: 2000,
+                    duration: Some(HumanDuration(Duration::from_secs(60)))
+                },
+                PlanStep::Mirror {
+                    basis_points: 5,
+                    duration: None
+                },
                 PlanStep::SetWeight(1000),
                 PlanStep::Pause(None),
                 PlanStep::SetWeight(5000),
@@ -711,6 +817,41 @@ mod tests {
                 json!({"steps": [{"setWeight": {"percent": 1, "basisPoints": 100}}]}),
                 "steps[0].setWeight.basisPoints",
                 "not both",
+            ),
+            (
+                json!({"steps": [{"mirror": {"percent": 120, "duration": "1m"}}]}),
+                "steps[0].mirror.percent",
+                "not between 0 and 100",
+            ),
+            (
+                json!({"steps": [{"pause": {}}, {"mirror": {"percent": 0}}]}),
+                "steps[1].mirror.percent",
+                "must be more than 0",
+            ),
+            (
+                json!({"steps": [{"mirror": {"basisPoints": 0}}]}),
+                "steps[0].mirror.basisPoints",
+                "must be more than 0",
+            ),
+            (
+                json!({"steps": [{"mirror": {"basisPoints": 10001}}]}),
+                "steps[0].mirror.basisPoints",
+                "exceeds 10000",
+            ),
+            (
+                json!({"steps": [{"mirror": {"duration": "1m"}}]}),
+                "steps[0].mirror.percent",
+                "missing: give exactly one",
+            ),
+            (
+                json!({"steps": [{"mirror": {"percent": 2.345}}]}),
+                "steps[0].mirror.percent",
+                "two decimals",
+            ),
+            (
+                json!({"steps": [{"mirror": {"percent": 20, "duration": "2y"}}]}),
+                "steps[0].mirror.duration",
+                "longer than the limit",
             ),
             (
                 json!({"steps": [{"pause": {"duration": "300000000y"}}]}),
@@ -792,6 +933,12 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a duration"));
+        assert!(
+            spec(json!({"steps": [{"mirror": {"percent": 5, "to": "v3"}}]}))
+                .unwrap_err()
+                .to_string()
+                .contains("unknown field `to`")
+        );
         assert!(spec(json!({"steps": [{"wait": {}}]}))
             .unwrap_err()
             .to_string()
