@@ -350,3 +350,71 @@ async fn a_concurrent_edit_is_kept_and_the_patch_recomputed() {
         "the stale patch was refused, then redone"
     );
 }
+
+#[tokio::test]
+async fn the_default_route_mirrors_during_a_mirror_step_and_not_after() {
+    use meshcanary_control::rollout::engine::{apply, next, Action, Observation};
+    use meshcanary_control::state::ServiceState;
+    use meshcanary_control::time::Timestamp;
+
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let router = cluster.router("reviews");
+    // The state the service keeps, a rollout of v2 that mirrors 12.5 % for a minute first; each
+    // change is pushed as the service pushes it.
+    let mut state = ServiceState::new(config(1, &["v1", "v2"])).unwrap();
+    let spec = serde_json::from_value(json!({
+        "name": "reviews-v2", "route": "reviews", "stable": "v1", "canary": "v2",
+        "steps": [{"mirror": {"percent": 12.5, "duration": "1m"}}, {"setWeight": {"percent": 10}}],
+    }))
+    .unwrap();
+    let t0 = Timestamp(1_000_000);
+    let mut rollout = state.create_rollout(spec, t0).unwrap().clone();
+    let observation = Observation::default();
+    let mut push = |state: &mut ServiceState| {
+        state.filter.generation += 1;
+        state.filter.clone()
+    };
+
+    // Entering the mirror step: the default route mirrors to v2's subset at 12.5 %.
+    rollout = apply(&rollout, &next(&rollout, &observation, t0), t0);
+    state.put_rollout(rollout.clone()).unwrap();
+    router.apply(&push(&mut state)).await.unwrap();
+    let vs = cluster.reviews_vs().await;
+    let stable = route(&vs, "stable");
+    assert_eq!(stable["mirror"], json!({"host": "reviews", "subset": "v2"}));
+    assert_eq!(stable["mirrorPercentage"], json!({"value": 12.5}));
+    assert_eq!(
+        stable["route"],
+        json!([{"destination": {"host": "reviews", "subset": "v1"}}]),
+        "clients are still served by the stable"
+    );
+    assert_eq!(
+        cluster.plugin_config().await["routes"][0]["mirror"],
+        json!({"name": "v2", "weight": 1250}),
+        "the filter picks the requests to copy"
+    );
+    // The same push again writes nothing: the stored percentage compares equal.
+    let version = vs["metadata"]["resourceVersion"].clone();
+    router.apply(&push(&mut state)).await.unwrap();
+    assert_eq!(
+        cluster.reviews_vs().await["metadata"]["resourceVersion"],
+        version
+    );
+
+    // A minute later the next step (10 %) ends the mirror.
+    let t1 = t0.plus(std::time::Duration::from_secs(60));
+    let action = next(&rollout, &observation, t1);
+    assert_eq!(action, Action::EnterStep { index: 1 });
+    rollout = apply(&rollout, &action, t1);
+    state.put_rollout(rollout).unwrap();
+    router.apply(&push(&mut state)).await.unwrap();
+    let vs = cluster.reviews_vs().await;
+    let stable = route(&vs, "stable");
+    assert!(stable.get("mirror").is_none(), "{stable}");
+    assert!(stable.get("mirrorPercentage").is_none(), "{stable}");
+    assert!(cluster.plugin_config().await["routes"][0]
+        .get("mirror")
+        .is_none());
+}

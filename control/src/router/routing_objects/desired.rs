@@ -6,7 +6,11 @@
 //! - in the `DestinationRule`, one subset per live variant, named after it, with the labels
 //!   `{version: <variant>}` (Istio's bookinfo convention) — added when missing, never rewritten;
 //! - in the `VirtualService`, the header routes named `variant-<variant>` (matching the variant
-//!   header exactly, sent to that subset) and the subset of the default route's destinations.
+//!   header exactly, sent to that subset) and the subset of the default route's destinations;
+//! - while the filter route mirrors (a rollout's `mirror` step), the default route's `mirror`
+//!   (the mirror variant's subset) and `mirrorPercentage`; a mirror to a subset of one of the
+//!   route's variants is ours to remove afterwards, a mirror elsewhere is the user's and kept
+//!   (though a mirror step replaces it while it runs: a route has one `mirror`).
 //!
 //! Everything else the user wrote (other routes, their order, retries, timeouts, other subsets,
 //! traffic policies) is kept as it is.
@@ -63,11 +67,15 @@ pub fn desired(
             field: "spec.host".into(),
             reason: "missing: the subsets' host is what the header routes send to".into(),
         })?;
+    let mirror = route
+        .mirror
+        .as_ref()
+        .map(|mirror| (mirror.name.as_str(), mirror.weight));
     Ok(Desired {
         destination_rule: changed(destination_rule, with_subsets(destination_rule, &variants)?),
         virtual_service: changed(
             virtual_service,
-            with_routes(virtual_service, host, variant_header, &variants)?,
+            with_routes(virtual_service, host, variant_header, &variants, mirror)?,
         ),
     })
 }
@@ -149,7 +157,8 @@ fn default_route(http: &[Value]) -> Option<usize> {
 }
 
 /// `spec` with a header route per variant before the default route, none for variants gone, and
-/// the default route sent to the stable variant.
+/// the default route sent to the stable variant, mirroring to `mirror` (variant, basis points)
+/// if given.
 ///
 /// A header route of ours already before the default keeps its place (rewritten to what it must
 /// be); missing ones, and any found after the default (where they could never match), go just
@@ -159,6 +168,7 @@ fn with_routes(
     host: &str,
     header: &str,
     variants: &[&str],
+    mirror: Option<(&str, u32)>,
 ) -> Result<Value, ShapeError> {
     let Some(stable) = variants.first() else {
         return Ok(spec.clone());
@@ -189,6 +199,7 @@ fn with_routes(
             place_missing(&mut http, &mut placed);
             let mut route = route.clone();
             point_at(&mut route, index, host, stable)?;
+            set_mirror(&mut route, host, variants, mirror);
             http.push(route);
         } else {
             http.push(route.clone());
@@ -196,12 +207,54 @@ fn with_routes(
     }
     if default.is_none() {
         place_missing(&mut http, &mut placed);
-        http.push(json!({
+        let mut route = json!({
             "name": DEFAULT_ROUTE,
             "route": [{"destination": {"host": host, "subset": stable}}],
-        }));
+        });
+        set_mirror(&mut route, host, variants, mirror);
+        http.push(route);
     }
     Ok(with_array(spec, "http", http))
+}
+
+/// Gives the default route `route` Istio's mirror to `mirror`'s subset at its share, or, without
+/// one, takes off a mirror of ours: one to the subset of a variant of the route on `host`.
+fn set_mirror(route: &mut Value, host: &str, variants: &[&str], mirror: Option<(&str, u32)>) {
+    let Value::Object(route) = route else {
+        return;
+    };
+    match mirror {
+        Some((variant, basis_points)) => {
+            route.insert("mirror".into(), json!({"host": host, "subset": variant}));
+            route.insert(
+                "mirrorPercentage".into(),
+                json!({"value": mirror_percentage(basis_points)}),
+            );
+        }
+        None => {
+            let ours = route.get("mirror").is_some_and(|live| {
+                live.get("host").and_then(Value::as_str) == Some(host)
+                    && live
+                        .get("subset")
+                        .and_then(Value::as_str)
+                        .is_some_and(|subset| variants.contains(&subset))
+            });
+            if ours {
+                route.remove("mirror");
+                route.remove("mirrorPercentage");
+            }
+        }
+    }
+}
+
+/// Basis points as Istio's `mirrorPercentage.value` (a percent): a whole number when it is one,
+/// as the API server gives it back, so an unchanged mirror compares equal and is not rewritten.
+fn mirror_percentage(basis_points: u32) -> Value {
+    if basis_points % 100 == 0 {
+        json!(basis_points / 100)
+    } else {
+        json!(f64::from(basis_points) / 100.0)
+    }
 }
 
 /// Points every destination of the default route (`http[index]`) at `stable`'s subset; a default
@@ -302,6 +355,92 @@ mod tests {
         Option<Value>,
         Option<Value>,
     );
+
+    #[test]
+    fn the_default_route_mirrors_while_the_filter_route_does() {
+        let (dr, _) = shipped();
+        let mirrored = |variant: &str, value: Value| {
+            let mut route = stable("v1");
+            route["mirror"] = json!({"host": "reviews", "subset": variant});
+            route["mirrorPercentage"] = json!({"value": value});
+            route
+        };
+        let http = |default: Value| json!({"hosts": ["reviews"], "http": [ours("v1"), ours("v2"), ours("v3"), default]});
+        let users_mirror = {
+            let mut route = stable("v1");
+            route["mirror"] = json!({"host": "shadow.test", "port": {"number": 80}});
+            route["mirrorPercentage"] = json!({"value": 1});
+            route
+        };
+        let vs = http(stable("v1"));
+        // What happens, the live VirtualService, the route's mirror, the VirtualService wanted.
+        type MirrorCase = (
+            &'static str,
+            Value,
+            Option<(&'static str, u32)>,
+            Option<Value>,
+        );
+        let cases: Vec<MirrorCase> = vec![
+            (
+                "a mirror step adds the mirror",
+                vs.clone(),
+                Some(("v2", 2000)),
+                Some(http(mirrored("v2", json!(20)))),
+            ),
+            (
+                "a share that is not a whole percent",
+                vs.clone(),
+                Some(("v2", 1250)),
+                Some(http(mirrored("v2", json!(12.5)))),
+            ),
+            (
+                "a new share replaces the old",
+                http(mirrored("v2", json!(20))),
+                Some(("v3", 5)),
+                Some(http(mirrored("v3", json!(0.05)))),
+            ),
+            (
+                "the end of the step removes ours",
+                http(mirrored("v2", json!(20))),
+                None,
+                Some(vs.clone()),
+            ),
+            ("without a mirror, nothing changes", vs.clone(), None, None),
+            (
+                "a mirror of the user's elsewhere is kept",
+                http(users_mirror.clone()),
+                None,
+                None,
+            ),
+        ];
+        for (what, live, mirror, want) in cases {
+            let mut route = route(&["v1", "v2", "v3"]);
+            route.mirror = mirror.map(|(name, weight)| VariantConfig {
+                name: name.into(),
+                weight,
+            });
+            let got = desired(&dr, &live, &route, HEADER).unwrap();
+            assert_eq!(got.virtual_service, want, "{what}");
+            assert_eq!(got.destination_rule, None, "{what}");
+            let vs = got.virtual_service.unwrap_or(live);
+            let again = desired(&dr, &vs, &route, HEADER).unwrap();
+            assert_eq!(
+                again.virtual_service, None,
+                "{what}: a second pass changes nothing"
+            );
+        }
+        // A VirtualService without a default route gets one, mirroring.
+        let mut route = route(&["v1", "v2"]);
+        route.mirror = Some(VariantConfig {
+            name: "v2".into(),
+            weight: 10000,
+        });
+        let got = desired(&dr, &json!({"hosts": ["reviews"]}), &route, HEADER).unwrap();
+        assert_eq!(
+            got.virtual_service.unwrap()["http"][2],
+            mirrored("v2", json!(100))
+        );
+    }
 
     #[test]
     fn the_specs_follow_the_route_and_keep_what_is_not_ours() {
