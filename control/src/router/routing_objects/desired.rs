@@ -250,7 +250,7 @@ fn set_mirror(route: &mut Value, host: &str, variants: &[&str], mirror: Option<(
 /// Basis points as Istio's `mirrorPercentage.value` (a percent): a whole number when it is one,
 /// as the API server gives it back, so an unchanged mirror compares equal and is not rewritten.
 fn mirror_percentage(basis_points: u32) -> Value {
-    if basis_points % 100 == 0 {
+    if basis_points.is_multiple_of(100) {
         json!(basis_points / 100)
     } else {
         json!(f64::from(basis_points) / 100.0)
