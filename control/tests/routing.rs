@@ -372,7 +372,7 @@ async fn the_default_route_mirrors_during_a_mirror_step_and_not_after() {
     let t0 = Timestamp(1_000_000);
     let mut rollout = state.create_rollout(spec, t0).unwrap().clone();
     let observation = Observation::default();
-    let mut push = |state: &mut ServiceState| {
+    let push = |state: &mut ServiceState| {
         state.filter.generation += 1;
         state.filter.clone()
     };
