@@ -34,6 +34,9 @@ pub struct Behaviour {
     pub delay_ms: AtomicU64,
     /// Requests served so far.
     pub served: AtomicU64,
+    /// Of those, the copies a proxy mirrored here: Envoy marks a copy by appending `-shadow` to
+    /// its host (`reviews-shadow`, `127.0.0.1-shadow:8080`).
+    pub shadowed: AtomicU64,
     /// Answer every n-th request with 500 (0: none); see [`Upstream::set_fail_every`].
     pub fail_every: AtomicU64,
 }
@@ -128,9 +131,14 @@ impl Upstream {
         self.behaviour.fail_every.store(n, Ordering::SeqCst);
     }
 
-    /// Requests served so far.
+    /// Requests served so far (mirrored copies included).
     pub fn served(&self) -> u64 {
         self.behaviour.served.load(Ordering::SeqCst)
+    }
+
+    /// Mirrored copies served so far (see [`Behaviour::shadowed`]).
+    pub fn shadowed(&self) -> u64 {
+        self.behaviour.shadowed.load(Ordering::SeqCst)
     }
 }
 
@@ -188,6 +196,15 @@ async fn answer(
         Role::Variant { name, behaviour } => (name, behaviour),
     };
     let nth = behaviour.served.fetch_add(1, Ordering::SeqCst) + 1;
+    let host = request
+        .headers()
+        .get(hyper::header::HOST)
+        .map(HeaderValue::as_bytes)
+        .or_else(|| request.uri().authority().map(|a| a.as_str().as_bytes()))
+        .unwrap_or_default();
+    if host.windows(7).any(|window| window == b"-shadow") {
+        behaviour.shadowed.fetch_add(1, Ordering::SeqCst);
+    }
     let delay = behaviour.delay_ms.load(Ordering::SeqCst);
     if delay > 0 {
         tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -304,5 +321,14 @@ mod tests {
         let pair = exchange(upstream.port, &[get, get]);
         assert_eq!(pair.matches("HTTP/1.1 500").count(), 1, "{pair}");
         assert_eq!(upstream.served(), 5);
+        assert_eq!(upstream.shadowed(), 0);
+        // Copies come with the proxy's `-shadow` host, with or without a port.
+        let copies = [
+            "GET / HTTP/1.1\r\nHost: reviews-shadow\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1-shadow:8080\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: shadow\r\n\r\n",
+        ];
+        exchange(upstream.port, &copies);
+        assert_eq!((upstream.served(), upstream.shadowed()), (8, 2));
     }
 }

@@ -22,7 +22,7 @@ struct Rig {
     service: ControlService,
     envoy: Envoy,
     client: Client,
-    _upstreams: [Upstream; 3],
+    upstreams: [Upstream; 3],
 }
 
 impl Rig {
@@ -37,7 +37,7 @@ impl Rig {
             service,
             envoy,
             client,
-            _upstreams: upstreams,
+            upstreams,
         }
     }
 
@@ -227,6 +227,115 @@ async fn a_rollout_walks_its_steps_and_envoy_follows_every_weight() {
         vec![("v2".into(), 10000), ("v1".into(), 0)],
         "v2 is the stable (first) variant with everything"
     );
+}
+
+/// Polls `count` until it holds still for half a second (mirrored copies arrive after the
+/// responses clients get), then returns it.
+async fn settled(count: impl Fn() -> u64) -> u64 {
+    let mut last = count();
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = count();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirror_step_copies_stable_traffic_to_the_canary_and_clients_see_only_stable() {
+    let rig = Rig::start().await;
+    let api = rig.api();
+    let [v1, v2, v3] = &rig.upstreams;
+    let spoofed = |target: &'static str| {
+        move |_| vec![("x-meshcanary-mirror".to_string(), target.to_string())]
+    };
+
+    // Before any mirror step, a client asking for copies gets none.
+    let replies = rig.client.many(200, 8, spoofed("v2")).await;
+    assert_eq!(tally(&replies).get("v1"), Some(&200));
+    assert_eq!(
+        settled(|| v2.served()).await,
+        0,
+        "no copy without a mirror step"
+    );
+
+    let name = "mirrored";
+    api.create_rollout(&spec(
+        name,
+        vec![json!({"mirror": {"percent": 25}}), weight(10), pause()],
+    ))
+    .await;
+    let at_mirror = api
+        .wait_for_rollout(name, "paused in the mirror step", |v| {
+            v.rollout.status.phase == Phase::Paused && v.rollout.status.step == 0
+        })
+        .await;
+    assert!(
+        at_mirror.rollout.status.message.contains("mirroring 25%"),
+        "{}",
+        at_mirror.rollout.status.message
+    );
+    rig.wait_for_envoy().await;
+
+    // Clients only ever see the stable; the canary gets a copy of about a quarter of them.
+    let requests = 2000;
+    assert_share(
+        rig.canary_share(requests).await,
+        0.0,
+        0.0,
+        "while mirroring",
+    );
+    let copies = settled(|| v2.shadowed()).await;
+    assert_eq!(v2.served(), copies, "v2 served nothing but copies");
+    let expected = requests as f64 / 4.0;
+    // Four standard deviations of a binomial(2000, 1/4).
+    let tolerance = 4.0 * (requests as f64 * 0.25 * 0.75).sqrt();
+    println!("copies: {copies} of {requests} (expected {expected} ± {tolerance:.0})");
+    assert!(
+        (copies as f64 - expected).abs() <= tolerance,
+        "{copies} copies of {requests} requests"
+    );
+    assert_eq!(v1.shadowed(), 0);
+    // The filter counted what it marked, and Envoy's mirror cluster what it sent: the same.
+    let marked = rig
+        .envoy
+        .metric(
+            meshcanary_core::stats::MIRRORED,
+            &[("route", "reviews"), ("variant", "v2")],
+        )
+        .await;
+    assert_eq!(marked, copies as f64);
+    let cluster = rig
+        .envoy
+        .metric(
+            "envoy_cluster_upstream_rq_total",
+            &[("envoy_cluster_name", "reviews-v2-mirror")],
+        )
+        .await;
+    assert_eq!(cluster, copies as f64, "the copies' stats are apart");
+
+    // A client cannot send the copies elsewhere: its header is replaced or removed.
+    let replies = rig.client.many(400, 8, spoofed("v3")).await;
+    assert_eq!(tally(&replies).get("v1"), Some(&400));
+    settled(|| v2.served()).await;
+    assert_eq!(v3.served(), 0, "no copy goes where a client says");
+
+    // The next step ends the mirror: v2 now serves its 10 % and gets no more copies.
+    api.action(name, "resume").await;
+    api.wait_for_rollout(name, "paused at 10 %", |v| paused_at(v, 2))
+        .await;
+    rig.wait_for_envoy().await;
+    let copies = settled(|| v2.shadowed()).await;
+    let share = rig.canary_share(2000).await;
+    assert_share(share, 10.0, 3.0, "after the mirror step");
+    assert_eq!(
+        settled(|| v2.shadowed()).await,
+        copies,
+        "no copies after the mirror step"
+    );
+    assert!(api.routes().await.config.routes[0].mirror.is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
