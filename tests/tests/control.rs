@@ -315,6 +315,32 @@ async fn a_mirror_step_copies_stable_traffic_to_the_canary_and_clients_see_only_
         )
         .await;
     assert_eq!(cluster, copies as f64, "the copies' stats are apart");
+    let view = api
+        .wait_for_rollout(name, "its view counting the copies", |v| {
+            v.mirrored
+                .is_some_and(|m| m.sent == copies && m.answered == copies)
+        })
+        .await;
+    assert_eq!(view.mirrored.unwrap().server_errors, 0);
+
+    // A canary failing its copies fails no client: their responses are discarded, and counted.
+    v2.set_status(500);
+    let replies = rig.client.many(400, 8, |_| Vec::new()).await;
+    assert!(
+        replies.iter().all(|r| r
+            .as_ref()
+            .is_ok_and(|r| r.status == 200 && r.upstream.as_deref() == Some("v1"))),
+        "clients see only the stable's answers"
+    );
+    let failing = settled(|| v2.shadowed()).await - copies;
+    assert!(failing > 0, "some copies were sent");
+    let view = api
+        .wait_for_rollout(name, "its view counting the failed copies", |v| {
+            v.mirrored.is_some_and(|m| m.server_errors == failing)
+        })
+        .await;
+    println!("{}", view.mirrored.unwrap().summary());
+    v2.set_status(0);
 
     // A client cannot send the copies elsewhere: its header is replaced or removed.
     let replies = rig.client.many(400, 8, spoofed("v3")).await;

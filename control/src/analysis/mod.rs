@@ -78,7 +78,10 @@ pub mod snapshot;
 pub mod stats;
 
 pub use judge::{judge, Check, Measured, Thresholds, Verdict};
-pub use snapshot::{delta, merge, parse_envoy_stats, Snapshot, VariantCounters};
+pub use snapshot::{
+    delta, merge, mirror_cluster, parse_envoy_stats, parse_mirror_stats, MirrorCounters, Snapshot,
+    VariantCounters,
+};
 pub use stats::{canary_worse_p_value, quantile};
 
 /// What can go wrong in the analysis: the proxy's stats could not be read, or thresholds are

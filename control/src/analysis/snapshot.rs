@@ -33,7 +33,7 @@
 //! read as exact `u64`, not through `f64`.
 
 use super::AnalysisError;
-use meshcanary_core::stats::{ResponseClass, DURATION_MS, REQUESTS, RESPONSES};
+use meshcanary_core::stats::{ResponseClass, DURATION_MS, MIRRORED, REQUESTS, RESPONSES};
 use std::collections::{BTreeMap, HashSet};
 
 /// What one variant of a route counted: cumulative since the proxy started in a scrape, or over a
@@ -140,6 +140,112 @@ fn count_up_to(buckets: &[(f64, u64)], le: f64) -> u64 {
         .map(|(_, count)| *count)
         .max()
         .unwrap_or(0)
+}
+
+/// What a proxy counted of the copies mirrored to one variant of a route: the filter's marks
+/// (`meshcanary_mirrored_total`) and, from the proxy's own stats of the cluster the copies go
+/// to, how they fared. Cumulative since the proxy started; summed over proxies with [`Add`].
+///
+/// [`Add`]: std::ops::Add
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MirrorCounters {
+    /// Requests the filter marked for a copy.
+    pub marked: u64,
+    /// Copies the proxy sent to the mirror cluster (`upstream_rq_total`).
+    pub sent: u64,
+    /// Copies answered (`upstream_rq_completed`); their responses were discarded.
+    pub answered: u64,
+    /// Of those, answered 5xx (`upstream_rq_xx` with class 5).
+    pub server_errors: u64,
+}
+
+impl std::ops::Add for MirrorCounters {
+    type Output = MirrorCounters;
+
+    fn add(self, other: MirrorCounters) -> MirrorCounters {
+        MirrorCounters {
+            marked: self.marked.saturating_add(other.marked),
+            sent: self.sent.saturating_add(other.sent),
+            answered: self.answered.saturating_add(other.answered),
+            server_errors: self.server_errors.saturating_add(other.server_errors),
+        }
+    }
+}
+
+impl MirrorCounters {
+    /// For people: `mirrored 480 requests: 478 answered, 0.42% 5xx`.
+    pub fn summary(&self) -> String {
+        let rate = if self.answered == 0 {
+            "no answers yet".to_string()
+        } else {
+            format!(
+                "{:.2}% 5xx",
+                100.0 * self.server_errors as f64 / self.answered as f64
+            )
+        };
+        format!(
+            "mirrored {} requests: {} answered, {rate}",
+            self.sent, self.answered
+        )
+    }
+}
+
+/// The Envoy cluster the standalone bootstrap sends `route`'s copies for `variant` to:
+/// `<route>-<variant>-mirror` (`reviews-v2-mirror`).
+pub fn mirror_cluster(route: &str, variant: &str) -> String {
+    format!("{route}-{variant}-mirror")
+}
+
+/// The mirror counters of `route`'s `variant` in an Envoy `/stats/prometheus` text: the
+/// filter's `meshcanary_mirrored_total` and the `envoy_cluster_upstream_rq_*` series of
+/// [`mirror_cluster`]. Series that are absent count 0 (a proxy without that cluster); a series
+/// of these families that cannot be read is an error naming its line.
+pub fn parse_mirror_stats(
+    text: &str,
+    route: &str,
+    variant: &str,
+) -> Result<MirrorCounters, AnalysisError> {
+    let cluster = mirror_cluster(route, variant);
+    let mut counters = MirrorCounters::default();
+    for (index, raw) in text.lines().enumerate() {
+        let line = raw.trim_start_matches(BLANKS);
+        let name_end = line.find(|c: char| !is_name_char(c)).unwrap_or(line.len());
+        let name = &line[..name_end];
+        let slot = match name {
+            MIRRORED => &mut counters.marked,
+            "envoy_cluster_upstream_rq_total" => &mut counters.sent,
+            "envoy_cluster_upstream_rq_completed" => &mut counters.answered,
+            "envoy_cluster_upstream_rq_xx" => &mut counters.server_errors,
+            _ => continue,
+        };
+        let parse_error = |reason: String| AnalysisError::Parse {
+            line: index + 1,
+            reason,
+        };
+        let sample = parse_sample(&line[name_end..]).map_err(parse_error)?;
+        let ours = if name == MIRRORED {
+            sample.label("route") == Some(route) && sample.label("variant") == Some(variant)
+        } else {
+            sample.label("envoy_cluster_name") == Some(cluster.as_str())
+                && (name != "envoy_cluster_upstream_rq_xx"
+                    || sample.label("envoy_response_code_class") == Some("5"))
+        };
+        if ours {
+            *slot = slot.saturating_add(parse_count(sample.value).map_err(parse_error)?);
+        }
+    }
+    Ok(counters)
 }
 
 /// The filter's counters for every variant of one route, from one proxy or summed over several.
@@ -582,6 +688,54 @@ fn parse_count(token: &str) -> Result<u64, String> {
         Ok(value as u64)
     } else {
         Err(format!("{token:?} is not a count (a whole number ≥ 0)"))
+    }
+}
+
+#[cfg(test)]
+mod mirror_tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_mirror_counters_of_one_route_variant() {
+        let text = "\
+# TYPE meshcanary_mirrored_total counter
+meshcanary_mirrored_total{route=\"reviews\",variant=\"v2\"} 500
+meshcanary_mirrored_total{route=\"ratings\",variant=\"v2\"} 7
+envoy_cluster_upstream_rq_total{envoy_cluster_name=\"reviews-v2-mirror\"} 498
+envoy_cluster_upstream_rq_total{envoy_cluster_name=\"reviews-v2\"} 9000
+envoy_cluster_upstream_rq_completed{envoy_cluster_name=\"reviews-v2-mirror\"} 490
+envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"2\",envoy_cluster_name=\"reviews-v2-mirror\"} 480
+envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"5\",envoy_cluster_name=\"reviews-v2-mirror\"} 10
+envoy_cluster_upstream_rq_xx{envoy_response_code_class=\"5\",envoy_cluster_name=\"reviews-v1\"} 3
+envoy_cluster_upstream_rq_timeout{envoy_cluster_name=\"reviews-v2-mirror\"} 1
+";
+        let counters = parse_mirror_stats(text, "reviews", "v2").unwrap();
+        assert_eq!(
+            counters,
+            MirrorCounters {
+                marked: 500,
+                sent: 498,
+                answered: 490,
+                server_errors: 10
+            }
+        );
+        assert_eq!(
+            counters.summary(),
+            "mirrored 498 requests: 490 answered, 2.04% 5xx"
+        );
+        assert_eq!((counters + counters).sent, 996, "proxies add up");
+        // Nothing mirrored on this proxy: zeros, and a summary that says so.
+        let none = parse_mirror_stats("other_total 3\n", "reviews", "v2").unwrap();
+        assert_eq!(none, MirrorCounters::default());
+        assert!(none.summary().contains("no answers yet"));
+        // A series of ours that cannot be read is an error naming its line.
+        let error = parse_mirror_stats(
+            "x 1\nenvoy_cluster_upstream_rq_total{envoy_cluster_name=\"reviews-v2-mirror\"} many\n",
+            "reviews",
+            "v2",
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("line 2"), "{error}");
     }
 }
 

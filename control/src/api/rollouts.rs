@@ -3,6 +3,7 @@
 use super::extract::{ApiJson, ApiPath, IfMatch};
 use super::paging::{self, ListQuery};
 use super::AppState;
+use crate::analysis::MirrorCounters;
 use crate::api::error::ErrorBody;
 use crate::error::{Error, Result};
 pub use crate::rollout::action::RolloutAction;
@@ -26,15 +27,21 @@ pub struct RolloutView {
     pub rollout: Rollout,
     /// How many proxies run the generation carrying `status.canaryWeight`.
     pub propagation: Propagation,
+    /// Once the rollout has mirrored (a `mirror` step), what the proxies counted of the copies
+    /// sent to the canary (since they started), where the observer can tell (Envoy admin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mirrored: Option<MirrorCounters>,
 }
 
 fn view(state: &AppState, rollout: Rollout) -> RolloutView {
     let propagation = state
         .controller
         .propagation(rollout.status.weight_generation);
+    let mirrored = state.controller.mirrored(&rollout.spec.name);
     RolloutView {
         rollout,
         propagation,
+        mirrored,
     }
 }
 

@@ -2,7 +2,15 @@
 //! the notification hooks; and the push itself.
 
 use super::*;
+use crate::analysis::MirrorCounters;
 use crate::view::Propagation;
+
+/// The last counts of the copies mirrored to each rollout's canary, and when they were read.
+#[derive(Debug, Default)]
+pub(super) struct MirrorReads {
+    read_at: Option<std::time::Instant>,
+    by_rollout: std::collections::BTreeMap<String, MirrorCounters>,
+}
 
 impl Controller {
     /// Runs the engine and the observer until the task is dropped.
@@ -152,6 +160,7 @@ impl Controller {
             changed
         };
         let workloads_changed = self.observe_workloads().await;
+        self.observe_mirrors().await;
         if changed || workloads_changed {
             self.wake.notify_one();
         }
@@ -237,6 +246,55 @@ impl Controller {
             },
             workloads: self.workloads.read_locked().clone(),
         }
+    }
+
+    /// Counts the copies mirrored to the canaries of the rollouts in a mirror step, at most every
+    /// [`MIRRORS_INTERVAL`]. A rollout keeps its last count after the step (its view shows what
+    /// its mirror steps got); the counts are the proxies' since they started.
+    async fn observe_mirrors(&self) {
+        {
+            let mut mirrors = self.mirrors.locked();
+            if mirrors
+                .read_at
+                .is_some_and(|at| at.elapsed() < MIRRORS_INTERVAL)
+            {
+                return;
+            }
+            mirrors.read_at = Some(std::time::Instant::now());
+        }
+        let Ok(state) = self.state.try_lock() else {
+            return;
+        };
+        let kept: std::collections::BTreeSet<String> = state.rollouts.keys().cloned().collect();
+        let mirroring: Vec<(String, String, String)> = state
+            .rollouts
+            .values()
+            .filter(|r| r.mirror().is_some())
+            .map(|r| {
+                let spec = &r.spec;
+                (spec.name.clone(), spec.route.clone(), spec.canary.clone())
+            })
+            .collect();
+        drop(state);
+        let mut read = Vec::with_capacity(mirroring.len());
+        for (name, route, canary) in mirroring {
+            match self.observer.mirrored(&route, &canary).await {
+                Ok(Some(counters)) => read.push((name, counters)),
+                Ok(None) => {}
+                Err(error) => {
+                    tracing::debug!(rollout = %name, %error, "cannot count the mirrored copies")
+                }
+            }
+        }
+        let mut mirrors = self.mirrors.locked();
+        mirrors.by_rollout.retain(|name, _| kept.contains(name));
+        mirrors.by_rollout.extend(read);
+    }
+
+    /// What the proxies counted of the copies mirrored to `rollout`'s canary, if it has mirrored
+    /// and the observer can tell.
+    pub fn mirrored(&self, rollout: &str) -> Option<MirrorCounters> {
+        self.mirrors.locked().by_rollout.get(rollout).copied()
     }
 
     /// How far `generation` has reached.

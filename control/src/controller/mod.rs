@@ -56,6 +56,8 @@ const ENGINE_INTERVAL: Duration = Duration::from_secs(1);
 const FOLLOWER_RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the Deployments of rollouts with `workloads` are read.
 const WORKLOADS_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the copies mirrored to canaries in a mirror step are counted.
+const MIRRORS_INTERVAL: Duration = Duration::from_secs(1);
 /// How often a failed push is retried.
 pub const PUSH_RETRY_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -69,6 +71,8 @@ pub struct Controller {
     /// The replicas of the Deployments running rollouts name in `workloads`, as last read.
     workloads: RwLock<std::collections::BTreeMap<String, Replicas>>,
     workloads_read_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// What the proxies counted of the copies mirrored to rollouts' canaries.
+    mirrors: std::sync::Mutex<loops::MirrorReads>,
     pushed_generation: AtomicU64,
     wake: Notify,
     // Ticks run one at a time (the engine loop ticks; a tick of its own must not overlap a
@@ -153,6 +157,7 @@ impl Controller {
             proxies: RwLock::new(Vec::new()),
             workloads: RwLock::new(std::collections::BTreeMap::new()),
             workloads_read_at: std::sync::Mutex::new(None),
+            mirrors: std::sync::Mutex::new(loops::MirrorReads::default()),
             pushed_generation: AtomicU64::new(0),
             wake: Notify::new(),
             tick_lock: Mutex::new(()),

@@ -1,7 +1,9 @@
 //! Reads the filter's stats straight from Envoy admin endpoints (`/stats/prometheus`).
 
 use super::{MetricsObserver, ObserveError, ProxyGeneration};
-use crate::analysis::{parse_envoy_stats, AnalysisError, Snapshot};
+use crate::analysis::{
+    parse_envoy_stats, parse_mirror_stats, AnalysisError, MirrorCounters, Snapshot,
+};
 use async_trait::async_trait;
 use meshcanary_core::stats::GENERATION;
 use std::time::Duration;
@@ -116,6 +118,27 @@ impl MetricsObserver for EnvoyAdminObserver {
             out.push((endpoint.clone(), snapshot));
         }
         Ok(out)
+    }
+
+    async fn mirrored(
+        &self,
+        route: &str,
+        variant: &str,
+    ) -> Result<Option<MirrorCounters>, ObserveError> {
+        let mut total = MirrorCounters::default();
+        for endpoint in &self.endpoints {
+            // Matches the filter's `meshcanary_mirrored_total` and the `<route>-<variant>-mirror`
+            // cluster's stats alike.
+            let text = self.stats(endpoint, "mirror").await?;
+            let counters = parse_mirror_stats(&text, route, variant).map_err(|source| {
+                EnvoyAdminError::Stats {
+                    endpoint: endpoint.clone(),
+                    source,
+                }
+            })?;
+            total = total + counters;
+        }
+        Ok(Some(total))
     }
 
     fn describe(&self) -> String {

@@ -3,7 +3,7 @@
 pub mod envoy_admin;
 pub mod prometheus;
 
-use crate::analysis::Snapshot;
+use crate::analysis::{MirrorCounters, Snapshot};
 use async_trait::async_trait;
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -42,6 +42,17 @@ pub trait MetricsObserver: Send + Sync {
     /// Every proxy's cumulative per-variant counters for `route`, keyed by proxy. An error when
     /// any proxy could not be read: a check that sees only part of the traffic must not pass.
     async fn snapshots(&self, route: &str) -> Result<Vec<(String, Snapshot)>, ObserveError>;
+
+    /// The copies mirrored to `route`'s `variant`, summed over the proxies, if this observer can
+    /// tell (`None` when it cannot, as over Prometheus, where the mesh's own telemetry counts
+    /// them). An error when any proxy could not be read.
+    async fn mirrored(
+        &self,
+        _route: &str,
+        _variant: &str,
+    ) -> Result<Option<MirrorCounters>, ObserveError> {
+        Ok(None)
+    }
 
     /// Where it reads from, for logs and status.
     fn describe(&self) -> String;
