@@ -388,6 +388,20 @@ fn summary_section(view: &RolloutView, now: Timestamp) -> Section {
             },
         ),
     ];
+    if let Some(share) = rollout.mirror() {
+        pairs.push((
+            "Mirror",
+            format!(
+                "{} of {}'s requests copied to {}; the copies' answers are discarded",
+                percent(share),
+                spec.stable,
+                spec.canary
+            ),
+        ));
+    }
+    if let Some(mirrored) = &view.mirrored {
+        pairs.push(("Copies", mirrored.summary()));
+    }
     if let Some(timeout) = spec.timeout {
         pairs.push((
             "Timeout",
@@ -623,7 +637,16 @@ mod tests {
                             "summary": "applied on 0/0 proxies", "proxies": []}
         });
         for (k, v) in status.as_object().unwrap() {
-            value["status"][k] = v.clone();
+            match k.as_str() {
+                // The view's own field, beside the rollout's.
+                "mirrored" => value["mirrored"] = v.clone(),
+                _ => value["status"][k] = v.clone(),
+            }
+        }
+        if value["mirrored"].is_object() {
+            // A mirror step in place of the timed pause.
+            value["spec"]["steps"][3] = json!({"mirror": {"percent": 20, "duration": "30s"}});
+            value["plan"][3] = json!({"mirror": {"basisPoints": 2000, "duration": "30s"}});
         }
         serde_json::from_value(value).unwrap()
     }
@@ -887,6 +910,18 @@ mod tests {
                 json!({"phase": "progressing", "hold": null, "step": 3,
                        "stepStartedAt": "2026-11-18T11:06:30Z", "canaryWeight": 5000}),
                 &["▶ 4  pause 30s (20s left)", "✓ 3  set weight 50%"],
+                &["Next"],
+            ),
+            (
+                "a running mirror step says what it copies",
+                json!({"phase": "progressing", "hold": null, "step": 3,
+                       "stepStartedAt": "2026-11-18T11:06:30Z", "canaryWeight": 0,
+                       "mirrored": {"marked": 80, "sent": 80, "answered": 79, "serverErrors": 1}}),
+                &[
+                    "Mirror   20% of v1's requests copied to v2",
+                    "Copies   mirrored 80 requests: 79 answered, 1.27% 5xx",
+                    "▶ 4  mirror 20% for 30s (20s left)",
+                ],
                 &["Next"],
             ),
             (
