@@ -59,6 +59,8 @@ async fn the_demo_promotes_the_healthy_canary_and_rolls_back_the_broken_one() {
         "x-canary: always' http://127.0.0.1:",
         "    200 from v2 (x-meshcanary: v2; reason=rule)",
         "    200 from v1 (x-meshcanary: v1; reason=sticky)",
+        "── 2. Release v2: mirror 20 % → 5 % → 20 % → 50 % → 100 % ──",
+        "step 1/5: mirroring 20% of the route's requests to the canary",
         "check passed at 5%",
         "succeeded: v2 is the stable variant of route reviews",
         "traffic now: v1 0.0 %, v2 100.0 %",

@@ -225,10 +225,15 @@ pub fn next(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Act
 }
 
 /// When the next analysis check is due, if the rollout has analysis and is progressing. The first
-/// reading (which only starts the first window) is due as soon as the rollout progresses.
+/// reading (which only starts the first window) is due as soon as the rollout progresses. None is
+/// due during a mirror step while the canary has no weight: it serves nobody, so every check would
+/// be inconclusive, and enough of them in a row would pause the rollout.
 pub fn next_check_at(rollout: &Rollout) -> Option<Timestamp> {
     let analysis = rollout.spec.analysis.as_ref()?;
     if rollout.status.phase != Phase::Progressing {
+        return None;
+    }
+    if rollout.mirror().is_some() && rollout.status.canary_weight == 0 {
         return None;
     }
     Some(match rollout.status.analysis.last_check_at {
@@ -1017,6 +1022,32 @@ mod tests {
             (r.status.step, r.status.canary_weight, r.mirror()),
             (3, 5000, None)
         );
+    }
+
+    #[test]
+    fn no_check_runs_while_a_mirror_step_gives_the_canary_nothing() {
+        let analysis = json!({"interval": "10s", "inconclusiveLimit": 2});
+        let r = rollout(json!({"analysis": analysis, "steps": [
+            {"mirror": {"percent": 20, "duration": "60s"}}, {"setWeight": {"percent": 10}},
+            {"mirror": {"percent": 20, "duration": "60s"}}, {"setWeight": {"percent": 50}}
+        ]}));
+        let r = apply(&r, &next(&r, &APPLIED, at(0)), at(0));
+        assert_eq!((r.status.step, r.mirror()), (0, Some(2000)));
+        // The whole minute at 0 %: no check, the step just holds (and would not pause on
+        // inconclusive checks).
+        for now in [at(0), at(10), at(59)] {
+            assert_eq!(next_check_at(&r), None);
+            assert_eq!(
+                next(&r, &APPLIED, now),
+                Action::Wait {
+                    until: Some(at(60))
+                }
+            );
+        }
+        // A mirror step after a weight is judged like any hold: the canary serves its share.
+        let mut r = apply(&r, &Action::EnterStep { index: 2 }, at(60));
+        r.status.canary_weight = 1000;
+        assert_eq!(next(&r, &APPLIED, at(60)), Action::RunCheck);
     }
 
     #[test]

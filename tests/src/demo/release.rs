@@ -127,6 +127,9 @@ pub struct Release {
     pub deadline: Duration,
 }
 
+/// The share of stable's requests a release first mirrors to its canary.
+pub const MIRROR_PERCENT: u32 = 20;
+
 impl Release {
     /// v2, healthy, after `stable`.
     pub fn healthy(stable: &str, pace: Pace) -> Release {
@@ -156,12 +159,24 @@ impl Release {
         self.fail_every == 0
     }
 
+    /// How long the release first mirrors stable's requests to the canary, before any weight:
+    /// half an analysis window, so that no check judges the canary before it serves anyone.
+    pub fn mirror_for(&self) -> Duration {
+        self.interval / 2
+    }
+
     /// The rollout spec, as the API takes it.
     pub fn spec(&self) -> serde_json::Value {
-        let steps: Vec<serde_json::Value> = self
-            .percents
-            .iter()
-            .map(|percent| serde_json::json!({"setWeight": {"percent": percent}}))
+        let mirror = serde_json::json!({"mirror": {
+            "percent": MIRROR_PERCENT,
+            "duration": HumanDuration(self.mirror_for()).to_string(),
+        }});
+        let steps: Vec<serde_json::Value> = std::iter::once(mirror)
+            .chain(
+                self.percents
+                    .iter()
+                    .map(|percent| serde_json::json!({"setWeight": {"percent": percent}})),
+            )
             .collect();
         serde_json::json!({
             "name": self.name,
@@ -215,7 +230,11 @@ pub async fn release(
     let p = console.paint();
     let steps: Vec<String> = release.percents.iter().map(|p| format!("{p} %")).collect();
     let title = if release.should_succeed() {
-        format!("Release {}: {}", release.canary, steps.join(" → "))
+        format!(
+            "Release {}: mirror {MIRROR_PERCENT} % → {}",
+            release.canary,
+            steps.join(" → ")
+        )
     } else {
         format!("Release {}, which has a bug", release.canary)
     };
@@ -241,10 +260,15 @@ pub async fn release(
         "  ",
         "  ",
         &format!(
-            "{} → {} in steps of {}. Every {} the analysis judges the last window: success rate \
-             ≥ 99 %, p99 ≤ 500 ms, errors no worse than {}'s. 2 failed checks roll back.",
+            "{} → {}: first {} gets a copy of {MIRROR_PERCENT} % of {}'s requests for {} (the \
+             copies' answers are discarded), then steps of {}. Every {} the analysis judges the \
+             last window: success rate ≥ 99 %, p99 ≤ 500 ms, errors no worse than {}'s. 2 failed \
+             checks roll back.",
             release.stable,
             release.canary,
+            release.canary,
+            release.stable,
+            HumanDuration(release.mirror_for()),
             steps.join(", "),
             HumanDuration(release.interval),
             release.stable

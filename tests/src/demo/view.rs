@@ -193,6 +193,21 @@ pub fn panel(
             view.propagation.summary
         ),
     ];
+    if let Some(share) = view.rollout.mirror() {
+        let copies = view.mirrored.map_or(String::new(), |m| {
+            let failed = match m.answered {
+                0 => 0.0,
+                answered => 100.0 * m.server_errors as f64 / answered as f64,
+            };
+            format!(" · {} copies answered, {failed:.1} % 5xx", m.answered)
+        });
+        lines.push(format!(
+            "  mirroring {} of {}'s requests to {}{copies}",
+            percent(share),
+            spec.stable,
+            spec.canary
+        ));
+    }
     let last = status.analysis.checks.last();
     let p = percentile_name(spec);
     lines.push(paint.dim(&format!(
