@@ -1,20 +1,24 @@
-//! The compact syntaxes people type for a rollout's plan: `--steps "10%,pause,50%,pause 30s,100%"`,
+//! The compact syntaxes people type for a rollout's plan:
+//! `--steps "mirror 20% 1m,10%,pause,50%,pause 30s,100%"`,
 //! `--progressive 10,50,90s`, weights (`25%`, `2500bp`) and durations.
 //!
 //! These parse into the API's own types ([`Step`], [`Weight`], [`Progressive`]) and check what
 //! can be checked without the service, so a typo fails before any request, naming the item at
 //! fault. The service validates again: it is the authority on, say, the maximum number of steps.
 
-use crate::rollout::{PauseStep, Progressive, Step, Weight};
+use crate::rollout::{MirrorStep, PauseStep, Progressive, Step, Weight};
 use crate::time::HumanDuration;
 use meshcanary_core::config::TOTAL_WEIGHT;
 
 /// What a step item may look like, for error messages.
 const STEP_SYNTAX: &str = "write N% or Nbp to set the canary weight (e.g. 10% or 1000bp), \
-    \"pause\" to wait for `rollout resume`, or \"pause DURATION\" to wait a while (e.g. pause 30s)";
+    \"pause\" to wait for `rollout resume`, \"pause DURATION\" to wait a while (e.g. pause 30s), or \
+    \"mirror N% [DURATION]\" to copy a share of stable's requests to the canary (e.g. mirror 20% 1m)";
 
 /// Parses `--steps`: comma-separated items, each `N%` or `Nbp` (set the canary weight), `pause`
-/// (wait until resumed) or `pause DURATION` (wait that long). Errors name the item (1-based).
+/// (wait until resumed), `pause DURATION` (wait that long) or `mirror N% [DURATION]` (copy that
+/// share of the route's other requests to the canary, for that long or until resumed). Errors
+/// name the item (1-based).
 pub fn parse_steps(text: &str) -> Result<Vec<Step>, String> {
     if text.trim().is_empty() {
         return Err(format!("no steps given; {STEP_SYNTAX}"));
@@ -45,12 +49,36 @@ fn parse_step(item: &str) -> Result<Step, String> {
             })
             .map_err(|why| format!("{trimmed:?}: {why}"));
     }
+    if let Some(rest) = lower.strip_prefix("mirror") {
+        return parse_mirror(rest.trim()).map_err(|why| format!("{trimmed:?}: {why}"));
+    }
     if lower.starts_with(|c: char| c.is_ascii_digit() || c == '.') {
         return parse_weight(&lower)
             .map(Step::SetWeight)
             .map_err(|why| format!("{trimmed:?}: {why}"));
     }
     Err(format!("{trimmed:?} is not a step; {STEP_SYNTAX}"))
+}
+
+/// `N%` or `Nbp`, more than 0, then an optional duration: a mirror step's rest.
+fn parse_mirror(rest: &str) -> Result<Step, String> {
+    let (share, duration) = rest.split_once(' ').unwrap_or((rest, ""));
+    if share.is_empty() {
+        return Err("give the share of requests to copy, e.g. mirror 20% or mirror 20% 1m".into());
+    }
+    let share = parse_weight(share)?;
+    if share.percent == Some(0.0) || share.basis_points == Some(0) {
+        return Err("a mirror of 0% copies nothing; give more than 0%".into());
+    }
+    let duration = match duration.trim() {
+        "" => None,
+        text => Some(parse_duration(text)?),
+    };
+    Ok(Step::Mirror(MirrorStep {
+        percent: share.percent,
+        basis_points: share.basis_points,
+        duration,
+    }))
 }
 
 /// Parses a weight: `25%`, `12.5%` (at most two decimals: the resolution is 0.01 %) or `2500bp`
@@ -192,6 +220,22 @@ mod tests {
                 ],
             ),
             ("pause 1h 30m", vec![pause(Some(5_400_000))]),
+            (
+                "mirror 20% 1m,Mirror 5bp,10%",
+                vec![
+                    Step::Mirror(MirrorStep {
+                        percent: Some(20.0),
+                        basis_points: None,
+                        duration: Some(HumanDuration(Duration::from_secs(60))),
+                    }),
+                    Step::Mirror(MirrorStep {
+                        percent: None,
+                        basis_points: Some(5),
+                        duration: None,
+                    }),
+                    pct(10.0),
+                ],
+            ),
             ("0%", vec![pct(0.0)]),
             ("33.33%", vec![pct(33.33)]),
         ];
@@ -229,6 +273,22 @@ mod tests {
                 "item 2 \"wait\" is not a step; write N% or Nbp",
             ),
             ("-5%", "item 1 \"-5%\" is not a step"),
+            (
+                "mirror",
+                "item 1 \"mirror\": give the share of requests to copy",
+            ),
+            (
+                "mirror 0%",
+                "item 1 \"mirror 0%\": a mirror of 0% copies nothing",
+            ),
+            (
+                "10%,mirror 20 1m",
+                "item 2 \"mirror 20 1m\": a weight needs a unit",
+            ),
+            (
+                "mirror 20% soon",
+                "item 1 \"mirror 20% soon\": \"soon\" is not a duration",
+            ),
             ("1.2.3%", "item 1 \"1.2.3%\": \"1.2.3\" is not a percentage"),
             (
                 "99999999999%",
