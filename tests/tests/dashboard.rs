@@ -207,6 +207,47 @@ async fn the_dashboard_follows_and_drives_a_rollout() {
 /// moves between pages, and a rollout on another page — named in the address — is still shown
 /// in detail.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_shows_a_mirror_step_and_its_copies() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ecds_file = dir.path().join("ecds.json");
+    let proxy = FakeProxy::start(ecds_file.clone()).await;
+    let service = ControlService::start_without_envoy(
+        &ecds_file,
+        &routes(),
+        StatsSource::EnvoyAdmin(proxy.url.clone()),
+    )
+    .await;
+    let api = service.api();
+    api.create_rollout(&json!({
+        "name": "shadowed", "route": "reviews", "stable": "v1", "canary": "v2",
+        "steps": [{"mirror": {"percent": 20}}, {"setWeight": {"percent": 10}}]
+    }))
+    .await;
+    let browser = Browser::start(&service).await;
+    browser.goto(&format!("{}/dashboard", api.base_url())).await;
+    browser
+        .wait_text("#steps li.current", "the mirror step marked", |t| {
+            t.contains("mirror 20 % until resumed")
+        })
+        .await;
+    let copies = browser
+        .wait_text("#detail-mirror", "the copies counted", |t| {
+            t.starts_with("mirroring 20 % of v1's requests to v2 — ")
+                && t.contains(" answered, ")
+                && !t.contains("— 0 copies")
+        })
+        .await;
+    assert!(copies.ends_with(" 5xx"), "{copies}");
+    // Past the step: the mirror is over, the copies it got stay on show.
+    api.action("shadowed", "resume").await;
+    browser
+        .wait_text("#detail-mirror", "the mirror over", |t| {
+            t.starts_with("mirrored: ")
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_pages_through_many_rollouts() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ecds_file = dir.path().join("ecds.json");
@@ -577,6 +618,8 @@ struct Traffic {
     started: Instant,
     last: Instant,
     variants: BTreeMap<String, Counts>,
+    /// Copies mirrored so far (a route with `mirror`): due, sent.
+    mirrored: (f64, u64),
 }
 
 #[derive(Default)]
@@ -594,6 +637,7 @@ impl Traffic {
             started: Instant::now(),
             last: Instant::now(),
             variants: BTreeMap::new(),
+            mirrored: (0.0, 0),
         }
     }
 
@@ -610,6 +654,22 @@ impl Traffic {
         let Some(route) = config.and_then(|c| c.routes.iter().find(|r| r.name == "reviews")) else {
             return text;
         };
+        if let Some(mirror) = &route.mirror {
+            // As the standalone bootstrap counts them: the filter's marks and the mirror
+            // cluster's requests; one copy in ten answered 5xx.
+            let (due, sent) = &mut self.mirrored;
+            *due += RATE * elapsed * f64::from(mirror.weight) / 10_000.0;
+            *sent += *due as u64;
+            *due = due.fract();
+            let (sent, name) = (*sent, &mirror.name);
+            text.push_str(&format!(
+                "meshcanary_mirrored_total{{route=\"reviews\",variant=\"{name}\"}} {sent}\n\
+                 envoy_cluster_upstream_rq_total{{envoy_cluster_name=\"reviews-{name}-mirror\"}} {sent}\n\
+                 envoy_cluster_upstream_rq_completed{{envoy_cluster_name=\"reviews-{name}-mirror\"}} {sent}\n\
+                 envoy_cluster_upstream_rq_xx{{envoy_response_code_class=\"5\",envoy_cluster_name=\"reviews-{name}-mirror\"}} {}\n",
+                sent / 10
+            ));
+        }
         for (index, variant) in route.variants.iter().enumerate() {
             let counts = self.variants.entry(variant.name.clone()).or_default();
             counts.due += RATE * elapsed * f64::from(variant.weight) / 10_000.0;
