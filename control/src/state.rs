@@ -300,13 +300,12 @@ fn set_canary_weight(
 fn set_mirror(route: &mut RouteConfig, canary: &str, share: Option<u32>) {
     match share {
         Some(weight) => {
-            route.mirror = Some(VariantConfig {
+            route.mirrors = vec![VariantConfig {
                 name: canary.to_string(),
                 weight,
-            });
+            }];
         }
-        None if route.mirror.as_ref().is_some_and(|m| m.name == canary) => route.mirror = None,
-        None => {}
+        None => route.mirrors.retain(|mirror| mirror.name != canary),
     }
 }
 
@@ -473,8 +472,8 @@ mod tests {
         let mirror = |s: &ServiceState| {
             s.route("reviews")
                 .unwrap()
-                .mirror
-                .as_ref()
+                .mirrors
+                .first()
                 .map(|m| (m.name.clone(), m.weight))
         };
         let steps = json!({"steps": [
@@ -525,10 +524,10 @@ mod tests {
             name: "v3".into(),
             weight: 0,
         });
-        other.filter.routes[0].mirror = Some(VariantConfig {
+        other.filter.routes[0].mirrors = vec![VariantConfig {
             name: "v3".into(),
             weight: 100,
-        });
+        }];
         let r = other
             .create_rollout(spec(steps), Timestamp(1))
             .unwrap()

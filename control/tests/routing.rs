@@ -391,8 +391,8 @@ async fn the_default_route_mirrors_during_a_mirror_step_and_not_after() {
         "clients are still served by the stable"
     );
     assert_eq!(
-        cluster.plugin_config().await["routes"][0]["mirror"],
-        json!({"name": "v2", "weight": 1250}),
+        cluster.plugin_config().await["routes"][0]["mirrors"],
+        json!([{"name": "v2", "weight": 1250}]),
         "the filter picks the requests to copy"
     );
     // The same push again writes nothing: the stored percentage compares equal.
@@ -415,6 +415,6 @@ async fn the_default_route_mirrors_during_a_mirror_step_and_not_after() {
     assert!(stable.get("mirror").is_none(), "{stable}");
     assert!(stable.get("mirrorPercentage").is_none(), "{stable}");
     assert!(cluster.plugin_config().await["routes"][0]
-        .get("mirror")
+        .get("mirrors")
         .is_none());
 }

@@ -361,7 +361,7 @@ async fn a_mirror_step_copies_stable_traffic_to_the_canary_and_clients_see_only_
         copies,
         "no copies after the mirror step"
     );
-    assert!(api.routes().await.config.routes[0].mirror.is_none());
+    assert!(api.routes().await.config.routes[0].mirrors.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -654,7 +654,7 @@ impl Traffic {
         let Some(route) = config.and_then(|c| c.routes.iter().find(|r| r.name == "reviews")) else {
             return text;
         };
-        if let Some(mirror) = &route.mirror {
+        if let Some(mirror) = route.mirrors.first() {
             // As the standalone bootstrap counts them: the filter's marks and the mirror
             // cluster's requests; one copy in ten answered 5xx.
             let (due, sent) = &mut self.mirrored;

@@ -358,7 +358,7 @@ mod tests {
         let checked = config(json!({"routes": [{
             "name": "reviews", "hosts": ["reviews"],
             "variants": [{"name": "v1", "weight": 9000}, {"name": "v2", "weight": 0}, {"name": "v3", "weight": 1000}],
-            "mirror": {"name": "v2", "weight": 2500}
+            "mirrors": [{"name": "v2", "weight": 2500}]
         }, {
             "name": "plain", "hosts": ["plain"], "variants": [{"name": "v1", "weight": 10000}]
         }]}));

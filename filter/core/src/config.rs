@@ -154,15 +154,16 @@ pub struct RouteConfig {
     /// config on live traffic: the stats show what the split would be.
     #[serde(default, skip_serializing_if = "is_false")]
     pub dry_run: bool,
-    /// Traffic mirroring: the variant `name` receives a copy of `weight` basis points (1 to
-    /// 10000) of the requests placed on the route's other variants; the copies' responses are
-    /// discarded, clients only ever see the variant they were placed on. The filter writes `name`
-    /// into the `x-meshcanary-mirror` request header of each request it picks (and removes any
-    /// value a client sent), and the proxy's route mirrors on that header: the standalone
-    /// bootstrap has a `request_mirror_policies` entry per variant, while in a mesh the
-    /// VirtualService's `mirror` does the copying.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mirror: Option<VariantConfig>,
+    /// Traffic mirroring: at most one entry `{"name", "weight"}`, whose variant `name` receives a
+    /// copy of `weight` basis points (1 to 10000) of the requests placed on the route's other
+    /// variants; the copies' responses are discarded, clients only ever see the variant they were
+    /// placed on. The filter writes `name` into the `x-meshcanary-mirror` request header of each
+    /// request it picks (and removes any value a client sent), and the proxy's route mirrors on
+    /// that header: the standalone bootstrap has a `request_mirror_policies` entry per variant,
+    /// while in a mesh the VirtualService's `mirror` does the copying. (A list, as Istio's
+    /// `mirrors`, and the same type as `variants`, whose parsing code the module already has.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mirrors: Vec<VariantConfig>,
 }
 
 /// A variant of a route and its share of traffic.
@@ -331,11 +332,11 @@ pub struct CheckedRoute {
     pub salt: String,
     /// See [`RouteConfig::dry_run`].
     pub dry_run: bool,
-    /// See [`RouteConfig::mirror`].
+    /// See [`RouteConfig::mirrors`].
     pub mirror: Option<CheckedMirror>,
 }
 
-/// A validated [`RouteConfig::mirror`].
+/// A validated entry of [`RouteConfig::mirrors`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckedMirror {
     /// The variant that receives the copies: an index into [`CheckedRoute::variants`].
@@ -586,11 +587,7 @@ fn checked_route(field: &Field<'_>, route: &RouteConfig) -> Result<CheckedRoute,
         }
         None => (None, String::new()),
     };
-    let mirror = route
-        .mirror
-        .as_ref()
-        .map(|mirror| checked_mirror(&field.key("mirror"), mirror, &variants))
-        .transpose()?;
+    let mirror = checked_mirrors(&field.key("mirrors"), &route.mirrors, &variants)?;
     Ok(CheckedRoute {
         name: route.name.clone(),
         hosts,
@@ -605,23 +602,38 @@ fn checked_route(field: &Field<'_>, route: &RouteConfig) -> Result<CheckedRoute,
     })
 }
 
-/// `mirror`: a variant of the route and a share in `1..=10000`.
-fn checked_mirror(
+/// The index of the variant `name` among the route's `variants`, or the error saying it is none
+/// of them.
+#[inline(never)]
+fn variant_index(field: &Field<'_>, name: &str, variants: &[String]) -> Result<usize, ConfigError> {
+    variants.iter().position(|v| v == name).ok_or_else(|| {
+        field.error(format!(
+            "{name:?} is not a variant of this route (variants: {})",
+            variants.join(", ")
+        ))
+    })
+}
+
+/// `mirrors`: none, or one variant of the route with a share in `1..=10000`.
+fn checked_mirrors(
     field: &Field<'_>,
-    mirror: &VariantConfig,
+    mirrors: &[VariantConfig],
     variants: &[String],
-) -> Result<CheckedMirror, ConfigError> {
-    let to = variants
-        .iter()
-        .position(|v| *v == mirror.name)
-        .ok_or_else(|| field.key("name").error("is not a variant of the route"))?;
+) -> Result<Option<CheckedMirror>, ConfigError> {
+    let mirror = match mirrors {
+        [] => return Ok(None),
+        [mirror] => mirror,
+        _ => return Err(field.error("at most 1 mirror: a request is copied to one variant")),
+    };
+    let field = field.index(0);
+    let to = variant_index(&field.key("name"), &mirror.name, variants)?;
     if !(1..=TOTAL_WEIGHT).contains(&mirror.weight) {
         return Err(field.key("weight").error("must be 1 to 10000"));
     }
-    Ok(CheckedMirror {
+    Ok(Some(CheckedMirror {
         to,
         basis_points: mirror.weight,
-    })
+    }))
 }
 
 /// `hosts`: 1 to [`MAX_HOSTS`] patterns, each valid.
@@ -889,16 +901,7 @@ fn checked_rule(
             .key("variant")
             .error("is required: the variant a matching request goes to"));
     }
-    let variant = variants
-        .iter()
-        .position(|name| *name == rule.variant)
-        .ok_or_else(|| {
-            field.key("variant").error(format!(
-                "{:?} is not a variant of this route (variants: {})",
-                rule.variant,
-                variants.join(", ")
-            ))
-        })?;
+    let variant = variant_index(&field.key("variant"), &rule.variant, variants)?;
     Ok(CheckedRule {
         source,
         matcher,
@@ -1302,33 +1305,48 @@ mod tests {
             ),
             (
                 "mirror to an unknown variant",
-                |v| v["routes"][0]["mirror"] = json!({"name": "v3", "weight": 100}),
-                "routes[0].mirror.name",
-                "is not a variant of the route",
+                |v| v["routes"][0]["mirrors"] = json!([{"name": "v3", "weight": 100}]),
+                "routes[0].mirrors[0].name",
+                "\"v3\" is not a variant of this route (variants: v1, v2)",
             ),
             (
                 "mirror of nothing",
-                |v| v["routes"][0]["mirror"] = json!({"name": "v2", "weight": 0}),
-                "routes[0].mirror.weight",
+                |v| v["routes"][0]["mirrors"] = json!([{"name": "v2", "weight": 0}]),
+                "routes[0].mirrors[0].weight",
                 "must be 1 to 10000",
             ),
             (
                 "mirror of more than everything",
-                |v| v["routes"][0]["mirror"] = json!({"name": "v2", "weight": 10001}),
-                "routes[0].mirror.weight",
+                |v| v["routes"][0]["mirrors"] = json!([{"name": "v2", "weight": 10001}]),
+                "routes[0].mirrors[0].weight",
                 "must be 1 to 10000",
             ),
             (
                 "mirror without a share",
-                |v| v["routes"][0]["mirror"] = json!({"name": "v2"}),
-                "routes[0].mirror",
+                |v| v["routes"][0]["mirrors"] = json!([{"name": "v2"}]),
+                "routes[0].mirrors[0]",
                 "missing field `weight`",
             ),
             (
                 "unknown mirror field",
-                |v| v["routes"][0]["mirror"] = json!({"name": "v2", "weight": 1, "from": "v1"}),
-                "routes[0].mirror.from",
+                |v| v["routes"][0]["mirrors"] = json!([{"name": "v2", "weight": 1, "from": "v1"}]),
+                "routes[0].mirrors[0].from",
                 "unknown field `from`",
+            ),
+            (
+                "two mirrors",
+                |v| {
+                    v["routes"][0]["mirrors"] =
+                        json!([{"name": "v2", "weight": 1}, {"name": "v1", "weight": 1}])
+                },
+                "routes[0].mirrors",
+                "at most 1 mirror",
+            ),
+            (
+                "a mirror that is not a list",
+                |v| v["routes"][0]["mirrors"] = json!({"name": "v2", "weight": 1}),
+                "routes[0].mirrors",
+                "invalid type",
             ),
             (
                 "no variant",
@@ -2050,10 +2068,13 @@ mod properties {
             variants(),
             vec(rule(), 0..3),
             option::of(sticky()),
-            (any::<bool>(), option::of(mirror())),
+            (
+                any::<bool>(),
+                prop_oneof![6 => Just(Vec::new()), 3 => vec(mirror(), 1..=1), 1 => vec(mirror(), 2..=2)],
+            ),
         )
             .prop_map(
-                |(name, hosts, path_prefix, variants, rules, sticky, (dry_run, mirror))| {
+                |(name, hosts, path_prefix, variants, rules, sticky, (dry_run, mirrors))| {
                     RouteConfig {
                         name,
                         hosts,
@@ -2062,7 +2083,7 @@ mod properties {
                         rules,
                         sticky,
                         dry_run,
-                        mirror,
+                        mirrors,
                     }
                 },
             )

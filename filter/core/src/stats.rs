@@ -772,7 +772,7 @@ mod tests {
         let config = CheckedConfig::from_json(
             br#"{"routes": [
                 {"name": "reviews", "hosts": ["reviews"], "variants": [{"name": "v1", "weight": 10000}, {"name": "v2", "weight": 0}],
-                 "mirror": {"name": "v2", "weight": 2000}},
+                 "mirrors": [{"name": "v2", "weight": 2000}]},
                 {"name": "ratings", "hosts": ["ratings"], "variants": [{"name": "v1", "weight": 10000}]}
             ]}"#,
         )

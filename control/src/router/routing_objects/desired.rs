@@ -68,8 +68,8 @@ pub fn desired(
             reason: "missing: the subsets' host is what the header routes send to".into(),
         })?;
     let mirror = route
-        .mirror
-        .as_ref()
+        .mirrors
+        .first()
         .map(|mirror| (mirror.name.as_str(), mirror.weight));
     Ok(Desired {
         destination_rule: changed(destination_rule, with_subsets(destination_rule, &variants)?),
@@ -415,10 +415,13 @@ mod tests {
         ];
         for (what, live, mirror, want) in cases {
             let mut route = route(&["v1", "v2", "v3"]);
-            route.mirror = mirror.map(|(name, weight)| VariantConfig {
-                name: name.into(),
-                weight,
-            });
+            route.mirrors = mirror
+                .map(|(name, weight)| VariantConfig {
+                    name: name.into(),
+                    weight,
+                })
+                .into_iter()
+                .collect();
             let got = desired(&dr, &live, &route, HEADER).unwrap();
             assert_eq!(got.virtual_service, want, "{what}");
             assert_eq!(got.destination_rule, None, "{what}");
@@ -431,10 +434,10 @@ mod tests {
         }
         // A VirtualService without a default route gets one, mirroring.
         let mut route = route(&["v1", "v2"]);
-        route.mirror = Some(VariantConfig {
+        route.mirrors = vec![VariantConfig {
             name: "v2".into(),
             weight: 10000,
-        });
+        }];
         let got = desired(&dr, &json!({"hosts": ["reviews"]}), &route, HEADER).unwrap();
         assert_eq!(
             got.virtual_service.unwrap()["http"][2],
