@@ -354,7 +354,7 @@ mod tests {
     }
 
     #[test]
-    fn mirrors_a_share_of_the_source_variant_only() {
+    fn mirrors_a_share_of_the_other_variants_requests() {
         let checked = config(json!({"routes": [{
             "name": "reviews", "hosts": ["reviews"],
             "variants": [{"name": "v1", "weight": 9000}, {"name": "v2", "weight": 0}, {"name": "v3", "weight": 1000}],

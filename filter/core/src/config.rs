@@ -514,7 +514,7 @@ impl TryFrom<FilterConfig> for CheckedConfig {
         };
         if RESERVED_HEADERS.contains(&variant_header.as_str()) {
             return Err(Field::Top("variantHeader").error(format!(
-                "{variant_header:?} is a header Envoy or HTTP itself uses; pick another name"
+                "{variant_header:?} is a header Envoy, HTTP or the filter itself uses; pick another name"
             )));
         }
         let response_header = raw
@@ -552,8 +552,10 @@ impl TryFrom<FilterConfig> for CheckedConfig {
     }
 }
 
-/// Headers the variant header must not replace: routing, framing or cookies would break.
+/// Headers the variant header must not replace: routing, framing or cookies would break, or
+/// the filter's own mirror header (which it removes from every request it does not copy).
 const RESERVED_HEADERS: &[&str] = &[
+    crate::choose::MIRROR_HEADER,
     "host",
     "connection",
     "content-length",
@@ -1634,6 +1636,12 @@ mod tests {
                 },
                 "routes[0].rules[0].tokenKeys",
                 "9 keys exceed the limit of 8",
+            ),
+            (
+                "the mirror header as the variant header",
+                |v| v["variantHeader"] = json!("X-Meshcanary-Mirror"),
+                "variantHeader",
+                "the filter itself uses",
             ),
             (
                 "variant header reserved",
