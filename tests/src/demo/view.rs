@@ -426,4 +426,53 @@ mod tests {
             "  checks ✗  failed 1/2, next in 2s   traffic 400/s, 0.5 % 5xx"
         );
     }
+
+    #[test]
+    fn the_panel_says_what_a_mirror_step_copies() {
+        let mut spec = spec();
+        spec.steps.insert(
+            0,
+            serde_json::from_value(
+                serde_json::json!({"mirror": {"percent": 20, "duration": "1s"}}),
+            )
+            .unwrap(),
+        );
+        let mut rollout = Rollout::new(spec, 0, T0).unwrap();
+        rollout.status.phase = Phase::Progressing;
+        let traffic = TrafficShare {
+            total: 800,
+            by_upstream: [("v2".to_string(), 800)].into(),
+            failed: 0,
+            per_second: 400.0,
+        };
+        let mut view = RolloutView {
+            rollout,
+            propagation: Propagation {
+                generation: 3,
+                applied: 1,
+                total: 1,
+                summary: "applied on 1/1 proxies".into(),
+                proxies: vec![],
+            },
+            mirrored: None,
+        };
+        let at = T0.plus(Duration::from_secs(1));
+        let lines = panel(&view, &traffic, at, Paint::new(false));
+        assert_eq!(lines[2], "  mirroring 20% of v2's requests to v3");
+        view.mirrored = Some(meshcanary_control::analysis::MirrorCounters {
+            marked: 160,
+            sent: 160,
+            answered: 158,
+            server_errors: 16,
+        });
+        let lines = panel(&view, &traffic, at, Paint::new(false));
+        assert_eq!(
+            lines[2],
+            "  mirroring 20% of v2's requests to v3 · 158 copies answered, 10.1 % 5xx"
+        );
+        // Past the step: no such line.
+        view.rollout.status.step = 1;
+        let lines = panel(&view, &traffic, at, Paint::new(false));
+        assert!(!lines.iter().any(|l| l.contains("mirroring")), "{lines:?}");
+    }
 }
