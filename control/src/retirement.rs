@@ -85,7 +85,8 @@ impl Outcome {
 }
 
 /// Takes `retirement.variant` off its route in `filter` with the rules that name it, unless the
-/// route's stable variant is it, it has traffic, or a running rollout among `rollouts` uses it.
+/// route's stable variant is it, it has traffic, the route mirrors to it, or a running rollout
+/// among `rollouts` uses it.
 /// `filter` is changed only when the variant is retired, and the result is one the filter accepts.
 pub fn retire<'a>(
     filter: &mut FilterConfig,
@@ -139,6 +140,9 @@ fn why_it_stays<'a>(
         let phase = r.status.phase.as_str();
         return Some(format!("rollout {} ({phase}) uses it", r.spec.name));
     }
+    if route.mirrors.iter().any(|mirror| mirror.name == variant) {
+        return Some("the route mirrors requests to it".into());
+    }
     let weight = route.variants.get(position).map_or(0, |v| v.weight);
     if weight > 0 {
         return Some(format!(
@@ -170,6 +174,7 @@ fn describe_rule(rule: &RuleConfig) -> String {
 mod tests {
     use super::*;
     use crate::rollout::RolloutSpec;
+    use meshcanary_core::config::VariantConfig;
     use serde_json::json;
 
     const T0: Timestamp = Timestamp(1_000_000);
@@ -337,6 +342,22 @@ mod tests {
                 (outcome, expected) => panic!("{name}: {outcome:?}, expected {expected:?}"),
             }
         }
+        // A variant the route mirrors to stays (a person's mirror: a rollout's ends with it).
+        let mut config = filter(
+            json!([{"name": "v2", "weight": 10000}, {"name": "v1", "weight": 0}]),
+            json!([]),
+        );
+        config.routes[0].mirrors = vec![VariantConfig {
+            name: "v1".into(),
+            weight: 100,
+        }];
+        let before = config.clone();
+        let outcome = retire(&mut config, &retirement("v1"), []);
+        assert_eq!(
+            outcome,
+            Outcome::Kept("the route mirrors requests to it".into())
+        );
+        assert_eq!(config, before);
     }
 
     #[test]
