@@ -55,6 +55,8 @@ pub struct AppState {
         description = "Progressive canary rollouts pushed to meshcanary's proxy-wasm filter. Writes need `Authorization: Bearer <token>`. Errors are `{\"error\": {\"code\", \"message\", \"field\"}}`."
     ),
     modifiers(&BearerAuth),
+    // A path parameter's type, which the routes do not register themselves.
+    components(schemas(crate::rollout::action::RolloutAction)),
     tags((name = "rollouts", description = "Rollouts and their actions"), (name = "routes", description = "The live filter config"), (name = "system", description = "Health, metrics, this document"))
 )]
 struct ApiDoc;

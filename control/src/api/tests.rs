@@ -806,6 +806,35 @@ async fn the_openapi_document_and_metrics_describe_the_service() {
     }
     assert!(doc["components"]["schemas"]["RolloutSpec"].is_object());
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    // Every schema the document refers to is in it (a step type or a view field added later
+    // included: `MirrorStep`, `MirrorCounters`).
+    fn refs(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(target)) = map.get("$ref") {
+                    out.push(target.clone());
+                }
+                map.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(items) => items.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let mut targets = Vec::new();
+    refs(&doc, &mut targets);
+    for target in &targets {
+        let name = target.trim_start_matches("#/components/schemas/");
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "{target} is referred to but not defined"
+        );
+    }
+    for name in ["MirrorStep", "MirrorCounters"] {
+        assert!(
+            targets.iter().any(|t| t.ends_with(&format!("/{name}"))),
+            "{name} is not in the document"
+        );
+    }
     let (_, _, metrics) = call(&h.app, "GET", "/metrics", None, None).await;
     let text = metrics.as_str().unwrap();
     assert!(
