@@ -365,6 +365,62 @@ async fn a_mirror_step_copies_stable_traffic_to_the_canary_and_clients_see_only_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_failing_its_copies_is_rolled_back_before_it_serves_anyone() {
+    let rig = Rig::start().await;
+    let api = rig.api();
+    rig.upstreams[1].set_status(500);
+    let name = "shadow-fails";
+    let mut spec = spec(
+        name,
+        vec![
+            json!({"mirror": {"percent": 50, "duration": "1m"}}),
+            weight(10),
+        ],
+    );
+    spec["analysis"] = json!({"interval": "1s", "minSuccessRate": 99, "minRequests": 10,
+                              "failureLimit": 2});
+    // Clients keep coming while the analysis judges the copies.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (client, stop) = (rig.client.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut replies = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                replies.extend(client.many(50, 4, |_| Vec::new()).await);
+            }
+            replies
+        })
+    };
+    api.create_rollout(&spec).await;
+    let done = api
+        .wait_for_rollout(name, "rolled back", |v| {
+            v.rollout.status.phase == Phase::RolledBack
+        })
+        .await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let replies = load.await.unwrap();
+    let status = &done.rollout.status;
+    assert!(
+        status.message.contains("success rate on mirrored requests"),
+        "{}",
+        status.message
+    );
+    assert!(
+        status.history.iter().all(|e| e.canary_weight == 0),
+        "the canary never had a weight"
+    );
+    assert!(replies.len() >= 100, "{} requests", replies.len());
+    assert!(
+        replies.iter().all(|r| r
+            .as_ref()
+            .is_ok_and(|r| r.status == 200 && r.upstream.as_deref() == Some("v1"))),
+        "every client was answered by v1, none saw the canary's 500s"
+    );
+    assert!(rig.upstreams[1].shadowed() > 0);
+    assert!(api.routes().await.config.routes[0].mirrors.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn promote_from_the_middle_takes_over_at_once() {
     let rig = Rig::start().await;
     let api = rig.api();

@@ -1,7 +1,7 @@
 //! The verdict on one analysis window: [`judge`] measures the canary and the stable baseline and
 //! checks them against [`Thresholds`], saying why in sentences with the numbers.
 
-use super::snapshot::VariantCounters;
+use super::snapshot::{MirrorCounters, VariantCounters};
 use super::stats::{canary_worse_p_value, quantile};
 use super::AnalysisError;
 use serde::{Deserialize, Serialize};
@@ -137,6 +137,76 @@ pub struct Check {
     /// The p-value of the comparison with stable, if it ran.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p_value: Option<f64>,
+}
+
+/// Judges one window of a mirror step, in which the canary serves nobody and answers copies of
+/// the other variants' requests: `copies` is what the proxies counted of them over the window.
+/// Only the success rate can be judged (the copies' latency is not measured, and no client
+/// request of the canary's compares with stable's):
+///
+/// - fewer than `minRequests` copies answered: inconclusive;
+/// - the answered copies' success rate (those not answered 5xx) below `minSuccessRate`: fail;
+/// - otherwise pass (without `minSuccessRate`, the reasons say nothing was judged).
+pub fn judge_mirror(thresholds: &Thresholds, copies: &MirrorCounters) -> Check {
+    let answered = copies.answered;
+    let success_rate = (answered > 0)
+        .then(|| answered.saturating_sub(copies.server_errors) as f64 / answered as f64);
+    let canary = Measured {
+        requests: answered,
+        success_rate,
+        latency_ms: None,
+    };
+    let baseline = Measured {
+        requests: 0,
+        success_rate: None,
+        latency_ms: None,
+    };
+    let (verdict, reason) = match (success_rate, thresholds.min_success_rate) {
+        _ if answered < thresholds.min_requests.max(1) => (
+            Verdict::Inconclusive,
+            format!(
+                "the canary answered {answered} mirrored requests in this window; at least {} are \
+                 needed to judge it",
+                thresholds.min_requests.max(1)
+            ),
+        ),
+        (Some(rate), Some(min)) if rate < min => (
+            Verdict::Fail,
+            format!(
+                "the canary's success rate on mirrored requests {} ({} 5xx in {answered}) is \
+                 below the minimum {}",
+                rate_percent(rate),
+                copies.server_errors,
+                rate_percent(min)
+            ),
+        ),
+        (Some(rate), Some(min)) => (
+            Verdict::Pass,
+            format!(
+                "the canary's success rate on mirrored requests {} of {answered} is at least {}",
+                rate_percent(rate),
+                rate_percent(min)
+            ),
+        ),
+        _ => (
+            Verdict::Pass,
+            format!(
+                "the canary answered {answered} mirrored requests; no minSuccessRate to judge them by"
+            ),
+        ),
+    };
+    Check {
+        verdict,
+        reasons: vec![reason],
+        canary,
+        baseline,
+        p_value: None,
+    }
+}
+
+/// `0.9912` → `99.12 %`.
+fn rate_percent(rate: f64) -> String {
+    format!("{} %", (rate * 10_000.0).round() / 100.0)
 }
 
 /// Judges one window: `canary` and `baseline` are the two variants' counts over the window (the
@@ -535,6 +605,69 @@ fn p_text(p: f64) -> String {
         text.trim_end_matches('0').trim_end_matches('.').to_string()
     } else {
         format!("{p:.1e}")
+    }
+}
+
+#[cfg(test)]
+mod mirror_tests {
+    use super::*;
+
+    #[test]
+    fn mirrored_copies_are_judged_by_their_success_rate() {
+        let thresholds = Thresholds {
+            min_success_rate: Some(0.99),
+            min_requests: 20,
+            ..Thresholds::default()
+        };
+        let copies = |answered, server_errors| MirrorCounters {
+            marked: answered,
+            sent: answered,
+            answered,
+            server_errors,
+        };
+        // (copies answered, of which 5xx, thresholds, verdict, reason)
+        let none = Thresholds {
+            min_requests: 20,
+            ..Thresholds::default()
+        };
+        let cases: Vec<(u64, u64, &Thresholds, Verdict, &str)> = vec![
+            (
+                200,
+                0,
+                &thresholds,
+                Verdict::Pass,
+                "mirrored requests 100 % of 200 is at least 99 %",
+            ),
+            (200, 2, &thresholds, Verdict::Pass, "99 % of 200"),
+            (
+                200,
+                3,
+                &thresholds,
+                Verdict::Fail,
+                "98.5 % (3 5xx in 200) is below the minimum 99 %",
+            ),
+            (
+                19,
+                19,
+                &thresholds,
+                Verdict::Inconclusive,
+                "answered 19 mirrored requests",
+            ),
+            (
+                0,
+                0,
+                &thresholds,
+                Verdict::Inconclusive,
+                "answered 0 mirrored requests",
+            ),
+            (200, 100, &none, Verdict::Pass, "no minSuccessRate"),
+        ];
+        for (answered, errors, thresholds, verdict, reason) in cases {
+            let check = judge_mirror(thresholds, &copies(answered, errors));
+            assert_eq!(check.verdict, verdict, "{answered}/{errors}: {check:?}");
+            assert!(check.reasons[0].contains(reason), "{:?}", check.reasons);
+            assert_eq!(check.canary.requests, answered);
+        }
     }
 }
 

@@ -77,7 +77,7 @@ pub mod judge;
 pub mod snapshot;
 pub mod stats;
 
-pub use judge::{judge, Check, Measured, Thresholds, Verdict};
+pub use judge::{judge, judge_mirror, Check, Measured, Thresholds, Verdict};
 pub use snapshot::{
     delta, merge, mirror_cluster, parse_envoy_stats, parse_mirror_stats, MirrorCounters, Snapshot,
     VariantCounters,

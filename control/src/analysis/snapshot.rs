@@ -184,6 +184,24 @@ impl std::ops::Add for MirrorCounters {
 }
 
 impl MirrorCounters {
+    /// The counts since `earlier`, from the same proxies; if any went down, the proxies
+    /// restarted in between, and the counts since the restart are all there is.
+    pub fn since(&self, earlier: &MirrorCounters) -> MirrorCounters {
+        let went_down = self.marked < earlier.marked
+            || self.sent < earlier.sent
+            || self.answered < earlier.answered
+            || self.server_errors < earlier.server_errors;
+        if went_down {
+            return *self;
+        }
+        MirrorCounters {
+            marked: self.marked - earlier.marked,
+            sent: self.sent - earlier.sent,
+            answered: self.answered - earlier.answered,
+            server_errors: self.server_errors - earlier.server_errors,
+        }
+    }
+
     /// For people: `mirrored 480 requests: 478 answered, 0.42% 5xx`.
     pub fn summary(&self) -> String {
         let rate = if self.answered == 0 {
@@ -724,6 +742,22 @@ envoy_cluster_upstream_rq_timeout{envoy_cluster_name=\"reviews-v2-mirror\"} 1
             "mirrored 498 requests: 490 answered, 2.04% 5xx"
         );
         assert_eq!((counters + counters).sent, 996, "proxies add up");
+        let later = MirrorCounters {
+            marked: 600,
+            sent: 598,
+            answered: 590,
+            server_errors: 12,
+        };
+        assert_eq!(
+            later.since(&counters),
+            MirrorCounters {
+                marked: 100,
+                sent: 100,
+                answered: 100,
+                server_errors: 2
+            }
+        );
+        assert_eq!(counters.since(&later), counters, "a restart in between");
         // Nothing mirrored on this proxy: zeros, and a summary that says so.
         let none = parse_mirror_stats("other_total 3\n", "reviews", "v2").unwrap();
         assert_eq!(none, MirrorCounters::default());

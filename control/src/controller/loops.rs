@@ -10,6 +10,8 @@ use crate::view::Propagation;
 pub(super) struct MirrorReads {
     read_at: Option<std::time::Instant>,
     by_rollout: std::collections::BTreeMap<String, MirrorCounters>,
+    /// Each rollout's counts at its last analysis reading in a mirror step.
+    windows: std::collections::BTreeMap<String, MirrorCounters>,
 }
 
 impl Controller {
@@ -288,7 +290,21 @@ impl Controller {
         }
         let mut mirrors = self.mirrors.locked();
         mirrors.by_rollout.retain(|name, _| kept.contains(name));
+        mirrors.windows.retain(|name, _| kept.contains(name));
         mirrors.by_rollout.extend(read);
+    }
+
+    /// Keeps `current` as `rollout`'s mirror counts at this analysis reading; the counts at the
+    /// reading before, if there was one.
+    pub(super) fn remember_mirror_window(
+        &self,
+        rollout: &str,
+        current: MirrorCounters,
+    ) -> Option<MirrorCounters> {
+        self.mirrors
+            .locked()
+            .windows
+            .insert(rollout.to_string(), current)
     }
 
     /// What the proxies counted of the copies mirrored to `rollout`'s canary, if it has mirrored

@@ -26,7 +26,7 @@ use locks::{Locked, ReadWritten};
 use loops::notifications;
 use tick::{Io, Observed};
 
-use crate::analysis::{delta, judge, merge, Check, Measured, Snapshot, Verdict};
+use crate::analysis::{delta, judge, judge_mirror, merge, Check, Measured, Snapshot, Verdict};
 use crate::error::{Error, Result};
 use crate::leader::LeaderState;
 use crate::metrics::Metrics;

@@ -220,6 +220,9 @@ impl Controller {
     pub(super) async fn run_check(&self, rollout: &Rollout, now: Timestamp) -> Option<CheckRecord> {
         let analysis = rollout.spec.analysis.as_ref()?;
         let name = &rollout.spec.name;
+        if rollout.mirror().is_some() && rollout.status.canary_weight == 0 {
+            return self.run_mirror_check(rollout, analysis, now).await;
+        }
         let current = match self.observer.snapshots(&rollout.spec.route).await {
             Ok(current) => current,
             Err(error) => {
@@ -273,6 +276,39 @@ impl Controller {
         Some(CheckRecord {
             at: now,
             since,
+            step: rollout.status.step,
+            canary_weight: rollout.status.canary_weight,
+            check,
+        })
+    }
+}
+
+impl Controller {
+    /// A check in a mirror step that gives the canary no traffic: judges the copies mirrored to
+    /// it since the last reading ([`judge_mirror`]). Where the observer cannot count them (over
+    /// Prometheus; a proxy that does not answer, which is logged), or on the first reading, there
+    /// is no verdict: the reading only opens a window, so a step that cannot be judged holds for
+    /// its duration and is not paused as inconclusive (the weights after it are judged as ever).
+    async fn run_mirror_check(
+        &self,
+        rollout: &Rollout,
+        analysis: &crate::rollout::AnalysisSpec,
+        now: Timestamp,
+    ) -> Option<CheckRecord> {
+        let spec = &rollout.spec;
+        let current = match self.observer.mirrored(&spec.route, &spec.canary).await {
+            Ok(current) => current?,
+            Err(error) => {
+                tracing::warn!(rollout = %spec.name, %error, "analysis cannot count the mirrored copies");
+                return None;
+            }
+        };
+        let previous = self.remember_mirror_window(&spec.name, current)?;
+        let check = judge_mirror(&analysis.thresholds(), &current.since(&previous));
+        tracing::info!(rollout = %spec.name, verdict = ?check.verdict, copies = check.canary.requests, "{}", check.reasons.join("; "));
+        Some(CheckRecord {
+            at: now,
+            since: rollout.status.analysis.last_check_at.unwrap_or(now),
             step: rollout.status.step,
             canary_weight: rollout.status.canary_weight,
             check,

@@ -225,15 +225,11 @@ pub fn next(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Act
 }
 
 /// When the next analysis check is due, if the rollout has analysis and is progressing. The first
-/// reading (which only starts the first window) is due as soon as the rollout progresses. None is
-/// due during a mirror step while the canary has no weight: it serves nobody, so every check would
-/// be inconclusive, and enough of them in a row would pause the rollout.
+/// reading (which only starts the first window) is due as soon as the rollout progresses. (In a
+/// mirror step that gives the canary no traffic, a check judges the copies mirrored to it.)
 pub fn next_check_at(rollout: &Rollout) -> Option<Timestamp> {
     let analysis = rollout.spec.analysis.as_ref()?;
     if rollout.status.phase != Phase::Progressing {
-        return None;
-    }
-    if rollout.mirror().is_some() && rollout.status.canary_weight == 0 {
         return None;
     }
     Some(match rollout.status.analysis.last_check_at {
@@ -1025,29 +1021,63 @@ mod tests {
     }
 
     #[test]
-    fn no_check_runs_while_a_mirror_step_gives_the_canary_nothing() {
-        let analysis = json!({"interval": "10s", "inconclusiveLimit": 2});
+    fn a_mirror_step_is_judged_and_failed_checks_roll_it_back() {
+        let analysis = json!({"interval": "10s", "failureLimit": 2});
         let r = rollout(json!({"analysis": analysis, "steps": [
-            {"mirror": {"percent": 20, "duration": "60s"}}, {"setWeight": {"percent": 10}},
-            {"mirror": {"percent": 20, "duration": "60s"}}, {"setWeight": {"percent": 50}}
+            {"mirror": {"percent": 20, "duration": "60s"}}, {"setWeight": {"percent": 10}}
         ]}));
         let r = apply(&r, &next(&r, &APPLIED, at(0)), at(0));
         assert_eq!((r.status.step, r.mirror()), (0, Some(2000)));
-        // The whole minute at 0 %: no check, the step just holds (and would not pause on
-        // inconclusive checks).
-        for now in [at(0), at(10), at(59)] {
-            assert_eq!(next_check_at(&r), None);
-            assert_eq!(
-                next(&r, &APPLIED, now),
-                Action::Wait {
-                    until: Some(at(60))
-                }
-            );
+        // Checks are due during the step as during any other.
+        assert_eq!(next(&r, &APPLIED, at(0)), Action::RunCheck);
+        let r = record_check(&r, None, at(0));
+        assert_eq!(
+            next(&r, &APPLIED, at(5)),
+            Action::Wait {
+                until: Some(at(10))
+            }
+        );
+        // A step that cannot be judged (no reading's verdict) holds for its duration and moves on.
+        let mut unjudged = r.clone();
+        for now in [10, 20, 30, 40, 50, 60] {
+            assert_eq!(next(&unjudged, &APPLIED, at(now)), Action::RunCheck);
+            unjudged = record_check(&unjudged, None, at(now));
         }
-        // A mirror step after a weight is judged like any hold: the canary serves its share.
-        let mut r = apply(&r, &Action::EnterStep { index: 2 }, at(60));
-        r.status.canary_weight = 1000;
-        assert_eq!(next(&r, &APPLIED, at(60)), Action::RunCheck);
+        assert_eq!(
+            next(&unjudged, &APPLIED, at(60)),
+            Action::EnterStep { index: 1 }
+        );
+        // Copies failing the checks roll the rollout back before the canary serves anyone.
+        let failed = CheckRecord {
+            at: at(10),
+            since: at(0),
+            step: 0,
+            canary_weight: 0,
+            check: crate::analysis::judge_mirror(
+                &crate::analysis::Thresholds {
+                    min_success_rate: Some(0.99),
+                    min_requests: 1,
+                    ..Default::default()
+                },
+                &crate::analysis::MirrorCounters {
+                    marked: 50,
+                    sent: 50,
+                    answered: 50,
+                    server_errors: 50,
+                },
+            ),
+        };
+        let r = record_check(&r, Some(failed.clone()), at(10));
+        let r = record_check(&r, Some(failed), at(20));
+        let Action::RollBack { reason } = next(&r, &APPLIED, at(21)) else {
+            panic!("{:?}", next(&r, &APPLIED, at(21)))
+        };
+        assert!(
+            reason.contains("success rate on mirrored requests 0 %"),
+            "{reason}"
+        );
+        let r = apply(&r, &Action::RollBack { reason }, at(21));
+        assert_eq!((r.status.phase, r.mirror()), (Phase::RolledBack, None));
     }
 
     #[test]
