@@ -220,9 +220,6 @@ impl Controller {
     pub(super) async fn run_check(&self, rollout: &Rollout, now: Timestamp) -> Option<CheckRecord> {
         let analysis = rollout.spec.analysis.as_ref()?;
         let name = &rollout.spec.name;
-        if rollout.mirror().is_some() && rollout.status.canary_weight == 0 {
-            return self.run_mirror_check(rollout, analysis, now).await;
-        }
         let current = match self.observer.snapshots(&rollout.spec.route).await {
             Ok(current) => current,
             Err(error) => {
@@ -259,6 +256,11 @@ impl Controller {
             .windows
             .locked()
             .insert(name.clone(), (now, current.clone()));
+        // The window of the filter's stats still moves on, so that the step after the mirror is
+        // judged from its start.
+        if rollout.mirror().is_some() && rollout.status.canary_weight == 0 {
+            return self.run_mirror_check(rollout, analysis, now).await;
+        }
         let (since, previous) = previous?;
         let empty = Snapshot::default();
         let deltas: Vec<Snapshot> = current
