@@ -295,8 +295,9 @@ fn set_canary_weight(
     Ok(())
 }
 
-/// Mirrors `share` basis points of the route's other requests to `canary`, or, without a share,
-/// ends a mirror to `canary` (a mirror to another variant is not the rollout's to end).
+/// Mirrors `share` basis points of the route's other requests to `canary` (a route mirrors to
+/// one variant, so this replaces a mirror set by hand), or, without a share, ends a mirror to
+/// `canary` (a mirror to another variant is not the rollout's to end).
 fn set_mirror(route: &mut RouteConfig, canary: &str, share: Option<u32>) {
     match share {
         Some(weight) => {
