@@ -20,6 +20,7 @@ use crate::router::wasmplugin::WasmPluginRouter;
 use crate::router::TrafficRouter;
 use crate::store::configmap::ConfigMapStore;
 use crate::store::file::FileStore;
+use crate::store::resources::{Claims, ResourceStore};
 use crate::time::HumanDuration;
 use crate::webhook;
 use crate::workloads::deployments::DeploymentScaler;
@@ -440,10 +441,17 @@ async fn serve_in_kubernetes(
                 args.routing_objects.clone(),
             ));
         }
-        let store = ConfigMapStore::new(
+        // Rollouts MeshRollouts start live in their resources; the rest in the ConfigMap.
+        let claims = Arc::new(Claims::default());
+        let store = ResourceStore::new(
             client.clone(),
             &args.state_configmap_namespace,
-            &args.state_configmap,
+            ConfigMapStore::new(
+                client.clone(),
+                &args.state_configmap_namespace,
+                &args.state_configmap,
+            ),
+            claims.clone(),
         );
         let controller = Controller::start_with_leadership(
             Box::new(store),
@@ -463,6 +471,7 @@ async fn serve_in_kubernetes(
                 namespace: args.kube_namespace.clone(),
             },
             &identity,
+            claims,
         );
         reconciler = Some(tokio::spawn(mesh_rollouts.run()));
         drift_watch = Some(spawn_drift_watch(

@@ -553,17 +553,26 @@ async fn the_service_owns_the_status_and_gitops_the_spec() {
         Some(&status),
         "the status as the service wrote it"
     );
-    assert_eq!(
-        after
-            .status
-            .as_ref()
-            .unwrap()
-            .rollout_status()
-            .unwrap()
-            .step,
-        1,
-        "the engine can resume from it"
-    );
+    // The service's record of the run (its state store writes it under a field manager of its
+    // own) sits beside the view and survives GitOps' apply.
+    let record = json!([{"op": "add", "path": "/status/run", "value": serde_json::to_value(&rollout).unwrap()}]);
+    service
+        .patch_status(
+            name,
+            &PatchParams {
+                field_manager: Some("meshcanary-state".into()),
+                ..PatchParams::default()
+            },
+            &Patch::Json::<()>(serde_json::from_value(record).unwrap()),
+        )
+        .await
+        .unwrap();
+    gitops
+        .patch(name, &argocd, &Patch::Apply(&paused))
+        .await
+        .unwrap();
+    let kept = gitops.get(name).await.unwrap().status.unwrap();
+    assert_eq!(kept.run().unwrap().as_ref(), Some(&rollout), "the engine can resume from it");
 
     // The service catches up with generation 2; the conditions that did not change keep their
     // transition time.
@@ -575,6 +584,10 @@ async fn the_service_owns_the_status_and_gitops_the_spec() {
         .unwrap();
     let stored = serde_json::to_value(gitops.get(name).await.unwrap()).unwrap();
     assert_eq!(stored["status"]["observedGeneration"], 2);
+    assert_eq!(
+        stored["status"]["run"]["spec"]["name"], name,
+        "the view's apply leaves the record, which another field manager owns"
+    );
     assert_eq!(
         stored["metadata"]["generation"], 2,
         "a status write is no new generation"

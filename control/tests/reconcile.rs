@@ -274,7 +274,7 @@ async fn an_applied_mesh_rollout_runs_to_success_with_its_status_and_events() {
     let again = cluster.mesh_rollout("reviews-v2").await;
     assert_eq!(again["status"]["phase"], "succeeded");
     assert_eq!(
-        again["status"]["progress"]["createdAt"], done["status"]["progress"]["createdAt"],
+        again["status"]["run"]["status"]["createdAt"], done["status"]["run"]["status"]["createdAt"],
         "the same run"
     );
 }
@@ -447,7 +447,7 @@ async fn a_new_canary_in_the_spec_aborts_the_running_run_and_starts_a_new_one() 
     })
     .await;
     assert_ne!(
-        second["status"]["progress"]["createdAt"], first["status"]["progress"]["createdAt"],
+        second["status"]["run"]["status"]["createdAt"], first["status"]["run"]["status"]["createdAt"],
         "a new run"
     );
     let config = cluster.plugin_config().await;

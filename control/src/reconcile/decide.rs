@@ -83,7 +83,7 @@ pub enum Decision {
 }
 
 /// Whether `rollout` is `resource`'s run: the run is named by its creation time, which the
-/// status carries in `progress.createdAt` and the leader remembers for the runs it started (a
+/// status carries in `run.status.createdAt` and the leader remembers for the runs it started (a
 /// watch event may predate the status write). A rollout of the same name created through the
 /// API, or an earlier run, is not the resource's.
 pub fn owns(resource: &Observed<'_>, rollout: &Rollout) -> bool {
@@ -91,8 +91,8 @@ pub fn owns(resource: &Observed<'_>, rollout: &Rollout) -> bool {
     resource.run == Some(created)
         || resource
             .status
-            .and_then(|s| s.progress.as_ref())
-            .is_some_and(|p| p.created_at == created)
+            .and_then(MeshRolloutStatus::run_created_at)
+            .is_some_and(|at| at == created)
 }
 
 /// What to do with `resource`, given the service's rollout of the same name (`None`: the state
@@ -128,7 +128,7 @@ pub fn decide(
         // it must not run again.
         let finished = resource.status.is_some_and(|s| {
             s.observed_generation == resource.generation
-                && s.progress.is_some()
+                && s.run.is_some()
                 && s.phase.is_some_and(Phase::is_terminal)
         });
         return if finished {
@@ -259,9 +259,13 @@ mod tests {
         rollout
     }
 
-    /// The status the service would have written for `rollout` at `generation`.
+    /// The status the service would have written for `rollout` at `generation`: the view, and
+    /// the run's record.
     fn status(rollout: &Rollout, generation: i64) -> MeshRolloutStatus {
-        MeshRolloutStatus::from_rollout(rollout, Some(generation), None, None)
+        MeshRolloutStatus {
+            run: Some(serde_json::to_value(rollout).unwrap()),
+            ..MeshRolloutStatus::from_rollout(rollout, Some(generation), None, None)
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::crd::{CheckedMeshRollout, MeshRollout, MeshRolloutStatus, FIELD_MANAG
 use crate::error::{Error, Result};
 use crate::rollout::engine::Command;
 use crate::rollout::Rollout;
+use crate::store::resources::Claims;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -37,6 +38,8 @@ pub struct Reconciler {
     namespace: String,
     target: ServiceTarget,
     recorder: Recorder,
+    /// The rollouts whose record lives in their resource (shared with the state store).
+    claims: Arc<Claims>,
 }
 
 /// What the leader knows of a resource it acts on.
@@ -53,13 +56,15 @@ struct Tracked {
 
 impl Reconciler {
     /// A reconciler of the MeshRollouts in `namespace` for `controller`, which drives `target`;
-    /// Events name `identity` (the pod) as the reporting instance.
+    /// Events name `identity` (the pod) as the reporting instance. The rollouts it starts are
+    /// claimed in `claims`, so the state store keeps them in their resources.
     pub fn new(
         controller: Arc<Controller>,
         client: kube::Client,
         namespace: &str,
         target: ServiceTarget,
         identity: &str,
+        claims: Arc<Claims>,
     ) -> Reconciler {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -71,6 +76,7 @@ impl Reconciler {
             namespace: namespace.to_string(),
             target,
             recorder: Recorder::new(client, reporter),
+            claims,
         }
     }
 
@@ -164,6 +170,13 @@ impl Reconciler {
         if !matches!(decision, Decision::Nothing | Decision::Finalize { .. }) && !has_finalizer {
             self.set_finalizer(&name, true).await?;
         }
+        if !matches!(
+            decision,
+            Decision::Nothing | Decision::Finalize { .. } | Decision::Refuse(_)
+        ) {
+            // From the next save on, this run's record lives in the resource.
+            self.claims.claim(&name);
+        }
         match decision {
             Decision::Nothing => return Ok(()),
             Decision::Refuse(refusal) => {
@@ -180,7 +193,11 @@ impl Reconciler {
                     )
                     .await;
                 }
-                return self.set_finalizer(&name, false).await;
+                self.set_finalizer(&name, false).await?;
+                // The resource goes: the finished rollout stays in the service's state, kept
+                // in the ConfigMap from the next save on.
+                self.claims.release(&name);
+                return Ok(());
             }
             Decision::Create { pause } => {
                 let Some(spec) = spec else { return Ok(()) };
@@ -188,6 +205,7 @@ impl Reconciler {
                     Ok(_) => {}
                     Err(error) if refusable(&error) => {
                         tracked.remove(&name);
+                        self.claims.release(&name);
                         let refusal = Refusal {
                             reason: "Refused",
                             message: in_spec(&error),
@@ -246,11 +264,14 @@ impl Reconciler {
             }
             Decision::WriteStatus => {}
         }
+        let rollout = self.controller.get(&name).await.ok();
         let entry = tracked.entry(name.clone()).or_insert_with(|| Tracked {
             generation,
             reference: reference.clone(),
-            reported: None,
-            status: resource.status.clone(),
+            reported: rollout
+                .as_ref()
+                .and_then(|r| already_reported(r, resource.status.as_ref())),
+            status: resource.status.as_ref().map(MeshRolloutStatus::view),
         });
         entry.generation = generation;
         entry.reference = reference.clone();
@@ -319,10 +340,11 @@ impl Reconciler {
 
     /// Server-side applies `status` on the status subresource under the service's field manager.
     async fn write_status(&self, name: &str, status: &MeshRolloutStatus) -> Result<()> {
+        // The view only: `run` is the state store's (another field manager).
         let body = json!({
             "apiVersion": MeshRollout::api_version(&()),
             "kind": MeshRollout::kind(&()),
-            "status": status,
+            "status": status.view(),
         });
         self.api
             .patch_status(
@@ -421,6 +443,21 @@ impl Reconciler {
             tracing::warn!(%error, reason = note.reason, "cannot publish an Event");
         }
     }
+}
+
+/// What a status written by an earlier leader already reported of `rollout` (its Events were
+/// published with it), so a new leader publishes only what happened since: `rollout` cut back
+/// to the status's history, phase and step. `None` when the status is of another run, or none.
+fn already_reported(rollout: &Rollout, status: Option<&MeshRolloutStatus>) -> Option<Rollout> {
+    let status = status?;
+    if status.run_created_at() != Some(rollout.status.created_at) {
+        return None;
+    }
+    let mut reported = rollout.clone();
+    reported.status.phase = status.phase?;
+    reported.status.step = usize::try_from(status.step?).ok()?;
+    reported.status.history = status.history.clone();
+    Some(reported)
 }
 
 /// Whether the controller refused the request itself (the resource must change), rather than
