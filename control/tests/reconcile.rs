@@ -6,6 +6,7 @@
 //!
 //! No proxies run here (no `--prometheus-url`), so a weight counts as applied once written.
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use meshcanary_control::crd::MeshRollout;
@@ -39,6 +40,60 @@ impl Cluster {
         );
         process.wait_ready(Duration::from_secs(20)).await.unwrap();
         process
+    }
+
+    /// Starts pod `name` as one of two replicas (a 3 s Lease, so a killed leader is replaced
+    /// quickly), without waiting for it to lead.
+    async fn serve_replica(&self, name: &str) -> ServiceProcess {
+        let mut command = self.installed.pod_command(name);
+        command
+            .set_flag("--kube-namespace", self.apps())
+            .remove_flag("--prometheus-url")
+            .add_flag("--lease-duration", "3s");
+        let process = self.installed.run_pod_via(
+            std::path::Path::new(env!("CARGO_BIN_EXE_meshcanary")),
+            &command,
+            name,
+            None,
+        );
+        process.wait_ready(Duration::from_secs(20)).await.unwrap();
+        process
+    }
+
+    /// Who holds the service's Lease, once someone does.
+    async fn lease_holder(&self) -> String {
+        let leases: Api<Lease> = Api::namespaced(self.admin.clone(), self.system());
+        eventually("a leader", Duration::from_secs(10), async || {
+            leases
+                .get_opt("meshcanary-control")
+                .await
+                .unwrap()
+                .and_then(|l| l.spec?.holder_identity)
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| "nobody holds the Lease".to_string())
+        })
+        .await
+    }
+
+    /// The state the service saved in its ConfigMap, as JSON.
+    async fn saved_state(&self) -> Value {
+        let saved = self.configmaps().get("meshcanary-state").await.unwrap();
+        serde_json::from_str(&saved.data.unwrap()["state.json"]).unwrap()
+    }
+
+    /// The notes of `reason` Events about MeshRollout `name`.
+    async fn event_notes(&self, name: &str, reason: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.admin.clone(), self.system());
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.note)
+            .collect()
     }
 
     /// The MeshRollouts of the service's namespace, as the administrator.
@@ -472,4 +527,81 @@ async fn a_new_canary_in_the_spec_aborts_the_running_run_and_starts_a_new_one() 
         "{history}"
     );
     cluster.wait_events("reviews", &["Aborted"]).await;
+}
+
+/// Two replicas; the leader is killed (SIGKILL: no Lease hand-over, nothing flushed) in the
+/// middle of a timed pause. The other one takes over from the resource's status — the
+/// ConfigMap holds no copy of the rollout — and finishes it: every weight was sent once, in
+/// order, and every step started once (one Event each, none from the new leader for steps the
+/// old one had reported).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follower_continues_from_the_status_when_the_leader_dies_mid_step() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let (a, b) = tokio::join!(cluster.serve_replica("a"), cluster.serve_replica("b"));
+    let leader = cluster.lease_holder().await;
+    let (dead, survivor) = if leader == a.name { (&a, &b) } else { (&b, &a) };
+    let steps = json!([
+        {"setWeight": {"percent": 10}}, {"pause": {"duration": "1s"}},
+        {"setWeight": {"percent": 20}}, {"pause": {"duration": "6s"}},
+        {"setWeight": {"percent": 30}}, {"pause": {"duration": "1s"}},
+        {"setWeight": {"percent": 40}},
+    ]);
+    cluster.apply("reviews-v2", json!({"steps": steps})).await;
+    let mid = eventually("in the 6 s pause", Duration::from_secs(15), async || {
+        let object = cluster.mesh_rollout("reviews-v2").await;
+        if object["status"]["step"] == 3 && object["status"]["run"]["status"]["step"] == 3 {
+            Ok(object)
+        } else {
+            Err(object["status"].to_string())
+        }
+    })
+    .await;
+    // The durable state is the resource's: the ConfigMap only says which run its filter
+    // config reflects.
+    let saved = cluster.saved_state().await;
+    assert_eq!(saved["rollouts"].get("reviews-v2"), None, "{saved}");
+    assert_eq!(
+        saved["keptElsewhere"]["reviews-v2"]["createdAt"],
+        mid["status"]["run"]["status"]["createdAt"],
+        "{saved}"
+    );
+    cluster.wait_events("reviews-v2", &["StepStarted"]).await;
+    dead.kill().unwrap();
+
+    let done = eventually("finished by the survivor", Duration::from_secs(30), async || {
+        let object = cluster.mesh_rollout("reviews-v2").await;
+        if object["status"]["phase"] == "succeeded" {
+            Ok(object)
+        } else {
+            Err(object["status"].to_string())
+        }
+    })
+    .await;
+    assert_eq!(cluster.lease_holder().await, survivor.name);
+    assert_eq!(
+        done["status"]["run"]["status"]["createdAt"], mid["status"]["run"]["status"]["createdAt"],
+        "the same run, continued"
+    );
+    // The record's own history: each step entered once.
+    let entered: Vec<u64> = done["status"]["run"]["status"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with("step ")))
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
+    let mut once = entered.clone();
+    once.dedup();
+    assert_eq!(entered, once, "{}", done["status"]["run"]["status"]["history"]);
+    // What the proxies were sent: each weight once, in order.
+    let weights = cluster.canary_weights().await;
+    assert_eq!(weights, [0, 1000, 2000, 3000, 4000, 10000], "{weights:?}");
+    cluster.wait_events("reviews-v2", &["Succeeded"]).await;
+    let started = cluster.event_notes("reviews-v2", "StepStarted").await;
+    let mut unique = started.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(started.len(), unique.len(), "a step reported twice: {started:?}");
 }
