@@ -11,6 +11,7 @@ use crate::observer::envoy_admin::EnvoyAdminObserver;
 use crate::observer::prometheus::PrometheusObserver;
 use crate::observer::MetricsObserver;
 use crate::options::ControllerOptions;
+use crate::reconcile::front::{MeshRolloutFront, RolloutResources};
 use crate::reconcile::{Reconciler, ServiceTarget};
 use crate::retention::{self, Retention};
 use crate::router::ecds_file::EcdsFileRouter;
@@ -329,6 +330,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         protect_reads: args.protect_reads,
         wasm: wasm_artifact,
         limits,
+        resources: None,
     };
     match (&args.wasmplugin, &args.ecds_file) {
         (Some(wasmplugin), _) => {
@@ -362,6 +364,8 @@ struct Api {
     protect_reads: bool,
     wasm: Option<Arc<WasmArtifact>>,
     limits: connections::Limits,
+    /// Kubernetes mode: created rollouts are MeshRollouts.
+    resources: Option<Arc<dyn RolloutResources>>,
 }
 
 impl Api {
@@ -373,6 +377,7 @@ impl Api {
             token: self.token,
             protect_reads: self.protect_reads,
             wasm: self.wasm,
+            resources: self.resources,
         });
         let address = self.listener.local_addr().map_err(|source| Error::Bind {
             address: "the listener".into(),
@@ -394,7 +399,7 @@ async fn serve_in_kubernetes(
     wasmplugin: &str,
     observer: Box<dyn MetricsObserver>,
     options: ControllerOptions,
-    api: Api,
+    mut api: Api,
 ) -> Result<()> {
     let client = ::kube::Client::try_default()
         .await
@@ -462,17 +467,24 @@ async fn serve_in_kubernetes(
         )
         .await?;
         // MeshRollouts live in the service's own namespace (the shipped RBAC grants them there).
+        let target = ServiceTarget {
+            wasm_plugin: wasmplugin.to_string(),
+            namespace: args.kube_namespace.clone(),
+        };
         let mesh_rollouts = Reconciler::new(
             controller.clone(),
             client.clone(),
             &args.state_configmap_namespace,
-            ServiceTarget {
-                wasm_plugin: wasmplugin.to_string(),
-                namespace: args.kube_namespace.clone(),
-            },
+            target.clone(),
             &identity,
             claims,
         );
+        api.resources = Some(Arc::new(MeshRolloutFront::new(
+            controller.clone(),
+            client.clone(),
+            &args.state_configmap_namespace,
+            target,
+        )));
         reconciler = Some(tokio::spawn(mesh_rollouts.run()));
         drift_watch = Some(spawn_drift_watch(
             controller.clone(),

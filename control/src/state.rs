@@ -561,14 +561,26 @@ mod tests {
                 .unwrap()
                 .clone()
         };
-        let mut at_ten = apply(&created("v2"), &Action::EnterStep { index: 0 }, Timestamp(2));
+        let mut at_ten = apply(
+            &created("v2"),
+            &Action::EnterStep { index: 0 },
+            Timestamp(2),
+        );
         at_ten.status.weight_generation = 7;
         let succeeded = apply(
-            &apply(&at_ten, &Action::Promote { reason: "x".into() }, Timestamp(3)),
+            &apply(
+                &at_ten,
+                &Action::Promote { reason: "x".into() },
+                Timestamp(3),
+            ),
             &Action::Finish,
             Timestamp(4),
         );
-        let mut v3_at_ten = apply(&created("v3"), &Action::EnterStep { index: 0 }, Timestamp(2));
+        let mut v3_at_ten = apply(
+            &created("v3"),
+            &Action::EnterStep { index: 0 },
+            Timestamp(2),
+        );
         v3_at_ten.status.weight_generation = 3;
         let fresh = created("v2");
         let mut elsewhere_route = at_ten.clone();
@@ -576,30 +588,124 @@ mod tests {
         let v2 = |w: u32| vec![("v1".to_string(), 10000 - w), ("v2".to_string(), w)];
         // (case, the rest's weights of v2, the run the rest reflects, a copy the rest still
         // holds, the record, v2's weight after, the generation after, corrected)
-        type Case<'a> = (&'a str, u32, Option<&'a Rollout>, Option<&'a Rollout>, &'a Rollout, Vec<(String, u32)>, u64, usize);
+        type Case<'a> = (
+            &'a str,
+            u32,
+            Option<&'a Rollout>,
+            Option<&'a Rollout>,
+            &'a Rollout,
+            Vec<(String, u32)>,
+            u64,
+            usize,
+        );
         let cases: Vec<Case> = vec![
-            ("in step: nothing to do", 1000, Some(&at_ten), None, &at_ten, v2(1000), 1, 0),
-            ("the record is ahead: its weight goes in", 0, Some(&fresh), None, &at_ten, v2(1000), 7, 1),
-            ("the rest is ahead: the record wins", 2000, Some(&at_ten), None, &at_ten, v2(1000), 7, 1),
-            ("a run the rest never saw", 0, None, None, &at_ten, v2(1000), 7, 1),
-            ("a finish the rest did not see: promoted", 1000, Some(&at_ten), None, &succeeded, vec![("v2".into(), 10000), ("v1".into(), 0)], 7, 1),
-            ("an old finished record: left alone", 0, None, None, &succeeded, v2(0), 1, 0),
-            ("an older record than the rest's own copy: the copy stays", 1000, None, Some(&at_ten), &fresh, v2(1000), 1, 0),
-            ("a finish the rest's own copy did not see: promoted", 1000, None, Some(&at_ten), &succeeded, vec![("v2".into(), 10000), ("v1".into(), 0)], 7, 1),
-            ("its canary is missing from the route: added", 0, None, None, &v3_at_ten, vec![("v1".into(), 9000), ("v2".into(), 0), ("v3".into(), 1000)], 3, 1),
-            ("its route is gone: kept for check to name", 0, None, None, &elsewhere_route, v2(0), 1, 1),
+            (
+                "in step: nothing to do",
+                1000,
+                Some(&at_ten),
+                None,
+                &at_ten,
+                v2(1000),
+                1,
+                0,
+            ),
+            (
+                "the record is ahead: its weight goes in",
+                0,
+                Some(&fresh),
+                None,
+                &at_ten,
+                v2(1000),
+                7,
+                1,
+            ),
+            (
+                "the rest is ahead: the record wins",
+                2000,
+                Some(&at_ten),
+                None,
+                &at_ten,
+                v2(1000),
+                7,
+                1,
+            ),
+            (
+                "a run the rest never saw",
+                0,
+                None,
+                None,
+                &at_ten,
+                v2(1000),
+                7,
+                1,
+            ),
+            (
+                "a finish the rest did not see: promoted",
+                1000,
+                Some(&at_ten),
+                None,
+                &succeeded,
+                vec![("v2".into(), 10000), ("v1".into(), 0)],
+                7,
+                1,
+            ),
+            (
+                "an old finished record: left alone",
+                0,
+                None,
+                None,
+                &succeeded,
+                v2(0),
+                1,
+                0,
+            ),
+            (
+                "an older record than the rest's own copy: the copy stays",
+                1000,
+                None,
+                Some(&at_ten),
+                &fresh,
+                v2(1000),
+                1,
+                0,
+            ),
+            (
+                "a finish the rest's own copy did not see: promoted",
+                1000,
+                None,
+                Some(&at_ten),
+                &succeeded,
+                vec![("v2".into(), 10000), ("v1".into(), 0)],
+                7,
+                1,
+            ),
+            (
+                "its canary is missing from the route: added",
+                0,
+                None,
+                None,
+                &v3_at_ten,
+                vec![("v1".into(), 9000), ("v2".into(), 0), ("v3".into(), 1000)],
+                3,
+                1,
+            ),
+            (
+                "its route is gone: kept for check to name",
+                0,
+                None,
+                None,
+                &elsewhere_route,
+                v2(0),
+                1,
+                1,
+            ),
         ];
         for (case, weight, reflected, copy, record, after, generation, corrected) in cases {
             let mut rest = state();
-            set_canary_weight(
-                rest.route_mut("reviews").unwrap(),
-                "v1",
-                "v2",
-                weight,
-            )
-            .unwrap();
+            set_canary_weight(rest.route_mut("reviews").unwrap(), "v1", "v2", weight).unwrap();
             if let Some(reflected) = reflected {
-                rest.kept_elsewhere.insert("r1".into(), RunRef::of(reflected));
+                rest.kept_elsewhere
+                    .insert("r1".into(), RunRef::of(reflected));
             }
             if let Some(copy) = copy {
                 rest.rollouts.insert("r1".into(), copy.clone());

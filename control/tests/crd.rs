@@ -572,7 +572,11 @@ async fn the_service_owns_the_status_and_gitops_the_spec() {
         .await
         .unwrap();
     let kept = gitops.get(name).await.unwrap().status.unwrap();
-    assert_eq!(kept.run().unwrap().as_ref(), Some(&rollout), "the engine can resume from it");
+    assert_eq!(
+        kept.run().unwrap().as_ref(),
+        Some(&rollout),
+        "the engine can resume from it"
+    );
 
     // The service catches up with generation 2; the conditions that did not change keep their
     // transition time.

@@ -1049,10 +1049,13 @@ async fn the_service_account_may_do_what_the_service_needs_and_nothing_more() {
             true,
         ),
         (format!("create -n {sys} -f SYS_EVENT"), true),
+        // The HTTP API's rollouts are MeshRollouts: it deletes and creates them (in this order:
+        // the object exists).
+        (format!("delete mro reviews-v2 -n {sys}"), true),
+        (format!("create -n {sys} -f ROLLOUT_FILE"), true),
         // What it must not.
-        (format!("create -n {sys} -f ROLLOUT_FILE"), false),
-        (format!("delete mro reviews-v2 -n {sys}"), false),
         (format!("get meshrollouts -n {other_ns}"), false),
+        (format!("delete mro reviews-v2 -n {other_ns}"), false),
         (
             format!("patch mro reviews-v2 -n {other_ns} --type merge -p MRO_SPEC"),
             false,
@@ -1156,16 +1159,6 @@ impl Cluster {
             .await
             .unwrap();
     }
-
-    fn mesh_rollouts(&self) -> Api<MeshRollout> {
-        Api::namespaced(self.admin.clone(), self.system())
-    }
-
-    /// MeshRollout `name`'s `status.run`, as stored.
-    async fn record(&self, name: &str) -> Value {
-        let object = self.mesh_rollouts().get(name).await.unwrap();
-        serde_json::to_value(object).unwrap()["status"]["run"].clone()
-    }
 }
 
 /// `state` with rollout `name` advanced into its first step (10 %).
@@ -1202,11 +1195,19 @@ async fn rollouts_with_a_mesh_rollout_live_in_its_status() {
     let record: Rollout = serde_json::from_value(cluster.record("reviews-v2").await).unwrap();
     assert_eq!(record, state.rollouts["reviews-v2"]);
     let rest = cluster.saved().await.unwrap();
-    assert_eq!(rest.rollouts.keys().collect::<Vec<_>>(), ["ratings-v2"], "no resource: kept in the ConfigMap");
-    assert_eq!(rest.kept_elsewhere.keys().collect::<Vec<_>>(), ["reviews-v2"]);
+    assert_eq!(
+        rest.rollouts.keys().collect::<Vec<_>>(),
+        ["ratings-v2"],
+        "no resource: kept in the ConfigMap"
+    );
+    assert_eq!(
+        rest.kept_elsewhere.keys().collect::<Vec<_>>(),
+        ["reviews-v2"]
+    );
     assert_eq!(rest.filter, state.filter);
     // Only the store's own field manager writes the record.
-    let object = serde_json::to_value(cluster.mesh_rollouts().get("reviews-v2").await.unwrap()).unwrap();
+    let object =
+        serde_json::to_value(cluster.mesh_rollouts().get("reviews-v2").await.unwrap()).unwrap();
     let managers: Vec<&str> = object["metadata"]["managedFields"]
         .as_array()
         .unwrap()
@@ -1231,7 +1232,10 @@ async fn rollouts_with_a_mesh_rollout_live_in_its_status() {
         .unwrap();
     let moved = advanced(&state, "reviews-v2");
     store.save(&moved).await.unwrap();
-    assert_eq!(cluster.record("reviews-v2").await["status"]["canaryWeight"], 1000);
+    assert_eq!(
+        cluster.record("reviews-v2").await["status"]["canaryWeight"],
+        1000
+    );
 
     // A restarted store (a new leader) finds exactly the state saved.
     let restarted = cluster.resource_store(STATE, &Arc::new(Claims::default()));
@@ -1261,7 +1265,10 @@ async fn a_record_ahead_of_the_configmap_wins_and_a_foreign_record_is_not_overwr
     let moved = advanced(&state, "reviews-v2");
     let crashed = cluster.resource_store("elsewhere", &claims);
     crashed.save(&moved).await.unwrap();
-    assert_eq!(cluster.saved().await.unwrap().filter.routes[0].variants[1].weight, 0);
+    assert_eq!(
+        cluster.saved().await.unwrap().filter.routes[0].variants[1].weight,
+        0
+    );
 
     // The first store never read that record: writing over it is refused.
     let mut other = state.clone();
@@ -1278,7 +1285,10 @@ async fn a_record_ahead_of_the_configmap_wins_and_a_foreign_record_is_not_overwr
         (9000, 1000),
         "the route carries the record's weight"
     );
-    assert!(loaded.filter.generation > state.filter.generation, "a new generation to push");
+    assert!(
+        loaded.filter.generation > state.filter.generation,
+        "a new generation to push"
+    );
     loaded.check().unwrap();
     // After the load it writes again.
     store.save(&loaded).await.unwrap();
@@ -1303,13 +1313,23 @@ async fn deleted_resources_hand_back_and_old_configmaps_migrate() {
 
     let claims = Arc::new(Claims::default());
     let store = cluster.resource_store(STATE, &claims);
-    assert_eq!(store.load().await.unwrap(), Some(state.clone()), "the old ConfigMap loads as it is");
+    assert_eq!(
+        store.load().await.unwrap(),
+        Some(state.clone()),
+        "the old ConfigMap loads as it is"
+    );
     // The reconciler takes the resource's rollout over: the next save moves it.
     claims.claim("reviews-v2");
     store.save(&state).await.unwrap();
-    assert_eq!(cluster.record("reviews-v2").await["spec"]["name"], "reviews-v2");
+    assert_eq!(
+        cluster.record("reviews-v2").await["spec"]["name"],
+        "reviews-v2"
+    );
     let rest = cluster.saved().await.unwrap();
-    assert!(!rest.rollouts.contains_key("reviews-v2"), "moved out of the ConfigMap");
+    assert!(
+        !rest.rollouts.contains_key("reviews-v2"),
+        "moved out of the ConfigMap"
+    );
 
     // The resource goes (its finalizer long released): the rollout goes back to the ConfigMap.
     cluster

@@ -96,11 +96,6 @@ impl Cluster {
             .collect()
     }
 
-    /// The MeshRollouts of the service's namespace, as the administrator.
-    fn mesh_rollouts(&self) -> Api<MeshRollout> {
-        Api::namespaced(self.admin.clone(), self.system())
-    }
-
     /// Server-side applies MeshRollout `name` with `spec` (merged over a v1 → v2 rollout of route
     /// `reviews` on the test's WasmPlugin) as the GitOps tool, never forcing: a conflict with
     /// the service's writes fails the test.
@@ -502,7 +497,8 @@ async fn a_new_canary_in_the_spec_aborts_the_running_run_and_starts_a_new_one() 
     })
     .await;
     assert_ne!(
-        second["status"]["run"]["status"]["createdAt"], first["status"]["run"]["status"]["createdAt"],
+        second["status"]["run"]["status"]["createdAt"],
+        first["status"]["run"]["status"]["createdAt"],
         "a new run"
     );
     let config = cluster.plugin_config().await;
@@ -570,14 +566,18 @@ async fn the_follower_continues_from_the_status_when_the_leader_dies_mid_step() 
     cluster.wait_events("reviews-v2", &["StepStarted"]).await;
     dead.kill().unwrap();
 
-    let done = eventually("finished by the survivor", Duration::from_secs(30), async || {
-        let object = cluster.mesh_rollout("reviews-v2").await;
-        if object["status"]["phase"] == "succeeded" {
-            Ok(object)
-        } else {
-            Err(object["status"].to_string())
-        }
-    })
+    let done = eventually(
+        "finished by the survivor",
+        Duration::from_secs(30),
+        async || {
+            let object = cluster.mesh_rollout("reviews-v2").await;
+            if object["status"]["phase"] == "succeeded" {
+                Ok(object)
+            } else {
+                Err(object["status"].to_string())
+            }
+        },
+    )
     .await;
     assert_eq!(cluster.lease_holder().await, survivor.name);
     assert_eq!(
@@ -589,12 +589,20 @@ async fn the_follower_continues_from_the_status_when_the_leader_dies_mid_step() 
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["message"].as_str().is_some_and(|m| m.starts_with("step ")))
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("step "))
+        })
         .map(|e| e["step"].as_u64().unwrap())
         .collect();
     let mut once = entered.clone();
     once.dedup();
-    assert_eq!(entered, once, "{}", done["status"]["run"]["status"]["history"]);
+    assert_eq!(
+        entered, once,
+        "{}",
+        done["status"]["run"]["status"]["history"]
+    );
     // What the proxies were sent: each weight once, in order.
     let weights = cluster.canary_weights().await;
     assert_eq!(weights, [0, 1000, 2000, 3000, 4000, 10000], "{weights:?}");
@@ -603,5 +611,141 @@ async fn the_follower_continues_from_the_status_when_the_leader_dies_mid_step() 
     let mut unique = started.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(started.len(), unique.len(), "a step reported twice: {started:?}");
+    assert_eq!(
+        started.len(),
+        unique.len(),
+        "a step reported twice: {started:?}"
+    );
+}
+
+/// `POST /v1/rollouts` as the service's API is called (the CLI, a pipeline).
+async fn post_rollout(service: &ServiceProcess, token: &str, body: Value) -> (u16, Value) {
+    call(
+        service,
+        token,
+        reqwest::Method::POST,
+        "/v1/rollouts",
+        Some(body),
+    )
+    .await
+}
+
+async fn call(
+    service: &ServiceProcess,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut request = client
+        .request(method, format!("{}{path}", service.url))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// In Kubernetes mode a rollout created through the HTTP API is a MeshRollout: `kubectl get
+/// mro` lists it, the reconciler runs it and its status says where it stands. A body the service
+/// refuses is answered at once, naming the field, and leaves no resource; deleting the finished
+/// rollout through the API deletes the resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_created_through_the_api_is_a_mesh_rollout() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let service = cluster.serve().await;
+    eventually(
+        "the service takes writes",
+        Duration::from_secs(10),
+        async || match service.get("/readyz").await {
+            Some((200, _)) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    let token = cluster.installed.api_token.clone();
+    let body = json!({
+        "name": "reviews-v2", "route": "reviews", "stable": "v1", "canary": "v2",
+        "steps": [{"setWeight": {"percent": 50}}, {"pause": {"duration": "2s"}}, {"setWeight": {"percent": 100}}],
+    });
+    let (status, created) = post_rollout(&service, &token, body.clone()).await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["spec"]["canary"], "v2");
+
+    let object = cluster.mesh_rollout("reviews-v2").await;
+    assert_eq!(object["spec"]["canary"], "v2", "{object}");
+    assert_eq!(object["spec"]["target"]["wasmPlugin"], WASMPLUGIN);
+    assert_eq!(
+        object["metadata"]["annotations"]["meshcanary.io/created-by"],
+        "api"
+    );
+    assert_eq!(owners(&object, "meshcanary-api"), ["f:metadata", "f:spec"]);
+    // kubectl sees it, with where it stands.
+    let listed = cluster.installed.kubectl_ok(&[
+        "get",
+        "mro",
+        "-n",
+        cluster.system(),
+        "-o",
+        "custom-columns=NAME:.metadata.name,CANARY:.spec.canary",
+    ]);
+    assert!(
+        listed.contains("reviews-v2") && listed.contains("v2"),
+        "{listed}"
+    );
+    let done = cluster.wait_phase("reviews-v2", "succeeded").await;
+    assert_eq!(
+        done["status"]["run"]["status"]["createdAt"],
+        serde_json::to_value(created["status"]["createdAt"].clone()).unwrap(),
+        "the run the API answered with"
+    );
+    assert_eq!(cluster.canary_weights().await, [0, 5000, 10000]);
+
+    // Refused at once, naming the body's field: no resource is left.
+    let (status, refused) = post_rollout(
+        &service,
+        &token,
+        json!({"name": "ratings-v2", "route": "nowhere", "stable": "v1", "canary": "v2", "steps": [{"setWeight": {"percent": 10}}]}),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["field"], "route", "{refused}");
+    assert_eq!(cluster.mesh_rollout("ratings-v2").await, Value::Null);
+    // The name is taken while the resource exists.
+    let (status, taken) = post_rollout(&service, &token, body).await;
+    assert_eq!(status, 409, "{taken}");
+
+    // Deleting the finished rollout deletes its resource.
+    let (status, _) = call(
+        &service,
+        &token,
+        reqwest::Method::DELETE,
+        "/v1/rollouts/reviews-v2",
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    eventually(
+        "the resource is gone",
+        Duration::from_secs(10),
+        async || match cluster.mesh_rollout("reviews-v2").await {
+            Value::Null => Ok(()),
+            object => Err(object["metadata"].to_string()),
+        },
+    )
+    .await;
+    let (status, _) = call(
+        &service,
+        &token,
+        reqwest::Method::GET,
+        "/v1/rollouts/reviews-v2",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
 }

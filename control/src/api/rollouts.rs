@@ -97,7 +97,10 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(spec): ApiJson<RolloutSpec>,
 ) -> Result<Response> {
-    let rollout = state.controller.create(spec).await?;
+    let rollout = match &state.resources {
+        Some(resources) => resources.create(spec).await?,
+        None => state.controller.create(spec).await?,
+    };
     let location = HeaderValue::from_str(&format!("/v1/rollouts/{}", rollout.spec.name)).ok();
     let mut response = with_etag(StatusCode::CREATED, view(&state, rollout));
     if let Some(location) = location {
@@ -133,6 +136,10 @@ pub async fn delete(
     IfMatch(version): IfMatch,
 ) -> Result<StatusCode> {
     state.controller.delete(&name, version).await?;
+    if let Some(resources) = &state.resources {
+        // Its record would bring it back on the next load while the resource lives.
+        resources.delete(&name).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

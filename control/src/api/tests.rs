@@ -113,6 +113,7 @@ async fn harness_with(protect_reads: bool, options: crate::options::ControllerOp
     .await
     .unwrap();
     let app = app(AppState {
+        resources: None,
         controller: controller.clone(),
         token: Arc::from(TOKEN),
         protect_reads,

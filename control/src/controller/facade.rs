@@ -60,6 +60,31 @@ impl Controller {
         Ok(rollout)
     }
 
+    /// Whether [`Controller::create`] would take `spec` now, changing nothing: the same checks,
+    /// with the same errors, on a copy of the state. The API runs it before it creates a
+    /// MeshRollout for a rollout (Kubernetes mode), so bad input is answered at once and leaves
+    /// no resource behind.
+    pub async fn check_create(&self, spec: &RolloutSpec) -> Result<()> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        self.check_workloads(spec)?;
+        let mut copy = self.state.lock().await.clone();
+        copy.create_rollout(spec.clone(), Timestamp::now())
+            .map(|_| ())
+    }
+
+    /// A rollout that scales workloads needs Kubernetes mode.
+    fn check_workloads(&self, spec: &RolloutSpec) -> Result<()> {
+        if spec.workloads.is_some() && self.options.scaler.is_none() {
+            return Err(Error::invalid(
+                "workloads",
+                "scaling Deployments needs Kubernetes mode (--wasmplugin); this service runs standalone, with no Deployments to scale",
+            ));
+        }
+        Ok(())
+    }
+
     /// Starts a run of rollout `spec`: `put` brings it into the state (a create, a replace), the
     /// engine advances it in the same write, and the IO it asks for starts once that write is
     /// saved. Answers with the rollout as the write left it.
@@ -68,12 +93,7 @@ impl Controller {
         spec: &RolloutSpec,
         mut put: impl FnMut(&mut ServiceState, Timestamp) -> Result<()>,
     ) -> Result<Rollout> {
-        if spec.workloads.is_some() && self.options.scaler.is_none() {
-            return Err(Error::invalid(
-                "workloads",
-                "scaling Deployments needs Kubernetes mode (--wasmplugin); this service runs standalone, with no Deployments to scale",
-            ));
-        }
+        self.check_workloads(spec)?;
         let name = &spec.name;
         let observation = self.observation();
         let mut io = Io::new();

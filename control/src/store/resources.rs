@@ -171,7 +171,11 @@ impl ResourceStore {
 
     /// Writes `rollout` into its resource's `status.run`, conditional on what this store saw
     /// there (see the module docs).
-    async fn write(&self, records: &mut BTreeMap<String, Seen>, rollout: &Rollout) -> Result<Written> {
+    async fn write(
+        &self,
+        records: &mut BTreeMap<String, Seen>,
+        rollout: &Rollout,
+    ) -> Result<Written> {
         let name = rollout.spec.name.as_str();
         if records
             .get(name)
@@ -179,9 +183,9 @@ impl ResourceStore {
         {
             return Ok(Written::Done);
         }
-        let value = serde_json::to_value(rollout).map_err(|error| Error::Internal(format!(
-            "cannot serialise rollout {name}: {error}"
-        )))?;
+        let value = serde_json::to_value(rollout).map_err(|error| {
+            Error::Internal(format!("cannot serialise rollout {name}: {error}"))
+        })?;
         for _ in 0..CONFLICT_RETRIES {
             let seen = match records.get(name) {
                 Some(seen) => seen.clone(),
@@ -205,7 +209,11 @@ impl ResourceStore {
                 field_manager: Some(STATE_FIELD_MANAGER.into()),
                 ..PatchParams::default()
             };
-            match self.api.patch_status(name, &params, &Patch::Json::<()>(patch)).await {
+            match self
+                .api
+                .patch_status(name, &params, &Patch::Json::<()>(patch))
+                .await
+            {
                 Ok(written) => {
                     records.insert(
                         name.to_string(),
@@ -303,7 +311,8 @@ impl StateStore for ResourceStore {
             match self.write(&mut records, rollout).await? {
                 Written::Done => {
                     rest.rollouts.remove(name);
-                    rest.kept_elsewhere.insert(name.clone(), RunRef::of(rollout));
+                    rest.kept_elsewhere
+                        .insert(name.clone(), RunRef::of(rollout));
                 }
                 Written::Gone => {
                     tracing::info!(rollout = %name, "its MeshRollout is gone: the rollout is kept in the ConfigMap");
