@@ -8,6 +8,7 @@
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use meshcanary_control::crd::MeshRollout;
 use meshcanary_testkit::install::WASMPLUGIN;
@@ -748,4 +749,56 @@ async fn a_rollout_created_through_the_api_is_a_mesh_rollout() {
     )
     .await;
     assert_eq!(status, 404);
+}
+
+/// A reconciliation that fails for a reason of the moment (here: the service lost the right to
+/// edit MeshRollouts, so it cannot put its finalizer on) is tried again by itself: once the right
+/// is back, the rollout starts without anyone touching the resource again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reconciliation_is_retried_without_a_new_change() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let roles: Api<Role> = Api::namespaced(cluster.admin.clone(), cluster.system());
+    let granted = roles.get("meshcanary-control").await.unwrap();
+    let mut narrowed = granted.clone();
+    for rule in narrowed.rules.iter_mut().flatten() {
+        if rule.resources.as_deref() == Some(&["meshrollouts".to_string()][..]) {
+            rule.verbs.retain(|verb| verb != "patch");
+        }
+    }
+    narrowed.metadata.resource_version = None;
+    roles
+        .replace("meshcanary-control", &Default::default(), &narrowed)
+        .await
+        .unwrap();
+    let _service = cluster.serve().await;
+    cluster
+        .apply(
+            "reviews-v2",
+            json!({"steps": [{"setWeight": {"percent": 50}}, {"pause": {}}]}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused = cluster.mesh_rollout("reviews-v2").await;
+    assert_eq!(refused["metadata"]["finalizers"], Value::Null, "{refused}");
+    assert_eq!(
+        refused["status"]["phase"],
+        Value::Null,
+        "not started: {refused}"
+    );
+    assert_eq!(cluster.canary_weights().await, [0]);
+
+    let mut restored = roles.get("meshcanary-control").await.unwrap();
+    restored.rules = granted.rules.clone();
+    roles
+        .replace("meshcanary-control", &Default::default(), &restored)
+        .await
+        .unwrap();
+    let started = cluster.wait_phase("reviews-v2", "paused").await;
+    assert_eq!(
+        started["metadata"]["generation"], 1,
+        "nobody changed the resource"
+    );
+    assert_eq!(cluster.canary_weights().await, [0, 5000]);
 }

@@ -257,17 +257,28 @@ impl Controller {
 }
 
 /// The notification hooks a change calls: `rollout` hooks when a step starts, `postRollout` when
-/// a rollout succeeds, `rollback` when it is rolled back or aborted.
+/// a rollout succeeds, `rollback` when it is rolled back or aborted — also a running run that a
+/// new run of the same name replaced (a MeshRollout's new spec aborts it in the same write).
 pub(super) fn notifications(
     before: &ServiceState,
     after: &ServiceState,
 ) -> Vec<(Rollout, WebhookKind)> {
     let mut out = Vec::new();
     for (name, rollout) in &after.rollouts {
+        let old = before.rollouts.get(name);
+        let replaced = old.filter(|o| {
+            o.status.created_at != rollout.status.created_at && !o.status.phase.is_terminal()
+        });
+        if let Some(replaced) = replaced.filter(|o| !o.spec.webhooks.is_empty()) {
+            let at = rollout.status.created_at;
+            if let Ok(aborted) = engine::command(replaced, Command::Abort, at) {
+                out.push((aborted, WebhookKind::Rollback));
+            }
+        }
+        let old = old.filter(|o| o.status.created_at == rollout.status.created_at);
         if rollout.spec.webhooks.is_empty() {
             continue;
         }
-        let old = before.rollouts.get(name);
         let old_phase = old.map(|r| r.status.phase);
         let phase = rollout.status.phase;
         let kind = match phase {
@@ -289,4 +300,86 @@ pub(super) fn notifications(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Timestamp;
+    use serde_json::json;
+
+    fn state(rollouts: &[&Rollout]) -> ServiceState {
+        ServiceState {
+            rollouts: rollouts
+                .iter()
+                .map(|r| (r.spec.name.clone(), (*r).clone()))
+                .collect(),
+            ..ServiceState::default()
+        }
+    }
+
+    fn run(canary: &str, created: u64, hooks: bool) -> Rollout {
+        let webhooks = if hooks {
+            json!([{"name": "chat", "type": "rollback", "url": "http://hooks.test/rollback"}])
+        } else {
+            json!([])
+        };
+        let spec: RolloutSpec = serde_json::from_value(json!({
+            "name": "r", "route": "reviews", "stable": "v1", "canary": canary,
+            "steps": [{"setWeight": {"percent": 10}}, {"pause": {}}], "webhooks": webhooks,
+        }))
+        .unwrap();
+        Rollout::new(spec, 0, Timestamp(created)).unwrap()
+    }
+
+    #[test]
+    fn rollback_hooks_of_runs_ended_by_a_replace() {
+        let at_ten = |r: &Rollout| {
+            engine::apply(
+                r,
+                &engine::Action::EnterStep { index: 0 },
+                Timestamp(r.status.created_at.0 + 1),
+            )
+        };
+        let running = at_ten(&run("v2", 1_000, true));
+        let finished = engine::command(&running, Command::Abort, Timestamp(2_000)).unwrap();
+        let quiet = at_ten(&run("v2", 1_000, false));
+        let next = run("v3", 5_000, false);
+        // (case, before, after, the hooks called: kind and the canary of the run they are about)
+        let cases: Vec<(&str, &Rollout, &Rollout, Vec<(WebhookKind, &str, Phase)>)> = vec![
+            (
+                "a running run replaced: its rollback hook",
+                &running,
+                &next,
+                vec![(WebhookKind::Rollback, "v2", Phase::Aborted)],
+            ),
+            (
+                "a finished run replaced: nothing more",
+                &finished,
+                &next,
+                vec![],
+            ),
+            ("a run without hooks replaced", &quiet, &next, vec![]),
+            (
+                "the same run aborted: its rollback hook, once",
+                &running,
+                &finished,
+                vec![(WebhookKind::Rollback, "v2", Phase::Aborted)],
+            ),
+        ];
+        for (case, before, after, expected) in cases {
+            let called: Vec<(WebhookKind, &str, Phase)> =
+                notifications(&state(&[before]), &state(&[after]))
+                    .iter()
+                    .map(|(r, kind)| {
+                        (
+                            *kind,
+                            if r.spec.canary == "v2" { "v2" } else { "v3" },
+                            r.status.phase,
+                        )
+                    })
+                    .collect();
+            assert_eq!(called, expected, "{case}");
+        }
+    }
 }

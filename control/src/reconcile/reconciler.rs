@@ -30,6 +30,9 @@ use std::time::Duration;
 const REPORT_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a replica that does not lead checks whether it leads now.
 const LEADERSHIP_POLL: Duration = Duration::from_millis(250);
+/// How long after a failed reconciliation (the API server or the controller could not do it
+/// now: a 503, a lost permission) it is tried again, without waiting for the resource to change.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// Reconciles MeshRollouts into the controller's rollouts while the replica leads.
 pub struct Reconciler {
@@ -97,6 +100,8 @@ impl Reconciler {
     /// change; statuses are written as rollouts change. Returns when leadership is lost.
     async fn lead(&self) {
         let mut tracked: HashMap<String, Tracked> = HashMap::new();
+        // Resources whose last reconciliation failed, and when to try again.
+        let mut failed: HashMap<String, tokio::time::Instant> = HashMap::new();
         let events = watcher(self.api.clone(), watcher::Config::default())
             .default_backoff()
             .applied_objects();
@@ -105,7 +110,7 @@ impl Reconciler {
         loop {
             tokio::select! {
                 event = events.next() => match event {
-                    Some(Ok(resource)) => self.reconcile(&resource, &mut tracked).await,
+                    Some(Ok(resource)) => self.reconcile(&resource, &mut tracked, &mut failed).await,
                     Some(Err(error)) => tracing::warn!(%error, namespace = %self.namespace, "watching MeshRollouts failed; retrying"),
                     None => return,
                 },
@@ -114,13 +119,38 @@ impl Reconciler {
                         return;
                     }
                     self.report_all(&mut tracked).await;
+                    let now = tokio::time::Instant::now();
+                    let due: Vec<String> = failed
+                        .iter()
+                        .filter(|(_, at)| **at <= now)
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    for name in due {
+                        // As it is now: it may have changed or gone since.
+                        match self.api.get_opt(&name).await {
+                            Ok(Some(resource)) => self.reconcile(&resource, &mut tracked, &mut failed).await,
+                            Ok(None) => {
+                                failed.remove(&name);
+                            }
+                            Err(error) => {
+                                tracing::warn!(mrollout = %name, %error, "cannot read the MeshRollout to reconcile it again");
+                                failed.insert(name, now + RETRY_AFTER);
+                            }
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// Decides what `resource` needs and does it.
-    async fn reconcile(&self, resource: &MeshRollout, tracked: &mut HashMap<String, Tracked>) {
+    /// Decides what `resource` needs and does it; a failure is tried again after
+    /// [`RETRY_AFTER`] (`failed`), unless the resource changes first.
+    async fn reconcile(
+        &self,
+        resource: &MeshRollout,
+        tracked: &mut HashMap<String, Tracked>,
+        failed: &mut HashMap<String, tokio::time::Instant>,
+    ) {
         let name = resource.name_any();
         let checked = CheckedMeshRollout::try_from(resource);
         let rollout = self.controller.get(&name).await.ok();
@@ -149,9 +179,14 @@ impl Reconciler {
                 tracked,
             )
             .await;
-        if let Err(error) = outcome {
-            // Retried on the resource's next change, or the next term.
-            tracing::warn!(mrollout = %name, error = %crate::error::with_causes(&error), "cannot reconcile MeshRollout");
+        match outcome {
+            Ok(()) => {
+                failed.remove(&name);
+            }
+            Err(error) => {
+                tracing::warn!(mrollout = %name, error = %crate::error::with_causes(&error), "cannot reconcile MeshRollout; trying again in {}s", RETRY_AFTER.as_secs());
+                failed.insert(name, tokio::time::Instant::now() + RETRY_AFTER);
+            }
         }
     }
 
