@@ -10,7 +10,6 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use meshcanary_control::crd::MeshRollout;
 use meshcanary_testkit::install::WASMPLUGIN;
 use meshcanary_testkit::service::ServiceProcess;
 use meshcanary_testkit::wait::eventually;

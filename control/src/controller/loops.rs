@@ -346,7 +346,8 @@ mod tests {
         let quiet = at_ten(&run("v2", 1_000, false));
         let next = run("v3", 5_000, false);
         // (case, before, after, the hooks called: kind and the canary of the run they are about)
-        let cases: Vec<(&str, &Rollout, &Rollout, Vec<(WebhookKind, &str, Phase)>)> = vec![
+        type Called<'a> = Vec<(WebhookKind, &'a str, Phase)>;
+        let cases: Vec<(&str, &Rollout, &Rollout, Called)> = vec![
             (
                 "a running run replaced: its rollback hook",
                 &running,

@@ -173,7 +173,7 @@ impl MeshRolloutStatus {
     pub fn run(&self) -> Result<Option<Rollout>, serde_path_to_error::Error<serde_json::Error>> {
         self.run
             .as_ref()
-            .map(|run| serde_path_to_error::deserialize(run))
+            .map(serde_path_to_error::deserialize)
             .transpose()
     }
 

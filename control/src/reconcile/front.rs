@@ -104,7 +104,7 @@ impl MeshRolloutFront {
                 return Ok(rollout);
             }
             polls += 1;
-            if polls % 10 == 0 {
+            if polls.is_multiple_of(10) {
                 if let Some(refusal) = self.refusal(name).await? {
                     self.delete(name).await?;
                     return Err(refusal);
