@@ -1175,7 +1175,7 @@ fn advanced(state: &ServiceState, name: &str) -> ServiceState {
     state
 }
 
-/// The ConfigMap's view: rollouts with a MeshRollout live in its `status.run`, the rest and
+/// The state in Kubernetes mode: rollouts with a MeshRollout live in its `status.run`, the rest and
 /// the filter config in the ConfigMap; a restarted store puts the two back together.
 #[tokio::test]
 async fn rollouts_with_a_mesh_rollout_live_in_its_status() {
