@@ -659,21 +659,22 @@ async fn a_rollout_created_through_the_api_is_a_mesh_rollout() {
         return;
     };
     let service = cluster.serve().await;
-    eventually(
-        "the service takes writes",
-        Duration::from_secs(10),
-        async || match service.get("/readyz").await {
-            Some((200, _)) => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    )
-    .await;
     let token = cluster.installed.api_token.clone();
     let body = json!({
         "name": "reviews-v2", "route": "reviews", "stable": "v1", "canary": "v2",
         "steps": [{"setWeight": {"percent": 50}}, {"pause": {"duration": "2s"}}, {"setWeight": {"percent": 100}}],
     });
-    let (status, created) = post_rollout(&service, &token, body.clone()).await;
+    // A replica answers (and is ready, for reads) before it has taken the Lease; writes wait
+    // for it to lead.
+    let (status, created) = eventually(
+        "the leader takes the write",
+        Duration::from_secs(15),
+        async || match post_rollout(&service, &token, body.clone()).await {
+            (503, answer) => Err(answer.to_string()),
+            answered => Ok(answered),
+        },
+    )
+    .await;
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["spec"]["canary"], "v2");
 
