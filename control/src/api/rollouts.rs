@@ -181,3 +181,33 @@ pub async fn set_weight(
         .await?;
     Ok(with_etag(StatusCode::OK, view(&state, rollout)))
 }
+
+/// The body of `PUT /v1/rollouts/{name}/partition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PartitionBody {
+    /// The last batch (0-based) the rollout may enter; `null` or absent removes the partition.
+    #[serde(default)]
+    pub batch_partition: Option<u32>,
+}
+
+/// Raises, lowers or removes a rollout's `workloads.batchPartition`; a rollout it held goes on
+/// once it no longer holds it.
+#[utoipa::path(put, path = "/v1/rollouts/{name}/partition", tag = "rollouts", request_body = PartitionBody,
+    params(("name" = String, Path, description = "Rollout name"), ("If-Match" = Option<String>, Header, description = "Only if the rollout is at this version")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "Partition set", body = RolloutView, headers(("ETag" = String))),
+              (status = 409, description = "The rollout is finished", body = ErrorBody),
+              (status = 422, description = "The rollout has no batches, or the index is past them", body = ErrorBody)))]
+pub async fn set_partition(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    IfMatch(version): IfMatch,
+    ApiJson(body): ApiJson<PartitionBody>,
+) -> Result<Response> {
+    let rollout = state
+        .controller
+        .command(&name, Command::SetPartition(body.batch_partition), version)
+        .await?;
+    Ok(with_etag(StatusCode::OK, view(&state, rollout)))
+}

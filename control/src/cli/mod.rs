@@ -152,6 +152,9 @@ pub enum RolloutCommand {
     Finish(NameArg),
     /// Set the canary's weight by hand; the rollout pauses, and resume continues from its step.
     SetWeight(SetWeightArgs),
+    /// Raise, lower or remove the batch partition (workloads.batchPartition) of a rollout with
+    /// workload batches; a rollout it held goes on.
+    Partition(PartitionArgs),
     /// Delete a finished rollout (abort a running one first).
     Delete(NameArg),
 }
@@ -276,6 +279,30 @@ pub struct SetWeightArgs {
     /// The canary's new weight: a percentage (25%, 12.5%) or basis points (2500bp).
     #[arg(value_parser = steps::parse_weight)]
     pub weight: Weight,
+}
+
+/// `rollout partition`.
+#[derive(Debug, Args)]
+pub struct PartitionArgs {
+    /// The rollout's name (see `meshcanary rollout list`).
+    pub name: String,
+    /// The last batch (0-based) the rollout may enter, or `none` to remove the partition.
+    #[arg(value_parser = parse_partition)]
+    pub partition: Partition,
+}
+
+/// A batch index, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition(pub Option<u32>);
+
+fn parse_partition(text: &str) -> std::result::Result<Partition, String> {
+    match text {
+        "none" => Ok(Partition(None)),
+        index => index
+            .parse()
+            .map(|index| Partition(Some(index)))
+            .map_err(|_| format!("{index:?} is neither a batch index (0, 1, …) nor \"none\"")),
+    }
 }
 
 /// `meshcanary route …`.
@@ -548,6 +575,20 @@ async fn rollout(context: &Context, command: RolloutCommand) -> Result<u8, CliEr
                 .send(Method::PUT, &path, Some(&args.weight), &purpose)
                 .await?;
             context.emit(&value, || confirm("weight set", &value, &purpose))?;
+        }
+        RolloutCommand::Partition(args) => {
+            let purpose = Purpose::new(
+                format!("set the batch partition of rollout {}", args.name),
+                Subject::Rollout(args.name.clone()),
+            );
+            let path = ["v1", "rollouts", &args.name, "partition"];
+            let body = crate::api::rollouts::PartitionBody {
+                batch_partition: args.partition.0,
+            };
+            let value = client
+                .send(Method::PUT, &path, Some(&body), &purpose)
+                .await?;
+            context.emit(&value, || confirm("partition set", &value, &purpose))?;
         }
         RolloutCommand::Delete(args) => {
             let purpose = Purpose::new(
