@@ -244,6 +244,11 @@ impl Reconciler {
                     .command(&name, Command::Resume, None)
                     .await?;
             }
+            Decision::Partition(partition) => {
+                self.controller
+                    .command(&name, Command::SetPartition(partition), None)
+                    .await?;
+            }
             Decision::WriteStatus => {}
         }
         let entry = tracked.entry(name.clone()).or_insert_with(|| Tracked {

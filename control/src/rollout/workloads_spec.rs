@@ -48,7 +48,7 @@ pub struct Workloads {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready_timeout: Option<HumanDuration>,
     /// Explicit batches, in rising weight: each names the canary replicas a weight of the
-    /// rollout's steps needs. Every `setWeight` step's weight (above 0) must be one batch's weight
+    /// rollout's steps needs. Every `setWeight` step's weight (between 0 and 100 %) must be one batch's weight
     /// and every batch's weight one step's; promotion (100 %) always needs the full size. Without
     /// batches the replicas follow the weight (`minReplicas`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -334,7 +334,7 @@ impl Workloads {
         }
     }
 
-    /// Checks the batches against the plan: every `setWeight` step's weight above 0 is a batch's
+    /// Checks the batches against the plan: every `setWeight` step's weight between 0 and 100 % is a batch's
     /// weight and every batch's weight a step's. `steps` is the field the plan comes from one
     /// step to one entry (`steps`), or `None` when it is expanded from `progressive`.
     pub fn check_plan(&self, field: &str, plan: &[PlanStep], steps: Option<&str>) -> Result<()> {
@@ -345,7 +345,8 @@ impl Workloads {
         let names: Vec<String> = weights.iter().map(|w| super::engine::percent(*w)).collect();
         for (i, step) in plan.iter().enumerate() {
             if let PlanStep::SetWeight(weight) = step {
-                if *weight > 0 && !weights.contains(weight) {
+                // 0 % needs no batch, and 100 % is the full size.
+                if *weight > 0 && *weight < TOTAL_WEIGHT && !weights.contains(weight) {
                     let at = steps.map_or("progressive".to_string(), |steps| {
                         format!("{steps}[{i}].setWeight")
                     });
