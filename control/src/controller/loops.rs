@@ -161,7 +161,7 @@ impl Controller {
     /// anything changed. A Deployment that cannot be read is left out (the engine then waits for
     /// it, and pauses the rollout when its ready timeout runs out).
     async fn observe_workloads(&self) -> bool {
-        let Some(scaler) = &self.options.scaler else {
+        let Some(scaler) = self.scaling.as_ref().map(|s| s.scaler().clone()) else {
             return false;
         };
         {
@@ -203,21 +203,14 @@ impl Controller {
         changed
     }
 
-    /// Scales each Deployment to its replicas in a task of its own; a failure is logged.
+    /// Scales each Deployment to its replicas in a task of its own, retrying failures (see
+    /// [`scaling`]).
     pub(super) fn scale_in_background(&self, scales: Vec<(String, u32)>) {
-        let Some(scaler) = &self.options.scaler else {
+        let Some(scaling) = &self.scaling else {
             return;
         };
         for (name, replicas) in scales {
-            let scaler = scaler.clone();
-            tokio::spawn(async move {
-                match scaler.scale(&name, replicas).await {
-                    Ok(()) => tracing::info!(deployment = %name, replicas, "scaled Deployment"),
-                    Err(error) => {
-                        tracing::error!(deployment = %name, replicas, %error, "cannot scale the Deployment")
-                    }
-                }
-            });
+            scaling.scale(name, replicas);
         }
     }
 

@@ -437,24 +437,48 @@ fn canary_gate(
     })
 }
 
-/// The Deployments to scale, and to how many replicas, because `after` ended where `before` had
-/// not: after success the old stable (with `scaleDown: zero`), after a rollback or an abort the
-/// canary, to 0.
-pub fn scale_downs(before: Option<&Rollout>, after: &Rollout) -> Vec<(String, u32)> {
+/// The Deployments to scale, and to how many replicas, because a run ended between `before` and
+/// `after` (a rollout's state before and after one write): after success the old stable (with
+/// `scaleDown: zero`), after a rollback or an abort the canary, to 0. A running run that is gone
+/// or replaced by a new run (a MeshRollout whose spec asked for one) leaves its canary at 0 too,
+/// unless the new run scales the same Deployment.
+pub fn scale_downs(before: Option<&Rollout>, after: Option<&Rollout>) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    let mut before = before;
+    if let Some(old) = before {
+        if after.is_none_or(|a| a.status.created_at != old.status.created_at) {
+            let taken_over = |canary: &str| {
+                after
+                    .and_then(|a| a.spec.workloads.as_ref())
+                    .is_some_and(|w| w.canary == canary)
+            };
+            if let Some(workloads) = &old.spec.workloads {
+                if !old.status.phase.is_terminal() && !taken_over(&workloads.canary) {
+                    out.push((workloads.canary.clone(), 0));
+                }
+            }
+            // `after` is another run: what it did in this write counts from nothing.
+            before = None;
+        }
+    }
+    let Some(after) = after else {
+        return out;
+    };
     let Some(workloads) = &after.spec.workloads else {
-        return Vec::new();
+        return out;
     };
     let phase = after.status.phase;
     if before.is_some_and(|b| b.status.phase == phase) {
-        return Vec::new();
+        return out;
     }
     match phase {
         Phase::Succeeded if workloads.scale_down == ScaleDown::Zero => {
-            vec![(workloads.stable.clone(), 0)]
+            out.push((workloads.stable.clone(), 0));
         }
-        Phase::RolledBack | Phase::Aborted => vec![(workloads.canary.clone(), 0)],
-        _ => Vec::new(),
+        Phase::RolledBack | Phase::Aborted => out.push((workloads.canary.clone(), 0)),
+        _ => {}
     }
+    out
 }
 
 fn progress_step(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Action {
@@ -1905,7 +1929,39 @@ mod tests {
             ),
         ];
         for (name, before, after, expected) in cases {
-            assert_eq!(scale_downs(before, after), expected, "{name}");
+            assert_eq!(scale_downs(before, Some(after)), expected, "{name}");
+        }
+        // A run that goes away or is replaced while it runs leaves its canary at 0, unless the
+        // new run scales the same Deployment; a finished one has scaled down already.
+        let mut new_run = with_workloads(json!({"canary": "reviews-v3"}));
+        new_run.status.created_at = at(50);
+        let mut same_canary = with_workloads(json!({}));
+        same_canary.status.created_at = at(50);
+        let ended: Vec<(&str, &Rollout, Option<&Rollout>, Vec<(String, u32)>)> = vec![
+            (
+                "gone while running",
+                &r,
+                None,
+                vec![("reviews-v2".into(), 0)],
+            ),
+            (
+                "replaced while running",
+                &r,
+                Some(&new_run),
+                vec![("reviews-v2".into(), 0)],
+            ),
+            (
+                "replaced by a run of the same canary",
+                &r,
+                Some(&same_canary),
+                vec![],
+            ),
+            ("gone after it ended", &aborted, None, vec![]),
+            ("replaced after it ended", &done, Some(&new_run), vec![]),
+            ("without workloads", &plain, None, vec![]),
+        ];
+        for (name, before, after, expected) in ended {
+            assert_eq!(scale_downs(Some(before), after), expected, "{name}");
         }
     }
 

@@ -1,0 +1,84 @@
+//! Scaling the Deployments the engine (or the end of a run) asks for, in tasks of their own: a
+//! failed scale (an API error, a Deployment or permission that is not there yet) is retried with
+//! backoff until it goes through, a later scale of the same Deployment takes its place, or
+//! [`RETRY_FOR`] runs out. The engine waits for the replicas it asked for; a scale that never
+//! goes through shows as replicas that never become ready, and the rollout pauses saying so.
+
+use crate::workloads::WorkloadScaler;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The first retry of a failed scale comes after this; each next one after twice as long.
+pub const FIRST_RETRY: Duration = Duration::from_millis(250);
+/// The longest wait between two attempts.
+const MAX_RETRY: Duration = Duration::from_secs(30);
+/// A scale that has not gone through for this long is given up (and logged as an error).
+pub const RETRY_FOR: Duration = Duration::from_secs(600);
+
+/// Scales Deployments through a [`WorkloadScaler`], retrying failures.
+#[derive(Debug, Clone)]
+pub struct Scaling {
+    scaler: Arc<dyn WorkloadScaler>,
+    /// Per Deployment, the number of the latest scale asked for: an older attempt still retrying
+    /// stops once a newer one exists.
+    latest: Arc<Mutex<BTreeMap<String, u64>>>,
+}
+
+impl Scaling {
+    /// Scaling through `scaler`.
+    pub fn new(scaler: Arc<dyn WorkloadScaler>) -> Scaling {
+        Scaling {
+            scaler,
+            latest: Arc::default(),
+        }
+    }
+
+    /// Reads Deployment `name`'s replicas.
+    pub fn scaler(&self) -> &Arc<dyn WorkloadScaler> {
+        &self.scaler
+    }
+
+    /// Scales Deployment `name` to `replicas` in a task of its own, retrying until it goes
+    /// through or a later scale of `name` replaces it.
+    pub fn scale(&self, name: String, replicas: u32) {
+        let ticket = {
+            let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
+            let ticket = latest.entry(name.clone()).or_default();
+            *ticket += 1;
+            *ticket
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut delay = FIRST_RETRY;
+            for attempt in 1u32.. {
+                let current = this
+                    .latest
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&name)
+                    .copied();
+                if current != Some(ticket) {
+                    tracing::info!(deployment = %name, replicas, "a later scale replaces this one");
+                    return;
+                }
+                match this.scaler.scale(&name, replicas).await {
+                    Ok(()) => {
+                        tracing::info!(deployment = %name, replicas, attempt, "scaled Deployment");
+                        return;
+                    }
+                    Err(error) if started.elapsed() < RETRY_FOR => {
+                        tracing::warn!(deployment = %name, replicas, attempt, %error, "cannot scale the Deployment; retrying in {}", humantime::format_duration(delay));
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(MAX_RETRY);
+                    }
+                    Err(error) => {
+                        tracing::error!(deployment = %name, replicas, attempt, %error, "cannot scale the Deployment; giving up after {}", humantime::format_duration(RETRY_FOR));
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
