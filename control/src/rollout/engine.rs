@@ -1937,7 +1937,13 @@ mod tests {
         new_run.status.created_at = at(50);
         let mut same_canary = with_workloads(json!({}));
         same_canary.status.created_at = at(50);
-        let ended: Vec<(&str, &Rollout, Option<&Rollout>, Vec<(String, u32)>)> = vec![
+        type Ended<'a> = (
+            &'a str,
+            &'a Rollout,
+            Option<&'a Rollout>,
+            Vec<(String, u32)>,
+        );
+        let ended: Vec<Ended> = vec![
             (
                 "gone while running",
                 &r,
