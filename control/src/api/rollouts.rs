@@ -9,7 +9,7 @@ pub use crate::rollout::action::RolloutAction;
 use crate::rollout::action::UnknownAction;
 use crate::rollout::engine::Command;
 use crate::rollout::{Rollout, RolloutSpec, Weight};
-use crate::view::Propagation;
+use crate::view::{Propagation, WorkloadsView};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,15 +26,21 @@ pub struct RolloutView {
     pub rollout: Rollout,
     /// How many proxies run the generation carrying `status.canaryWeight`.
     pub propagation: Propagation,
+    /// With `workloads`: each variant's Deployment with its desired and ready replicas, and the
+    /// current batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<WorkloadsView>,
 }
 
 fn view(state: &AppState, rollout: Rollout) -> RolloutView {
     let propagation = state
         .controller
         .propagation(rollout.status.weight_generation);
+    let workloads = WorkloadsView::of(&rollout, &state.controller.workload_readings());
     RolloutView {
         rollout,
         propagation,
+        workloads,
     }
 }
 

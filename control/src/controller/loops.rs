@@ -232,6 +232,11 @@ impl Controller {
         }
     }
 
+    /// The replicas of the Deployments running rollouts name, as last read, by name.
+    pub fn workload_readings(&self) -> std::collections::BTreeMap<String, Replicas> {
+        self.workloads.read_locked().clone()
+    }
+
     /// How far `generation` has reached.
     pub fn propagation(&self, generation: u64) -> Propagation {
         let proxies = self.proxies.read_locked().clone();
