@@ -322,6 +322,115 @@ async fn a_rollback_scales_the_canary_to_zero() {
 }
 
 #[tokio::test]
+async fn batches_scale_the_canary_in_steps_and_a_partition_holds_until_raised() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster.reviews().await;
+    let service = cluster.controller().await;
+    // A canary of 4: 1 replica at 10 %, half of them at 50 %, all 4 to promote; hold after the
+    // first batch.
+    service
+        .create(
+            json!([{"setWeight": {"percent": 10}}, {"setWeight": {"percent": 50}}]),
+            json!({"stable": "reviews-v1", "canary": "reviews-v2", "replicas": 4,
+                   "batches": [{"replicas": 1, "weight": {"percent": 10}},
+                               {"replicas": "50%", "weight": {"percent": 50}}],
+                   "batchPartition": 0}),
+        )
+        .await;
+    cluster.wait_replicas("reviews-v2", 1).await;
+    cluster.mark_ready("reviews-v2", 1).await;
+    let held = service.wait_phase("paused").await;
+    assert_eq!(
+        held.status.message,
+        "holding after batch 1 of 2 (1 replicas at 10%): workloads.batchPartition is 0; raise or remove it to go on"
+    );
+    assert_eq!(cluster.canary_weight().await, 1000);
+    // Held: nothing more is scaled, and resume does not get past the partition.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster.replicas("reviews-v2").await, 1);
+    let refused = service
+        .controller
+        .command("reviews-v2", Command::Resume, None)
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("raise or remove the partition"),
+        "{refused}"
+    );
+
+    // Removing the partition lets the second batch go: 2 replicas, then 50 % once they are ready.
+    service
+        .controller
+        .command("reviews-v2", Command::SetPartition(None), None)
+        .await
+        .unwrap();
+    cluster.wait_replicas("reviews-v2", 2).await;
+    assert_eq!(cluster.canary_weight().await, 1000);
+    cluster.mark_ready("reviews-v2", 2).await;
+    cluster.wait_replicas("reviews-v2", 4).await;
+    assert_eq!(cluster.canary_weight().await, 5000);
+    cluster.mark_ready("reviews-v2", 4).await;
+    service.wait_phase("succeeded").await;
+    cluster.wait_replicas("reviews-v1", 0).await;
+    assert_eq!(cluster.replicas("reviews-v2").await, 4);
+}
+
+#[tokio::test]
+async fn a_promotion_whose_canary_loses_replicas_rolls_back_and_scales_the_canary_down() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster.reviews().await;
+    let service = cluster.controller().await;
+    let spec: RolloutSpec = serde_json::from_value(json!({
+        "name": "reviews-v2", "route": "reviews", "stable": "v1", "canary": "v2",
+        "steps": [{"setWeight": {"percent": 50}}],
+        "autoFinish": false,
+        "workloads": {"stable": "reviews-v1", "canary": "reviews-v2", "readyTimeout": "3s"},
+    }))
+    .unwrap();
+    service.controller.create(spec).await.unwrap();
+    cluster.wait_replicas("reviews-v2", 2).await;
+    cluster.mark_ready("reviews-v2", 2).await;
+    cluster.wait_replicas("reviews-v2", 3).await;
+    cluster.mark_ready("reviews-v2", 3).await;
+    let promoted = service.wait_phase("promoting").await;
+    assert_eq!(promoted.status.canary_weight, 10000);
+
+    // A canary replica stops being ready; finishing (which would scale the old stable to 0)
+    // waits for it, and after the ready timeout the promotion rolls back.
+    cluster.mark_ready("reviews-v2", 2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let finishing = service
+        .controller
+        .command("reviews-v2", Command::Finish, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        finishing.status.phase.as_str(),
+        "promoting",
+        "{}",
+        finishing.status.message
+    );
+    let rolled_back = service.wait_phase("rolledBack").await;
+    assert_eq!(
+        rolled_back.status.message,
+        "rolled back: promotion stuck: reviews-v2 has 2/3 ready replicas after 3s, so the old stable reviews-v1 keeps the traffic and its replicas"
+    );
+    assert_eq!(cluster.canary_weight().await, 0);
+    cluster.wait_replicas("reviews-v2", 0).await;
+    assert_eq!(
+        cluster.replicas("reviews-v1").await,
+        3,
+        "the stable is untouched"
+    );
+}
+
+#[tokio::test]
 async fn the_service_account_may_scale_only_reviews_deployments() {
     let Some(cluster) = Cluster::start().await else {
         return;
