@@ -344,7 +344,7 @@ async fn batches_scale_the_canary_in_steps_and_a_partition_holds_until_raised() 
     let held = service.wait_phase("paused").await;
     assert_eq!(
         held.status.message,
-        "holding after batch 1 of 2 (1 replicas at 10%): workloads.batchPartition is 0; raise or remove it to go on"
+        "holding after batch 1 of 2 (1 replica at 10%): workloads.batchPartition is 0; raise or remove it to go on"
     );
     assert_eq!(cluster.canary_weight().await, 1000);
     // Held: nothing more is scaled, and resume does not get past the partition.

@@ -5,7 +5,10 @@
 
 use super::action::RolloutAction;
 use super::analysis_spec::{CheckRecord, DEFAULT_GATE_INTERVAL, MAX_CHECKS};
-use super::{Event, Hold, Phase, PlanStep, Replicas, Rollout, ScaleDown, WebhookKind, MAX_HISTORY};
+use super::{
+    BatchReplicas, Event, Hold, Phase, PlanStep, Replicas, Rollout, ScaleDown, WebhookKind,
+    MAX_HISTORY,
+};
 use crate::analysis::judge::Verdict;
 use crate::error::{Error, Result};
 use crate::time::{HumanDuration, Timestamp};
@@ -325,10 +328,14 @@ fn partition_gate(rollout: &Rollout, weight: u32) -> Option<Action> {
     Some(Action::Pause {
         hold: Hold::Partition,
         reason: format!(
-            "holding after batch {} of {} ({} replicas at {}): workloads.batchPartition is {}; raise or remove it to go on",
+            "holding after batch {} of {} ({} at {}): workloads.batchPartition is {}; raise or remove it to go on",
             hold.partition + 1,
             hold.batches,
-            batch.replicas,
+            match &batch.replicas {
+                BatchReplicas::Count(1) => "1 replica".to_string(),
+                BatchReplicas::Count(n) => format!("{n} replicas"),
+                BatchReplicas::Percent(share) => format!("{share} of the replicas"),
+            },
             percent(batch.weight.checked("").unwrap_or(0)),
             hold.partition
         ),
@@ -1014,7 +1021,7 @@ pub fn percent(basis_points: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::{Batch, BatchReplicas, RolloutSpec};
+    use crate::rollout::{Batch, RolloutSpec};
     use serde_json::json;
     use std::time::Duration;
 
@@ -2067,7 +2074,7 @@ mod tests {
         );
         assert_eq!(
             held.status.message,
-            "holding after batch 1 of 2 (1 replicas at 10%): workloads.batchPartition is 0; raise or remove it to go on"
+            "holding after batch 1 of 2 (1 replica at 10%): workloads.batchPartition is 0; raise or remove it to go on"
         );
         assert_eq!(
             next(&held, &scaled(1, 1), at(1000)),
