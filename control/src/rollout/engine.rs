@@ -16,6 +16,10 @@ use meshcanary_core::config::TOTAL_WEIGHT;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+/// How long after asking for canary replicas a Deployment that still asks for fewer is asked
+/// again: long enough for the scale (retried in the background) and the next reading.
+pub const ASK_AGAIN_AFTER: Duration = Duration::from_secs(30);
+
 /// Added to the longest time gate hooks can take before their call counts as lost.
 const GATE_DEADLINE_MARGIN: Duration = Duration::from_secs(5);
 
@@ -401,12 +405,26 @@ fn canary_gate(
             weight,
         });
     }
-    let ready = observation
-        .workloads
-        .get(&workloads.canary)
-        .map_or(0, |replicas| replicas.ready);
+    let canary = observation.workloads.get(&workloads.canary);
+    let ready = canary.map_or(0, |replicas| replicas.ready);
     if ready >= needed {
         return None;
+    }
+    // The Deployment asks for fewer than the rollout did: the scale was lost (the service
+    // stopped before sending it) or undone. Ask again, without restarting the ready timeout.
+    let ask_again_at = canary.filter(|c| c.desired < needed).map(|_| {
+        let asked = status.asked_again_at.max(status.requested_at);
+        asked
+            .unwrap_or(rollout.status.step_started_at)
+            .plus(ASK_AGAIN_AFTER)
+    });
+    if ask_again_at.is_some_and(|at| now >= at) {
+        return Some(Action::ScaleCanary {
+            deployment: workloads.canary.clone(),
+            replicas: status.requested,
+            full,
+            weight,
+        });
     }
     let timeout = workloads.ready_timeout();
     // The wait starts with the request, or with the step (or promotion) that needs replicas
@@ -439,7 +457,7 @@ fn canary_gate(
         }
     } else {
         Action::Wait {
-            until: Some(deadline),
+            until: earliest(Some(deadline), ask_again_at),
         }
     })
 }
@@ -746,12 +764,25 @@ pub fn apply(rollout: &Rollout, action: &Action, now: Timestamp) -> Rollout {
         Action::ScaleCanary {
             deployment,
             replicas,
+            weight,
+            ..
+        } if *replicas <= status.workloads.requested => {
+            status.workloads.asked_again_at = Some(now);
+            format!(
+                "Deployment {deployment} asks for fewer than the {replicas} replicas the rollout asked for: scaling it again; weight {} waits",
+                percent(*weight)
+            )
+        }
+        Action::ScaleCanary {
+            deployment,
+            replicas,
             full,
             weight,
         } => {
             status.workloads.requested = *replicas;
             status.workloads.full = Some(*full);
             status.workloads.requested_at = Some(now);
+            status.workloads.asked_again_at = None;
             format!(
                 "scaling Deployment {deployment} to {replicas} of {full} replicas; weight {} waits for them to be ready",
                 percent(*weight)
@@ -2209,6 +2240,70 @@ mod tests {
                 .phase,
             Phase::Succeeded
         );
+    }
+
+    #[test]
+    fn a_deployment_that_asks_for_fewer_replicas_than_requested_is_asked_again() {
+        let r = with_workloads(json!({}));
+        let asked = apply(&r, &scale(1, 3, 1000), at(0));
+        let cases: Vec<(&str, Observation, Timestamp, Action)> = vec![
+            (
+                "scaled, not ready yet: wait",
+                scaled(1, 0),
+                at(40),
+                Action::Wait {
+                    until: Some(at(300)),
+                },
+            ),
+            (
+                "the scale was lost: wait a while for it",
+                scaled(0, 0),
+                at(10),
+                Action::Wait {
+                    until: Some(at(30)),
+                },
+            ),
+            ("then ask again", scaled(0, 0), at(30), scale(1, 3, 1000)),
+            (
+                "not read yet: wait for the reading",
+                scaled_without_canary(),
+                at(40),
+                Action::Wait {
+                    until: Some(at(300)),
+                },
+            ),
+        ];
+        for (name, observation, now, expected) in cases {
+            assert_eq!(next(&asked, &observation, now), expected, "{name}");
+        }
+        let again = apply(&asked, &scale(1, 3, 1000), at(30));
+        assert_eq!(
+            again.status.workloads.requested_at,
+            Some(at(0)),
+            "the ready timeout keeps running"
+        );
+        assert_eq!(again.status.workloads.asked_again_at, Some(at(30)));
+        assert_eq!(
+            again.status.message,
+            "Deployment reviews-v2 asks for fewer than the 1 replicas the rollout asked for: scaling it again; weight 10% waits"
+        );
+        assert_eq!(
+            next(&again, &scaled(0, 0), at(40)),
+            Action::Wait {
+                until: Some(at(60))
+            }
+        );
+        assert_eq!(next(&again, &scaled(0, 0), at(60)), scale(1, 3, 1000));
+        let Action::Pause { hold, .. } = next(&again, &scaled(1, 0), at(300)) else {
+            panic!("the ready timeout still pauses")
+        };
+        assert_eq!(hold, Hold::Workload);
+    }
+
+    fn scaled_without_canary() -> Observation {
+        let mut observation = scaled(0, 0);
+        observation.workloads.remove("reviews-v2");
+        observation
     }
 
     #[test]

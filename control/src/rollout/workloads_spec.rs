@@ -169,6 +169,10 @@ pub struct WorkloadStatus {
     /// When the replicas were last asked for (the ready timeout counts from here).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at: Option<Timestamp>,
+    /// When the replicas were last asked for again, because the Deployment had fewer than
+    /// requested (a scale lost with the service that sent it, a person scaling it down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_again_at: Option<Timestamp>,
     /// A person promoted: the canary gets 100 % once its full size is ready.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub promotion_requested: bool,
