@@ -908,6 +908,20 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_is_an_index_or_none() {
+        for (text, expected) in [("0", Some(0)), ("3", Some(3)), ("none", None)] {
+            let Ok(ClientCommand::Rollout(RolloutArgs {
+                command: RolloutCommand::Partition(args),
+                ..
+            })) = parse(&["rollout", "partition", "r", text])
+            else {
+                panic!("{text} did not parse")
+            };
+            assert_eq!(args.partition, Partition(expected), "{text}");
+        }
+    }
+
+    #[test]
     fn connection_options_go_before_or_after_the_subcommand() {
         for args in [
             &["rollout", "--server", "http://h:1", "status", "r"][..],
@@ -929,12 +943,16 @@ mod tests {
 
     #[test]
     fn usage_errors_are_caught_by_clap() {
-        let cases: [(&[&str], &str); 10] = [
+        let cases: [(&[&str], &str); 11] = [
             (
                 &[
                     "rollout", "create", "r", "--route", "x", "--stable", "a", "--canary", "b",
                 ],
                 "--steps",
+            ),
+            (
+                &["rollout", "partition", "r", "first"],
+                "\"first\" is neither a batch index (0, 1, …) nor \"none\"",
             ),
             (
                 &[
