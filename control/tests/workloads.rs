@@ -431,6 +431,34 @@ async fn a_promotion_whose_canary_loses_replicas_rolls_back_and_scales_the_canar
 }
 
 #[tokio::test]
+async fn scale_down_delete_deletes_the_old_stable_after_success() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster.reviews().await;
+    let service = cluster.controller().await;
+    service
+        .create(
+            json!([{"setWeight": {"percent": 50}}]),
+            json!({"stable": "reviews-v1", "canary": "reviews-v2", "scaleDown": "delete"}),
+        )
+        .await;
+    cluster.wait_replicas("reviews-v2", 2).await;
+    cluster.mark_ready("reviews-v2", 2).await;
+    cluster.wait_replicas("reviews-v2", 3).await;
+    cluster.mark_ready("reviews-v2", 3).await;
+    service.wait_phase("succeeded").await;
+    eventually("reviews-v1 is deleted", REACT, async || {
+        match cluster.deployments().get_opt("reviews-v1").await.unwrap() {
+            None => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+    assert_eq!(cluster.replicas("reviews-v2").await, 3);
+}
+
+#[tokio::test]
 async fn the_service_account_may_scale_only_reviews_deployments() {
     let Some(cluster) = Cluster::start().await else {
         return;
@@ -451,6 +479,11 @@ async fn the_service_account_may_scale_only_reviews_deployments() {
     );
     let error = scaler.ready("ratings-v1").await.unwrap_err().to_string();
     assert!(error.contains("not allowed to get Deployment"), "{error}");
+    let error = scaler.delete("ratings-v1").await.unwrap_err().to_string();
+    assert!(
+        error.contains("not allowed to delete Deployment"),
+        "{error}"
+    );
     assert_eq!(cluster.replicas("ratings-v1").await, 1);
 
     // reviews' own Deployments it may read and scale, through the scale subresource alone.

@@ -1208,6 +1208,9 @@ impl crate::workloads::WorkloadScaler for FlakyScaler {
         }
         Ok(())
     }
+    async fn delete(&self, name: &str) -> Result<()> {
+        self.scale(name, 0).await
+    }
     async fn ready(&self, _name: &str) -> Result<crate::rollout::Replicas> {
         Ok(crate::rollout::Replicas::default())
     }

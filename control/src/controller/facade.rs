@@ -3,6 +3,7 @@
 //! new state under one lock, saves it, then pushes it, and answers with exactly what the write left.
 
 use super::*;
+use crate::rollout::DeploymentChange;
 
 /// How many times a write re-reads the saved state and re-applies itself after another writer
 /// changed it, before giving up.
@@ -227,7 +228,7 @@ impl Controller {
                 .keys()
                 .chain(next.rollouts.keys())
                 .collect();
-            let scale_downs: Vec<(String, u32)> = names
+            let scale_downs: Vec<(String, DeploymentChange)> = names
                 .into_iter()
                 .flat_map(|name| {
                     engine::scale_downs(current.rollouts.get(name), next.rollouts.get(name))

@@ -203,14 +203,17 @@ impl Controller {
         changed
     }
 
-    /// Scales each Deployment to its replicas in a task of its own, retrying failures (see
+    /// Scales (or deletes) each Deployment in a task of its own, retrying failures (see
     /// [`scaling`]).
-    pub(super) fn scale_in_background(&self, scales: Vec<(String, u32)>) {
+    pub(super) fn scale_in_background(
+        &self,
+        changes: Vec<(String, crate::rollout::DeploymentChange)>,
+    ) {
         let Some(scaling) = &self.scaling else {
             return;
         };
-        for (name, replicas) in scales {
-            scaling.scale(name, replicas);
+        for (name, change) in changes {
+            scaling.change(name, change);
         }
     }
 

@@ -1,9 +1,10 @@
-//! Scaling the Deployments the engine (or the end of a run) asks for, in tasks of their own: a
-//! failed scale (an API error, a Deployment or permission that is not there yet) is retried with
+//! Scaling (or deleting) the Deployments the engine (or the end of a run) asks for, in tasks of
+//! their own: a failed scale (an API error, a Deployment or permission that is not there yet) is retried with
 //! backoff until it goes through, a later scale of the same Deployment takes its place, or
 //! [`RETRY_FOR`] runs out. The engine waits for the replicas it asked for; a scale that never
 //! goes through shows as replicas that never become ready, and the rollout pauses saying so.
 
+use crate::rollout::DeploymentChange;
 use crate::workloads::WorkloadScaler;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -39,9 +40,9 @@ impl Scaling {
         &self.scaler
     }
 
-    /// Scales Deployment `name` to `replicas` in a task of its own, retrying until it goes
-    /// through or a later scale of `name` replaces it.
-    pub fn scale(&self, name: String, replicas: u32) {
+    /// Makes `change` to Deployment `name` in a task of its own, retrying until it goes through
+    /// or a later change of `name` replaces it.
+    pub fn change(&self, name: String, change: DeploymentChange) {
         let ticket = {
             let mut latest = self.latest.lock().unwrap_or_else(|e| e.into_inner());
             let ticket = latest.entry(name.clone()).or_default();
@@ -60,21 +61,25 @@ impl Scaling {
                     .get(&name)
                     .copied();
                 if current != Some(ticket) {
-                    tracing::info!(deployment = %name, replicas, "a later scale replaces this one");
+                    tracing::info!(deployment = %name, ?change, "a later change replaces this one");
                     return;
                 }
-                match this.scaler.scale(&name, replicas).await {
+                let done = match change {
+                    DeploymentChange::Scale(replicas) => this.scaler.scale(&name, replicas).await,
+                    DeploymentChange::Delete => this.scaler.delete(&name).await,
+                };
+                match done {
                     Ok(()) => {
-                        tracing::info!(deployment = %name, replicas, attempt, "scaled Deployment");
+                        tracing::info!(deployment = %name, ?change, attempt, "changed Deployment");
                         return;
                     }
                     Err(error) if started.elapsed() < RETRY_FOR => {
-                        tracing::warn!(deployment = %name, replicas, attempt, %error, "cannot scale the Deployment; retrying in {}", humantime::format_duration(delay));
+                        tracing::warn!(deployment = %name, ?change, attempt, %error, "cannot change the Deployment; retrying in {}", humantime::format_duration(delay));
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(MAX_RETRY);
                     }
                     Err(error) => {
-                        tracing::error!(deployment = %name, replicas, attempt, %error, "cannot scale the Deployment; giving up after {}", humantime::format_duration(RETRY_FOR));
+                        tracing::error!(deployment = %name, ?change, attempt, %error, "cannot change the Deployment; giving up after {}", humantime::format_duration(RETRY_FOR));
                         return;
                     }
                 }

@@ -6,8 +6,8 @@
 use super::action::RolloutAction;
 use super::analysis_spec::{CheckRecord, DEFAULT_GATE_INTERVAL, MAX_CHECKS};
 use super::{
-    BatchReplicas, Event, Hold, Phase, PlanStep, Replicas, Rollout, ScaleDown, WebhookKind,
-    MAX_HISTORY,
+    BatchReplicas, DeploymentChange, Event, Hold, Phase, PlanStep, Replicas, Rollout, ScaleDown,
+    WebhookKind, MAX_HISTORY,
 };
 use crate::analysis::judge::Verdict;
 use crate::error::{Error, Result};
@@ -462,12 +462,15 @@ fn canary_gate(
     })
 }
 
-/// The Deployments to scale, and to how many replicas, because a run ended between `before` and
-/// `after` (a rollout's state before and after one write): after success the old stable (with
-/// `scaleDown: zero`), after a rollback or an abort the canary, to 0. A running run that is gone
+/// The Deployments to scale down (or delete) because a run ended between `before` and `after` (a
+/// rollout's state before and after one write): after success the old stable (to 0 with
+/// `scaleDown: zero`, deleted with `delete`), after a rollback or an abort the canary, to 0. A running run that is gone
 /// or replaced by a new run (a MeshRollout whose spec asked for one) leaves its canary at 0 too,
 /// unless the new run scales the same Deployment.
-pub fn scale_downs(before: Option<&Rollout>, after: Option<&Rollout>) -> Vec<(String, u32)> {
+pub fn scale_downs(
+    before: Option<&Rollout>,
+    after: Option<&Rollout>,
+) -> Vec<(String, DeploymentChange)> {
     let mut out = Vec::new();
     let mut before = before;
     if let Some(old) = before {
@@ -479,7 +482,7 @@ pub fn scale_downs(before: Option<&Rollout>, after: Option<&Rollout>) -> Vec<(St
             };
             if let Some(workloads) = &old.spec.workloads {
                 if !old.status.phase.is_terminal() && !taken_over(&workloads.canary) {
-                    out.push((workloads.canary.clone(), 0));
+                    out.push((workloads.canary.clone(), DeploymentChange::Scale(0)));
                 }
             }
             // `after` is another run: what it did in this write counts from nothing.
@@ -497,10 +500,14 @@ pub fn scale_downs(before: Option<&Rollout>, after: Option<&Rollout>) -> Vec<(St
         return out;
     }
     match phase {
-        Phase::Succeeded if workloads.scale_down == ScaleDown::Zero => {
-            out.push((workloads.stable.clone(), 0));
+        Phase::Succeeded => match workloads.scale_down {
+            ScaleDown::Zero => out.push((workloads.stable.clone(), DeploymentChange::Scale(0))),
+            ScaleDown::Delete => out.push((workloads.stable.clone(), DeploymentChange::Delete)),
+            ScaleDown::Keep => {}
+        },
+        Phase::RolledBack | Phase::Aborted => {
+            out.push((workloads.canary.clone(), DeploymentChange::Scale(0)))
         }
-        Phase::RolledBack | Phase::Aborted => out.push((workloads.canary.clone(), 0)),
         _ => {}
     }
     out
@@ -1935,27 +1942,36 @@ mod tests {
             &'a str,
             Option<&'a Rollout>,
             &'a Rollout,
-            Vec<(String, u32)>,
+            Vec<(String, DeploymentChange)>,
         );
+        let zero = |name: &str| vec![(name.to_string(), DeploymentChange::Scale(0))];
+        let mut deleted = done.clone();
+        deleted.spec.workloads.as_mut().unwrap().scale_down = ScaleDown::Delete;
         let cases: Vec<Case> = vec![
             (
                 "success scales the old stable to 0",
                 Some(&promoted),
                 &done,
-                vec![("reviews-v1".into(), 0)],
+                zero("reviews-v1"),
             ),
             ("scaleDown keep leaves it", Some(&promoted), &kept, vec![]),
+            (
+                "scaleDown delete deletes it",
+                Some(&promoted),
+                &deleted,
+                vec![("reviews-v1".into(), DeploymentChange::Delete)],
+            ),
             (
                 "an abort scales the canary to 0",
                 Some(&r),
                 &aborted,
-                vec![("reviews-v2".into(), 0)],
+                zero("reviews-v2"),
             ),
             (
                 "so does a rollback",
                 Some(&r),
                 &rolled_back,
-                vec![("reviews-v2".into(), 0)],
+                zero("reviews-v2"),
             ),
             ("only once", Some(&aborted), &aborted, vec![]),
             ("a running rollout scales nothing down", None, &r, vec![]),
@@ -1979,20 +1995,15 @@ mod tests {
             &'a str,
             &'a Rollout,
             Option<&'a Rollout>,
-            Vec<(String, u32)>,
+            Vec<(String, DeploymentChange)>,
         );
         let ended: Vec<Ended> = vec![
-            (
-                "gone while running",
-                &r,
-                None,
-                vec![("reviews-v2".into(), 0)],
-            ),
+            ("gone while running", &r, None, zero("reviews-v2")),
             (
                 "replaced while running",
                 &r,
                 Some(&new_run),
-                vec![("reviews-v2".into(), 0)],
+                zero("reviews-v2"),
             ),
             (
                 "replaced by a run of the same canary",

@@ -13,7 +13,8 @@ pub mod workloads_spec;
 
 pub use analysis_spec::{AnalysisSpec, AnalysisStatus, CheckRecord, Webhook, WebhookKind};
 pub use workloads_spec::{
-    Batch, BatchReplicas, PartitionHold, Replicas, ScaleDown, WorkloadStatus, Workloads,
+    Batch, BatchReplicas, DeploymentChange, PartitionHold, Replicas, ScaleDown, WorkloadStatus,
+    Workloads,
 };
 
 use crate::error::{Error, Result};

@@ -40,7 +40,8 @@ pub struct Workloads {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub min_replicas: Option<u32>,
-    /// What happens to the old stable's Deployment after success (default `zero`).
+    /// What happens to the old stable's Deployment after success: `zero` (the default) scales it
+    /// to 0, `keep` leaves it, `delete` deletes it.
     #[serde(default)]
     pub scale_down: ScaleDown,
     /// How long the canary's replicas may take to become ready before the rollout pauses
@@ -155,6 +156,17 @@ pub enum ScaleDown {
     Zero,
     /// Leave it as it is.
     Keep,
+    /// Delete it (the ServiceAccount then needs `delete` on it).
+    Delete,
+}
+
+/// What the service does to a Deployment for a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeploymentChange {
+    /// Set its `spec.replicas` (through the `scale` subresource).
+    Scale(u32),
+    /// Delete it (after a success with `scaleDown: delete`).
+    Delete,
 }
 
 /// Where the rollout's scaling of the canary stands.
