@@ -11,6 +11,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use meshcanary_control::controller::Controller;
+use meshcanary_control::crd::MeshRollout;
 use meshcanary_control::observer::envoy_admin::EnvoyAdminObserver;
 use meshcanary_control::options::ControllerOptions;
 use meshcanary_control::rollout::engine::Command;
@@ -456,6 +457,115 @@ async fn scale_down_delete_deletes_the_old_stable_after_success() {
     })
     .await;
     assert_eq!(cluster.replicas("reviews-v2").await, 3);
+}
+
+/// A MeshRollout's partition is raised by editing only `spec.workloads.batchPartition`: the
+/// running rollout goes on from where it held (no new run, so no abort), as the service binary
+/// runs it in Kubernetes mode.
+#[tokio::test]
+async fn a_meshrollout_partition_edit_lets_the_running_rollout_go_on() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster.reviews().await;
+    let mut command = cluster.installed.pod_command("a");
+    command
+        .set_flag("--kube-namespace", cluster.apps())
+        .remove_flag("--prometheus-url");
+    let process = cluster.installed.run_pod_via(
+        std::path::Path::new(env!("CARGO_BIN_EXE_meshcanary")),
+        &command,
+        "a",
+        None,
+    );
+    process.wait_ready(Duration::from_secs(20)).await.unwrap();
+    let rollouts: Api<MeshRollout> = Api::namespaced(cluster.admin.clone(), cluster.system());
+    let apply = |partition: Value| {
+        let mut workloads = json!({"stable": "reviews-v1", "canary": "reviews-v2", "replicas": 4,
+            "batches": [{"replicas": 1, "weight": {"percent": 10}},
+                        {"replicas": "50%", "weight": {"percent": 50}}]});
+        if !partition.is_null() {
+            workloads["batchPartition"] = partition;
+        }
+        let body = json!({
+            "apiVersion": "meshcanary.io/v1alpha1", "kind": "MeshRollout",
+            "metadata": {"name": "reviews-v2"},
+            "spec": {"target": {"wasmPlugin": WASMPLUGIN, "namespace": cluster.apps()},
+                     "route": "reviews", "stable": "v1", "canary": "v2",
+                     "steps": [{"setWeight": {"percent": 10}}, {"setWeight": {"percent": 50}}],
+                     "workloads": workloads},
+        });
+        let rollouts = rollouts.clone();
+        async move {
+            rollouts
+                .patch(
+                    "reviews-v2",
+                    &PatchParams::apply("argocd"),
+                    &Patch::Apply(body),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let phase = async |phase: &str| {
+        eventually(&format!("MeshRollout {phase}"), REACT, async || {
+            let object = serde_json::to_value(rollouts.get("reviews-v2").await.unwrap()).unwrap();
+            match object["status"]["phase"].as_str() {
+                Some(now) if now == phase => Ok(object),
+                _ => Err(object["status"].to_string()),
+            }
+        })
+        .await
+    };
+
+    apply(json!(0)).await;
+    cluster.wait_replicas("reviews-v2", 1).await;
+    cluster.mark_ready("reviews-v2", 1).await;
+    let held = phase("paused").await;
+    assert!(
+        held["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("workloads.batchPartition is 0")),
+        "{held}"
+    );
+    assert_eq!(cluster.replicas("reviews-v2").await, 1);
+
+    apply(Value::Null).await;
+    cluster.wait_replicas("reviews-v2", 2).await;
+    cluster.mark_ready("reviews-v2", 2).await;
+    cluster.wait_replicas("reviews-v2", 4).await;
+    cluster.mark_ready("reviews-v2", 4).await;
+    phase("succeeded").await;
+    cluster.wait_replicas("reviews-v1", 0).await;
+    // One run: the rollout said it went on, and nothing was aborted (a new run would have
+    // aborted this one first, and said so in a Warning Event).
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(cluster.admin.clone(), cluster.system());
+    let notes = eventually("the partition's Event", REACT, async || {
+        let notes: Vec<(String, String)> = events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("reviews-v2"))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect();
+        if notes
+            .iter()
+            .any(|(_, note)| note.contains("workloads.batchPartition removed: going on"))
+            && notes.iter().any(|(reason, _)| reason == "Succeeded")
+        {
+            Ok(notes)
+        } else {
+            Err(format!("{notes:?}"))
+        }
+    })
+    .await;
+    assert!(
+        notes.iter().all(|(reason, _)| reason != "Aborted"),
+        "{notes:?}"
+    );
 }
 
 #[tokio::test]
