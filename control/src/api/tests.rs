@@ -794,6 +794,7 @@ async fn the_openapi_document_and_metrics_describe_the_service() {
         "/v1/rollouts/{name}",
         "/v1/rollouts/{name}/{action}",
         "/v1/rollouts/{name}/weight",
+        "/v1/rollouts/{name}/partition",
         "/v1/routes",
         "/v1/routes/{route}/rules",
         "/healthz",
@@ -805,6 +806,12 @@ async fn the_openapi_document_and_metrics_describe_the_service() {
         );
     }
     assert!(doc["components"]["schemas"]["RolloutSpec"].is_object());
+    for schema in ["PartitionBody", "WorkloadsView", "Batch", "BatchReplicas"] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} missing"
+        );
+    }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     let (_, _, metrics) = call(&h.app, "GET", "/metrics", None, None).await;
     let text = metrics.as_str().unwrap();

@@ -144,7 +144,8 @@ pub enum RolloutCommand {
     Pause(NameArg),
     /// Continue a paused rollout (after a `pause` step: go on to the next step).
     Resume(NameArg),
-    /// Skip the remaining steps: give the canary 100 % now.
+    /// Skip the remaining steps: give the canary 100 % now (with workloads, once its full size is
+    /// ready).
     Promote(NameArg),
     /// Stop a rollout and send all traffic back to the stable variant at once.
     Abort(NameArg),
