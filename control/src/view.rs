@@ -35,6 +35,10 @@ pub struct VariantReplicas {
     /// Its `status.readyReplicas`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ready: Option<u32>,
+    /// Why the service's latest scale (or delete) of it has not gone through, while it retries
+    /// and after it gave up: an old stable that stays up after a success says so here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The Deployments behind a rollout's variants (with `workloads`) and where its batches stand.
@@ -62,11 +66,13 @@ pub struct WorkloadsView {
 }
 
 impl WorkloadsView {
-    /// `rollout`'s Deployments with the replicas last read (`readings`, by Deployment name);
-    /// `None` when the rollout names no Deployments.
+    /// `rollout`'s Deployments with the replicas last read (`readings`) and the changes of them
+    /// that fail (`failures`), both by Deployment name; `None` when the rollout names no
+    /// Deployments.
     pub fn of(
         rollout: &crate::rollout::Rollout,
         readings: &std::collections::BTreeMap<String, crate::rollout::Replicas>,
+        failures: &std::collections::BTreeMap<String, String>,
     ) -> Option<WorkloadsView> {
         let workloads = rollout.spec.workloads.as_ref()?;
         let variant = |deployment: &String| {
@@ -75,6 +81,7 @@ impl WorkloadsView {
                 deployment: deployment.clone(),
                 desired: read.map(|r| r.desired),
                 ready: read.map(|r| r.ready),
+                error: failures.get(deployment).cloned(),
             }
         };
         let status = &rollout.status;
@@ -118,16 +125,20 @@ mod tests {
                 ready: 1,
             },
         )]);
-        let view = WorkloadsView::of(&rollout, &readings).unwrap();
+        let failures = BTreeMap::from([(
+            "reviews-v1".to_string(),
+            "scale to 0: forbidden (gave up)".to_string(),
+        )]);
+        let view = WorkloadsView::of(&rollout, &readings, &failures).unwrap();
         assert_eq!(
             serde_json::to_value(&view).unwrap(),
             json!({
-                "stable": {"deployment": "reviews-v1"},
+                "stable": {"deployment": "reviews-v1", "error": "scale to 0: forbidden (gave up)"},
                 "canary": {"deployment": "reviews-v2", "desired": 2, "ready": 1},
                 "requested": 2, "full": 4, "batch": 1, "batches": 2, "partition": 0,
             })
         );
         rollout.spec.workloads = None;
-        assert_eq!(WorkloadsView::of(&rollout, &readings), None);
+        assert_eq!(WorkloadsView::of(&rollout, &readings, &failures), None);
     }
 }

@@ -36,7 +36,11 @@ fn view(state: &AppState, rollout: Rollout) -> RolloutView {
     let propagation = state
         .controller
         .propagation(rollout.status.weight_generation);
-    let workloads = WorkloadsView::of(&rollout, &state.controller.workload_readings());
+    let workloads = WorkloadsView::of(
+        &rollout,
+        &state.controller.workload_readings(),
+        &state.controller.workload_failures(),
+    );
     RolloutView {
         rollout,
         propagation,

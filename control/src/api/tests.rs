@@ -1269,6 +1269,34 @@ async fn a_failed_scale_is_retried_until_it_goes_through() {
 }
 
 #[tokio::test]
+async fn a_scale_that_keeps_failing_shows_in_the_rollouts_view() {
+    let (h, _scaler) = scaling_harness(usize::MAX).await;
+    let body =
+        scaled_rollout(json!({"stable": "reviews-v1", "canary": "reviews-v2", "replicas": 4}));
+    let (status, _, body) = call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let (_, _, view) = call(&h.app, "GET", "/v1/rollouts/r", None, None).await;
+        if view["workloads"]["canary"]["error"].is_string() {
+            last = view;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let error = last["workloads"]["canary"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.starts_with("scale to 1: ")
+            && error.contains("the API server is away")
+            && error.contains("retrying"),
+        "{last}"
+    );
+    assert!(last["workloads"]["stable"].get("error").is_none(), "{last}");
+}
+
+#[tokio::test]
 async fn a_run_replaced_while_running_scales_its_canary_down() {
     let (h, scaler) = scaling_harness(0).await;
     let body =

@@ -393,6 +393,11 @@ fn workloads_section(view: &RolloutView) -> Option<Section> {
             ));
         }
     }
+    for replicas in [&workloads.stable, &workloads.canary] {
+        if let Some(error) = &replicas.error {
+            body.push_str(&format!("\nFailing: {}: {error}", replicas.deployment));
+        }
+    }
     if workloads.stable.desired.is_none() && view.rollout.status.phase.is_terminal() {
         body.push_str("\n(replicas are read while the rollout runs)");
     }
@@ -981,7 +986,8 @@ mod tests {
         ended.rollout.status.canary_weight = TOTAL_WEIGHT;
         ended.workloads = Some(
             serde_json::from_value(json!({
-                "stable": {"deployment": "reviews-v1"}, "canary": {"deployment": "reviews-v2"},
+                "stable": {"deployment": "reviews-v1", "error": "scale to 0: forbidden (gave up after 9 attempts in 10m)"},
+                "canary": {"deployment": "reviews-v2"},
                 "requested": 4, "full": 4, "batches": 2,
             }))
             .unwrap(),
@@ -990,6 +996,7 @@ mod tests {
         for part in [
             "v1 (stable)  reviews-v1  -        -",
             "Batch: past the 2 batches (full size)",
+            "Failing: reviews-v1: scale to 0: forbidden (gave up after 9 attempts in 10m)",
             "(replicas are read while the rollout runs)",
         ] {
             assert!(text.contains(part), "missing {part:?} in\n{text}");

@@ -240,6 +240,15 @@ impl Controller {
         self.workloads.read_locked().clone()
     }
 
+    /// Why the latest scale (or delete) of each Deployment that has not gone through failed, by
+    /// name.
+    pub fn workload_failures(&self) -> std::collections::BTreeMap<String, String> {
+        self.scaling
+            .as_ref()
+            .map(|scaling| scaling.failing())
+            .unwrap_or_default()
+    }
+
     /// How far `generation` has reached.
     pub fn propagation(&self, generation: u64) -> Propagation {
         let proxies = self.proxies.read_locked().clone();

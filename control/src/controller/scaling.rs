@@ -24,6 +24,9 @@ pub struct Scaling {
     /// Per Deployment, the number of the latest scale asked for: an older attempt still retrying
     /// stops once a newer one exists.
     latest: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Per Deployment, why its latest change has not gone through (yet), for the rollout's view:
+    /// an old stable that cannot be scaled down after a success shows there, not only in the log.
+    failing: Arc<Mutex<BTreeMap<String, String>>>,
 }
 
 impl Scaling {
@@ -32,12 +35,29 @@ impl Scaling {
         Scaling {
             scaler,
             latest: Arc::default(),
+            failing: Arc::default(),
         }
     }
 
     /// Reads Deployment `name`'s replicas.
     pub fn scaler(&self) -> &Arc<dyn WorkloadScaler> {
         &self.scaler
+    }
+
+    /// Why the latest change of each Deployment that has not gone through failed, by name.
+    pub fn failing(&self) -> BTreeMap<String, String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn set_failing(&self, name: &str, why: Option<String>) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        match why {
+            Some(why) => failing.insert(name.to_string(), why),
+            None => failing.remove(name),
+        };
     }
 
     /// Makes `change` to Deployment `name` in a task of its own, retrying until it goes through
@@ -71,19 +91,43 @@ impl Scaling {
                 match done {
                     Ok(()) => {
                         tracing::info!(deployment = %name, ?change, attempt, "changed Deployment");
+                        this.set_failing(&name, None);
                         return;
                     }
                     Err(error) if started.elapsed() < RETRY_FOR => {
+                        this.set_failing(
+                            &name,
+                            Some(format!(
+                                "{}: {error} (attempt {attempt}, retrying)",
+                                describe(change)
+                            )),
+                        );
                         tracing::warn!(deployment = %name, ?change, attempt, %error, "cannot change the Deployment; retrying in {}", humantime::format_duration(delay));
                         tokio::time::sleep(delay).await;
                         delay = (delay * 2).min(MAX_RETRY);
                     }
                     Err(error) => {
+                        this.set_failing(
+                            &name,
+                            Some(format!(
+                                "{}: {error} (gave up after {attempt} attempts in {})",
+                                describe(change),
+                                humantime::format_duration(RETRY_FOR)
+                            )),
+                        );
                         tracing::error!(deployment = %name, ?change, attempt, %error, "cannot change the Deployment; giving up after {}", humantime::format_duration(RETRY_FOR));
                         return;
                     }
                 }
             }
         });
+    }
+}
+
+/// A change for people: "scale to 0", "delete".
+fn describe(change: DeploymentChange) -> String {
+    match change {
+        DeploymentChange::Scale(replicas) => format!("scale to {replicas}"),
+        DeploymentChange::Delete => "delete".to_string(),
     }
 }
