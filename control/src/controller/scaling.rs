@@ -39,7 +39,7 @@ impl Scaling {
         }
     }
 
-    /// Reads Deployment `name`'s replicas.
+    /// The scaler it goes through (the controller reads the Deployments with it too).
     pub fn scaler(&self) -> &Arc<dyn WorkloadScaler> {
         &self.scaler
     }
