@@ -112,6 +112,17 @@ async fn valid_meshrollouts_round_trip_through_the_typed_client() {
                 "paused": true,
             }),
         ),
+        // Batches whose replicas are counts and percentages (int-or-string) and a partition.
+        manifest(
+            "reviews-v3",
+            json!({
+                "steps": [{"setWeight": {"percent": 12.5}}, {"pause": {}}, {"setWeight": {"basisPoints": 5000}}],
+                "workloads": {"stable": "reviews-v1", "canary": "reviews-v3", "replicas": 4,
+                    "batches": [{"replicas": 1, "weight": {"percent": 12.5}},
+                                {"replicas": "50%", "weight": {"basisPoints": 5000}}],
+                    "batchPartition": 0},
+            }),
+        ),
     ];
     for value in cases {
         let wanted: MeshRollout = serde_json::from_value(value.clone()).unwrap();
@@ -373,6 +384,14 @@ async fn invalid_meshrollouts_are_refused_with_the_field_named() {
             json!({}),
             "",
             "metadata.name must be 1-63 lowercase letters",
+        ),
+        (
+            "batch replicas that are neither a count nor a percentage",
+            "a",
+            json!({"workloads": {"stable": "reviews-v1", "canary": "reviews-v2",
+                "batches": [{"replicas": "half", "weight": {"percent": 12.5}}]}}),
+            "spec.workloads.batches[0].replicas",
+            "must be a count (2) or a percentage",
         ),
         (
             "101 steps",

@@ -1144,8 +1144,12 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
             scope(own, "events.k8s.io", "events"),
             strings(&["create", "patch"]),
         ),
-        // Rollouts with `workloads`: the Deployments behind the variants, read and scaled.
-        (scope(managed, "apps", "deployments"), strings(&["get"])),
+        // Rollouts with `workloads`: the Deployments behind the variants, read and scaled, and
+        // the old stable deleted after success with `scaleDown: delete`.
+        (
+            scope(managed, "apps", "deployments"),
+            strings(&["get", "delete"]),
+        ),
         (
             scope(managed, "apps", "deployments/scale"),
             strings(&["patch"]),

@@ -82,6 +82,7 @@ pub fn app(state: AppState) -> axum::Router {
         .routes(routes!(rollouts::get, rollouts::delete))
         .routes(routes!(rollouts::action))
         .routes(routes!(rollouts::set_weight))
+        .routes(routes!(rollouts::set_partition))
         .routes(routes!(routes::get))
         .routes(routes!(routes::add_rule))
         .routes(routes!(routes::remove_rule))

@@ -3,6 +3,7 @@
 //! new state under one lock, saves it, then pushes it, and answers with exactly what the write left.
 
 use super::*;
+use crate::rollout::DeploymentChange;
 
 /// How many times a write re-reads the saved state and re-applies itself after another writer
 /// changed it, before giving up.
@@ -242,11 +243,15 @@ impl Controller {
             // The hooks this write calls are known before retention deletes anything, so a
             // rollout that finishes in it still gets its notification.
             let notify = notifications(&current, &next);
-            let scale_downs: Vec<(String, u32)> = next
+            let names: std::collections::BTreeSet<&String> = current
                 .rollouts
-                .iter()
-                .flat_map(|(name, rollout)| {
-                    engine::scale_downs(current.rollouts.get(name), rollout)
+                .keys()
+                .chain(next.rollouts.keys())
+                .collect();
+            let scale_downs: Vec<(String, DeploymentChange)> = names
+                .into_iter()
+                .flat_map(|name| {
+                    engine::scale_downs(current.rollouts.get(name), next.rollouts.get(name))
                 })
                 .collect();
             crate::retention::apply_logged(&self.retention, &mut next, now);

@@ -161,7 +161,7 @@ impl Controller {
     /// anything changed. A Deployment that cannot be read is left out (the engine then waits for
     /// it, and pauses the rollout when its ready timeout runs out).
     async fn observe_workloads(&self) -> bool {
-        let Some(scaler) = &self.options.scaler else {
+        let Some(scaler) = self.scaling.as_ref().map(|s| s.scaler().clone()) else {
             return false;
         };
         {
@@ -203,21 +203,17 @@ impl Controller {
         changed
     }
 
-    /// Scales each Deployment to its replicas in a task of its own; a failure is logged.
-    pub(super) fn scale_in_background(&self, scales: Vec<(String, u32)>) {
-        let Some(scaler) = &self.options.scaler else {
+    /// Scales (or deletes) each Deployment in a task of its own, retrying failures (see
+    /// [`scaling`]).
+    pub(super) fn scale_in_background(
+        &self,
+        changes: Vec<(String, crate::rollout::DeploymentChange)>,
+    ) {
+        let Some(scaling) = &self.scaling else {
             return;
         };
-        for (name, replicas) in scales {
-            let scaler = scaler.clone();
-            tokio::spawn(async move {
-                match scaler.scale(&name, replicas).await {
-                    Ok(()) => tracing::info!(deployment = %name, replicas, "scaled Deployment"),
-                    Err(error) => {
-                        tracing::error!(deployment = %name, replicas, %error, "cannot scale the Deployment")
-                    }
-                }
-            });
+        for (name, change) in changes {
+            scaling.change(name, change);
         }
     }
 
@@ -237,6 +233,20 @@ impl Controller {
             },
             workloads: self.workloads.read_locked().clone(),
         }
+    }
+
+    /// The replicas of the Deployments running rollouts name, as last read, by name.
+    pub fn workload_readings(&self) -> std::collections::BTreeMap<String, Replicas> {
+        self.workloads.read_locked().clone()
+    }
+
+    /// Why the latest scale (or delete) of each Deployment that has not gone through failed, by
+    /// name.
+    pub fn workload_failures(&self) -> std::collections::BTreeMap<String, String> {
+        self.scaling
+            .as_ref()
+            .map(|scaling| scaling.failing())
+            .unwrap_or_default()
     }
 
     /// How far `generation` has reached.

@@ -16,6 +16,7 @@ pub mod health;
 pub mod leadership;
 pub mod locks;
 pub mod loops;
+pub mod scaling;
 pub mod tick;
 
 pub use drift::{DriftPolicy, Drifted};
@@ -69,6 +70,8 @@ pub struct Controller {
     /// The replicas of the Deployments running rollouts name in `workloads`, as last read.
     workloads: RwLock<std::collections::BTreeMap<String, Replicas>>,
     workloads_read_at: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Scales Deployments (Kubernetes mode, with a scaler in the options).
+    scaling: Option<scaling::Scaling>,
     pushed_generation: AtomicU64,
     wake: Notify,
     // Ticks run one at a time (the engine loop ticks; a tick of its own must not overlap a
@@ -153,6 +156,7 @@ impl Controller {
             proxies: RwLock::new(Vec::new()),
             workloads: RwLock::new(std::collections::BTreeMap::new()),
             workloads_read_at: std::sync::Mutex::new(None),
+            scaling: options.scaler.clone().map(scaling::Scaling::new),
             pushed_generation: AtomicU64::new(0),
             wake: Notify::new(),
             tick_lock: Mutex::new(()),

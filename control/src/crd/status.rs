@@ -223,6 +223,7 @@ fn hold_reason(hold: Option<Hold>) -> &'static str {
         Some(Hold::Propagation) => "PropagationTimedOut",
         Some(Hold::Inconclusive) => "AnalysisInconclusive",
         Some(Hold::Workload) => "CanaryNotReady",
+        Some(Hold::Partition) => "BatchPartition",
         None => "Paused",
     }
 }

@@ -297,6 +297,11 @@ impl Reconciler {
                     .command(&name, Command::Resume, None)
                     .await?;
             }
+            Decision::Partition(partition) => {
+                self.controller
+                    .command(&name, Command::SetPartition(partition), None)
+                    .await?;
+            }
             Decision::WriteStatus => {}
         }
         let rollout = self.controller.get(&name).await.ok();

@@ -365,6 +365,7 @@ mod tests {
                 summary: "applied on 1/1 proxies".into(),
                 proxies: vec![],
             },
+            workloads: None,
         };
         let traffic = TrafficShare {
             total: 800,
