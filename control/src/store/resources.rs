@@ -214,6 +214,17 @@ impl ResourceStore {
                 .patch_status(name, &params, &Patch::Json::<()>(patch))
                 .await
             {
+                Ok(written) if written.status.as_ref().is_none_or(|s| s.run.is_none()) => {
+                    // The API server pruned the field: its CRD predates `status.run`.
+                    return Err(Error::Store {
+                        path: self.where_(name),
+                        source: std::io::Error::other(
+                            "the API server dropped status.run: the MeshRollout CRD installed is \
+                             older than this service; apply envoy-config/istio/meshrollout-crd.yaml \
+                             of this version",
+                        ),
+                    });
+                }
                 Ok(written) => {
                     records.insert(
                         name.to_string(),
