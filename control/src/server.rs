@@ -11,6 +11,7 @@ use crate::observer::envoy_admin::EnvoyAdminObserver;
 use crate::observer::prometheus::PrometheusObserver;
 use crate::observer::MetricsObserver;
 use crate::options::ControllerOptions;
+use crate::reconcile::front::{MeshRolloutFront, RolloutResources};
 use crate::reconcile::{Reconciler, ServiceTarget};
 use crate::retention::{self, Retention};
 use crate::router::ecds_file::EcdsFileRouter;
@@ -20,6 +21,7 @@ use crate::router::wasmplugin::WasmPluginRouter;
 use crate::router::TrafficRouter;
 use crate::store::configmap::ConfigMapStore;
 use crate::store::file::FileStore;
+use crate::store::resources::{Claims, ResourceStore};
 use crate::time::HumanDuration;
 use crate::webhook;
 use crate::workloads::deployments::DeploymentScaler;
@@ -328,6 +330,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         protect_reads: args.protect_reads,
         wasm: wasm_artifact,
         limits,
+        resources: None,
     };
     match (&args.wasmplugin, &args.ecds_file) {
         (Some(wasmplugin), _) => {
@@ -361,6 +364,8 @@ struct Api {
     protect_reads: bool,
     wasm: Option<Arc<WasmArtifact>>,
     limits: connections::Limits,
+    /// Kubernetes mode: created rollouts are MeshRollouts.
+    resources: Option<Arc<dyn RolloutResources>>,
 }
 
 impl Api {
@@ -372,6 +377,7 @@ impl Api {
             token: self.token,
             protect_reads: self.protect_reads,
             wasm: self.wasm,
+            resources: self.resources,
         });
         let address = self.listener.local_addr().map_err(|source| Error::Bind {
             address: "the listener".into(),
@@ -393,7 +399,7 @@ async fn serve_in_kubernetes(
     wasmplugin: &str,
     observer: Box<dyn MetricsObserver>,
     options: ControllerOptions,
-    api: Api,
+    mut api: Api,
 ) -> Result<()> {
     let client = ::kube::Client::try_default()
         .await
@@ -440,10 +446,17 @@ async fn serve_in_kubernetes(
                 args.routing_objects.clone(),
             ));
         }
-        let store = ConfigMapStore::new(
+        // Rollouts MeshRollouts start live in their resources; the rest in the ConfigMap.
+        let claims = Arc::new(Claims::default());
+        let store = ResourceStore::new(
             client.clone(),
             &args.state_configmap_namespace,
-            &args.state_configmap,
+            ConfigMapStore::new(
+                client.clone(),
+                &args.state_configmap_namespace,
+                &args.state_configmap,
+            ),
+            claims.clone(),
         );
         let controller = Controller::start_with_leadership(
             Box::new(store),
@@ -454,16 +467,24 @@ async fn serve_in_kubernetes(
         )
         .await?;
         // MeshRollouts live in the service's own namespace (the shipped RBAC grants them there).
+        let target = ServiceTarget {
+            wasm_plugin: wasmplugin.to_string(),
+            namespace: args.kube_namespace.clone(),
+        };
         let mesh_rollouts = Reconciler::new(
             controller.clone(),
             client.clone(),
             &args.state_configmap_namespace,
-            ServiceTarget {
-                wasm_plugin: wasmplugin.to_string(),
-                namespace: args.kube_namespace.clone(),
-            },
+            target.clone(),
             &identity,
+            claims,
         );
+        api.resources = Some(Arc::new(MeshRolloutFront::new(
+            controller.clone(),
+            client.clone(),
+            &args.state_configmap_namespace,
+            target,
+        )));
         reconciler = Some(tokio::spawn(mesh_rollouts.run()));
         drift_watch = Some(spawn_drift_watch(
             controller.clone(),

@@ -25,6 +25,32 @@ pub struct ServiceState {
     /// from the rollouts, so deleting a finished rollout does not keep its variant forever.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retirements: Vec<Retirement>,
+    /// Rollouts a save kept elsewhere (Kubernetes mode: in their MeshRollout's `status.run`),
+    /// each as the run the rest of this saved state — the filter config above all — reflects.
+    /// Written and read by the store only; empty in memory.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kept_elsewhere: BTreeMap<String, RunRef>,
+}
+
+/// Which run of a rollout, and whether it had finished: what the filter config reflects of it
+/// (a running run's weight is in its route for all to see).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRef {
+    /// When the run was created (what tells runs of the same name apart).
+    pub created_at: Timestamp,
+    /// Whether the run had finished (its outcome is in the filter config).
+    pub finished: bool,
+}
+
+impl RunRef {
+    /// The run and version of `rollout`.
+    pub fn of(rollout: &Rollout) -> RunRef {
+        RunRef {
+            created_at: rollout.status.created_at,
+            finished: rollout.status.phase.is_terminal(),
+        }
+    }
 }
 
 impl ServiceState {
@@ -35,7 +61,81 @@ impl ServiceState {
             filter,
             rollouts: BTreeMap::new(),
             retirements: Vec::new(),
+            kept_elsewhere: BTreeMap::new(),
         })
+    }
+
+    /// Brings rollouts kept elsewhere (`runs`, each the durable record of its run) back into a
+    /// state loaded without them, and makes the filter config agree with them: a save writes
+    /// the runs and the rest one after the other, so a crash between the two leaves a run ahead
+    /// of (or behind) the filter config the rest holds. The run is the record: a running one's
+    /// weight goes back into its route, a finished one the rest saw running is finished there
+    /// (promoted, or its weight back to stable), and the filter generation rises so the
+    /// corrected config is pushed. A record older than a copy this state still holds (the
+    /// ConfigMap of a version that kept every rollout there) loses to the copy. Returns what was
+    /// corrected, for logs.
+    pub fn restore_runs(&mut self, runs: Vec<Rollout>) -> Vec<String> {
+        let reflected = std::mem::take(&mut self.kept_elsewhere);
+        let mut corrected = Vec::new();
+        let mut generation = None;
+        let age = |r: &Rollout| (r.status.created_at, r.version);
+        for run in runs {
+            let name = run.spec.name.clone();
+            let copy = self.rollouts.get(&name);
+            if copy.is_some_and(|copy| age(copy) > age(&run)) {
+                continue;
+            }
+            // A finished run is finished in the filter config only when the rest saw it
+            // running: its outcome is then missing. One the rest never saw running is an old
+            // record (retention dropped it from the state; the resource keeps it).
+            let finish_unseen = reflected
+                .get(&name)
+                .copied()
+                .or(copy.map(RunRef::of))
+                .is_some_and(|r| r.created_at == run.status.created_at && !r.finished);
+            if run.status.phase.is_terminal() && !finish_unseen {
+                self.rollouts.insert(name, run);
+                continue;
+            }
+            let before = self.filter.clone();
+            let weight_generation = run.status.weight_generation;
+            match self.align_with(run.clone()) {
+                Ok(()) if self.filter == before => {}
+                Ok(()) => {
+                    generation = generation.max(Some(weight_generation));
+                    corrected.push(format!(
+                        "rollout {name}: the saved filter config did not have what its record says ({} at {}); corrected",
+                        run.status.phase.as_str(),
+                        engine::percent(run.status.canary_weight)
+                    ));
+                }
+                Err(error) => {
+                    // Kept as it is: `check` names what is wrong.
+                    corrected.push(format!(
+                        "rollout {name}: cannot bring the filter config in line with its record: {error}"
+                    ));
+                    self.rollouts.insert(name, run);
+                }
+            }
+        }
+        if let Some(generation) = generation {
+            self.filter.generation = generation.max(self.filter.generation + 1);
+        }
+        corrected
+    }
+
+    /// Puts `run` back with its weight in its route, adding its canary to the route first if the
+    /// route lost it (the create that added it was not saved with the rest).
+    fn align_with(&mut self, run: Rollout) -> Result<()> {
+        let before = self.filter.clone();
+        let route = self.route_mut(&run.spec.route)?;
+        if !route.variants.iter().any(|v| v.name == run.spec.canary) {
+            route.variants.push(VariantConfig {
+                name: run.spec.canary.clone(),
+                weight: 0,
+            });
+        }
+        self.put_rollout(run).inspect_err(|_| self.filter = before)
     }
 
     /// Checks loaded state with the rules the API applies to what it accepts, so that state that
@@ -536,6 +636,176 @@ mod tests {
         let r = apply(&r, &Action::EnterStep { index: 1 }, Timestamp(2));
         other.put_rollout(r).unwrap();
         assert_eq!(mirror(&other), Some(("v3".into(), 100)));
+    }
+
+    #[test]
+    fn restored_runs_bring_the_filter_config_in_line() {
+        // The run at each point of its life, as a store would hold its record.
+        let created = |canary: &str| {
+            let mut s = state();
+            s.create_rollout(spec(json!({"canary": canary})), Timestamp(1))
+                .unwrap()
+                .clone()
+        };
+        let mut at_ten = apply(
+            &created("v2"),
+            &Action::EnterStep { index: 0 },
+            Timestamp(2),
+        );
+        at_ten.status.weight_generation = 7;
+        let succeeded = apply(
+            &apply(
+                &at_ten,
+                &Action::Promote { reason: "x".into() },
+                Timestamp(3),
+            ),
+            &Action::Finish,
+            Timestamp(4),
+        );
+        let mut v3_at_ten = apply(
+            &created("v3"),
+            &Action::EnterStep { index: 0 },
+            Timestamp(2),
+        );
+        v3_at_ten.status.weight_generation = 3;
+        let fresh = created("v2");
+        let mut elsewhere_route = at_ten.clone();
+        elsewhere_route.spec.route = "gone".into();
+        let v2 = |w: u32| vec![("v1".to_string(), 10000 - w), ("v2".to_string(), w)];
+        // (case, the rest's weights of v2, the run the rest reflects, a copy the rest still
+        // holds, the record, v2's weight after, the generation after, corrected)
+        type Case<'a> = (
+            &'a str,
+            u32,
+            Option<&'a Rollout>,
+            Option<&'a Rollout>,
+            &'a Rollout,
+            Vec<(String, u32)>,
+            u64,
+            usize,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "in step: nothing to do",
+                1000,
+                Some(&at_ten),
+                None,
+                &at_ten,
+                v2(1000),
+                1,
+                0,
+            ),
+            (
+                "the record is ahead: its weight goes in",
+                0,
+                Some(&fresh),
+                None,
+                &at_ten,
+                v2(1000),
+                7,
+                1,
+            ),
+            (
+                "the rest is ahead: the record wins",
+                2000,
+                Some(&at_ten),
+                None,
+                &at_ten,
+                v2(1000),
+                7,
+                1,
+            ),
+            (
+                "a run the rest never saw",
+                0,
+                None,
+                None,
+                &at_ten,
+                v2(1000),
+                7,
+                1,
+            ),
+            (
+                "a finish the rest did not see: promoted",
+                1000,
+                Some(&at_ten),
+                None,
+                &succeeded,
+                vec![("v2".into(), 10000), ("v1".into(), 0)],
+                7,
+                1,
+            ),
+            (
+                "an old finished record: left alone",
+                0,
+                None,
+                None,
+                &succeeded,
+                v2(0),
+                1,
+                0,
+            ),
+            (
+                "an older record than the rest's own copy: the copy stays",
+                1000,
+                None,
+                Some(&at_ten),
+                &fresh,
+                v2(1000),
+                1,
+                0,
+            ),
+            (
+                "a finish the rest's own copy did not see: promoted",
+                1000,
+                None,
+                Some(&at_ten),
+                &succeeded,
+                vec![("v2".into(), 10000), ("v1".into(), 0)],
+                7,
+                1,
+            ),
+            (
+                "its canary is missing from the route: added",
+                0,
+                None,
+                None,
+                &v3_at_ten,
+                vec![("v1".into(), 9000), ("v2".into(), 0), ("v3".into(), 1000)],
+                3,
+                1,
+            ),
+            (
+                "its route is gone: kept for check to name",
+                0,
+                None,
+                None,
+                &elsewhere_route,
+                v2(0),
+                1,
+                1,
+            ),
+        ];
+        for (case, weight, reflected, copy, record, after, generation, corrected) in cases {
+            let mut rest = state();
+            set_canary_weight(rest.route_mut("reviews").unwrap(), "v1", "v2", weight).unwrap();
+            if let Some(reflected) = reflected {
+                rest.kept_elsewhere
+                    .insert("r1".into(), RunRef::of(reflected));
+            }
+            if let Some(copy) = copy {
+                rest.rollouts.insert("r1".into(), copy.clone());
+            }
+            let notes = rest.restore_runs(vec![record.clone()]);
+            assert_eq!(weights(&rest, "reviews"), after, "{case}");
+            assert_eq!(rest.filter.generation, generation, "{case}");
+            assert_eq!(notes.len(), corrected, "{case}: {notes:?}");
+            assert!(rest.kept_elsewhere.is_empty(), "{case}");
+            let kept = rest.rollouts.get("r1").expect(case);
+            let age = |r: &Rollout| (r.status.created_at, r.version);
+            let expected = copy.filter(|c| age(c) > age(record)).unwrap_or(record);
+            assert_eq!(kept, expected, "{case}");
+        }
     }
 
     #[test]

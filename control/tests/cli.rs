@@ -647,6 +647,17 @@ fn errors_say_what_failed_and_what_to_do() {
         &bad_pause.stderr,
         &["item 2 \"pause soon\": \"soon\" is not a duration"],
     );
+    // A rollout without workload batches has no partition to set.
+    let no_batches = service.cli(&["rollout", "partition", "r", "1"]).fails(1);
+    assert_contains(
+        &no_batches.stderr,
+        &[
+            "cannot set the batch partition of rollout r",
+            "rollout r has no workloads.batches to hold after",
+            "HTTP 422",
+            "\n  field: batchPartition",
+        ],
+    );
     let bad_weight = service
         .cli(&["rollout", "set-weight", "r", "101%"])
         .fails(2);

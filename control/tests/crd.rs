@@ -119,6 +119,17 @@ async fn valid_meshrollouts_round_trip_through_the_typed_client() {
                 "paused": true,
             }),
         ),
+        // Batches whose replicas are counts and percentages (int-or-string) and a partition.
+        manifest(
+            "reviews-v3",
+            json!({
+                "steps": [{"setWeight": {"percent": 12.5}}, {"pause": {}}, {"setWeight": {"basisPoints": 5000}}],
+                "workloads": {"stable": "reviews-v1", "canary": "reviews-v3", "replicas": 4,
+                    "batches": [{"replicas": 1, "weight": {"percent": 12.5}},
+                                {"replicas": "50%", "weight": {"basisPoints": 5000}}],
+                    "batchPartition": 0},
+            }),
+        ),
     ];
     for value in cases {
         let wanted: MeshRollout = serde_json::from_value(value.clone()).unwrap();
@@ -403,6 +414,14 @@ async fn invalid_meshrollouts_are_refused_with_the_field_named() {
             "metadata.name must be 1-63 lowercase letters",
         ),
         (
+            "batch replicas that are neither a count nor a percentage",
+            "a",
+            json!({"workloads": {"stable": "reviews-v1", "canary": "reviews-v2",
+                "batches": [{"replicas": "half", "weight": {"percent": 12.5}}]}}),
+            "spec.workloads.batches[0].replicas",
+            "must be a count (2) or a percentage",
+        ),
+        (
             "101 steps",
             "a",
             json!({"steps": vec![json!({"pause": {}}); 101]}),
@@ -581,15 +600,28 @@ async fn the_service_owns_the_status_and_gitops_the_spec() {
         Some(&status),
         "the status as the service wrote it"
     );
+    // The service's record of the run (its state store writes it under a field manager of its
+    // own) sits beside the view and survives GitOps' apply.
+    let record = json!([{"op": "add", "path": "/status/run", "value": serde_json::to_value(&rollout).unwrap()}]);
+    service
+        .patch_status(
+            name,
+            &PatchParams {
+                field_manager: Some("meshcanary-state".into()),
+                ..PatchParams::default()
+            },
+            &Patch::Json::<()>(serde_json::from_value(record).unwrap()),
+        )
+        .await
+        .unwrap();
+    gitops
+        .patch(name, &argocd, &Patch::Apply(&paused))
+        .await
+        .unwrap();
+    let kept = gitops.get(name).await.unwrap().status.unwrap();
     assert_eq!(
-        after
-            .status
-            .as_ref()
-            .unwrap()
-            .rollout_status()
-            .unwrap()
-            .step,
-        1,
+        kept.run().unwrap().as_ref(),
+        Some(&rollout),
         "the engine can resume from it"
     );
 
@@ -603,6 +635,10 @@ async fn the_service_owns_the_status_and_gitops_the_spec() {
         .unwrap();
     let stored = serde_json::to_value(gitops.get(name).await.unwrap()).unwrap();
     assert_eq!(stored["status"]["observedGeneration"], 2);
+    assert_eq!(
+        stored["status"]["run"]["spec"]["name"], name,
+        "the view's apply leaves the record, which another field manager owns"
+    );
     assert_eq!(
         stored["metadata"]["generation"], 2,
         "a status write is no new generation"

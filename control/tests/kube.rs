@@ -16,7 +16,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use meshcanary_control::crd::MeshRollout;
 use meshcanary_control::leader::lease::{LeaderElector, LeaderState, LeaseConfig};
-use meshcanary_control::rollout::RolloutSpec;
+use meshcanary_control::rollout::engine::{self, Action};
+use meshcanary_control::rollout::{Rollout, RolloutSpec};
 use meshcanary_control::router::wasmplugin::drift::{
     watch_drift_with, Difference, DriftEvent, DriftWatchConfig,
 };
@@ -24,6 +25,7 @@ use meshcanary_control::router::wasmplugin::WasmPluginRouter;
 use meshcanary_control::router::{LiveConfig, TrafficRouter};
 use meshcanary_control::state::ServiceState;
 use meshcanary_control::store::configmap::{ConfigMapStore, STATE_KEY};
+use meshcanary_control::store::resources::{Claims, ResourceStore};
 use meshcanary_control::store::StateStore;
 use meshcanary_control::time::Timestamp as ServiceTime;
 use meshcanary_control::Error;
@@ -32,6 +34,7 @@ use meshcanary_testkit::envtest::{Envtest, HOW_TO_GET};
 use meshcanary_testkit::install::{SERVICE_ACCOUNT, WASMPLUGIN};
 use meshcanary_testkit::interpose::Interposer;
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -1046,10 +1049,13 @@ async fn the_service_account_may_do_what_the_service_needs_and_nothing_more() {
             true,
         ),
         (format!("create -n {sys} -f SYS_EVENT"), true),
+        // The HTTP API's rollouts are MeshRollouts: it deletes and creates them (in this order:
+        // the object exists).
+        (format!("delete mro reviews-v2 -n {sys}"), true),
+        (format!("create -n {sys} -f ROLLOUT_FILE"), true),
         // What it must not.
-        (format!("create -n {sys} -f ROLLOUT_FILE"), false),
-        (format!("delete mro reviews-v2 -n {sys}"), false),
         (format!("get meshrollouts -n {other_ns}"), false),
+        (format!("delete mro reviews-v2 -n {other_ns}"), false),
         (
             format!("patch mro reviews-v2 -n {other_ns} --type merge -p MRO_SPEC"),
             false,
@@ -1123,4 +1129,219 @@ async fn the_service_account_may_do_what_the_service_needs_and_nothing_more() {
         }
     }
     assert!(wrong.is_empty(), "{wrong:#?}\n{HOW_TO_GET}");
+}
+
+impl Cluster {
+    /// A state store as the service builds it in Kubernetes mode: rollouts `claims` names in
+    /// their MeshRollouts, the rest in the ConfigMap; `configmap` names the ConfigMap.
+    fn resource_store(&self, configmap: &str, claims: &Arc<Claims>) -> ResourceStore {
+        ResourceStore::new(
+            self.service_account.clone(),
+            self.system(),
+            ConfigMapStore::new(self.service_account.clone(), self.system(), configmap),
+            claims.clone(),
+        )
+    }
+
+    /// Creates MeshRollout `name` (a v1 → v2 rollout of `route`) as a GitOps tool would.
+    async fn apply_mesh_rollout(&self, name: &str, route: &str, canary: &str) {
+        let body = json!({
+            "apiVersion": "meshcanary.io/v1alpha1", "kind": "MeshRollout",
+            "metadata": {"name": name},
+            "spec": {
+                "target": {"wasmPlugin": WASMPLUGIN, "namespace": self.apps()},
+                "route": route, "stable": "v1", "canary": canary,
+                "steps": [{"setWeight": {"percent": 10}}, {"pause": {}}, {"setWeight": {"percent": 100}}],
+            },
+        });
+        self.mesh_rollouts()
+            .patch(name, &PatchParams::apply("argocd"), &Patch::Apply(body))
+            .await
+            .unwrap();
+    }
+}
+
+/// `state` with rollout `name` advanced into its first step (10 %).
+fn advanced(state: &ServiceState, name: &str) -> ServiceState {
+    let mut state = state.clone();
+    let rollout = state.rollouts[name].clone();
+    let rollout = engine::apply(
+        &rollout,
+        &Action::EnterStep { index: 0 },
+        ServiceTime(1_700_000_001_000),
+    );
+    state.put_rollout(rollout).unwrap();
+    state.filter.generation += 1;
+    state
+}
+
+/// The state in Kubernetes mode: rollouts with a MeshRollout live in its `status.run`, the rest and
+/// the filter config in the ConfigMap; a restarted store puts the two back together.
+#[tokio::test]
+async fn rollouts_with_a_mesh_rollout_live_in_its_status() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster
+        .apply_mesh_rollout("reviews-v2", "reviews", "v2")
+        .await;
+    let claims = Arc::new(Claims::default());
+    let store = cluster.resource_store(STATE, &claims);
+    assert_eq!(store.load().await.unwrap(), None);
+    claims.claim("reviews-v2");
+    let state = state_with_rollouts();
+    store.save(&state).await.unwrap();
+
+    let record: Rollout = serde_json::from_value(cluster.record("reviews-v2").await).unwrap();
+    assert_eq!(record, state.rollouts["reviews-v2"]);
+    let rest = cluster.saved().await.unwrap();
+    assert_eq!(
+        rest.rollouts.keys().collect::<Vec<_>>(),
+        ["ratings-v2"],
+        "no resource: kept in the ConfigMap"
+    );
+    assert_eq!(
+        rest.kept_elsewhere.keys().collect::<Vec<_>>(),
+        ["reviews-v2"]
+    );
+    assert_eq!(rest.filter, state.filter);
+    // Only the store's own field manager writes the record.
+    let object =
+        serde_json::to_value(cluster.mesh_rollouts().get("reviews-v2").await.unwrap()).unwrap();
+    let managers: Vec<&str> = object["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["fieldsV1"].to_string().contains("f:run"))
+        .map(|m| m["manager"].as_str().unwrap())
+        .collect();
+    assert_eq!(managers, ["meshcanary-state"]);
+
+    // GitOps re-applies the spec between two saves: the record write goes on top of it.
+    cluster
+        .apply_mesh_rollout("reviews-v2", "reviews", "v2")
+        .await;
+    cluster
+        .mesh_rollouts()
+        .patch(
+            "reviews-v2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": "reviews"}}})),
+        )
+        .await
+        .unwrap();
+    let moved = advanced(&state, "reviews-v2");
+    store.save(&moved).await.unwrap();
+    assert_eq!(
+        cluster.record("reviews-v2").await["status"]["canaryWeight"],
+        1000
+    );
+
+    // A restarted store (a new leader) finds exactly the state saved.
+    let restarted = cluster.resource_store(STATE, &Arc::new(Claims::default()));
+    assert_eq!(restarted.load().await.unwrap(), Some(moved.clone()));
+}
+
+/// A crash between the record write and the ConfigMap write leaves the record ahead: the next
+/// load brings the filter config in line with the record under a new generation. Another
+/// writer's record is never overwritten.
+#[tokio::test]
+async fn a_record_ahead_of_the_configmap_wins_and_a_foreign_record_is_not_overwritten() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster
+        .apply_mesh_rollout("reviews-v2", "reviews", "v2")
+        .await;
+    let claims = Arc::new(Claims::default());
+    claims.claim("reviews-v2");
+    let store = cluster.resource_store(STATE, &claims);
+    store.load().await.unwrap();
+    let state = state_with_rollouts();
+    store.save(&state).await.unwrap();
+
+    // The save of the next step wrote the record, then the process died: its ConfigMap write
+    // (here: to another ConfigMap) never reached the state's.
+    let moved = advanced(&state, "reviews-v2");
+    let crashed = cluster.resource_store("elsewhere", &claims);
+    crashed.save(&moved).await.unwrap();
+    assert_eq!(
+        cluster.saved().await.unwrap().filter.routes[0].variants[1].weight,
+        0
+    );
+
+    // The first store never read that record: writing over it is refused.
+    let mut other = state.clone();
+    other.rollouts.get_mut("reviews-v2").unwrap().status.message = "another change".into();
+    let error = store.save(&other).await.unwrap_err();
+    assert!(matches!(error, Error::StateConflict { .. }), "{error}");
+    assert!(error.to_string().contains("status.run"), "{error}");
+
+    let loaded = store.load().await.unwrap().unwrap();
+    assert_eq!(loaded.rollouts["reviews-v2"], moved.rollouts["reviews-v2"]);
+    let reviews = &loaded.filter.routes[0];
+    assert_eq!(
+        (reviews.variants[0].weight, reviews.variants[1].weight),
+        (9000, 1000),
+        "the route carries the record's weight"
+    );
+    assert!(
+        loaded.filter.generation > state.filter.generation,
+        "a new generation to push"
+    );
+    loaded.check().unwrap();
+    // After the load it writes again.
+    store.save(&loaded).await.unwrap();
+}
+
+/// A MeshRollout deleted (its finalizer released) hands its finished rollout back to the
+/// ConfigMap; a ConfigMap of an older version that kept every rollout is migrated on the next
+/// save.
+#[tokio::test]
+async fn deleted_resources_hand_back_and_old_configmaps_migrate() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    // An older version saved everything in the ConfigMap.
+    let old = cluster.store();
+    old.load().await.unwrap();
+    let state = state_with_rollouts();
+    old.save(&state).await.unwrap();
+    cluster
+        .apply_mesh_rollout("reviews-v2", "reviews", "v2")
+        .await;
+
+    let claims = Arc::new(Claims::default());
+    let store = cluster.resource_store(STATE, &claims);
+    assert_eq!(
+        store.load().await.unwrap(),
+        Some(state.clone()),
+        "the old ConfigMap loads as it is"
+    );
+    // The reconciler takes the resource's rollout over: the next save moves it.
+    claims.claim("reviews-v2");
+    store.save(&state).await.unwrap();
+    assert_eq!(
+        cluster.record("reviews-v2").await["spec"]["name"],
+        "reviews-v2"
+    );
+    let rest = cluster.saved().await.unwrap();
+    assert!(
+        !rest.rollouts.contains_key("reviews-v2"),
+        "moved out of the ConfigMap"
+    );
+
+    // The resource goes (its finalizer long released): the rollout goes back to the ConfigMap.
+    cluster
+        .mesh_rollouts()
+        .delete("reviews-v2", &DeleteParams::default())
+        .await
+        .unwrap();
+    let moved = advanced(&state, "reviews-v2");
+    store.save(&moved).await.unwrap();
+    assert!(!claims.contains("reviews-v2"));
+    let rest = cluster.saved().await.unwrap();
+    assert_eq!(rest.rollouts["reviews-v2"], moved.rollouts["reviews-v2"]);
+    assert!(rest.kept_elsewhere.is_empty());
+    assert_eq!(store.load().await.unwrap(), Some(moved));
 }

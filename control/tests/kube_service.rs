@@ -1088,8 +1088,8 @@ async fn a_write_taken_during_the_takeover_reload_is_not_undone() {
             describe(&next.body)
         ));
     }
-    let saved = cluster.saved_state().await;
-    let saved = &saved["rollouts"]["reviews-v2"];
+    let saved = cluster.record("reviews-v2").await;
+    let saved = &saved;
     let resumes = saved["status"]["history"]
         .as_array()
         .unwrap()
@@ -1150,7 +1150,13 @@ async fn a_restarted_instance_resumes_from_the_cluster() {
     let status = first.process.terminate(Duration::from_secs(10)).unwrap();
     assert!(status.success(), "graceful stop: {status}");
     assert_eq!(cluster.lease_holder().await, None, "the Lease was released");
-    assert!(cluster.saved_state().await["rollouts"]
+    // The API's rollout is a MeshRollout, whose status holds its record; the ConfigMap says
+    // which run its filter config reflects.
+    assert_eq!(
+        cluster.record("reviews-v2").await["version"],
+        before["version"]
+    );
+    assert!(cluster.saved_state().await["keptElsewhere"]
         .get("reviews-v2")
         .is_some());
 
@@ -1398,16 +1404,17 @@ async fn foreign_edits_of_the_state_configmap_do_not_wedge_the_leader() {
     );
     assert_eq!(saved.metadata.labels.unwrap()["team"], "platform");
 
-    // Someone restores the state from a backup taken before the rollout existed: a real
-    // conflict. The leader's next write re-reads it and applies itself on top.
-    let mut restored = cluster.saved_state().await;
-    restored["rollouts"]["reviews-v2"]["status"]["message"] = json!("restored from a backup");
+    // Someone restores the rollout's record from a backup (its status, through the status
+    // subresource): a real conflict. The leader's next write re-reads it and applies itself on
+    // top.
     cluster
-        .configmaps()
-        .patch(
-            STATE,
+        .mesh_rollouts()
+        .patch_status(
+            "reviews-v2",
             &PatchParams::default(),
-            &Patch::Merge(json!({"data": {"state.json": restored.to_string()}})),
+            &Patch::Merge(
+                json!({"status": {"run": {"status": {"message": "restored from a backup"}}}}),
+            ),
         )
         .await
         .unwrap();
@@ -1416,8 +1423,7 @@ async fn foreign_edits_of_the_state_configmap_do_not_wedge_the_leader() {
         .await;
     assert_eq!(resumed.status, 200, "{resumed:?}");
     assert_eq!(resumed.body["status"]["canaryWeight"], 2000, "{resumed:?}");
-    let history =
-        cluster.saved_state().await["rollouts"]["reviews-v2"]["status"]["history"].clone();
+    let history = cluster.record("reviews-v2").await["status"]["history"].clone();
     assert!(
         history.to_string().contains("resumed by request"),
         "{history}"

@@ -6,9 +6,10 @@
 //!
 //! No proxies run here (no `--prometheus-url`), so a weight counts as applied once written.
 
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::rbac::v1::Role;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use meshcanary_control::crd::MeshRollout;
 use meshcanary_testkit::install::WASMPLUGIN;
 use meshcanary_testkit::service::ServiceProcess;
 use meshcanary_testkit::wait::eventually;
@@ -41,9 +42,58 @@ impl Cluster {
         process
     }
 
-    /// The MeshRollouts of the service's namespace, as the administrator.
-    fn mesh_rollouts(&self) -> Api<MeshRollout> {
-        Api::namespaced(self.admin.clone(), self.system())
+    /// Starts pod `name` as one of two replicas (a 3 s Lease, so a killed leader is replaced
+    /// quickly), without waiting for it to lead.
+    async fn serve_replica(&self, name: &str) -> ServiceProcess {
+        let mut command = self.installed.pod_command(name);
+        command
+            .set_flag("--kube-namespace", self.apps())
+            .remove_flag("--prometheus-url")
+            .add_flag("--lease-duration", "3s");
+        let process = self.installed.run_pod_via(
+            std::path::Path::new(env!("CARGO_BIN_EXE_meshcanary")),
+            &command,
+            name,
+            None,
+        );
+        process.wait_ready(Duration::from_secs(20)).await.unwrap();
+        process
+    }
+
+    /// Who holds the service's Lease, once someone does.
+    async fn lease_holder(&self) -> String {
+        let leases: Api<Lease> = Api::namespaced(self.admin.clone(), self.system());
+        eventually("a leader", Duration::from_secs(10), async || {
+            leases
+                .get_opt("meshcanary-control")
+                .await
+                .unwrap()
+                .and_then(|l| l.spec?.holder_identity)
+                .filter(|h| !h.is_empty())
+                .ok_or_else(|| "nobody holds the Lease".to_string())
+        })
+        .await
+    }
+
+    /// The state the service saved in its ConfigMap, as JSON.
+    async fn saved_state(&self) -> Value {
+        let saved = self.configmaps().get("meshcanary-state").await.unwrap();
+        serde_json::from_str(&saved.data.unwrap()["state.json"]).unwrap()
+    }
+
+    /// The notes of `reason` Events about MeshRollout `name`.
+    async fn event_notes(&self, name: &str, reason: &str) -> Vec<String> {
+        let events: Api<Event> = Api::namespaced(self.admin.clone(), self.system());
+        events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .filter_map(|e| e.note)
+            .collect()
     }
 
     /// Server-side applies MeshRollout `name` with `spec` (merged over a v1 → v2 rollout of route
@@ -274,7 +324,7 @@ async fn an_applied_mesh_rollout_runs_to_success_with_its_status_and_events() {
     let again = cluster.mesh_rollout("reviews-v2").await;
     assert_eq!(again["status"]["phase"], "succeeded");
     assert_eq!(
-        again["status"]["progress"]["createdAt"], done["status"]["progress"]["createdAt"],
+        again["status"]["run"]["status"]["createdAt"], done["status"]["run"]["status"]["createdAt"],
         "the same run"
     );
 }
@@ -447,7 +497,8 @@ async fn a_new_canary_in_the_spec_aborts_the_running_run_and_starts_a_new_one() 
     })
     .await;
     assert_ne!(
-        second["status"]["progress"]["createdAt"], first["status"]["progress"]["createdAt"],
+        second["status"]["run"]["status"]["createdAt"],
+        first["status"]["run"]["status"]["createdAt"],
         "a new run"
     );
     let config = cluster.plugin_config().await;
@@ -472,4 +523,282 @@ async fn a_new_canary_in_the_spec_aborts_the_running_run_and_starts_a_new_one() 
         "{history}"
     );
     cluster.wait_events("reviews", &["Aborted"]).await;
+}
+
+/// Two replicas; the leader is killed (SIGKILL: no Lease hand-over, nothing flushed) in the
+/// middle of a timed pause. The other one takes over from the resource's status — the
+/// ConfigMap holds no copy of the rollout — and finishes it: every weight was sent once, in
+/// order, and every step started once (one Event each, none from the new leader for steps the
+/// old one had reported).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_follower_continues_from_the_status_when_the_leader_dies_mid_step() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let (a, b) = tokio::join!(cluster.serve_replica("a"), cluster.serve_replica("b"));
+    let leader = cluster.lease_holder().await;
+    let (dead, survivor) = if leader == a.name { (&a, &b) } else { (&b, &a) };
+    let steps = json!([
+        {"setWeight": {"percent": 10}}, {"pause": {"duration": "1s"}},
+        {"setWeight": {"percent": 20}}, {"pause": {"duration": "6s"}},
+        {"setWeight": {"percent": 30}}, {"pause": {"duration": "1s"}},
+        {"setWeight": {"percent": 40}},
+    ]);
+    cluster.apply("reviews-v2", json!({"steps": steps})).await;
+    let mid = eventually("in the 6 s pause", Duration::from_secs(15), async || {
+        let object = cluster.mesh_rollout("reviews-v2").await;
+        if object["status"]["step"] == 3 && object["status"]["run"]["status"]["step"] == 3 {
+            Ok(object)
+        } else {
+            Err(object["status"].to_string())
+        }
+    })
+    .await;
+    // The durable state is the resource's: the ConfigMap only says which run its filter
+    // config reflects.
+    let saved = cluster.saved_state().await;
+    assert_eq!(saved["rollouts"].get("reviews-v2"), None, "{saved}");
+    assert_eq!(
+        saved["keptElsewhere"]["reviews-v2"]["createdAt"],
+        mid["status"]["run"]["status"]["createdAt"],
+        "{saved}"
+    );
+    cluster.wait_events("reviews-v2", &["StepStarted"]).await;
+    dead.kill().unwrap();
+
+    let done = eventually(
+        "finished by the survivor",
+        Duration::from_secs(30),
+        async || {
+            let object = cluster.mesh_rollout("reviews-v2").await;
+            if object["status"]["phase"] == "succeeded" {
+                Ok(object)
+            } else {
+                Err(object["status"].to_string())
+            }
+        },
+    )
+    .await;
+    assert_eq!(cluster.lease_holder().await, survivor.name);
+    assert_eq!(
+        done["status"]["run"]["status"]["createdAt"], mid["status"]["run"]["status"]["createdAt"],
+        "the same run, continued"
+    );
+    // The record's own history: each step entered once.
+    let entered: Vec<u64> = done["status"]["run"]["status"]["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("step "))
+        })
+        .map(|e| e["step"].as_u64().unwrap())
+        .collect();
+    let mut once = entered.clone();
+    once.dedup();
+    assert_eq!(
+        entered, once,
+        "{}",
+        done["status"]["run"]["status"]["history"]
+    );
+    // What the proxies were sent: each weight once, in order.
+    let weights = cluster.canary_weights().await;
+    assert_eq!(weights, [0, 1000, 2000, 3000, 4000, 10000], "{weights:?}");
+    cluster.wait_events("reviews-v2", &["Succeeded"]).await;
+    let started = cluster.event_notes("reviews-v2", "StepStarted").await;
+    let mut unique = started.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        started.len(),
+        unique.len(),
+        "a step reported twice: {started:?}"
+    );
+}
+
+/// `POST /v1/rollouts` as the service's API is called (the CLI, a pipeline).
+async fn post_rollout(service: &ServiceProcess, token: &str, body: Value) -> (u16, Value) {
+    call(
+        service,
+        token,
+        reqwest::Method::POST,
+        "/v1/rollouts",
+        Some(body),
+    )
+    .await
+}
+
+async fn call(
+    service: &ServiceProcess,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut request = client
+        .request(method, format!("{}{path}", service.url))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// In Kubernetes mode a rollout created through the HTTP API is a MeshRollout: `kubectl get
+/// mro` lists it, the reconciler runs it and its status says where it stands. A body the service
+/// refuses is answered at once, naming the field, and leaves no resource; deleting the finished
+/// rollout through the API deletes the resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_created_through_the_api_is_a_mesh_rollout() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let service = cluster.serve().await;
+    let token = cluster.installed.api_token.clone();
+    let body = json!({
+        "name": "reviews-v2", "route": "reviews", "stable": "v1", "canary": "v2",
+        "steps": [{"setWeight": {"percent": 50}}, {"pause": {"duration": "2s"}}, {"setWeight": {"percent": 100}}],
+    });
+    // A replica answers (and is ready, for reads) before it has taken the Lease; writes wait
+    // for it to lead.
+    let (status, created) = eventually(
+        "the leader takes the write",
+        Duration::from_secs(15),
+        async || match post_rollout(&service, &token, body.clone()).await {
+            (503, answer) => Err(answer.to_string()),
+            answered => Ok(answered),
+        },
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["spec"]["canary"], "v2");
+
+    let object = cluster.mesh_rollout("reviews-v2").await;
+    assert_eq!(object["spec"]["canary"], "v2", "{object}");
+    assert_eq!(object["spec"]["target"]["wasmPlugin"], WASMPLUGIN);
+    assert_eq!(
+        object["metadata"]["annotations"]["meshcanary.io/created-by"],
+        "api"
+    );
+    assert_eq!(owners(&object, "meshcanary-api"), ["f:metadata", "f:spec"]);
+    // kubectl sees it, with where it stands.
+    let listed = cluster.installed.kubectl_ok(&[
+        "get",
+        "mro",
+        "-n",
+        cluster.system(),
+        "-o",
+        "custom-columns=NAME:.metadata.name,CANARY:.spec.canary",
+    ]);
+    assert!(
+        listed.contains("reviews-v2") && listed.contains("v2"),
+        "{listed}"
+    );
+    let done = cluster.wait_phase("reviews-v2", "succeeded").await;
+    assert_eq!(
+        done["status"]["run"]["status"]["createdAt"],
+        serde_json::to_value(created["status"]["createdAt"].clone()).unwrap(),
+        "the run the API answered with"
+    );
+    assert_eq!(cluster.canary_weights().await, [0, 5000, 10000]);
+
+    // Refused at once, naming the body's field: no resource is left.
+    let (status, refused) = post_rollout(
+        &service,
+        &token,
+        json!({"name": "ratings-v2", "route": "nowhere", "stable": "v1", "canary": "v2", "steps": [{"setWeight": {"percent": 10}}]}),
+    )
+    .await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["field"], "route", "{refused}");
+    assert_eq!(cluster.mesh_rollout("ratings-v2").await, Value::Null);
+    // The name is taken while the resource exists.
+    let (status, taken) = post_rollout(&service, &token, body).await;
+    assert_eq!(status, 409, "{taken}");
+
+    // Deleting the finished rollout deletes its resource.
+    let (status, _) = call(
+        &service,
+        &token,
+        reqwest::Method::DELETE,
+        "/v1/rollouts/reviews-v2",
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    eventually(
+        "the resource is gone",
+        Duration::from_secs(10),
+        async || match cluster.mesh_rollout("reviews-v2").await {
+            Value::Null => Ok(()),
+            object => Err(object["metadata"].to_string()),
+        },
+    )
+    .await;
+    let (status, _) = call(
+        &service,
+        &token,
+        reqwest::Method::GET,
+        "/v1/rollouts/reviews-v2",
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+}
+
+/// A reconciliation that fails for a reason of the moment (here: the service lost the right to
+/// edit MeshRollouts, so it cannot put its finalizer on) is tried again by itself: once the right
+/// is back, the rollout starts without anyone touching the resource again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reconciliation_is_retried_without_a_new_change() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    let roles: Api<Role> = Api::namespaced(cluster.admin.clone(), cluster.system());
+    let granted = roles.get("meshcanary-control").await.unwrap();
+    let mut narrowed = granted.clone();
+    for rule in narrowed.rules.iter_mut().flatten() {
+        if rule.resources.as_deref() == Some(&["meshrollouts".to_string()][..]) {
+            rule.verbs.retain(|verb| verb != "patch");
+        }
+    }
+    narrowed.metadata.resource_version = None;
+    roles
+        .replace("meshcanary-control", &Default::default(), &narrowed)
+        .await
+        .unwrap();
+    let _service = cluster.serve().await;
+    cluster
+        .apply(
+            "reviews-v2",
+            json!({"steps": [{"setWeight": {"percent": 50}}, {"pause": {}}]}),
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let refused = cluster.mesh_rollout("reviews-v2").await;
+    assert_eq!(refused["metadata"]["finalizers"], Value::Null, "{refused}");
+    assert_eq!(
+        refused["status"]["phase"],
+        Value::Null,
+        "not started: {refused}"
+    );
+    assert_eq!(cluster.canary_weights().await, [0]);
+
+    let mut restored = roles.get("meshcanary-control").await.unwrap();
+    restored.rules = granted.rules.clone();
+    roles
+        .replace("meshcanary-control", &Default::default(), &restored)
+        .await
+        .unwrap();
+    let started = cluster.wait_phase("reviews-v2", "paused").await;
+    assert_eq!(
+        started["metadata"]["generation"], 1,
+        "nobody changed the resource"
+    );
+    assert_eq!(cluster.canary_weights().await, [0, 5000]);
 }

@@ -11,6 +11,7 @@
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use meshcanary_control::controller::Controller;
+use meshcanary_control::crd::MeshRollout;
 use meshcanary_control::observer::envoy_admin::EnvoyAdminObserver;
 use meshcanary_control::options::ControllerOptions;
 use meshcanary_control::rollout::engine::Command;
@@ -322,6 +323,252 @@ async fn a_rollback_scales_the_canary_to_zero() {
 }
 
 #[tokio::test]
+async fn batches_scale_the_canary_in_steps_and_a_partition_holds_until_raised() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster.reviews().await;
+    let service = cluster.controller().await;
+    // A canary of 4: 1 replica at 10 %, half of them at 50 %, all 4 to promote; hold after the
+    // first batch.
+    service
+        .create(
+            json!([{"setWeight": {"percent": 10}}, {"setWeight": {"percent": 50}}]),
+            json!({"stable": "reviews-v1", "canary": "reviews-v2", "replicas": 4,
+                   "batches": [{"replicas": 1, "weight": {"percent": 10}},
+                               {"replicas": "50%", "weight": {"percent": 50}}],
+                   "batchPartition": 0}),
+        )
+        .await;
+    cluster.wait_replicas("reviews-v2", 1).await;
+    cluster.mark_ready("reviews-v2", 1).await;
+    let held = service.wait_phase("paused").await;
+    assert_eq!(
+        held.status.message,
+        "holding after batch 1 of 2 (1 replica at 10%): workloads.batchPartition is 0; raise or remove it to go on"
+    );
+    assert_eq!(cluster.canary_weight().await, 1000);
+    // Held: nothing more is scaled, and resume does not get past the partition.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(cluster.replicas("reviews-v2").await, 1);
+    let refused = service
+        .controller
+        .command("reviews-v2", Command::Resume, None)
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("raise or remove the partition"),
+        "{refused}"
+    );
+
+    // Removing the partition lets the second batch go: 2 replicas, then 50 % once they are ready.
+    service
+        .controller
+        .command("reviews-v2", Command::SetPartition(None), None)
+        .await
+        .unwrap();
+    cluster.wait_replicas("reviews-v2", 2).await;
+    assert_eq!(cluster.canary_weight().await, 1000);
+    cluster.mark_ready("reviews-v2", 2).await;
+    cluster.wait_replicas("reviews-v2", 4).await;
+    assert_eq!(cluster.canary_weight().await, 5000);
+    cluster.mark_ready("reviews-v2", 4).await;
+    service.wait_phase("succeeded").await;
+    cluster.wait_replicas("reviews-v1", 0).await;
+    assert_eq!(cluster.replicas("reviews-v2").await, 4);
+}
+
+#[tokio::test]
+async fn a_promotion_whose_canary_loses_replicas_rolls_back_and_scales_the_canary_down() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster.reviews().await;
+    let service = cluster.controller().await;
+    let spec: RolloutSpec = serde_json::from_value(json!({
+        "name": "reviews-v2", "route": "reviews", "stable": "v1", "canary": "v2",
+        "steps": [{"setWeight": {"percent": 50}}],
+        "autoFinish": false,
+        "workloads": {"stable": "reviews-v1", "canary": "reviews-v2", "readyTimeout": "3s"},
+    }))
+    .unwrap();
+    service.controller.create(spec).await.unwrap();
+    cluster.wait_replicas("reviews-v2", 2).await;
+    cluster.mark_ready("reviews-v2", 2).await;
+    cluster.wait_replicas("reviews-v2", 3).await;
+    cluster.mark_ready("reviews-v2", 3).await;
+    let promoted = service.wait_phase("promoting").await;
+    assert_eq!(promoted.status.canary_weight, 10000);
+
+    // A canary replica stops being ready; finishing (which would scale the old stable to 0)
+    // waits for it, and after the ready timeout the promotion rolls back.
+    cluster.mark_ready("reviews-v2", 2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let finishing = service
+        .controller
+        .command("reviews-v2", Command::Finish, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        finishing.status.phase.as_str(),
+        "promoting",
+        "{}",
+        finishing.status.message
+    );
+    let rolled_back = service.wait_phase("rolledBack").await;
+    assert_eq!(
+        rolled_back.status.message,
+        "rolled back: promotion stuck: reviews-v2 has 2/3 ready replicas after 3s, so the old stable reviews-v1 keeps the traffic and its replicas"
+    );
+    assert_eq!(cluster.canary_weight().await, 0);
+    cluster.wait_replicas("reviews-v2", 0).await;
+    assert_eq!(
+        cluster.replicas("reviews-v1").await,
+        3,
+        "the stable is untouched"
+    );
+}
+
+#[tokio::test]
+async fn scale_down_delete_deletes_the_old_stable_after_success() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster.reviews().await;
+    let service = cluster.controller().await;
+    service
+        .create(
+            json!([{"setWeight": {"percent": 50}}]),
+            json!({"stable": "reviews-v1", "canary": "reviews-v2", "scaleDown": "delete"}),
+        )
+        .await;
+    cluster.wait_replicas("reviews-v2", 2).await;
+    cluster.mark_ready("reviews-v2", 2).await;
+    cluster.wait_replicas("reviews-v2", 3).await;
+    cluster.mark_ready("reviews-v2", 3).await;
+    service.wait_phase("succeeded").await;
+    eventually("reviews-v1 is deleted", REACT, async || {
+        match cluster.deployments().get_opt("reviews-v1").await.unwrap() {
+            None => Ok(()),
+            Some(_) => Err("still there".to_string()),
+        }
+    })
+    .await;
+    assert_eq!(cluster.replicas("reviews-v2").await, 3);
+}
+
+/// A MeshRollout's partition is raised by editing only `spec.workloads.batchPartition`: the
+/// running rollout goes on from where it held (no new run, so no abort), as the service binary
+/// runs it in Kubernetes mode.
+#[tokio::test]
+async fn a_meshrollout_partition_edit_lets_the_running_rollout_go_on() {
+    let Some(cluster) = Cluster::start().await else {
+        return;
+    };
+    cluster.reviews().await;
+    let mut command = cluster.installed.pod_command("a");
+    command
+        .set_flag("--kube-namespace", cluster.apps())
+        .remove_flag("--prometheus-url");
+    let process = cluster.installed.run_pod_via(
+        std::path::Path::new(env!("CARGO_BIN_EXE_meshcanary")),
+        &command,
+        "a",
+        None,
+    );
+    process.wait_ready(Duration::from_secs(20)).await.unwrap();
+    let rollouts: Api<MeshRollout> = Api::namespaced(cluster.admin.clone(), cluster.system());
+    let apply = |partition: Value| {
+        let mut workloads = json!({"stable": "reviews-v1", "canary": "reviews-v2", "replicas": 4,
+            "batches": [{"replicas": 1, "weight": {"percent": 10}},
+                        {"replicas": "50%", "weight": {"percent": 50}}]});
+        if !partition.is_null() {
+            workloads["batchPartition"] = partition;
+        }
+        let body = json!({
+            "apiVersion": "meshcanary.io/v1alpha1", "kind": "MeshRollout",
+            "metadata": {"name": "reviews-v2"},
+            "spec": {"target": {"wasmPlugin": WASMPLUGIN, "namespace": cluster.apps()},
+                     "route": "reviews", "stable": "v1", "canary": "v2",
+                     "steps": [{"setWeight": {"percent": 10}}, {"setWeight": {"percent": 50}}],
+                     "workloads": workloads},
+        });
+        let rollouts = rollouts.clone();
+        async move {
+            rollouts
+                .patch(
+                    "reviews-v2",
+                    &PatchParams::apply("argocd"),
+                    &Patch::Apply(body),
+                )
+                .await
+                .unwrap();
+        }
+    };
+    let phase = async |phase: &str| {
+        eventually(&format!("MeshRollout {phase}"), REACT, async || {
+            let object = serde_json::to_value(rollouts.get("reviews-v2").await.unwrap()).unwrap();
+            match object["status"]["phase"].as_str() {
+                Some(now) if now == phase => Ok(object),
+                _ => Err(object["status"].to_string()),
+            }
+        })
+        .await
+    };
+
+    apply(json!(0)).await;
+    cluster.wait_replicas("reviews-v2", 1).await;
+    cluster.mark_ready("reviews-v2", 1).await;
+    let held = phase("paused").await;
+    assert!(
+        held["status"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("workloads.batchPartition is 0")),
+        "{held}"
+    );
+    assert_eq!(cluster.replicas("reviews-v2").await, 1);
+
+    apply(Value::Null).await;
+    cluster.wait_replicas("reviews-v2", 2).await;
+    cluster.mark_ready("reviews-v2", 2).await;
+    cluster.wait_replicas("reviews-v2", 4).await;
+    cluster.mark_ready("reviews-v2", 4).await;
+    phase("succeeded").await;
+    cluster.wait_replicas("reviews-v1", 0).await;
+    // One run: the rollout said it went on, and nothing was aborted (a new run would have
+    // aborted this one first, and said so in a Warning Event).
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(cluster.admin.clone(), cluster.system());
+    let notes = eventually("the partition's Event", REACT, async || {
+        let notes: Vec<(String, String)> = events
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("reviews-v2"))
+            .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+            .collect();
+        if notes
+            .iter()
+            .any(|(_, note)| note.contains("workloads.batchPartition removed: going on"))
+            && notes.iter().any(|(reason, _)| reason == "Succeeded")
+        {
+            Ok(notes)
+        } else {
+            Err(format!("{notes:?}"))
+        }
+    })
+    .await;
+    assert!(
+        notes.iter().all(|(reason, _)| reason != "Aborted"),
+        "{notes:?}"
+    );
+}
+
+#[tokio::test]
 async fn the_service_account_may_scale_only_reviews_deployments() {
     let Some(cluster) = Cluster::start().await else {
         return;
@@ -342,6 +589,11 @@ async fn the_service_account_may_scale_only_reviews_deployments() {
     );
     let error = scaler.ready("ratings-v1").await.unwrap_err().to_string();
     assert!(error.contains("not allowed to get Deployment"), "{error}");
+    let error = scaler.delete("ratings-v1").await.unwrap_err().to_string();
+    assert!(
+        error.contains("not allowed to delete Deployment"),
+        "{error}"
+    );
     assert_eq!(cluster.replicas("ratings-v1").await, 1);
 
     // reviews' own Deployments it may read and scale, through the scale subresource alone.

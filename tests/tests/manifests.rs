@@ -1118,10 +1118,13 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
             scope(managed, "extensions.istio.io", "wasmplugins"),
             strings(&["get", "list", "watch", "patch"]),
         ),
-        // MeshRollouts are created by their owners; the service follows them and writes status.
+        // MeshRollouts: the service follows them and writes status; its API creates and deletes
+        // the ones asked of it.
         (
             scope(own, "meshcanary.io", "meshrollouts"),
-            strings(&["get", "list", "watch", "patch", "update"]),
+            strings(&[
+                "get", "list", "watch", "create", "patch", "update", "delete",
+            ]),
         ),
         (
             scope(own, "meshcanary.io", "meshrollouts/status"),
@@ -1141,8 +1144,12 @@ fn check_rbac(tree: &Tree, service: &ControlService, problems: &mut Vec<String>)
             scope(own, "events.k8s.io", "events"),
             strings(&["create", "patch"]),
         ),
-        // Rollouts with `workloads`: the Deployments behind the variants, read and scaled.
-        (scope(managed, "apps", "deployments"), strings(&["get"])),
+        // Rollouts with `workloads`: the Deployments behind the variants, read and scaled, and
+        // the old stable deleted after success with `scaleDown: delete`.
+        (
+            scope(managed, "apps", "deployments"),
+            strings(&["get", "delete"]),
+        ),
         (
             scope(managed, "apps", "deployments/scale"),
             strings(&["patch"]),
@@ -1755,7 +1762,7 @@ const BREAKAGES: &[(&str, Edit, &str)] = &[
     ("a binding to a missing Role", Set("RoleBinding", CONTROL, "/roleRef/name", r#""missing""#), "no such Role"),
     ("a ClusterRoleBinding", Set("RoleBinding", "meshcanary-wasmplugin", "/kind", r#""ClusterRoleBinding""#), "grants cluster-wide"),
     ("delete on the state ConfigMap", Set("Role", CONTROL, "/rules/1/verbs", r#"["get", "update", "delete"]"#), "grants [\"delete\"] on /configmaps"),
-    ("create on MeshRollouts", Set("Role", CONTROL, "/rules/4/verbs", r#"["get", "list", "watch", "patch", "update", "create"]"#), "grants [\"create\"] on meshcanary.io/meshrollouts"),
+    ("deletecollection on MeshRollouts", Set("Role", CONTROL, "/rules/4/verbs", r#"["get", "list", "watch", "create", "patch", "update", "delete", "deletecollection"]"#), "grants [\"deletecollection\"] on meshcanary.io/meshrollouts"),
     ("no status writes", Set("Role", CONTROL, "/rules/5/verbs", r#"["get"]"#), "does not grant [\"patch\", \"update\"] on meshcanary.io/meshrollouts/status"),
     ("list on ConfigMaps", Set("Role", CONTROL, "/rules/0/verbs", r#"["create", "list"]"#), "grants [\"list\"] on /configmaps"),
     ("every ConfigMap readable", Remove("Role", CONTROL, "/rules/1/resourceNames"), "on configmaps not restricted by name"),

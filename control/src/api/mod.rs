@@ -46,6 +46,9 @@ pub struct AppState {
     pub protect_reads: bool,
     /// The filter module to serve, if the service has one.
     pub wasm: Option<Arc<filter::WasmArtifact>>,
+    /// Where created rollouts live as resources (Kubernetes mode: MeshRollouts); without it
+    /// (standalone) the API writes the service's state directly.
+    pub resources: Option<Arc<dyn crate::reconcile::front::RolloutResources>>,
 }
 
 #[derive(OpenApi)]
@@ -81,6 +84,7 @@ pub fn app(state: AppState) -> axum::Router {
         .routes(routes!(rollouts::get, rollouts::delete))
         .routes(routes!(rollouts::action))
         .routes(routes!(rollouts::set_weight))
+        .routes(routes!(rollouts::set_partition))
         .routes(routes!(routes::get))
         .routes(routes!(routes::add_rule))
         .routes(routes!(routes::remove_rule))

@@ -10,7 +10,7 @@ pub use crate::rollout::action::RolloutAction;
 use crate::rollout::action::UnknownAction;
 use crate::rollout::engine::Command;
 use crate::rollout::{Rollout, RolloutSpec, Weight};
-use crate::view::Propagation;
+use crate::view::{Propagation, WorkloadsView};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -31,6 +31,10 @@ pub struct RolloutView {
     /// sent to the canary (since they started), where the observer can tell (Envoy admin).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mirrored: Option<MirrorCounters>,
+    /// With `workloads`: each variant's Deployment with its desired and ready replicas, and the
+    /// current batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workloads: Option<WorkloadsView>,
 }
 
 fn view(state: &AppState, rollout: Rollout) -> RolloutView {
@@ -38,10 +42,16 @@ fn view(state: &AppState, rollout: Rollout) -> RolloutView {
         .controller
         .propagation(rollout.status.weight_generation);
     let mirrored = state.controller.mirrored(&rollout.spec.name);
+    let workloads = WorkloadsView::of(
+        &rollout,
+        &state.controller.workload_readings(),
+        &state.controller.workload_failures(),
+    );
     RolloutView {
         rollout,
         propagation,
         mirrored,
+        workloads,
     }
 }
 
@@ -104,7 +114,10 @@ pub async fn create(
     State(state): State<AppState>,
     ApiJson(spec): ApiJson<RolloutSpec>,
 ) -> Result<Response> {
-    let rollout = state.controller.create(spec).await?;
+    let rollout = match &state.resources {
+        Some(resources) => resources.create(spec).await?,
+        None => state.controller.create(spec).await?,
+    };
     let location = HeaderValue::from_str(&format!("/v1/rollouts/{}", rollout.spec.name)).ok();
     let mut response = with_etag(StatusCode::CREATED, view(&state, rollout));
     if let Some(location) = location {
@@ -140,6 +153,10 @@ pub async fn delete(
     IfMatch(version): IfMatch,
 ) -> Result<StatusCode> {
     state.controller.delete(&name, version).await?;
+    if let Some(resources) = &state.resources {
+        // Its record would bring it back on the next load while the resource lives.
+        resources.delete(&name).await?;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -185,6 +202,36 @@ pub async fn set_weight(
     let rollout = state
         .controller
         .command(&name, Command::SetWeight(basis_points), version)
+        .await?;
+    Ok(with_etag(StatusCode::OK, view(&state, rollout)))
+}
+
+/// The body of `PUT /v1/rollouts/{name}/partition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PartitionBody {
+    /// The last batch (0-based) the rollout may enter; `null` or absent removes the partition.
+    #[serde(default)]
+    pub batch_partition: Option<u32>,
+}
+
+/// Raises, lowers or removes a rollout's `workloads.batchPartition`; a rollout it held goes on
+/// once it no longer holds it.
+#[utoipa::path(put, path = "/v1/rollouts/{name}/partition", tag = "rollouts", request_body = PartitionBody,
+    params(("name" = String, Path, description = "Rollout name"), ("If-Match" = Option<String>, Header, description = "Only if the rollout is at this version")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "Partition set", body = RolloutView, headers(("ETag" = String))),
+              (status = 409, description = "The rollout is finished", body = ErrorBody),
+              (status = 422, description = "The rollout has no batches, or the index is past them", body = ErrorBody)))]
+pub async fn set_partition(
+    State(state): State<AppState>,
+    ApiPath(name): ApiPath<String>,
+    IfMatch(version): IfMatch,
+    ApiJson(body): ApiJson<PartitionBody>,
+) -> Result<Response> {
+    let rollout = state
+        .controller
+        .command(&name, Command::SetPartition(body.batch_partition), version)
         .await?;
     Ok(with_etag(StatusCode::OK, view(&state, rollout)))
 }

@@ -113,6 +113,7 @@ async fn harness_with(protect_reads: bool, options: crate::options::ControllerOp
     .await
     .unwrap();
     let app = app(AppState {
+        resources: None,
         controller: controller.clone(),
         token: Arc::from(TOKEN),
         protect_reads,
@@ -794,6 +795,7 @@ async fn the_openapi_document_and_metrics_describe_the_service() {
         "/v1/rollouts/{name}",
         "/v1/rollouts/{name}/{action}",
         "/v1/rollouts/{name}/weight",
+        "/v1/rollouts/{name}/partition",
         "/v1/routes",
         "/v1/routes/{route}/rules",
         "/healthz",
@@ -805,6 +807,12 @@ async fn the_openapi_document_and_metrics_describe_the_service() {
         );
     }
     assert!(doc["components"]["schemas"]["RolloutSpec"].is_object());
+    for schema in ["PartitionBody", "WorkloadsView", "Batch", "BatchReplicas"] {
+        assert!(
+            doc["components"]["schemas"][schema].is_object(),
+            "{schema} missing"
+        );
+    }
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
     // Every schema the document refers to is in it (a step type or a view field added later
     // included: `MirrorStep`, `MirrorCounters`).
@@ -1209,4 +1217,219 @@ async fn lists_come_in_pages_and_finished_rollouts_are_retained_by_policy() {
     let mut kept: Vec<&String> = saved.rollouts.keys().collect();
     kept.sort();
     assert_eq!(kept, ["r3", "r4", "r5", "r6"], "the saved state too");
+}
+
+/// A Deployment scaler whose first `failures` scales fail, as an API server that is briefly
+/// unreachable would; it records every attempt.
+#[derive(Debug, Default)]
+struct FlakyScaler {
+    failures: Mutex<usize>,
+    attempts: Mutex<Vec<(String, u32, bool)>>,
+}
+
+#[async_trait]
+impl crate::workloads::WorkloadScaler for FlakyScaler {
+    async fn scale(&self, name: &str, replicas: u32) -> Result<()> {
+        let fail = {
+            let mut failures = self.failures.lock().unwrap();
+            let fail = *failures > 0;
+            *failures = failures.saturating_sub(1);
+            fail
+        };
+        self.attempts
+            .lock()
+            .unwrap()
+            .push((name.to_string(), replicas, !fail));
+        if fail {
+            return Err(crate::Error::Conflict("the API server is away".into()));
+        }
+        Ok(())
+    }
+    async fn delete(&self, name: &str) -> Result<()> {
+        self.scale(name, 0).await
+    }
+    async fn ready(&self, _name: &str) -> Result<crate::rollout::Replicas> {
+        Ok(crate::rollout::Replicas::default())
+    }
+}
+
+async fn scaling_harness(failures: usize) -> (Harness, Arc<FlakyScaler>) {
+    let scaler = Arc::new(FlakyScaler {
+        failures: Mutex::new(failures),
+        ..FlakyScaler::default()
+    });
+    let options = crate::options::ControllerOptions {
+        scaler: Some(scaler.clone()),
+        ..Default::default()
+    };
+    (harness_with(false, options).await, scaler)
+}
+
+fn scaled_rollout(workloads: Value) -> Value {
+    let mut body = rollout("r");
+    body["workloads"] = workloads;
+    body
+}
+
+/// Waits (a few seconds at most) until the scaler has a successful scale of `name` to `replicas`.
+async fn scaled(scaler: &FlakyScaler, name: &str, replicas: u32) -> Vec<(String, u32, bool)> {
+    for _ in 0..100 {
+        let attempts = scaler.attempts.lock().unwrap().clone();
+        if attempts.contains(&(name.to_string(), replicas, true)) {
+            return attempts;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{name} never scaled to {replicas}: {:?}",
+        scaler.attempts.lock().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn a_failed_scale_is_retried_until_it_goes_through() {
+    let (h, scaler) = scaling_harness(2).await;
+    let body =
+        scaled_rollout(json!({"stable": "reviews-v1", "canary": "reviews-v2", "replicas": 4}));
+    let (status, _, body) = call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let attempts = scaled(&scaler, "reviews-v2", 1).await;
+    let expected = [false, false, true].map(|ok| ("reviews-v2".to_string(), 1, ok));
+    assert_eq!(attempts, expected);
+}
+
+#[tokio::test]
+async fn a_scale_that_keeps_failing_shows_in_the_rollouts_view() {
+    let (h, _scaler) = scaling_harness(usize::MAX).await;
+    let body =
+        scaled_rollout(json!({"stable": "reviews-v1", "canary": "reviews-v2", "replicas": 4}));
+    let (status, _, body) = call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let mut last = Value::Null;
+    for _ in 0..100 {
+        let (_, _, view) = call(&h.app, "GET", "/v1/rollouts/r", None, None).await;
+        if view["workloads"]["canary"]["error"].is_string() {
+            last = view;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let error = last["workloads"]["canary"]["error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.starts_with("scale to 1: ")
+            && error.contains("the API server is away")
+            && error.contains("retrying"),
+        "{last}"
+    );
+    assert!(last["workloads"]["stable"].get("error").is_none(), "{last}");
+}
+
+#[tokio::test]
+async fn a_run_replaced_while_running_scales_its_canary_down() {
+    let (h, scaler) = scaling_harness(0).await;
+    let body =
+        scaled_rollout(json!({"stable": "reviews-v1", "canary": "reviews-v2", "replicas": 4}));
+    let (status, _, body) = call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    scaled(&scaler, "reviews-v2", 1).await;
+    let mut next =
+        scaled_rollout(json!({"stable": "reviews-v1", "canary": "reviews-v3", "replicas": 4}));
+    next["canary"] = json!("v3");
+    let spec: crate::rollout::RolloutSpec = serde_json::from_value(next).unwrap();
+    h.controller.replace(spec, "a new spec").await.unwrap();
+    scaled(&scaler, "reviews-v2", 0).await;
+    scaled(&scaler, "reviews-v3", 1).await;
+}
+
+#[tokio::test]
+async fn set_weight_may_not_raise_a_scaled_canary_and_the_partition_is_set_through_the_api() {
+    let (h, _scaler) = scaling_harness(0).await;
+    let mut body = scaled_rollout(
+        json!({"stable": "reviews-v1", "canary": "reviews-v2", "replicas": 4,
+        "batches": [{"replicas": 1, "weight": {"percent": 10}}, {"replicas": "50%", "weight": {"percent": 50}}],
+        "batchPartition": 0}),
+    );
+    body["name"] = json!("batched");
+    let (status, _, body) = call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, _, body) = call(
+        &h.app,
+        "PUT",
+        "/v1/rollouts/batched/weight",
+        Some(TOKEN),
+        Some(json!({"percent": 20})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may only go down (0% now)"),
+        "{body}"
+    );
+    let (status, _, body) = call(
+        &h.app,
+        "PUT",
+        "/v1/rollouts/batched/partition",
+        Some(TOKEN),
+        Some(json!({"batchPartition": 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["spec"]["workloads"]["batchPartition"], 1);
+    assert_eq!(
+        body["status"]["message"],
+        "workloads.batchPartition set to 1"
+    );
+    let (status, _, body) = call(
+        &h.app,
+        "PUT",
+        "/v1/rollouts/batched/partition",
+        Some(TOKEN),
+        Some(json!({"batchPartition": 2})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "workloads.batchPartition");
+    let (status, _, body) = call(
+        &h.app,
+        "PUT",
+        "/v1/rollouts/batched/partition",
+        Some(TOKEN),
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body["spec"]["workloads"].get("batchPartition").is_none(),
+        "{body}"
+    );
+    // A rollout without batches has no partition to set.
+    let body = scaled_rollout(json!({"stable": "reviews-v1", "canary": "reviews-v3"}));
+    let mut body = body;
+    body["route"] = json!("reviews");
+    body["canary"] = json!("v3");
+    let _ = call(
+        &h.app,
+        "POST",
+        "/v1/rollouts/batched/abort",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    let (status, _, created) = call(&h.app, "POST", "/v1/rollouts", Some(TOKEN), Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (status, _, body) = call(
+        &h.app,
+        "PUT",
+        "/v1/rollouts/r/partition",
+        Some(TOKEN),
+        Some(json!({"batchPartition": 0})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["field"], "batchPartition");
 }

@@ -144,7 +144,8 @@ pub enum RolloutCommand {
     Pause(NameArg),
     /// Continue a paused rollout (after a `pause` step: go on to the next step).
     Resume(NameArg),
-    /// Skip the remaining steps: give the canary 100 % now.
+    /// Skip the remaining steps: give the canary 100 % now (with workloads, once its full size is
+    /// ready).
     Promote(NameArg),
     /// Stop a rollout and send all traffic back to the stable variant at once.
     Abort(NameArg),
@@ -152,6 +153,9 @@ pub enum RolloutCommand {
     Finish(NameArg),
     /// Set the canary's weight by hand; the rollout pauses, and resume continues from its step.
     SetWeight(SetWeightArgs),
+    /// Raise, lower or remove the batch partition (workloads.batchPartition) of a rollout with
+    /// workload batches; a rollout it held goes on.
+    Partition(PartitionArgs),
     /// Delete a finished rollout (abort a running one first).
     Delete(NameArg),
 }
@@ -276,6 +280,30 @@ pub struct SetWeightArgs {
     /// The canary's new weight: a percentage (25%, 12.5%) or basis points (2500bp).
     #[arg(value_parser = steps::parse_weight)]
     pub weight: Weight,
+}
+
+/// `rollout partition`.
+#[derive(Debug, Args)]
+pub struct PartitionArgs {
+    /// The rollout's name (see `meshcanary rollout list`).
+    pub name: String,
+    /// The last batch (0-based) the rollout may enter, or `none` to remove the partition.
+    #[arg(value_parser = parse_partition)]
+    pub partition: Partition,
+}
+
+/// A batch index, or none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition(pub Option<u32>);
+
+fn parse_partition(text: &str) -> std::result::Result<Partition, String> {
+    match text {
+        "none" => Ok(Partition(None)),
+        index => index
+            .parse()
+            .map(|index| Partition(Some(index)))
+            .map_err(|_| format!("{index:?} is neither a batch index (0, 1, …) nor \"none\"")),
+    }
 }
 
 /// `meshcanary route …`.
@@ -548,6 +576,20 @@ async fn rollout(context: &Context, command: RolloutCommand) -> Result<u8, CliEr
                 .send(Method::PUT, &path, Some(&args.weight), &purpose)
                 .await?;
             context.emit(&value, || confirm("weight set", &value, &purpose))?;
+        }
+        RolloutCommand::Partition(args) => {
+            let purpose = Purpose::new(
+                format!("set the batch partition of rollout {}", args.name),
+                Subject::Rollout(args.name.clone()),
+            );
+            let path = ["v1", "rollouts", &args.name, "partition"];
+            let body = crate::api::rollouts::PartitionBody {
+                batch_partition: args.partition.0,
+            };
+            let value = client
+                .send(Method::PUT, &path, Some(&body), &purpose)
+                .await?;
+            context.emit(&value, || confirm("partition set", &value, &purpose))?;
         }
         RolloutCommand::Delete(args) => {
             let purpose = Purpose::new(
@@ -867,6 +909,20 @@ mod tests {
     }
 
     #[test]
+    fn a_partition_is_an_index_or_none() {
+        for (text, expected) in [("0", Some(0)), ("3", Some(3)), ("none", None)] {
+            let Ok(ClientCommand::Rollout(RolloutArgs {
+                command: RolloutCommand::Partition(args),
+                ..
+            })) = parse(&["rollout", "partition", "r", text])
+            else {
+                panic!("{text} did not parse")
+            };
+            assert_eq!(args.partition, Partition(expected), "{text}");
+        }
+    }
+
+    #[test]
     fn connection_options_go_before_or_after_the_subcommand() {
         for args in [
             &["rollout", "--server", "http://h:1", "status", "r"][..],
@@ -888,12 +944,16 @@ mod tests {
 
     #[test]
     fn usage_errors_are_caught_by_clap() {
-        let cases: [(&[&str], &str); 10] = [
+        let cases: [(&[&str], &str); 11] = [
             (
                 &[
                     "rollout", "create", "r", "--route", "x", "--stable", "a", "--canary", "b",
                 ],
                 "--steps",
+            ),
+            (
+                &["rollout", "partition", "r", "first"],
+                "\"first\" is neither a batch index (0, 1, …) nor \"none\"",
             ),
             (
                 &[

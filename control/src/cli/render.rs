@@ -249,6 +249,7 @@ pub fn rollout_list(views: &[RolloutView], now: Timestamp) -> String {
 /// analysis), history, propagation.
 pub fn status_sections(view: &RolloutView, now: Timestamp) -> Vec<Section> {
     let mut sections = vec![summary_section(view, now), plan_section(view, now)];
+    sections.extend(workloads_section(view));
     sections.extend(analysis_section(view, now));
     sections.push(history_section(view));
     sections.push(propagation_section(&view.propagation));
@@ -348,6 +349,68 @@ fn analysis_section(view: &RolloutView, now: Timestamp) -> Option<Section> {
             reasons.join("\n")
         ),
     ))
+}
+
+/// With `workloads`: each variant's Deployment with its desired and ready replicas, what the
+/// rollout asked of the canary, and the batch it is in.
+fn workloads_section(view: &RolloutView) -> Option<Section> {
+    let workloads = view.workloads.as_ref()?;
+    let count = |n: Option<u32>| n.map_or("-".to_string(), |n| n.to_string());
+    let rows: Vec<Vec<String>> = [
+        (
+            view.rollout.spec.stable.as_str(),
+            "stable",
+            &workloads.stable,
+        ),
+        (
+            view.rollout.spec.canary.as_str(),
+            "canary",
+            &workloads.canary,
+        ),
+    ]
+    .into_iter()
+    .map(|(variant, role, replicas)| {
+        vec![
+            format!("{variant} ({role})"),
+            replicas.deployment.clone(),
+            count(replicas.desired),
+            count(replicas.ready),
+        ]
+    })
+    .collect();
+    let mut body = table(&["VARIANT", "DEPLOYMENT", "DESIRED", "READY"], &rows);
+    let full = workloads
+        .full
+        .map_or(String::new(), |full| format!(" of {full}"));
+    body.push_str(&format!(
+        "\nCanary replicas asked for: {}{full}",
+        workloads.requested
+    ));
+    if workloads.batches > 0 {
+        let batch = match workloads.batch {
+            Some(batch) => format!("batch {} of {}", batch + 1, workloads.batches),
+            None if view.rollout.status.canary_weight == 0 => {
+                format!("before batch 1 of {}", workloads.batches)
+            }
+            None => format!("past the {} batches (full size)", workloads.batches),
+        };
+        body.push_str(&format!("\nBatch: {batch}"));
+        if let Some(partition) = workloads.partition {
+            body.push_str(&format!(
+                " (holds after batch {}: batchPartition {partition})",
+                partition + 1
+            ));
+        }
+    }
+    for replicas in [&workloads.stable, &workloads.canary] {
+        if let Some(error) = &replicas.error {
+            body.push_str(&format!("\nFailing: {}: {error}", replicas.deployment));
+        }
+    }
+    if workloads.stable.desired.is_none() && view.rollout.status.phase.is_terminal() {
+        body.push_str("\n(replicas are read while the rollout runs)");
+    }
+    Some(Section::titled("Workloads", body))
 }
 
 /// `rollout status` as text.
@@ -951,6 +1014,51 @@ mod tests {
             for part in absent {
                 assert!(!text.contains(part), "{name}: has {part:?} in\n{text}");
             }
+        }
+    }
+
+    #[test]
+    fn workloads_show_desired_and_ready_replicas_per_variant_and_the_batch() {
+        let mut with_workloads = view(json!({}));
+        assert!(
+            workloads_section(&with_workloads).is_none(),
+            "no workloads, no section"
+        );
+        with_workloads.workloads = Some(
+            serde_json::from_value(json!({
+                "stable": {"deployment": "reviews-v1", "desired": 3, "ready": 3},
+                "canary": {"deployment": "reviews-v2", "desired": 2, "ready": 1},
+                "requested": 2, "full": 4, "batch": 0, "batches": 2, "partition": 0,
+            }))
+            .unwrap(),
+        );
+        let text = status(&with_workloads, NOW);
+        for part in [
+            "Workloads\n  VARIANT      DEPLOYMENT  DESIRED  READY\n  v1 (stable)  reviews-v1  3        3\n  v2 (canary)  reviews-v2  2        1",
+            "Canary replicas asked for: 2 of 4",
+            "Batch: batch 1 of 2 (holds after batch 1: batchPartition 0)",
+        ] {
+            assert!(text.contains(part), "missing {part:?} in\n{text}");
+        }
+        let mut ended = with_workloads.clone();
+        ended.rollout.status.phase = Phase::Succeeded;
+        ended.rollout.status.canary_weight = TOTAL_WEIGHT;
+        ended.workloads = Some(
+            serde_json::from_value(json!({
+                "stable": {"deployment": "reviews-v1", "error": "scale to 0: forbidden (gave up after 9 attempts in 10m)"},
+                "canary": {"deployment": "reviews-v2"},
+                "requested": 4, "full": 4, "batches": 2,
+            }))
+            .unwrap(),
+        );
+        let text = status(&ended, NOW);
+        for part in [
+            "v1 (stable)  reviews-v1  -        -",
+            "Batch: past the 2 batches (full size)",
+            "Failing: reviews-v1: scale to 0: forbidden (gave up after 9 attempts in 10m)",
+            "(replicas are read while the rollout runs)",
+        ] {
+            assert!(text.contains(part), "missing {part:?} in\n{text}");
         }
     }
 

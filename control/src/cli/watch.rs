@@ -1,8 +1,9 @@
 //! `rollout status --watch`: follows a rollout until it ends.
 //!
 //! On a terminal the screen is redrawn on every poll, so ages and time left stay current. Anywhere
-//! else (a pipe, a CI log) a new block is printed only when the rollout's version changes, so the
-//! log holds each state once. The exit code tells a script how it ended.
+//! else (a pipe, a CI log) a new block is printed only when the rollout changes — its version, or
+//! the replicas of its Deployments, which change without a new version — so the log holds each
+//! state once. The exit code tells a script how it ended.
 
 use super::client::{decode, Purpose, Subject, EXIT_FAILED};
 use super::render;
@@ -27,11 +28,12 @@ pub enum Redraw {
     Nothing,
 }
 
-/// Decides what a poll prints. `redraws` is whether the output is a terminal showing tables.
-pub fn redraw(redraws: bool, last_version: Option<u64>, version: u64) -> Redraw {
-    match (redraws, last_version) {
+/// Decides what a poll prints. `redraws` is whether the output is a terminal showing tables;
+/// `seen` is what the last poll showed (the rollout's version and Deployments), `current` this one's.
+pub fn redraw<T: PartialEq>(redraws: bool, seen: Option<&T>, current: &T) -> Redraw {
+    match (redraws, seen) {
         (true, _) => Redraw::Screen,
-        (false, Some(last)) if last == version => Redraw::Nothing,
+        (false, Some(last)) if last == current => Redraw::Nothing,
         (false, _) => Redraw::Block,
     }
 }
@@ -60,13 +62,13 @@ pub async fn watch(context: &Context, name: &str, interval: Duration) -> Result<
             .get(&["v1", "rollouts", name], &purpose)
             .await?;
         let view: RolloutView = decode(value.clone(), &purpose)?;
-        let version = view.rollout.version;
+        let version = (view.rollout.version, view.workloads.clone());
         let body = || match context.output {
             Output::Json => pretty_json(&value),
             Output::Table => Ok(render::status(&view, Timestamp::now())),
         };
         let ended = exit_code(view.rollout.status.phase);
-        match redraw(redraws, last_version, version) {
+        match redraw(redraws, last_version.as_ref(), &version) {
             Redraw::Screen => {
                 let footer = match ended {
                     Some(_) => "the rollout has ended".to_string(),
@@ -98,17 +100,19 @@ mod tests {
     #[test]
     fn redraws_on_a_terminal_and_appends_on_change_elsewhere() {
         let cases = [
-            (true, None, 1, Redraw::Screen),
-            (true, Some(1), 1, Redraw::Screen),
-            (false, None, 1, Redraw::Block),
-            (false, Some(1), 1, Redraw::Nothing),
-            (false, Some(1), 2, Redraw::Block),
+            (true, None, (1, None), Redraw::Screen),
+            (true, Some((1, None)), (1, None), Redraw::Screen),
+            (false, None, (1, None), Redraw::Block),
+            (false, Some((1, None)), (1, None), Redraw::Nothing),
+            (false, Some((1, None)), (2, None), Redraw::Block),
+            // A canary replica became ready: same version, new block.
+            (false, Some((1, Some(0))), (1, Some(1)), Redraw::Block),
         ];
         for (redraws, last, version, expected) in cases {
             assert_eq!(
-                redraw(redraws, last, version),
+                redraw(redraws, last.as_ref(), &version),
                 expected,
-                "{redraws} {last:?} {version}"
+                "{redraws} {last:?} {version:?}"
             );
         }
     }

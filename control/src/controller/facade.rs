@@ -3,6 +3,7 @@
 //! new state under one lock, saves it, then pushes it, and answers with exactly what the write left.
 
 use super::*;
+use crate::rollout::DeploymentChange;
 
 /// How many times a write re-reads the saved state and re-applies itself after another writer
 /// changed it, before giving up.
@@ -60,6 +61,31 @@ impl Controller {
         Ok(rollout)
     }
 
+    /// Whether [`Controller::create`] would take `spec` now, changing nothing: the same checks,
+    /// with the same errors, on a copy of the state. The API runs it before it creates a
+    /// MeshRollout for a rollout (Kubernetes mode), so bad input is answered at once and leaves
+    /// no resource behind.
+    pub async fn check_create(&self, spec: &RolloutSpec) -> Result<()> {
+        if !self.is_leader() {
+            return Err(self.not_leader());
+        }
+        self.check_workloads(spec)?;
+        let mut copy = self.state.lock().await.clone();
+        copy.create_rollout(spec.clone(), Timestamp::now())
+            .map(|_| ())
+    }
+
+    /// A rollout that scales workloads needs Kubernetes mode.
+    fn check_workloads(&self, spec: &RolloutSpec) -> Result<()> {
+        if spec.workloads.is_some() && self.options.scaler.is_none() {
+            return Err(Error::invalid(
+                "workloads",
+                "scaling Deployments needs Kubernetes mode (--wasmplugin); this service runs standalone, with no Deployments to scale",
+            ));
+        }
+        Ok(())
+    }
+
     /// Starts a run of rollout `spec`: `put` brings it into the state (a create, a replace), the
     /// engine advances it in the same write, and the IO it asks for starts once that write is
     /// saved. Answers with the rollout as the write left it.
@@ -68,12 +94,7 @@ impl Controller {
         spec: &RolloutSpec,
         mut put: impl FnMut(&mut ServiceState, Timestamp) -> Result<()>,
     ) -> Result<Rollout> {
-        if spec.workloads.is_some() && self.options.scaler.is_none() {
-            return Err(Error::invalid(
-                "workloads",
-                "scaling Deployments needs Kubernetes mode (--wasmplugin); this service runs standalone, with no Deployments to scale",
-            ));
-        }
+        self.check_workloads(spec)?;
         let name = &spec.name;
         let observation = self.observation();
         let mut io = Io::new();
@@ -222,11 +243,15 @@ impl Controller {
             // The hooks this write calls are known before retention deletes anything, so a
             // rollout that finishes in it still gets its notification.
             let notify = notifications(&current, &next);
-            let scale_downs: Vec<(String, u32)> = next
+            let names: std::collections::BTreeSet<&String> = current
                 .rollouts
-                .iter()
-                .flat_map(|(name, rollout)| {
-                    engine::scale_downs(current.rollouts.get(name), rollout)
+                .keys()
+                .chain(next.rollouts.keys())
+                .collect();
+            let scale_downs: Vec<(String, DeploymentChange)> = names
+                .into_iter()
+                .flat_map(|name| {
+                    engine::scale_downs(current.rollouts.get(name), next.rollouts.get(name))
                 })
                 .collect();
             crate::retention::apply_logged(&self.retention, &mut next, now);

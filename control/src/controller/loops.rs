@@ -172,7 +172,7 @@ impl Controller {
     /// anything changed. A Deployment that cannot be read is left out (the engine then waits for
     /// it, and pauses the rollout when its ready timeout runs out).
     async fn observe_workloads(&self) -> bool {
-        let Some(scaler) = &self.options.scaler else {
+        let Some(scaler) = self.scaling.as_ref().map(|s| s.scaler().clone()) else {
             return false;
         };
         {
@@ -214,21 +214,17 @@ impl Controller {
         changed
     }
 
-    /// Scales each Deployment to its replicas in a task of its own; a failure is logged.
-    pub(super) fn scale_in_background(&self, scales: Vec<(String, u32)>) {
-        let Some(scaler) = &self.options.scaler else {
+    /// Scales (or deletes) each Deployment in a task of its own, retrying failures (see
+    /// [`scaling`]).
+    pub(super) fn scale_in_background(
+        &self,
+        changes: Vec<(String, crate::rollout::DeploymentChange)>,
+    ) {
+        let Some(scaling) = &self.scaling else {
             return;
         };
-        for (name, replicas) in scales {
-            let scaler = scaler.clone();
-            tokio::spawn(async move {
-                match scaler.scale(&name, replicas).await {
-                    Ok(()) => tracing::info!(deployment = %name, replicas, "scaled Deployment"),
-                    Err(error) => {
-                        tracing::error!(deployment = %name, replicas, %error, "cannot scale the Deployment")
-                    }
-                }
-            });
+        for (name, change) in changes {
+            scaling.change(name, change);
         }
     }
 
@@ -313,6 +309,20 @@ impl Controller {
         self.mirrors.locked().by_rollout.get(rollout).copied()
     }
 
+    /// The replicas of the Deployments running rollouts name, as last read, by name.
+    pub fn workload_readings(&self) -> std::collections::BTreeMap<String, Replicas> {
+        self.workloads.read_locked().clone()
+    }
+
+    /// Why the latest scale (or delete) of each Deployment that has not gone through failed, by
+    /// name.
+    pub fn workload_failures(&self) -> std::collections::BTreeMap<String, String> {
+        self.scaling
+            .as_ref()
+            .map(|scaling| scaling.failing())
+            .unwrap_or_default()
+    }
+
     /// How far `generation` has reached.
     pub fn propagation(&self, generation: u64) -> Propagation {
         let proxies = self.proxies.read_locked().clone();
@@ -331,17 +341,28 @@ impl Controller {
 }
 
 /// The notification hooks a change calls: `rollout` hooks when a step starts, `postRollout` when
-/// a rollout succeeds, `rollback` when it is rolled back or aborted.
+/// a rollout succeeds, `rollback` when it is rolled back or aborted — also a running run that a
+/// new run of the same name replaced (a MeshRollout's new spec aborts it in the same write).
 pub(super) fn notifications(
     before: &ServiceState,
     after: &ServiceState,
 ) -> Vec<(Rollout, WebhookKind)> {
     let mut out = Vec::new();
     for (name, rollout) in &after.rollouts {
+        let old = before.rollouts.get(name);
+        let replaced = old.filter(|o| {
+            o.status.created_at != rollout.status.created_at && !o.status.phase.is_terminal()
+        });
+        if let Some(replaced) = replaced.filter(|o| !o.spec.webhooks.is_empty()) {
+            let at = rollout.status.created_at;
+            if let Ok(aborted) = engine::command(replaced, Command::Abort, at) {
+                out.push((aborted, WebhookKind::Rollback));
+            }
+        }
+        let old = old.filter(|o| o.status.created_at == rollout.status.created_at);
         if rollout.spec.webhooks.is_empty() {
             continue;
         }
-        let old = before.rollouts.get(name);
         let old_phase = old.map(|r| r.status.phase);
         let phase = rollout.status.phase;
         let kind = match phase {
@@ -363,4 +384,87 @@ pub(super) fn notifications(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::Timestamp;
+    use serde_json::json;
+
+    fn state(rollouts: &[&Rollout]) -> ServiceState {
+        ServiceState {
+            rollouts: rollouts
+                .iter()
+                .map(|r| (r.spec.name.clone(), (*r).clone()))
+                .collect(),
+            ..ServiceState::default()
+        }
+    }
+
+    fn run(canary: &str, created: u64, hooks: bool) -> Rollout {
+        let webhooks = if hooks {
+            json!([{"name": "chat", "type": "rollback", "url": "http://hooks.test/rollback"}])
+        } else {
+            json!([])
+        };
+        let spec: RolloutSpec = serde_json::from_value(json!({
+            "name": "r", "route": "reviews", "stable": "v1", "canary": canary,
+            "steps": [{"setWeight": {"percent": 10}}, {"pause": {}}], "webhooks": webhooks,
+        }))
+        .unwrap();
+        Rollout::new(spec, 0, Timestamp(created)).unwrap()
+    }
+
+    #[test]
+    fn rollback_hooks_of_runs_ended_by_a_replace() {
+        let at_ten = |r: &Rollout| {
+            engine::apply(
+                r,
+                &engine::Action::EnterStep { index: 0 },
+                Timestamp(r.status.created_at.0 + 1),
+            )
+        };
+        let running = at_ten(&run("v2", 1_000, true));
+        let finished = engine::command(&running, Command::Abort, Timestamp(2_000)).unwrap();
+        let quiet = at_ten(&run("v2", 1_000, false));
+        let next = run("v3", 5_000, false);
+        // (case, before, after, the hooks called: kind and the canary of the run they are about)
+        type Called<'a> = Vec<(WebhookKind, &'a str, Phase)>;
+        let cases: Vec<(&str, &Rollout, &Rollout, Called)> = vec![
+            (
+                "a running run replaced: its rollback hook",
+                &running,
+                &next,
+                vec![(WebhookKind::Rollback, "v2", Phase::Aborted)],
+            ),
+            (
+                "a finished run replaced: nothing more",
+                &finished,
+                &next,
+                vec![],
+            ),
+            ("a run without hooks replaced", &quiet, &next, vec![]),
+            (
+                "the same run aborted: its rollback hook, once",
+                &running,
+                &finished,
+                vec![(WebhookKind::Rollback, "v2", Phase::Aborted)],
+            ),
+        ];
+        for (case, before, after, expected) in cases {
+            let called: Vec<(WebhookKind, &str, Phase)> =
+                notifications(&state(&[before]), &state(&[after]))
+                    .iter()
+                    .map(|(r, kind)| {
+                        (
+                            *kind,
+                            if r.spec.canary == "v2" { "v2" } else { "v3" },
+                            r.status.phase,
+                        )
+                    })
+                    .collect();
+            assert_eq!(called, expected, "{case}");
+        }
+    }
 }

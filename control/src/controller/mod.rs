@@ -16,6 +16,7 @@ pub mod health;
 pub mod leadership;
 pub mod locks;
 pub mod loops;
+pub mod scaling;
 pub mod tick;
 
 pub use drift::{DriftPolicy, Drifted};
@@ -73,6 +74,8 @@ pub struct Controller {
     workloads_read_at: std::sync::Mutex<Option<std::time::Instant>>,
     /// What the proxies counted of the copies mirrored to rollouts' canaries.
     mirrors: std::sync::Mutex<loops::MirrorReads>,
+    /// Scales Deployments (Kubernetes mode, with a scaler in the options).
+    scaling: Option<scaling::Scaling>,
     pushed_generation: AtomicU64,
     wake: Notify,
     // Ticks run one at a time (the engine loop ticks; a tick of its own must not overlap a
@@ -158,6 +161,7 @@ impl Controller {
             workloads: RwLock::new(std::collections::BTreeMap::new()),
             workloads_read_at: std::sync::Mutex::new(None),
             mirrors: std::sync::Mutex::new(loops::MirrorReads::default()),
+            scaling: options.scaler.clone().map(scaling::Scaling::new),
             pushed_generation: AtomicU64::new(0),
             wake: Notify::new(),
             tick_lock: Mutex::new(()),

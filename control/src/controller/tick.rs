@@ -203,7 +203,10 @@ impl Controller {
                     deployment,
                     replicas,
                     ..
-                } => self.scale_in_background(vec![(deployment, replicas)]),
+                } => self.scale_in_background(vec![(
+                    deployment,
+                    crate::rollout::DeploymentChange::Scale(replicas),
+                )]),
                 _ => {}
             }
         }

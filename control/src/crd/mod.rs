@@ -9,7 +9,7 @@
 //! - [`resource`]: the spec, the derive that makes the resource, and [`CheckedMeshRollout`], the
 //!   spec validated by the API's own rules, errors naming `spec.<field>`;
 //! - [`status`]: the status subresource (phase, weight, propagation, the last check, standard
-//!   conditions, a bounded history and the engine's durable progress) built from a [`Rollout`];
+//!   conditions, a bounded history) built from a [`Rollout`], and `run`, the rollout's durable record;
 //! - [`generate`]: the CustomResourceDefinition and its YAML, which `meshcanary crd` prints and
 //!   `envoy-config/istio/meshrollout-crd.yaml` ships.
 //!
@@ -39,5 +39,7 @@ pub const PLURAL: &str = "meshrollouts";
 pub const SHORT_NAME: &str = "mro";
 /// The category (`kubectl get meshcanary`).
 pub const CATEGORY: &str = "meshcanary";
-/// The field manager the control service writes the status with (server-side apply).
+/// The field manager the control service writes the status's view with (server-side apply).
 pub const FIELD_MANAGER: &str = "meshcanary";
+/// The field manager of the service's state store, which alone writes `status.run`.
+pub const STATE_FIELD_MANAGER: &str = "meshcanary-state";

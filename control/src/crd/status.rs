@@ -9,12 +9,13 @@
 //!   printer column), `propagation`, `lastCheck`, and the standard `conditions` (`Progressing`,
 //!   `Paused`, `Succeeded`, `Failed`, each a `metav1.Condition`) with `observedGeneration`;
 //! - a short history: the last [`MAX_STATUS_HISTORY`] entries;
-//! - `progress`: the engine's clocks and counters, so that [`MeshRolloutStatus::rollout_status`]
-//!   gives back the engine's [`RolloutStatus`] (with the short history and without the check
-//!   records, which only ever fed messages).
+//! - `run`: the service's durable record of the rollout this resource started — the spec it
+//!   started from, its plan and the engine's whole state — written by the state store
+//!   ([`crate::store::resources`]) in the same save that changes it, conditional on the record
+//!   it last wrote. A new leader resumes from it; everything above is a view of it.
 
 use crate::analysis::judge::Verdict;
-use crate::rollout::{AnalysisStatus, Event, Hold, Phase, Rollout, RolloutStatus, MAX_HISTORY};
+use crate::rollout::{Event, Hold, Phase, Rollout, RolloutStatus, MAX_HISTORY};
 use crate::time::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff;
@@ -69,9 +70,12 @@ pub struct MeshRolloutStatus {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 20))]
     pub history: Vec<Event>,
-    /// The engine's clocks and counters (what a reconciler resumes from).
+    /// The service's durable record of this resource's rollout (the run's spec, plan and
+    /// engine state, as the HTTP API shows a rollout). Written only by the service, by its
+    /// state store, never by the status writes of the view above; do not edit it.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub progress: Option<Progress>,
+    #[schemars(schema_with = "run_schema")]
+    pub run: Option<serde_json::Value>,
 }
 
 /// Whether the proxies run the rollout's weight.
@@ -106,60 +110,14 @@ pub struct LastCheck {
     pub reasons: Vec<String>,
 }
 
-/// The engine's clocks and counters: with the phase, step, weight and history they are the
-/// rollout's durable state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Progress {
-    /// When the current step started (shifted forward by time spent paused in it).
-    pub step_started_at: Timestamp,
-    /// Why it is paused, if it is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hold: Option<Hold>,
-    /// When it was paused, if it is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub paused_at: Option<Timestamp>,
-    /// Milliseconds spent progressing before `progressingSince` (for the timeout).
-    #[serde(default)]
-    pub progressed_ms: u64,
-    /// Since when it has been progressing, if it is.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progressing_since: Option<Timestamp>,
-    /// When the rollout was created.
-    pub created_at: Timestamp,
-    /// When it last changed.
-    pub updated_at: Timestamp,
-    /// Analysis and gate counters.
-    #[serde(default)]
-    pub analysis: AnalysisProgress,
-}
-
-/// Where analysis and gates stand (the engine's [`AnalysisStatus`] without the check records).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(default, rename_all = "camelCase")]
-pub struct AnalysisProgress {
-    /// Failed checks so far.
-    pub failed_checks: u32,
-    /// Inconclusive checks in a row.
-    pub inconclusive_streak: u32,
-    /// When the last window ended.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_check_at: Option<Timestamp>,
-    /// When a check last passed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_pass_at: Option<Timestamp>,
-    /// Whether the pre-rollout hooks passed.
-    pub pre_rollout_passed: bool,
-    /// Failed pre-rollout attempts.
-    pub pre_rollout_failures: u32,
-    /// Whether the confirm-promotion hooks passed.
-    pub promotion_confirmed: bool,
-    /// When a gate last failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_gate_at: Option<Timestamp>,
-    /// When the gate hooks now being waited for were called.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gate_called_at: Option<Timestamp>,
+/// The schema of `status.run`: an object the API server keeps as it is (its shape is the HTTP
+/// API's rollout, documented there); only the service writes it.
+fn run_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "The service's durable record of this resource's rollout: the spec the run started from, its plan and the engine's state, as the HTTP API shows a rollout. Written only by the service.",
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true,
+    })
 }
 
 impl MeshRolloutStatus {
@@ -207,65 +165,30 @@ impl MeshRolloutStatus {
                 previous.map_or(&[][..], |p| &p.conditions[..]),
             ),
             history: status.history[skip..].to_vec(),
-            progress: Some(Progress {
-                step_started_at: status.step_started_at,
-                hold: status.hold,
-                paused_at: status.paused_at,
-                progressed_ms: status.progressed_ms,
-                progressing_since: status.progressing_since,
-                created_at: status.created_at,
-                updated_at: status.updated_at,
-                analysis: AnalysisProgress {
-                    failed_checks: status.analysis.failed_checks,
-                    inconclusive_streak: status.analysis.inconclusive_streak,
-                    last_check_at: status.analysis.last_check_at,
-                    last_pass_at: status.analysis.last_pass_at,
-                    pre_rollout_passed: status.analysis.pre_rollout_passed,
-                    pre_rollout_failures: status.analysis.pre_rollout_failures,
-                    promotion_confirmed: status.analysis.promotion_confirmed,
-                    last_gate_at: status.analysis.last_gate_at,
-                    gate_called_at: status.analysis.gate_called_at,
-                },
-            }),
+            run: None,
         }
     }
 
-    /// The engine's status to resume from, if this status carries one (a status the service
-    /// wrote; a new resource's is empty). Its history is the short one, and it has no check
-    /// records: the engine only quotes the last one's reasons in messages.
-    pub fn rollout_status(&self) -> Option<RolloutStatus> {
-        let progress = self.progress.as_ref()?;
-        let analysis = &progress.analysis;
-        Some(RolloutStatus {
-            phase: self.phase?,
-            message: self.message.clone().unwrap_or_default(),
-            step: usize::try_from(self.step?).ok()?,
-            step_started_at: progress.step_started_at,
-            canary_weight: self.canary_weight?,
-            weight_generation: self.propagation.as_ref()?.weight_generation,
-            hold: progress.hold,
-            paused_at: progress.paused_at,
-            progressed_ms: progress.progressed_ms,
-            progressing_since: progress.progressing_since,
-            created_at: progress.created_at,
-            updated_at: progress.updated_at,
-            history: self.history.clone(),
-            analysis: AnalysisStatus {
-                failed_checks: analysis.failed_checks,
-                inconclusive_streak: analysis.inconclusive_streak,
-                last_check_at: analysis.last_check_at,
-                last_pass_at: analysis.last_pass_at,
-                last_verdict: self.last_check.as_ref().map(|check| check.verdict),
-                checks: Vec::new(),
-                pre_rollout_passed: analysis.pre_rollout_passed,
-                pre_rollout_failures: analysis.pre_rollout_failures,
-                promotion_confirmed: analysis.promotion_confirmed,
-                last_gate_at: analysis.last_gate_at,
-                gate_called_at: analysis.gate_called_at,
-            },
-            // MeshRollouts carry no workloads yet.
-            workloads: Default::default(),
-        })
+    /// The rollout recorded in `run`, if any; an error says which field of it is wrong.
+    pub fn run(&self) -> Result<Option<Rollout>, serde_path_to_error::Error<serde_json::Error>> {
+        self.run
+            .as_ref()
+            .map(serde_path_to_error::deserialize)
+            .transpose()
+    }
+
+    /// When the run recorded in `run` was created (what names a run), if the status has one.
+    pub fn run_created_at(&self) -> Option<Timestamp> {
+        let at = self.run.as_ref()?.get("status")?.get("createdAt")?;
+        serde_json::from_value(at.clone()).ok()
+    }
+
+    /// This status without `run`: what the view's writes apply (the record is the store's).
+    pub fn view(&self) -> MeshRolloutStatus {
+        MeshRolloutStatus {
+            run: None,
+            ..self.clone()
+        }
     }
 
     /// The condition of `type_`, if the status has it.
@@ -300,6 +223,7 @@ fn hold_reason(hold: Option<Hold>) -> &'static str {
         Some(Hold::Propagation) => "PropagationTimedOut",
         Some(Hold::Inconclusive) => "AnalysisInconclusive",
         Some(Hold::Workload) => "CanaryNotReady",
+        Some(Hold::Partition) => "BatchPartition",
         None => "Paused",
     }
 }
@@ -389,7 +313,7 @@ mod tests {
     }
 
     #[test]
-    fn the_status_resumes_the_engine_state_it_was_made_from() {
+    fn the_view_carries_the_check_and_the_run_record_round_trips() {
         let mut r = rollout();
         let s = &mut r.status;
         s.phase = Phase::Paused;
@@ -397,10 +321,6 @@ mod tests {
         s.step = 1;
         s.canary_weight = 1250;
         s.weight_generation = 7;
-        s.paused_at = Some(Timestamp(1_795_000_100_000));
-        s.progressed_ms = 4_000;
-        s.updated_at = Timestamp(1_795_000_100_000);
-        s.analysis.failed_checks = 1;
         s.analysis.checks.push(CheckRecord {
             at: Timestamp(1_795_000_090_000),
             since: Timestamp(1_795_000_060_000),
@@ -414,18 +334,23 @@ mod tests {
                 p_value: None,
             },
         });
-        s.analysis.last_verdict = Some(Verdict::Pass);
-        let status = MeshRolloutStatus::from_rollout(&r, Some(2), None, None);
+        let mut status = MeshRolloutStatus::from_rollout(&r, Some(2), None, None);
         assert_eq!(status.canary_percent.as_deref(), Some("12.5%"));
         assert_eq!(status.last_check.as_ref().unwrap().verdict, Verdict::Pass);
+        assert_eq!(status.run, None, "the view never writes the record");
+        status.run = Some(serde_json::to_value(&r).unwrap());
         // Through JSON, as the API server stores it.
         let stored: MeshRolloutStatus =
             serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
         assert_eq!(stored, status);
-        let mut expected = r.status.clone();
-        expected.analysis.checks.clear();
-        assert_eq!(stored.rollout_status(), Some(expected));
-        assert_eq!(MeshRolloutStatus::default().rollout_status(), None);
+        assert_eq!(stored.run().unwrap(), Some(r.clone()), "the whole rollout");
+        assert_eq!(stored.run_created_at(), Some(r.status.created_at));
+        assert_eq!(stored.view().run, None);
+        assert_eq!(MeshRolloutStatus::default().run().unwrap(), None);
+        let mut broken = stored;
+        broken.run.as_mut().unwrap()["status"]["step"] = json!("two");
+        let error = broken.run().unwrap_err();
+        assert_eq!(error.path().to_string(), "status.step");
     }
 
     #[test]

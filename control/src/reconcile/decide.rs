@@ -70,6 +70,9 @@ pub enum Decision {
     Pause,
     /// `spec.paused` turned false after a pause it asked for.
     Resume,
+    /// Only `spec.workloads.batchPartition` changed: raise, lower or remove the running
+    /// rollout's partition (a new run would start its batches over).
+    Partition(Option<u32>),
     /// Only report where the rollout stands.
     WriteStatus,
     /// The resource is being deleted: abort its rollout if it still runs (`abort`), then remove
@@ -83,7 +86,7 @@ pub enum Decision {
 }
 
 /// Whether `rollout` is `resource`'s run: the run is named by its creation time, which the
-/// status carries in `progress.createdAt` and the leader remembers for the runs it started (a
+/// status carries in `run.status.createdAt` and the leader remembers for the runs it started (a
 /// watch event may predate the status write). A rollout of the same name created through the
 /// API, or an earlier run, is not the resource's.
 pub fn owns(resource: &Observed<'_>, rollout: &Rollout) -> bool {
@@ -91,8 +94,8 @@ pub fn owns(resource: &Observed<'_>, rollout: &Rollout) -> bool {
     resource.run == Some(created)
         || resource
             .status
-            .and_then(|s| s.progress.as_ref())
-            .is_some_and(|p| p.created_at == created)
+            .and_then(MeshRolloutStatus::run_created_at)
+            .is_some_and(|at| at == created)
 }
 
 /// What to do with `resource`, given the service's rollout of the same name (`None`: the state
@@ -128,7 +131,7 @@ pub fn decide(
         // it must not run again.
         let finished = resource.status.is_some_and(|s| {
             s.observed_generation == resource.generation
-                && s.progress.is_some()
+                && s.run.is_some()
                 && s.phase.is_some_and(Phase::is_terminal)
         });
         return if finished {
@@ -160,6 +163,13 @@ pub fn decide(
         return Decision::WriteStatus;
     }
     if rollout.spec != checked.spec {
+        if let Some(partition) = partition_change(rollout, &checked.spec) {
+            return if running {
+                Decision::Partition(partition)
+            } else {
+                Decision::WriteStatus
+            };
+        }
         return Decision::Replace {
             abort: running,
             pause,
@@ -179,6 +189,14 @@ pub fn decide(
         }
     }
     Decision::WriteStatus
+}
+
+/// The partition `spec` asks for, when it differs from `rollout`'s spec in nothing else.
+fn partition_change(rollout: &Rollout, spec: &crate::rollout::RolloutSpec) -> Option<Option<u32>> {
+    let partition = spec.workloads.as_ref()?.batch_partition;
+    let mut same = rollout.spec.clone();
+    same.workloads.as_mut()?.batch_partition = partition;
+    (same == *spec).then_some(partition)
 }
 
 /// A refusal if `checked` targets another WasmPlugin than the service's.
@@ -259,9 +277,13 @@ mod tests {
         rollout
     }
 
-    /// The status the service would have written for `rollout` at `generation`.
+    /// The status the service would have written for `rollout` at `generation`: the view, and
+    /// the run's record.
     fn status(rollout: &Rollout, generation: i64) -> MeshRolloutStatus {
-        MeshRolloutStatus::from_rollout(rollout, Some(generation), None, None)
+        MeshRolloutStatus {
+            run: Some(serde_json::to_value(rollout).unwrap()),
+            ..MeshRolloutStatus::from_rollout(rollout, Some(generation), None, None)
+        }
     }
 
     #[test]
@@ -364,8 +386,69 @@ mod tests {
                 },
             ),
         ];
+        let batched = |partition: Value, canary: &str| {
+            let mut workloads = json!({"stable": "reviews-v1", "canary": canary,
+                "batches": [{"replicas": 1, "weight": {"percent": 20}}, {"replicas": 2, "weight": {"percent": 50}}]});
+            if !partition.is_null() {
+                workloads["batchPartition"] = partition;
+            }
+            let steps = json!([{"setWeight": {"percent": 20}}, {"setWeight": {"percent": 50}}]);
+            resource(json!({"workloads": workloads, "steps": steps}), 2)
+        };
+        let held = batched(json!(0), "reviews-v2");
+        let raised = batched(json!(1), "reviews-v2");
+        let removed = batched(Value::Null, "reviews-v2");
+        let raised_and_more = batched(json!(1), "reviews-v3");
+        let held_run = rollout(&held, 0, Phase::Progressing);
+        let held_done = rollout(&held, 0, Phase::Succeeded);
+        let held_at_1 = status(&held_run, 1);
+        let partitions: Vec<Row> = vec![
+            (
+                "only the partition changed: set it",
+                &raised,
+                Some(&held_at_1),
+                false,
+                true,
+                Some(&held_run),
+                None,
+                Decision::Partition(Some(1)),
+            ),
+            (
+                "the partition removed: remove it",
+                &removed,
+                Some(&held_at_1),
+                false,
+                true,
+                Some(&held_run),
+                None,
+                Decision::Partition(None),
+            ),
+            (
+                "the partition changed on a finished run: report",
+                &raised,
+                Some(&held_at_1),
+                false,
+                true,
+                Some(&held_done),
+                None,
+                Decision::WriteStatus,
+            ),
+            (
+                "the partition and more changed: replace",
+                &raised_and_more,
+                Some(&held_at_1),
+                false,
+                true,
+                Some(&held_run),
+                None,
+                Decision::Replace {
+                    abort: true,
+                    pause: false,
+                },
+            ),
+        ];
         for (what, resource, status, deleting, has_finalizer, rollout, run, want) in
-            rows.into_iter().chain(more)
+            rows.into_iter().chain(more).chain(partitions)
         {
             let checked = CheckedMeshRollout::try_from(resource);
             let observed = Observed {

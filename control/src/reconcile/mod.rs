@@ -2,9 +2,10 @@
 //! the MeshRollouts of its own namespace and makes each one's rollout happen, writing where it
 //! stands back into the resource's status.
 //!
-//! The service's state (the ConfigMap in Kubernetes) stays the durable record: the resource says
-//! what is wanted, the rollout of the same name in the state is what runs, and the status is a
-//! view of that rollout written by the leader. Two parts:
+//! The resource says what is wanted; the rollout of the same name in the service's state is what
+//! runs, and its durable record is the resource's own `status.run`, written by the state store
+//! ([`crate::store::resources`]) in every save that changes it — a new leader resumes from it.
+//! The rest of the status is a view of that rollout, written by the leader. The parts:
 //!
 //! - [`decide`]: pure — given the resource (checked spec, generation, deletion, the status last
 //!   written) and the service's rollout of that name, what to do (create, replace, pause, resume,
@@ -12,13 +13,15 @@
 //! - [`reconciler`]: the kube edge — the watch, the controller calls a decision asks for, the
 //!   finalizer, the status (server-side apply under [`FIELD_MANAGER`](crate::crd::FIELD_MANAGER)
 //!   on the status subresource, after every change of the rollout, the engine's too) and the
-//!   Events ([`events`] says which).
+//!   Events ([`events`] says which);
+//! - [`front`]: the HTTP API's creates and deletes as MeshRollouts.
 //!
-//! Rollouts created through the HTTP API have no resource and are left alone; creating a
-//! resource for them is a later slice.
+//! A rollout created through the HTTP API in Kubernetes mode is a MeshRollout too ([`front`]):
+//! the API creates the resource and this reconciler starts it like any other.
 
 pub mod decide;
 pub mod events;
+pub mod front;
 pub mod reconciler;
 
 pub use decide::{decide, Decision, Observed, Refusal, ServiceTarget};

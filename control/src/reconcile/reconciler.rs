@@ -12,6 +12,7 @@ use crate::crd::{CheckedMeshRollout, MeshRollout, MeshRolloutStatus, FIELD_MANAG
 use crate::error::{Error, Result};
 use crate::rollout::engine::Command;
 use crate::rollout::Rollout;
+use crate::store::resources::Claims;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -29,6 +30,9 @@ use std::time::Duration;
 const REPORT_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a replica that does not lead checks whether it leads now.
 const LEADERSHIP_POLL: Duration = Duration::from_millis(250);
+/// How long after a failed reconciliation (the API server or the controller could not do it
+/// now: a 503, a lost permission) it is tried again, without waiting for the resource to change.
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 /// Reconciles MeshRollouts into the controller's rollouts while the replica leads.
 pub struct Reconciler {
@@ -37,6 +41,8 @@ pub struct Reconciler {
     namespace: String,
     target: ServiceTarget,
     recorder: Recorder,
+    /// The rollouts whose record lives in their resource (shared with the state store).
+    claims: Arc<Claims>,
 }
 
 /// What the leader knows of a resource it acts on.
@@ -53,13 +59,15 @@ struct Tracked {
 
 impl Reconciler {
     /// A reconciler of the MeshRollouts in `namespace` for `controller`, which drives `target`;
-    /// Events name `identity` (the pod) as the reporting instance.
+    /// Events name `identity` (the pod) as the reporting instance. The rollouts it starts are
+    /// claimed in `claims`, so the state store keeps them in their resources.
     pub fn new(
         controller: Arc<Controller>,
         client: kube::Client,
         namespace: &str,
         target: ServiceTarget,
         identity: &str,
+        claims: Arc<Claims>,
     ) -> Reconciler {
         let reporter = Reporter {
             controller: FIELD_MANAGER.into(),
@@ -71,6 +79,7 @@ impl Reconciler {
             namespace: namespace.to_string(),
             target,
             recorder: Recorder::new(client, reporter),
+            claims,
         }
     }
 
@@ -91,6 +100,8 @@ impl Reconciler {
     /// change; statuses are written as rollouts change. Returns when leadership is lost.
     async fn lead(&self) {
         let mut tracked: HashMap<String, Tracked> = HashMap::new();
+        // Resources whose last reconciliation failed, and when to try again.
+        let mut failed: HashMap<String, tokio::time::Instant> = HashMap::new();
         let events = watcher(self.api.clone(), watcher::Config::default())
             .default_backoff()
             .applied_objects();
@@ -99,7 +110,7 @@ impl Reconciler {
         loop {
             tokio::select! {
                 event = events.next() => match event {
-                    Some(Ok(resource)) => self.reconcile(&resource, &mut tracked).await,
+                    Some(Ok(resource)) => self.reconcile(&resource, &mut tracked, &mut failed).await,
                     Some(Err(error)) => tracing::warn!(%error, namespace = %self.namespace, "watching MeshRollouts failed; retrying"),
                     None => return,
                 },
@@ -108,13 +119,38 @@ impl Reconciler {
                         return;
                     }
                     self.report_all(&mut tracked).await;
+                    let now = tokio::time::Instant::now();
+                    let due: Vec<String> = failed
+                        .iter()
+                        .filter(|(_, at)| **at <= now)
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    for name in due {
+                        // As it is now: it may have changed or gone since.
+                        match self.api.get_opt(&name).await {
+                            Ok(Some(resource)) => self.reconcile(&resource, &mut tracked, &mut failed).await,
+                            Ok(None) => {
+                                failed.remove(&name);
+                            }
+                            Err(error) => {
+                                tracing::warn!(mrollout = %name, %error, "cannot read the MeshRollout to reconcile it again");
+                                failed.insert(name, now + RETRY_AFTER);
+                            }
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// Decides what `resource` needs and does it.
-    async fn reconcile(&self, resource: &MeshRollout, tracked: &mut HashMap<String, Tracked>) {
+    /// Decides what `resource` needs and does it; a failure is tried again after
+    /// [`RETRY_AFTER`] (`failed`), unless the resource changes first.
+    async fn reconcile(
+        &self,
+        resource: &MeshRollout,
+        tracked: &mut HashMap<String, Tracked>,
+        failed: &mut HashMap<String, tokio::time::Instant>,
+    ) {
         let name = resource.name_any();
         let checked = CheckedMeshRollout::try_from(resource);
         let rollout = self.controller.get(&name).await.ok();
@@ -143,9 +179,14 @@ impl Reconciler {
                 tracked,
             )
             .await;
-        if let Err(error) = outcome {
-            // Retried on the resource's next change, or the next term.
-            tracing::warn!(mrollout = %name, error = %crate::error::with_causes(&error), "cannot reconcile MeshRollout");
+        match outcome {
+            Ok(()) => {
+                failed.remove(&name);
+            }
+            Err(error) => {
+                tracing::warn!(mrollout = %name, error = %crate::error::with_causes(&error), "cannot reconcile MeshRollout; trying again in {}s", RETRY_AFTER.as_secs());
+                failed.insert(name, tokio::time::Instant::now() + RETRY_AFTER);
+            }
         }
     }
 
@@ -164,6 +205,13 @@ impl Reconciler {
         if !matches!(decision, Decision::Nothing | Decision::Finalize { .. }) && !has_finalizer {
             self.set_finalizer(&name, true).await?;
         }
+        if !matches!(
+            decision,
+            Decision::Nothing | Decision::Finalize { .. } | Decision::Refuse(_)
+        ) {
+            // From the next save on, this run's record lives in the resource.
+            self.claims.claim(&name);
+        }
         match decision {
             Decision::Nothing => return Ok(()),
             Decision::Refuse(refusal) => {
@@ -180,7 +228,11 @@ impl Reconciler {
                     )
                     .await;
                 }
-                return self.set_finalizer(&name, false).await;
+                self.set_finalizer(&name, false).await?;
+                // The resource goes: the finished rollout stays in the service's state, kept
+                // in the ConfigMap from the next save on.
+                self.claims.release(&name);
+                return Ok(());
             }
             Decision::Create { pause } => {
                 let Some(spec) = spec else { return Ok(()) };
@@ -188,6 +240,7 @@ impl Reconciler {
                     Ok(_) => {}
                     Err(error) if refusable(&error) => {
                         tracked.remove(&name);
+                        self.claims.release(&name);
                         let refusal = Refusal {
                             reason: "Refused",
                             message: in_spec(&error),
@@ -244,13 +297,21 @@ impl Reconciler {
                     .command(&name, Command::Resume, None)
                     .await?;
             }
+            Decision::Partition(partition) => {
+                self.controller
+                    .command(&name, Command::SetPartition(partition), None)
+                    .await?;
+            }
             Decision::WriteStatus => {}
         }
+        let rollout = self.controller.get(&name).await.ok();
         let entry = tracked.entry(name.clone()).or_insert_with(|| Tracked {
             generation,
             reference: reference.clone(),
-            reported: None,
-            status: resource.status.clone(),
+            reported: rollout
+                .as_ref()
+                .and_then(|r| already_reported(r, resource.status.as_ref())),
+            status: resource.status.as_ref().map(MeshRolloutStatus::view),
         });
         entry.generation = generation;
         entry.reference = reference.clone();
@@ -319,10 +380,11 @@ impl Reconciler {
 
     /// Server-side applies `status` on the status subresource under the service's field manager.
     async fn write_status(&self, name: &str, status: &MeshRolloutStatus) -> Result<()> {
+        // The view only: `run` is the state store's (another field manager).
         let body = json!({
             "apiVersion": MeshRollout::api_version(&()),
             "kind": MeshRollout::kind(&()),
-            "status": status,
+            "status": status.view(),
         });
         self.api
             .patch_status(
@@ -421,6 +483,21 @@ impl Reconciler {
             tracing::warn!(%error, reason = note.reason, "cannot publish an Event");
         }
     }
+}
+
+/// What a status written by an earlier leader already reported of `rollout` (its Events were
+/// published with it), so a new leader publishes only what happened since: `rollout` cut back
+/// to the status's history, phase and step. `None` when the status is of another run, or none.
+fn already_reported(rollout: &Rollout, status: Option<&MeshRolloutStatus>) -> Option<Rollout> {
+    let status = status?;
+    if status.run_created_at() != Some(rollout.status.created_at) {
+        return None;
+    }
+    let mut reported = rollout.clone();
+    reported.status.phase = status.phase?;
+    reported.status.step = usize::try_from(status.step?).ok()?;
+    reported.status.history = status.history.clone();
+    Some(reported)
 }
 
 /// Whether the controller refused the request itself (the resource must change), rather than

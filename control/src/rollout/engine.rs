@@ -5,13 +5,20 @@
 
 use super::action::RolloutAction;
 use super::analysis_spec::{CheckRecord, DEFAULT_GATE_INTERVAL, MAX_CHECKS};
-use super::{Event, Hold, Phase, PlanStep, Replicas, Rollout, ScaleDown, WebhookKind, MAX_HISTORY};
+use super::{
+    BatchReplicas, DeploymentChange, Event, Hold, Phase, PlanStep, Replicas, Rollout, ScaleDown,
+    WebhookKind, MAX_HISTORY,
+};
 use crate::analysis::judge::Verdict;
 use crate::error::{Error, Result};
 use crate::time::{HumanDuration, Timestamp};
 use meshcanary_core::config::TOTAL_WEIGHT;
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// How long after asking for canary replicas a Deployment that still asks for fewer is asked
+/// again: long enough for the scale (retried in the background) and the next reading.
+pub const ASK_AGAIN_AFTER: Duration = Duration::from_secs(30);
 
 /// Added to the longest time gate hooks can take before their call counts as lost.
 const GATE_DEADLINE_MARGIN: Duration = Duration::from_secs(5);
@@ -104,6 +111,9 @@ pub enum Command {
     Finish,
     /// Set the canary weight (basis points) and pause.
     SetWeight(u32),
+    /// Set (or, with `None`, remove) `workloads.batchPartition`: a rollout held by it goes on
+    /// once the partition no longer holds it.
+    SetPartition(Option<u32>),
 }
 
 impl Command {
@@ -116,6 +126,7 @@ impl Command {
             Command::Abort => RolloutAction::Abort.as_str(),
             Command::Finish => RolloutAction::Finish.as_str(),
             Command::SetWeight(_) => "set-weight",
+            Command::SetPartition(_) => "partition",
         }
     }
 }
@@ -159,6 +170,18 @@ pub fn next(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Act
                         reason: format!("timed out: still progressing after {timeout}"),
                     };
                 }
+            }
+            if status.workloads.promotion_requested {
+                // A person promoted: the canary takes 100 % once its full size is ready.
+                return match canary_gate(rollout, observation, TOTAL_WEIGHT, now, Late::Pause) {
+                    None => Action::Promote {
+                        reason: "promoted by request".into(),
+                    },
+                    Some(Action::Wait { until }) => Action::Wait {
+                        until: earliest(until, deadline.map(|(_, at)| at)),
+                    },
+                    Some(action) => action,
+                };
             }
             if let Some(analysis) = &rollout.spec.analysis {
                 let checks = &status.analysis;
@@ -207,14 +230,12 @@ pub fn next(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Act
                 action => action,
             }
         }
-        Phase::Promoting if rollout.spec.auto_finish => {
+        Phase::Promoting if rollout.spec.auto_finish || status.workloads.finish_requested => {
             // The old stable is scaled down on finishing: not before the canary can take it all.
-            // Promoting cannot pause, so a canary that never gets ready keeps it promoting.
-            match canary_gate(rollout, observation, TOTAL_WEIGHT, now) {
-                None => Action::Finish,
-                Some(Action::Pause { .. }) => Action::Wait { until: None },
-                Some(action) => action,
-            }
+            // Promoting cannot pause; a canary whose full size is not ready within the ready
+            // timeout rolls the rollout back, to the stable that still has its replicas.
+            canary_gate(rollout, observation, TOTAL_WEIGHT, now, Late::RollBack)
+                .unwrap_or(Action::Finish)
         }
         Phase::Paused
         | Phase::Promoting
@@ -279,7 +300,10 @@ fn promotion(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Ac
     if gated && !status.analysis.promotion_confirmed {
         return gate(rollout, WebhookKind::ConfirmPromotion, now);
     }
-    if let Some(action) = canary_gate(rollout, observation, TOTAL_WEIGHT, now) {
+    if let Some(action) = partition_gate(rollout, TOTAL_WEIGHT) {
+        return action;
+    }
+    if let Some(action) = canary_gate(rollout, observation, TOTAL_WEIGHT, now, Late::Pause) {
         return action;
     }
     Action::Promote {
@@ -290,11 +314,67 @@ fn promotion(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Ac
 /// Enters step `index`; a `setWeight` step first needs its canary replicas ready.
 fn enter(rollout: &Rollout, observation: &Observation, index: usize, now: Timestamp) -> Action {
     if let Some(PlanStep::SetWeight(weight)) = rollout.plan.get(index) {
-        if let Some(action) = canary_gate(rollout, observation, *weight, now) {
+        if let Some(action) = partition_gate(rollout, *weight) {
+            return action;
+        }
+        if let Some(action) = canary_gate(rollout, observation, *weight, now, Late::Pause) {
             return action;
         }
     }
     Action::EnterStep { index }
+}
+
+/// With `workloads.batchPartition`, a pause when the canary would get `weight` beyond the last
+/// batch the partition lets through.
+fn partition_gate(rollout: &Rollout, weight: u32) -> Option<Action> {
+    let workloads = rollout.spec.workloads.as_ref()?;
+    let hold = workloads.partition_holds(weight)?;
+    let batch = workloads.batches.get(hold.partition)?;
+    Some(Action::Pause {
+        hold: Hold::Partition,
+        reason: format!(
+            "holding after batch {} of {} ({} at {}): workloads.batchPartition is {}; raise or remove it to go on",
+            hold.partition + 1,
+            hold.batches,
+            match &batch.replicas {
+                BatchReplicas::Count(1) => "1 replica".to_string(),
+                BatchReplicas::Count(n) => format!("{n} replicas"),
+                BatchReplicas::Percent(share) => format!("{share} of the replicas"),
+            },
+            percent(batch.weight.checked("").unwrap_or(0)),
+            hold.partition
+        ),
+    })
+}
+
+/// The weight the rollout gives the canary next: its next `setWeight` step's, or 100 % (the
+/// promotion) when none is left.
+fn next_weight(rollout: &Rollout) -> u32 {
+    rollout
+        .plan
+        .iter()
+        .skip(rollout.status.step + 1)
+        .find_map(|step| match step {
+            PlanStep::SetWeight(weight) => Some(*weight),
+            PlanStep::Pause(_) | PlanStep::Mirror { .. } => None,
+        })
+        .unwrap_or(TOTAL_WEIGHT)
+}
+
+/// What a canary that is not ready within the ready timeout does to the rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Late {
+    /// It pauses (a weight waits for the replicas).
+    Pause,
+    /// It rolls back (a promoted rollout waits for the full size to finish).
+    RollBack,
+}
+
+fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// With `workloads`, what must happen before the canary gets `weight`: scale its Deployment up,
@@ -305,6 +385,7 @@ fn canary_gate(
     observation: &Observation,
     weight: u32,
     now: Timestamp,
+    late: Late,
 ) -> Option<Action> {
     let workloads = rollout.spec.workloads.as_ref()?;
     let status = &rollout.status.workloads;
@@ -325,53 +406,112 @@ fn canary_gate(
             weight,
         });
     }
-    let ready = observation
-        .workloads
-        .get(&workloads.canary)
-        .map_or(0, |replicas| replicas.ready);
+    let canary = observation.workloads.get(&workloads.canary);
+    let ready = canary.map_or(0, |replicas| replicas.ready);
     if ready >= needed {
         return None;
     }
+    // The Deployment asks for fewer than the rollout did: the scale was lost (the service
+    // stopped before sending it) or undone. Ask again, without restarting the ready timeout.
+    let ask_again_at = canary.filter(|c| c.desired < needed).map(|_| {
+        let asked = status.asked_again_at.max(status.requested_at);
+        asked
+            .unwrap_or(rollout.status.step_started_at)
+            .plus(ASK_AGAIN_AFTER)
+    });
+    if ask_again_at.is_some_and(|at| now >= at) {
+        return Some(Action::ScaleCanary {
+            deployment: workloads.canary.clone(),
+            replicas: status.requested,
+            full,
+            weight,
+        });
+    }
     let timeout = workloads.ready_timeout();
-    let deadline = status
-        .requested_at
-        .unwrap_or(rollout.status.step_started_at)
-        .plus(timeout);
+    // The wait starts with the request, or with the step (or promotion) that needs replicas
+    // asked for earlier: a replica that stops being ready later gets the whole timeout too.
+    let started = match status.requested_at {
+        Some(at) => at.max(rollout.status.step_started_at),
+        None => rollout.status.step_started_at,
+    };
+    let deadline = started.plus(timeout);
+    let short = format!(
+        "{} has {ready}/{needed} ready replicas after {}",
+        workloads.canary,
+        humantime::format_duration(timeout)
+    );
     Some(if now >= deadline {
-        Action::Pause {
-            hold: Hold::Workload,
-            reason: format!(
-                "{} has {ready}/{needed} ready replicas after {}; weight {} waits for them (resume to scale and wait again)",
-                workloads.canary,
-                humantime::format_duration(timeout),
-                percent(weight)
-            ),
+        match late {
+            Late::Pause => Action::Pause {
+                hold: Hold::Workload,
+                reason: format!(
+                    "{short}; weight {} waits for them (resume to scale and wait again)",
+                    percent(weight)
+                ),
+            },
+            Late::RollBack => Action::RollBack {
+                reason: format!(
+                    "promotion stuck: {short}, so the old stable {} keeps the traffic and its replicas",
+                    workloads.stable
+                ),
+            },
         }
     } else {
         Action::Wait {
-            until: Some(deadline),
+            until: earliest(Some(deadline), ask_again_at),
         }
     })
 }
 
-/// The Deployments to scale, and to how many replicas, because `after` ended where `before` had
-/// not: after success the old stable (with `scaleDown: zero`), after a rollback or an abort the
-/// canary, to 0.
-pub fn scale_downs(before: Option<&Rollout>, after: &Rollout) -> Vec<(String, u32)> {
+/// The Deployments to scale down (or delete) because a run ended between `before` and `after` (a
+/// rollout's state before and after one write): after success the old stable (to 0 with
+/// `scaleDown: zero`, deleted with `delete`), after a rollback or an abort the canary, to 0. A running run that is gone
+/// or replaced by a new run (a MeshRollout whose spec asked for one) leaves its canary at 0 too,
+/// unless the new run scales the same Deployment.
+pub fn scale_downs(
+    before: Option<&Rollout>,
+    after: Option<&Rollout>,
+) -> Vec<(String, DeploymentChange)> {
+    let mut out = Vec::new();
+    let mut before = before;
+    if let Some(old) = before {
+        if after.is_none_or(|a| a.status.created_at != old.status.created_at) {
+            let taken_over = |canary: &str| {
+                after
+                    .and_then(|a| a.spec.workloads.as_ref())
+                    .is_some_and(|w| w.canary == canary)
+            };
+            if let Some(workloads) = &old.spec.workloads {
+                if !old.status.phase.is_terminal() && !taken_over(&workloads.canary) {
+                    out.push((workloads.canary.clone(), DeploymentChange::Scale(0)));
+                }
+            }
+            // `after` is another run: what it did in this write counts from nothing.
+            before = None;
+        }
+    }
+    let Some(after) = after else {
+        return out;
+    };
     let Some(workloads) = &after.spec.workloads else {
-        return Vec::new();
+        return out;
     };
     let phase = after.status.phase;
     if before.is_some_and(|b| b.status.phase == phase) {
-        return Vec::new();
+        return out;
     }
     match phase {
-        Phase::Succeeded if workloads.scale_down == ScaleDown::Zero => {
-            vec![(workloads.stable.clone(), 0)]
+        Phase::Succeeded => match workloads.scale_down {
+            ScaleDown::Zero => out.push((workloads.stable.clone(), DeploymentChange::Scale(0))),
+            ScaleDown::Delete => out.push((workloads.stable.clone(), DeploymentChange::Delete)),
+            ScaleDown::Keep => {}
+        },
+        Phase::RolledBack | Phase::Aborted => {
+            out.push((workloads.canary.clone(), DeploymentChange::Scale(0)))
         }
-        Phase::RolledBack | Phase::Aborted => vec![(workloads.canary.clone(), 0)],
-        _ => Vec::new(),
+        _ => {}
     }
+    out
 }
 
 fn progress_step(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Action {
@@ -632,6 +772,9 @@ pub fn apply(rollout: &Rollout, action: &Action, now: Timestamp) -> Rollout {
         Action::Promote { reason } => {
             status.canary_weight = TOTAL_WEIGHT;
             status.hold = None;
+            status.workloads.promotion_requested = false;
+            // The ready timeout of a promoted canary counts from here.
+            status.step_started_at = now;
             set_phase(&mut next, Phase::Promoting, now);
             format!("promoting: {reason}")
         }
@@ -652,12 +795,25 @@ pub fn apply(rollout: &Rollout, action: &Action, now: Timestamp) -> Rollout {
         Action::ScaleCanary {
             deployment,
             replicas,
+            weight,
+            ..
+        } if *replicas <= status.workloads.requested => {
+            status.workloads.asked_again_at = Some(now);
+            format!(
+                "Deployment {deployment} asks for fewer than the {replicas} replicas the rollout asked for: scaling it again; weight {} waits",
+                percent(*weight)
+            )
+        }
+        Action::ScaleCanary {
+            deployment,
+            replicas,
             full,
             weight,
         } => {
             status.workloads.requested = *replicas;
             status.workloads.full = Some(*full);
             status.workloads.requested_at = Some(now);
+            status.workloads.asked_again_at = None;
             format!(
                 "scaling Deployment {deployment} to {replicas} of {full} replicas; weight {} waits for them to be ready",
                 percent(*weight)
@@ -695,6 +851,25 @@ pub fn command(rollout: &Rollout, command: Command, now: Timestamp) -> Result<Ro
             }
         },
         Command::Resume => match (phase, next.status.hold) {
+            (Phase::Paused, Some(Hold::Partition)) => {
+                let weight = next_weight(&next);
+                if let Some(hold) = next
+                    .spec
+                    .workloads
+                    .as_ref()
+                    .and_then(|w| w.partition_holds(weight))
+                {
+                    return Err(Error::Conflict(format!(
+                        "rollout {name} holds after batch {} of {} (workloads.batchPartition {}); raise or remove the partition to go on",
+                        hold.partition + 1,
+                        hold.batches,
+                        hold.partition
+                    )));
+                }
+                next.status.hold = None;
+                set_phase(&mut next, Phase::Progressing, now);
+                "resumed by request".to_string()
+            }
             (Phase::Paused, Some(Hold::PauseStep)) if next.spec.workloads.is_some() => {
                 // The engine enters the next step (a progressing pause step without duration
                 // moves on), once its canary replicas are ready.
@@ -737,7 +912,10 @@ pub fn command(rollout: &Rollout, command: Command, now: Timestamp) -> Result<Ro
                 }
                 // A canary that was not ready for the first step held the rollout before it
                 // ever progressed: it starts again, entering that step.
-                let phase = if hold == Some(Hold::Workload) && next.status.progressed_ms == 0 {
+                let phase = if hold == Some(Hold::Workload)
+                    && next.status.progressed_ms == 0
+                    && !next.status.workloads.promotion_requested
+                {
                     Phase::Initialized
                 } else {
                     Phase::Progressing
@@ -755,6 +933,14 @@ pub fn command(rollout: &Rollout, command: Command, now: Timestamp) -> Result<Ro
         },
         Command::Promote => match phase {
             Phase::Promoting => return Ok(next),
+            _ if next.spec.workloads.is_some() => {
+                // Traffic never moves ahead of ready replicas: the engine promotes once the
+                // canary's full size is ready (scaling it first).
+                next.status.workloads.promotion_requested = true;
+                next.status.hold = None;
+                set_phase(&mut next, Phase::Progressing, now);
+                "promotion requested: the canary gets 100% once its full size is ready".to_string()
+            }
             _ => {
                 return Ok(apply(
                     &next,
@@ -772,6 +958,15 @@ pub fn command(rollout: &Rollout, command: Command, now: Timestamp) -> Result<Ro
             "aborted by request: all traffic back on the stable variant".to_string()
         }
         Command::Finish => match phase {
+            Phase::Promoting if next.spec.workloads.is_some() => {
+                if next.status.workloads.finish_requested {
+                    return Ok(next);
+                }
+                // The old stable is scaled down on finishing: the engine finishes once the
+                // canary's full size is ready.
+                next.status.workloads.finish_requested = true;
+                "finish requested: it happens once the canary's full size is ready".to_string()
+            }
             Phase::Promoting => return Ok(apply(&next, &Action::Finish, now)),
             _ => {
                 return Err(Error::Conflict(format!(
@@ -786,6 +981,12 @@ pub fn command(rollout: &Rollout, command: Command, now: Timestamp) -> Result<Ro
                     "rollout {name} is promoting; abort it to change the weight"
                 )));
             }
+            if next.spec.workloads.is_some() && weight > next.status.canary_weight {
+                return Err(Error::Conflict(format!(
+                    "rollout {name} scales its canary's Deployment: a weight set by hand may only go down ({} now), since traffic never moves ahead of ready replicas; promote (which scales the canary to its full size first) or resume to go up",
+                    percent(next.status.canary_weight)
+                )));
+            }
             next.status.canary_weight = weight;
             next.status.hold = Some(Hold::HandWeight);
             set_phase(&mut next, Phase::Paused, now);
@@ -794,6 +995,40 @@ pub fn command(rollout: &Rollout, command: Command, now: Timestamp) -> Result<Ro
                 percent(weight),
                 next.status.step + 1
             )
+        }
+        Command::SetPartition(partition) => {
+            let held = phase == Phase::Paused && next.status.hold == Some(Hold::Partition);
+            let weight = next_weight(&next);
+            let workloads = next
+                .spec
+                .workloads
+                .as_mut()
+                .filter(|w| !w.batches.is_empty())
+                .ok_or_else(|| {
+                    Error::invalid(
+                        "batchPartition",
+                        format!("rollout {name} has no workloads.batches to hold after"),
+                    )
+                })?;
+            if workloads.batch_partition == partition {
+                return Ok(next);
+            }
+            workloads.batch_partition = partition;
+            workloads.check("workloads")?;
+            let released = held && workloads.partition_holds(weight).is_none();
+            if released {
+                next.status.hold = None;
+                set_phase(&mut next, Phase::Progressing, now);
+            }
+            let set = match partition {
+                Some(p) => format!("workloads.batchPartition set to {p}"),
+                None => "workloads.batchPartition removed".to_string(),
+            };
+            if released {
+                format!("{set}: going on")
+            } else {
+                set
+            }
         }
     };
     record(&mut next, message, now);
@@ -849,7 +1084,7 @@ pub fn percent(basis_points: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::RolloutSpec;
+    use crate::rollout::{Batch, RolloutSpec};
     use serde_json::json;
     use std::time::Duration;
 
@@ -1631,6 +1866,12 @@ mod tests {
                     Happening::Person(command) => {
                         if let Ok(after) = super::command(&r, command, now) {
                             proptest::prop_assert!(!regressed(&r, &after), "{command:?}: {r:?} -> {after:?}");
+                            // A person never moves traffic ahead of the canary's replicas: with
+                            // workloads the engine raises the weight, once they are ready.
+                            proptest::prop_assert!(
+                                r.spec.workloads.is_none() || after.status.canary_weight <= r.status.canary_weight,
+                                "{command:?} raised the weight: {r:?} -> {after:?}"
+                            );
                             r = after;
                         }
                     }
@@ -1661,7 +1902,7 @@ mod tests {
                                     let outcome = if gate_ok { Ok(()) } else { Err("no".into()) };
                                     record_gate(&r, *kind, outcome, now)
                                 }
-                                Action::Promote { .. } => {
+                                Action::Promote { reason } if reason != "promoted by request" => {
                                     proptest::prop_assert_eq!(
                                         r.status.analysis.last_verdict,
                                         Some(Verdict::Pass),
@@ -1791,19 +2032,51 @@ mod tests {
             next(&asked, &scaled(3, 3), at(2)),
             Action::Promote { .. }
         ));
-        // A person's promotion gives the canary 100 % at once; finishing (which scales the old
-        // stable down) still waits for it to be ready.
-        let promoted = command(&r, Command::Promote, at(1)).unwrap();
+        // A person's promotion waits for the full size too: the canary keeps its weight until
+        // its 3 replicas are ready.
+        let requested = command(&r, Command::Promote, at(1)).unwrap();
         assert_eq!(
-            next(&promoted, &scaled(2, 2), at(1)),
+            (requested.status.phase, requested.status.canary_weight),
+            (Phase::Progressing, 5000)
+        );
+        assert_eq!(
+            next(&requested, &scaled(2, 2), at(1)),
             scale(3, 3, TOTAL_WEIGHT)
         );
-        let promoted = apply(&promoted, &scale(3, 3, TOTAL_WEIGHT), at(1));
+        let requested = apply(&requested, &scale(3, 3, TOTAL_WEIGHT), at(1));
         assert_eq!(
-            next(&promoted, &scaled(3, 1), at(100)),
-            Action::Wait { until: None }
+            next(&requested, &scaled(3, 2), at(2)),
+            Action::Wait {
+                until: Some(at(61))
+            }
         );
-        assert_eq!(next(&promoted, &scaled(3, 3), at(100)), Action::Finish);
+        let Action::Promote { reason } = next(&requested, &scaled(3, 3), at(2)) else {
+            panic!("promotes once ready")
+        };
+        assert_eq!(reason, "promoted by request");
+        let promoted = apply(
+            &requested,
+            &Action::Promote {
+                reason: reason.clone(),
+            },
+            at(40),
+        );
+        assert!(!promoted.status.workloads.promotion_requested);
+        // Promoted, finishing (which scales the old stable down) waits for the full size again
+        // if a replica stopped being ready, for a whole ready timeout from the promotion ...
+        assert_eq!(
+            next(&promoted, &scaled(3, 1), at(41)),
+            Action::Wait {
+                until: Some(at(100))
+            }
+        );
+        assert_eq!(next(&promoted, &scaled(3, 3), at(41)), Action::Finish);
+        // ... and a promotion whose canary stays short rolls back, to the stable that still has
+        // its replicas.
+        let Action::RollBack { reason } = next(&promoted, &scaled(3, 1), at(100)) else {
+            panic!("a stuck promotion rolls back")
+        };
+        assert_eq!(reason, "promotion stuck: reviews-v2 has 1/3 ready replicas after 1m, so the old stable reviews-v1 keeps the traffic and its replicas");
         let done = apply(&promoted, &Action::Finish, at(100));
         let aborted = command(&r, Command::Abort, at(1)).unwrap();
         let rolled_back = apply(
@@ -1821,27 +2094,36 @@ mod tests {
             &'a str,
             Option<&'a Rollout>,
             &'a Rollout,
-            Vec<(String, u32)>,
+            Vec<(String, DeploymentChange)>,
         );
+        let zero = |name: &str| vec![(name.to_string(), DeploymentChange::Scale(0))];
+        let mut deleted = done.clone();
+        deleted.spec.workloads.as_mut().unwrap().scale_down = ScaleDown::Delete;
         let cases: Vec<Case> = vec![
             (
                 "success scales the old stable to 0",
                 Some(&promoted),
                 &done,
-                vec![("reviews-v1".into(), 0)],
+                zero("reviews-v1"),
             ),
             ("scaleDown keep leaves it", Some(&promoted), &kept, vec![]),
+            (
+                "scaleDown delete deletes it",
+                Some(&promoted),
+                &deleted,
+                vec![("reviews-v1".into(), DeploymentChange::Delete)],
+            ),
             (
                 "an abort scales the canary to 0",
                 Some(&r),
                 &aborted,
-                vec![("reviews-v2".into(), 0)],
+                zero("reviews-v2"),
             ),
             (
                 "so does a rollback",
                 Some(&r),
                 &rolled_back,
-                vec![("reviews-v2".into(), 0)],
+                zero("reviews-v2"),
             ),
             ("only once", Some(&aborted), &aborted, vec![]),
             ("a running rollout scales nothing down", None, &r, vec![]),
@@ -1853,7 +2135,40 @@ mod tests {
             ),
         ];
         for (name, before, after, expected) in cases {
-            assert_eq!(scale_downs(before, after), expected, "{name}");
+            assert_eq!(scale_downs(before, Some(after)), expected, "{name}");
+        }
+        // A run that goes away or is replaced while it runs leaves its canary at 0, unless the
+        // new run scales the same Deployment; a finished one has scaled down already.
+        let mut new_run = with_workloads(json!({"canary": "reviews-v3"}));
+        new_run.status.created_at = at(50);
+        let mut same_canary = with_workloads(json!({}));
+        same_canary.status.created_at = at(50);
+        type Ended<'a> = (
+            &'a str,
+            &'a Rollout,
+            Option<&'a Rollout>,
+            Vec<(String, DeploymentChange)>,
+        );
+        let ended: Vec<Ended> = vec![
+            ("gone while running", &r, None, zero("reviews-v2")),
+            (
+                "replaced while running",
+                &r,
+                Some(&new_run),
+                zero("reviews-v2"),
+            ),
+            (
+                "replaced by a run of the same canary",
+                &r,
+                Some(&same_canary),
+                vec![],
+            ),
+            ("gone after it ended", &aborted, None, vec![]),
+            ("replaced after it ended", &done, Some(&new_run), vec![]),
+            ("without workloads", &plain, None, vec![]),
+        ];
+        for (name, before, after, expected) in ended {
+            assert_eq!(scale_downs(Some(before), after), expected, "{name}");
         }
     }
 
@@ -1894,6 +2209,264 @@ mod tests {
             next(&resumed, &scaled(2, 2), at(51)),
             Action::EnterStep { index: 1 }
         );
+    }
+
+    /// Batches of a canary of 4 replicas: 1 at 10 %, 2 (50 %) at 30 %; promotion needs all 4.
+    fn batched(partition: Option<u32>) -> Rollout {
+        let mut workloads = json!({"stable": "reviews-v1", "canary": "reviews-v2", "replicas": 4,
+            "batches": [{"replicas": 1, "weight": {"percent": 10}},
+                        {"replicas": "50%", "weight": {"percent": 30}}]});
+        if let Some(partition) = partition {
+            workloads["batchPartition"] = json!(partition);
+        }
+        rollout(json!({"workloads": workloads,
+            "steps": [{"setWeight": {"percent": 10}}, {"pause": {"duration": "10s"}},
+                      {"setWeight": {"percent": 30}}]}))
+    }
+
+    #[test]
+    fn batches_scale_the_canary_to_their_replicas_before_their_weight() {
+        let r = batched(None);
+        assert_eq!(next(&r, &scaled(0, 0), at(0)), scale(1, 4, 1000));
+        let r = apply(&r, &scale(1, 4, 1000), at(0));
+        let r = settle(r, &scaled(1, 1), at(1));
+        assert_eq!((r.status.step, r.status.canary_weight), (1, 1000));
+        // The second batch is 50 % of 4 at 30 %.
+        assert_eq!(next(&r, &scaled(1, 1), at(11)), scale(2, 4, 3000));
+        let r = apply(&r, &scale(2, 4, 3000), at(11));
+        assert_eq!(
+            next(&r, &scaled(2, 1), at(12)),
+            Action::Wait {
+                until: Some(at(311))
+            }
+        );
+        let r = settle(r, &scaled(2, 2), at(12));
+        assert_eq!((r.status.step, r.status.canary_weight), (2, 3000));
+        // Promotion: the full size, asked for once 30 % is on.
+        assert_eq!(r.status.workloads.requested, 4);
+        assert!(matches!(
+            next(&r, &scaled(4, 4), at(13)),
+            Action::Promote { .. }
+        ));
+    }
+
+    #[test]
+    fn a_partition_holds_until_a_person_raises_or_removes_it() {
+        let r = settle(batched(Some(0)), &scaled(1, 1), at(0));
+        let r = apply(&r, &scale(1, 4, 1000), at(0));
+        let r = settle(r, &scaled(1, 1), at(0));
+        assert_eq!((r.status.step, r.status.canary_weight), (1, 1000));
+        // After the 10 s pause the second batch would start: the partition holds the rollout.
+        let held = settle(r, &scaled(1, 1), at(10));
+        assert_eq!(
+            (
+                held.status.phase,
+                held.status.hold,
+                held.status.canary_weight
+            ),
+            (Phase::Paused, Some(Hold::Partition), 1000)
+        );
+        assert_eq!(
+            held.status.message,
+            "holding after batch 1 of 2 (1 replica at 10%): workloads.batchPartition is 0; raise or remove it to go on"
+        );
+        assert_eq!(
+            next(&held, &scaled(1, 1), at(1000)),
+            Action::Wait { until: None }
+        );
+        let refused = command(&held, Command::Resume, at(20)).unwrap_err();
+        assert!(
+            refused.to_string().contains("holds after batch 1 of 2 (workloads.batchPartition 0); raise or remove the partition"),
+            "{refused}"
+        );
+        // Setting it to the same index changes nothing; an index past the batches is refused.
+        assert_eq!(
+            command(&held, Command::SetPartition(Some(0)), at(20)).unwrap(),
+            held
+        );
+        let Err(Error::Invalid { field, .. }) =
+            command(&held, Command::SetPartition(Some(2)), at(20))
+        else {
+            panic!("a partition past the batches")
+        };
+        assert_eq!(field, "workloads.batchPartition");
+        for partition in [Some(1), None] {
+            let raised = command(&held, Command::SetPartition(partition), at(20)).unwrap();
+            assert_eq!(
+                (raised.status.phase, raised.status.hold),
+                (Phase::Progressing, None),
+                "{partition:?}"
+            );
+            assert!(
+                raised.status.message.ends_with(": going on"),
+                "{}",
+                raised.status.message
+            );
+            assert_eq!(
+                raised.spec.workloads.as_ref().unwrap().batch_partition,
+                partition
+            );
+            assert_eq!(next(&raised, &scaled(1, 1), at(20)), scale(2, 4, 3000));
+        }
+        // Raised ahead of time, it holds later: before promotion with partition 1 of 2 batches,
+        // never with the last batch's.
+        let early = command(
+            &settle(batched(Some(0)), &scaled(1, 1), at(0)),
+            Command::SetPartition(Some(1)),
+            at(1),
+        )
+        .unwrap();
+        assert_eq!(early.status.phase, Phase::Progressing);
+        let mut ahead = batched(None);
+        ahead.spec.workloads.as_mut().unwrap().batches.push(Batch {
+            replicas: BatchReplicas::Count(3),
+            weight: crate::rollout::Weight::basis_points(6000),
+        });
+        ahead.plan.push(PlanStep::SetWeight(6000));
+        ahead.spec.workloads.as_mut().unwrap().batch_partition = Some(1);
+        let mut done = ahead.clone();
+        done.status.phase = Phase::Progressing;
+        done.status.step = 2;
+        done.status.canary_weight = 3000;
+        done.status.workloads.requested = 2;
+        let Action::Pause { hold, .. } = next(&done, &scaled(2, 2), at(1)) else {
+            panic!("batch 2 waits")
+        };
+        assert_eq!(hold, Hold::Partition);
+        // Without batches there is no partition to set.
+        let plain = with_workloads(json!({}));
+        let Err(Error::Invalid { field, .. }) =
+            command(&plain, Command::SetPartition(Some(0)), at(1))
+        else {
+            panic!("no batches")
+        };
+        assert_eq!(field, "batchPartition");
+    }
+
+    #[test]
+    fn people_do_not_move_traffic_ahead_of_ready_replicas() {
+        let r = with_workloads(json!({}));
+        let r = apply(&r, &scale(1, 3, 1000), at(0));
+        let at_10 = settle(r, &scaled(1, 1), at(0));
+        assert_eq!((at_10.status.step, at_10.status.canary_weight), (0, 1000));
+        // Raising the weight by hand is refused; lowering it is not.
+        let refused = command(&at_10, Command::SetWeight(5000), at(1)).unwrap_err();
+        assert!(matches!(refused, Error::Conflict(_)), "{refused:?}");
+        assert!(
+            refused.to_string().contains("may only go down (10% now)"),
+            "{refused}"
+        );
+        let lowered = command(&at_10, Command::SetWeight(500), at(1)).unwrap();
+        assert_eq!(
+            (lowered.status.canary_weight, lowered.status.hold),
+            (500, Some(Hold::HandWeight))
+        );
+        // Finish (which scales the old stable down) waits for the full size, with autoFinish off.
+        let mut manual = at_10.clone();
+        manual.spec.auto_finish = false;
+        let promoted = apply(&manual, &Action::Promote { reason: "x".into() }, at(2));
+        let promoted = apply(&promoted, &scale(3, 3, TOTAL_WEIGHT), at(2));
+        assert_eq!(
+            next(&promoted, &scaled(3, 3), at(3)),
+            Action::Wait { until: None },
+            "waits for finish"
+        );
+        let finishing = command(&promoted, Command::Finish, at(3)).unwrap();
+        assert_eq!(finishing.status.phase, Phase::Promoting);
+        assert_eq!(
+            finishing.status.message,
+            "finish requested: it happens once the canary's full size is ready"
+        );
+        assert_eq!(
+            command(&finishing, Command::Finish, at(4)).unwrap(),
+            finishing,
+            "asked once"
+        );
+        assert_eq!(
+            next(&finishing, &scaled(3, 2), at(4)),
+            Action::Wait {
+                until: Some(at(302))
+            }
+        );
+        assert_eq!(next(&finishing, &scaled(3, 3), at(4)), Action::Finish);
+        // Without workloads a person's promote and finish act at once, as before.
+        let plain = settle(rollout(json!({"autoFinish": false})), &APPLIED, at(0));
+        let promoted = command(&plain, Command::Promote, at(1)).unwrap();
+        assert_eq!(
+            (promoted.status.phase, promoted.status.canary_weight),
+            (Phase::Promoting, TOTAL_WEIGHT)
+        );
+        assert_eq!(
+            command(&promoted, Command::Finish, at(2))
+                .unwrap()
+                .status
+                .phase,
+            Phase::Succeeded
+        );
+    }
+
+    #[test]
+    fn a_deployment_that_asks_for_fewer_replicas_than_requested_is_asked_again() {
+        let r = with_workloads(json!({}));
+        let asked = apply(&r, &scale(1, 3, 1000), at(0));
+        let cases: Vec<(&str, Observation, Timestamp, Action)> = vec![
+            (
+                "scaled, not ready yet: wait",
+                scaled(1, 0),
+                at(40),
+                Action::Wait {
+                    until: Some(at(300)),
+                },
+            ),
+            (
+                "the scale was lost: wait a while for it",
+                scaled(0, 0),
+                at(10),
+                Action::Wait {
+                    until: Some(at(30)),
+                },
+            ),
+            ("then ask again", scaled(0, 0), at(30), scale(1, 3, 1000)),
+            (
+                "not read yet: wait for the reading",
+                scaled_without_canary(),
+                at(40),
+                Action::Wait {
+                    until: Some(at(300)),
+                },
+            ),
+        ];
+        for (name, observation, now, expected) in cases {
+            assert_eq!(next(&asked, &observation, now), expected, "{name}");
+        }
+        let again = apply(&asked, &scale(1, 3, 1000), at(30));
+        assert_eq!(
+            again.status.workloads.requested_at,
+            Some(at(0)),
+            "the ready timeout keeps running"
+        );
+        assert_eq!(again.status.workloads.asked_again_at, Some(at(30)));
+        assert_eq!(
+            again.status.message,
+            "Deployment reviews-v2 asks for fewer than the 1 replicas the rollout asked for: scaling it again; weight 10% waits"
+        );
+        assert_eq!(
+            next(&again, &scaled(0, 0), at(40)),
+            Action::Wait {
+                until: Some(at(60))
+            }
+        );
+        assert_eq!(next(&again, &scaled(0, 0), at(60)), scale(1, 3, 1000));
+        let Action::Pause { hold, .. } = next(&again, &scaled(1, 0), at(300)) else {
+            panic!("the ready timeout still pauses")
+        };
+        assert_eq!(hold, Hold::Workload);
+    }
+
+    fn scaled_without_canary() -> Observation {
+        let mut observation = scaled(0, 0);
+        observation.workloads.remove("reviews-v2");
+        observation
     }
 
     #[test]

@@ -14,7 +14,10 @@ pub mod engine;
 pub mod workloads_spec;
 
 pub use analysis_spec::{AnalysisSpec, AnalysisStatus, CheckRecord, Webhook, WebhookKind};
-pub use workloads_spec::{Replicas, ScaleDown, WorkloadStatus, Workloads};
+pub use workloads_spec::{
+    Batch, BatchReplicas, DeploymentChange, PartitionHold, Replicas, ScaleDown, WorkloadStatus,
+    Workloads,
+};
 
 use crate::error::{Error, Result};
 use crate::time::{HumanDuration, Timestamp};
@@ -382,6 +385,8 @@ impl RolloutSpec {
         }
         if let Some(workloads) = &self.workloads {
             workloads.check("workloads")?;
+            let steps = self.progressive.is_none().then_some("steps");
+            workloads.check_plan("workloads", &plan, steps)?;
         }
         for (field, duration) in self.durations() {
             if duration.0 > MAX_DURATION {
@@ -580,6 +585,9 @@ pub enum Hold {
     /// The canary's Deployment did not have the replicas a weight needs ready in time: resume
     /// asks for them again and waits afresh.
     Workload,
+    /// `workloads.batchPartition` holds the rollout after a batch: raising or removing it (not
+    /// `resume`) lets it go on.
+    Partition,
 }
 
 /// Where a rollout stands.
@@ -907,6 +915,34 @@ mod tests {
                 json!({"steps": vec![json!({"pause": {}}); 101]}),
                 "steps",
                 "101 steps exceed",
+            ),
+            (
+                json!({"steps": [{"setWeight": {"percent": 10}}, {"pause": {}}, {"setWeight": {"percent": 30}}],
+                       "workloads": {"stable": "a", "canary": "b", "batches": [
+                           {"replicas": 1, "weight": {"percent": 10}}, {"replicas": 2, "weight": {"percent": 50}}]}}),
+                "steps[2].setWeight",
+                "30% is no batch's weight (workloads.batches have 10%, 50%)",
+            ),
+            (
+                json!({"steps": [{"setWeight": {"percent": 10}}],
+                       "workloads": {"stable": "a", "canary": "b", "batches": [
+                           {"replicas": 1, "weight": {"percent": 10}}, {"replicas": 2, "weight": {"percent": 50}}]}}),
+                "workloads.batches[1].weight",
+                "no setWeight step sets 50%",
+            ),
+            (
+                json!({"progressive": {"stepWeight": 10, "maxWeight": 20, "interval": "1m"},
+                       "workloads": {"stable": "a", "canary": "b", "batches": [
+                           {"replicas": 1, "weight": {"percent": 10}}]}}),
+                "progressive",
+                "20% is no batch's weight",
+            ),
+            (
+                json!({"steps": [{"setWeight": {"percent": 10}}],
+                       "workloads": {"stable": "a", "canary": "b", "batches": [
+                           {"replicas": 1, "weight": {"percent": 10}}], "batchPartition": 3}}),
+                "workloads.batchPartition",
+                "past the last batch",
             ),
         ];
         for (extra, field, reason) in cases {

@@ -2,6 +2,7 @@
 
 pub mod configmap;
 pub mod file;
+pub mod resources;
 
 use crate::error::Result;
 use crate::state::ServiceState;

@@ -1,6 +1,7 @@
-//! [`WorkloadScaler`] over the Kubernetes API: reads a Deployment (`get` on `deployments`) and
-//! patches its `scale` subresource (`patch` on `deployments/scale`), as the control service's
-//! ServiceAccount, which the shipped RBAC allows only on the Deployments it names.
+//! [`WorkloadScaler`] over the Kubernetes API: reads a Deployment (`get` on `deployments`),
+//! patches its `scale` subresource (`patch` on `deployments/scale`) and deletes it (`delete` on
+//! `deployments`, for `scaleDown: delete`), as the control service's ServiceAccount, which the
+//! shipped RBAC allows only on the Deployments it names.
 
 use super::WorkloadScaler;
 use crate::error::{Error, Result};
@@ -8,7 +9,7 @@ use crate::kube::{api_status, describe_error, FIELD_MANAGER};
 use crate::rollout::Replicas;
 use async_trait::async_trait;
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
 /// Why a Deployment could not be read or scaled; each names the Deployment.
@@ -26,13 +27,14 @@ pub enum DeploymentError {
     /// The ServiceAccount may not read or scale it (403).
     #[error(
         "not allowed to {verb} Deployment {object}: {message} (a Role in its namespace must grant \
-         the service account get on deployments and patch on deployments/scale with \
-         resourceNames naming it, as envoy-config/istio/bookinfo/rbac.yaml does)"
+         the service account get (and, for scaleDown: delete, delete) on deployments and patch on \
+         deployments/scale with resourceNames naming it, as envoy-config/istio/bookinfo/rbac.yaml \
+         does)"
     )]
     Forbidden {
         /// `ns/name`.
         object: String,
-        /// `get` or `scale`.
+        /// `get`, `scale` or `delete`.
         verb: &'static str,
         /// What the API server said.
         message: String,
@@ -102,6 +104,14 @@ impl WorkloadScaler for DeploymentScaler {
             .await
             .map(|_| ())
             .map_err(|error| self.error(name, "scale", error))
+    }
+
+    async fn delete(&self, name: &str) -> Result<()> {
+        match self.api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(error) if api_status(&error).is_some_and(|(code, _, _)| code == 404) => Ok(()),
+            Err(error) => Err(self.error(name, "delete", error)),
+        }
     }
 
     async fn ready(&self, name: &str) -> Result<Replicas> {

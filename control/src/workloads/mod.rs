@@ -13,6 +13,8 @@ use async_trait::async_trait;
 pub trait WorkloadScaler: Send + Sync + std::fmt::Debug {
     /// Sets Deployment `name`'s `spec.replicas`.
     async fn scale(&self, name: &str, replicas: u32) -> Result<()>;
+    /// Deletes Deployment `name`; one that is already gone counts as deleted.
+    async fn delete(&self, name: &str) -> Result<()>;
     /// Deployment `name`'s replicas: asked for and ready.
     async fn ready(&self, name: &str) -> Result<Replicas>;
 }

@@ -7,6 +7,7 @@
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, WatchEvent, WatchParams};
+use meshcanary_control::crd::MeshRollout;
 use meshcanary_control::router::wasmplugin::wasmplugin_resource;
 use meshcanary_testkit::envtest::Envtest;
 use meshcanary_testkit::install::{Installed, Namespaces, Options, WASMPLUGIN};
@@ -110,6 +111,17 @@ impl Cluster {
             .patch(WASMPLUGIN, &PatchParams::default(), &Patch::Merge(patch))
             .await
             .unwrap();
+    }
+
+    /// The MeshRollouts of the control service's namespace, as the administrator.
+    pub fn mesh_rollouts(&self) -> Api<MeshRollout> {
+        Api::namespaced(self.admin.clone(), self.system())
+    }
+
+    /// MeshRollout `name`'s `status.run` (the rollout's durable record), as stored.
+    pub async fn record(&self, name: &str) -> Value {
+        let object = self.mesh_rollouts().get(name).await.unwrap();
+        serde_json::to_value(object).unwrap()["status"]["run"].clone()
     }
 
     /// The ConfigMaps of the control service's namespace, as the administrator.

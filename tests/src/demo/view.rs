@@ -381,6 +381,7 @@ mod tests {
                 proxies: vec![],
             },
             mirrored: None,
+            workloads: None,
         };
         let traffic = TrafficShare {
             total: 800,
