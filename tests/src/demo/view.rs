@@ -456,6 +456,7 @@ mod tests {
                 proxies: vec![],
             },
             mirrored: None,
+            workloads: None,
         };
         let at = T0.plus(Duration::from_secs(1));
         let lines = panel(&view, &traffic, at, Paint::new(false));
