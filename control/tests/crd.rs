@@ -102,7 +102,7 @@ async fn valid_meshrollouts_round_trip_through_the_typed_client() {
     let cases = [
         manifest("reviews-v2", json!({})),
         manifest(
-            "reviews-v3",
+            "mirrored-v3",
             json!({"steps": [
                 {"mirror": {"percent": 12.5, "duration": "1m"}}, {"mirror": {"basisPoints": 1}},
                 {"setWeight": {"percent": 10}}

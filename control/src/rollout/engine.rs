@@ -313,15 +313,34 @@ fn promotion(rollout: &Rollout, observation: &Observation, now: Timestamp) -> Ac
 
 /// Enters step `index`; a `setWeight` step first needs its canary replicas ready.
 fn enter(rollout: &Rollout, observation: &Observation, index: usize, now: Timestamp) -> Action {
-    if let Some(PlanStep::SetWeight(weight)) = rollout.plan.get(index) {
-        if let Some(action) = partition_gate(rollout, *weight) {
-            return action;
+    match rollout.plan.get(index) {
+        Some(PlanStep::SetWeight(weight)) => {
+            if let Some(action) = partition_gate(rollout, *weight) {
+                return action;
+            }
+            if let Some(action) = canary_gate(rollout, observation, *weight, now, Late::Pause) {
+                return action;
+            }
         }
-        if let Some(action) = canary_gate(rollout, observation, *weight, now, Late::Pause) {
-            return action;
+        // Copies are requests too: the canary is up (its first batch, or its minimum) and ready
+        // before the first one is sent, or they would only measure a canary that is not there.
+        Some(PlanStep::Mirror { .. }) => {
+            if let Some(action) = canary_gate(rollout, observation, 0, now, Late::Pause) {
+                return action;
+            }
         }
+        _ => {}
     }
     Action::EnterStep { index }
+}
+
+/// What waits for the canary's replicas: a weight, or (at 0 %: a mirror step's copies, QA's
+/// requests) the canary's first requests.
+fn what_waits(weight: u32) -> String {
+    match weight {
+        0 => "the canary's first requests wait".to_string(),
+        weight => format!("weight {} waits", percent(weight)),
+    }
 }
 
 /// With `workloads.batchPartition`, a pause when the canary would get `weight` beyond the last
@@ -445,8 +464,8 @@ fn canary_gate(
             Late::Pause => Action::Pause {
                 hold: Hold::Workload,
                 reason: format!(
-                    "{short}; weight {} waits for them (resume to scale and wait again)",
-                    percent(weight)
+                    "{short}; {} for them (resume to scale and wait again)",
+                    what_waits(weight)
                 ),
             },
             Late::RollBack => Action::RollBack {
@@ -800,8 +819,8 @@ pub fn apply(rollout: &Rollout, action: &Action, now: Timestamp) -> Rollout {
         } if *replicas <= status.workloads.requested => {
             status.workloads.asked_again_at = Some(now);
             format!(
-                "Deployment {deployment} asks for fewer than the {replicas} replicas the rollout asked for: scaling it again; weight {} waits",
-                percent(*weight)
+                "Deployment {deployment} asks for fewer than the {replicas} replicas the rollout asked for: scaling it again; {}",
+                what_waits(*weight)
             )
         }
         Action::ScaleCanary {
@@ -815,8 +834,8 @@ pub fn apply(rollout: &Rollout, action: &Action, now: Timestamp) -> Rollout {
             status.workloads.requested_at = Some(now);
             status.workloads.asked_again_at = None;
             format!(
-                "scaling Deployment {deployment} to {replicas} of {full} replicas; weight {} waits for them to be ready",
-                percent(*weight)
+                "scaling Deployment {deployment} to {replicas} of {full} replicas; {} for them to be ready",
+                what_waits(*weight)
             )
         }
     };
@@ -2004,6 +2023,34 @@ mod tests {
                 reason: "reviews-v2 has 0/1 ready replicas after 5m; weight 10% waits for them (resume to scale and wait again)".into(),
             }),
             ("the next weight scales up again", &at_10, scaled(1, 1), at(2), scale(2, 3, 5000)),
+        ];
+        for (name, r, observation, now, expected) in cases {
+            assert_eq!(next(r, &observation, now), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn a_mirror_step_waits_for_the_canary_to_be_up() {
+        let mirrored = rollout(json!({
+            "workloads": {"stable": "reviews-v1", "canary": "reviews-v2", "minReplicas": 2},
+            "steps": [{"mirror": {"percent": 20, "duration": "1m"}}, {"setWeight": {"percent": 50}}],
+        }));
+        let asked = apply(&mirrored, &scale(2, 3, 0), at(0));
+        assert!(
+            asked.status.message.contains(
+                "to 2 of 3 replicas; the canary's first requests wait for them to be ready"
+            ),
+            "{}",
+            asked.status.message
+        );
+        let cases: Vec<(&str, &Rollout, Observation, Timestamp, Action)> = vec![
+            ("the copies wait: the canary is scaled to its minimum first", &mirrored, scaled(0, 0), at(0), scale(2, 3, 0)),
+            ("then for its replicas to be ready", &asked, scaled(2, 1), at(10), Action::Wait { until: Some(at(300)) }),
+            ("ready: the mirror starts", &asked, scaled(2, 2), at(10), Action::EnterStep { index: 0 }),
+            ("not ready in time: pause", &asked, scaled(2, 1), at(300), Action::Pause {
+                hold: Hold::Workload,
+                reason: "reviews-v2 has 1/2 ready replicas after 5m; the canary's first requests wait for them (resume to scale and wait again)".into(),
+            }),
         ];
         for (name, r, observation, now, expected) in cases {
             assert_eq!(next(r, &observation, now), expected, "{name}");
