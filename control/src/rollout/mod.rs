@@ -116,8 +116,8 @@ pub enum Step {
     Mirror(MirrorStep),
 }
 
-/// The MeshRollout CRD's schema of a step: an object with optional `setWeight` and `pause` and a
-/// CEL rule that exactly one is given. The derived schema would say the same with `oneOf`, which
+/// The MeshRollout CRD's schema of a step: an object with optional `setWeight`, `pause` and
+/// `mirror` and a CEL rule that exactly one is given. The derived schema would say the same with `oneOf`, which
 /// the API server reports without the step's path (`<nil>: "spec.steps[0]" must validate one and
 /// only one schema`) and which stops it from running the CEL rules of the rest of the object.
 impl JsonSchema for Step {
